@@ -1,0 +1,171 @@
+"""Console Broker: hands helpdesk staff noVNC consoles of cloud servers, safely."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from datetime import timedelta
+
+from flask import Flask
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import OperationalError
+
+from broker import api
+from broker import auth
+from broker import demo
+from broker import users
+from broker import views
+from broker.cli import register_commands
+from broker.cloud.client import Timeouts
+from broker.cloud.registry import CloudConfigError
+from broker.cloud.registry import load_clouds
+from broker.config import ConfigError
+from broker.config import Settings
+from broker.config import load_settings
+from broker.consoles import ConsoleService
+from broker.errors import register_errorhandlers
+from broker.extensions import csrf
+from broker.extensions import db
+from broker.extensions import limiter
+from broker.extensions import login_manager
+from broker.inventory import Inventory
+from broker.logs import configure_logging
+from broker.security import register_security_headers
+
+log = logging.getLogger(__name__)
+
+
+def create_app(test_config: Mapping | None = None) -> Flask:
+    """Build the broker. ``test_config`` may hold ``ENV`` (variables) and ``CLOUDS`` (ready clouds)."""
+    test_config = dict(test_config or {})
+    app = Flask(__name__, root_path=os.path.dirname(os.path.dirname(__file__)), instance_relative_config=True)
+    if "INSTANCE_PATH" in test_config:
+        app.instance_path = test_config.pop("INSTANCE_PATH")
+    os.makedirs(app.instance_path, exist_ok=True)
+    env = test_config.pop("ENV", os.environ)
+    try:
+        settings = load_settings(env, app.instance_path)
+    except ConfigError as exc:
+        sys.exit(f"console-broker: configuration error: {exc}")
+    configure_logging()
+    configure_flask(app, settings, test_config)
+    register_extensions(app)
+    register_blueprints(app, settings)
+    register_errorhandlers(app)
+    register_security_headers(app, settings.console_hosts, settings.demo)
+    register_commands(app)
+    register_services(app, settings, test_config.get("CLOUDS"))
+    init_database(app, settings)
+    return app
+
+
+def configure_flask(app: Flask, settings: Settings, overrides: Mapping) -> None:
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        SQLALCHEMY_DATABASE_URI=settings.database_url,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.secure_cookies,
+        REMEMBER_COOKIE_DURATION=timedelta(seconds=0),
+        PERMANENT_SESSION_LIFETIME=timedelta(seconds=settings.session_lifetime),
+        WTF_CSRF_TIME_LIMIT=None,
+        MAX_CONTENT_LENGTH=64 * 1024,
+        RATELIMIT_STORAGE_URI=settings.ratelimit_storage,
+    )
+    app.config.update({k: v for k, v in overrides.items() if k != "CLOUDS"})
+    app.extensions["settings"] = settings
+
+
+def register_extensions(app: Flask) -> None:
+    db.init_app(app)
+    csrf.init_app(app)
+    limiter.init_app(app)
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    login_manager.login_message = "Sign in to continue."
+    login_manager.user_loader(users.load)
+    login_manager.unauthorized_handler(unauthorized)
+
+
+def unauthorized():
+    """Pages redirect to the sign-in with ``next``; the API answers 401 JSON, never a redirect."""
+    from flask import redirect
+    from flask import request
+    from flask import url_for
+
+    from broker.errors import error_response
+    from broker.errors import wants_json
+
+    if wants_json():
+        return error_response(401, "not_signed_in", "Sign in to continue.")
+    return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+
+
+def register_blueprints(app: Flask, settings: Settings) -> None:
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(views.bp)
+    app.register_blueprint(api.bp)
+    if settings.demo:
+        app.register_blueprint(demo.bp)
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.context_processor
+    def inject_demo():
+        return {"demo_mode": settings.demo}
+
+
+def register_services(app: Flask, settings: Settings, clouds: list | None) -> None:
+    timeouts = Timeouts(settings.connect_timeout, settings.read_timeout)
+    if clouds is None and settings.demo:
+        cloud, fake = demo.build_demo_cloud(
+            settings.secret_key, servers=settings.demo_servers, console_ttl=settings.console_ttl, timeouts=timeouts
+        )
+        app.extensions["demo_cloud"] = fake
+        clouds = [cloud]
+    elif clouds is None:
+        try:
+            clouds = load_clouds(
+                settings.clouds, timeouts=timeouts, default_ttl=settings.console_ttl, default_swap=settings.console_swap
+            )
+        except CloudConfigError as exc:
+            sys.exit(f"console-broker: configuration error: {exc}")
+    inventory = Inventory(clouds, settings.server_cache_ttl)
+    app.extensions["consoles"] = ConsoleService(inventory, settings.console_hosts)
+
+
+def init_database(app: Flask, settings: Settings) -> None:
+    """Create tables; in demo mode also the demo user, whose password is printed."""
+    with app.app_context():
+        try:
+            db.create_all()
+        except OperationalError:
+            # Another worker created them at the same moment.
+            db.session.rollback()
+        if settings.demo:
+            ensure_demo_user(app)
+        db.engine.dispose()
+
+
+def ensure_demo_user(app: Flask) -> None:
+    path = demo.demo_password_file(app.instance_path)
+    if not path.exists():
+        import secrets
+
+        path.write_text(secrets.token_urlsafe(12))
+        path.chmod(0o600)
+    password = path.read_text().strip()
+    if users.find("demo") is None:
+        try:
+            users.add("demo", password, "admin")
+        except (IntegrityError, users.UserError):
+            db.session.rollback()
+    print(
+        "console-broker: DEMO MODE (no cloud configured). Sign in as 'demo' with password "
+        f"'{password}' (kept in {path}).",
+        file=sys.stderr,
+    )

@@ -1,0 +1,41 @@
+"""The JSON API: mint a console URL, list servers."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+from flask import current_app
+from flask import jsonify
+from flask import request
+from flask_login import current_user
+from flask_login import login_required
+
+from broker.consoles import ConsoleService
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+def service() -> ConsoleService:
+    return current_app.extensions["consoles"]
+
+
+@bp.post("/consoles/<path:server_id>")
+@login_required
+def mint(server_id: str):
+    body = request.get_json(silent=True) or {}
+    detail = str(body.get("reason", "load")) if isinstance(body, dict) else "load"
+    minted = service().mint(current_user.username, server_id, request.args.get("cloud") or None, detail)
+    response = jsonify(minted.to_json())
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/servers")
+@login_required
+def servers():
+    overview = service().inventory.overview(request.args.get("q", "")[:200], request.args.get("cloud") or None)
+    return jsonify(
+        {
+            "servers": [s.to_json() for s in overview.servers],
+            "unavailable": [{"cloud": name, "message": msg} for name, msg in overview.failures.items()],
+        }
+    )

@@ -1,0 +1,1 @@
+"""Talking to OpenStack-compatible clouds (no Flask in here)."""

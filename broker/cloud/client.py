@@ -1,0 +1,321 @@
+"""The compute client: lists servers and mints noVNC console URLs through keystoneauth1.
+
+One keystoneauth1 Session per cloud, so one Keystone token serves every call until it
+nears expiry and a 401 re-authenticates once. Every call has a connect and a read
+timeout; every failure becomes a :mod:`broker.cloud.errors` type with a message that
+is safe to show. This module never imports Flask.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from dataclasses import field
+from urllib.parse import parse_qs
+from urllib.parse import urlsplit
+
+import requests
+from keystoneauth1 import adapter as ks_adapter
+from keystoneauth1 import exceptions as ks_exc
+from keystoneauth1 import session as ks_session
+
+from broker.cloud import errors
+
+log = logging.getLogger(__name__)
+
+CONSOLE_MICROVERSION = "2.6"
+CONSOLE_BODY = {"remote_console": {"type": "novnc", "protocol": "vnc"}}
+MAX_PAGES = 200
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What the broker shows of a server."""
+
+    id: str
+    name: str
+    status: str
+    cloud: str
+    addresses: tuple[str, ...] = ()
+    az: str = ""
+    metadata: dict = field(default_factory=dict, hash=False, compare=False)
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "status": self.status,
+            "cloud": self.cloud,
+            "addresses": list(self.addresses),
+            "availability_zone": self.az,
+        }
+
+
+@dataclass(frozen=True)
+class Console:
+    """A console URL as the cloud returned it (opaque; never rewritten)."""
+
+    url: str
+    type: str = "novnc"
+    protocol: str = "vnc"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds to wait for a connection and for an answer."""
+
+    connect: float = 5.0
+    read: float = 30.0
+
+    def as_requests(self) -> tuple[float, float]:
+        return (self.connect, self.read)
+
+
+def parse_version(value: str) -> tuple[int, int]:
+    """``"2.96"`` -> ``(2, 96)``; an empty or odd value counts as 2.0."""
+    major, _, minor = (value or "2.0").partition(".")
+    try:
+        return int(major), int(minor or 0)
+    except ValueError:
+        return (2, 0)
+
+
+def upstream_message(response: requests.Response) -> str:
+    """Nova's ``{fault: {code, message}}`` or Keystone's ``{"error": {...}}`` message."""
+    try:
+        body = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}"
+    if isinstance(body, dict):
+        for value in body.values():
+            if isinstance(value, dict) and isinstance(value.get("message"), str):
+                return value["message"][:300]
+    return f"HTTP {response.status_code}"
+
+
+def retry_after(response: requests.Response) -> float | None:
+    """Seconds to wait from ``Retry-After`` or Nova's ``retryAfter``."""
+    raw = response.headers.get("Retry-After")
+    if raw is None:
+        try:
+            body = response.json()
+            raw = next(v.get("retryAfter") for v in body.values() if isinstance(v, dict))
+        except (ValueError, StopIteration, AttributeError):
+            return None
+    try:
+        return max(0.0, float(raw))
+    except (TypeError, ValueError):
+        return None
+
+
+def error_for(response: requests.Response, what: str) -> errors.CloudError:
+    """Map an error status to the client's error types, keeping the upstream message."""
+    status = response.status_code
+    message = upstream_message(response)
+    kinds = {
+        404: errors.ServerNotFound,
+        409: errors.ServerNotReady,
+        400: errors.ConsoleUnavailable,
+        501: errors.ConsoleUnavailable,
+        401: errors.CloudRefused,
+        403: errors.CloudRefused,
+        413: errors.CloudBusy,
+        429: errors.CloudBusy,
+        503: errors.CloudBusy,
+    }
+    kind = kinds.get(status, errors.CloudError)
+    return kind(f"{what}: {message}", upstream_status=status, retry_after=retry_after(response))
+
+
+def check_console_url(url: object) -> str:
+    """Refuse anything but an absolute http(s) URL with a host."""
+    if not isinstance(url, str) or len(url) > 4096:
+        raise errors.CloudBadResponse("The cloud returned no usable console URL.")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise errors.CloudBadResponse("The cloud returned a console URL that is not http(s); it was refused.")
+    return url
+
+
+def redact_url(url: str) -> str:
+    """A console URL without its query string, for logs and audit records."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+def server_from_nova(body: object, cloud: str) -> ServerInfo:
+    """Validate one Nova server resource and keep what the broker shows."""
+    if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+        raise errors.CloudBadResponse("The cloud returned a server without an ID.")
+    addresses = []
+    for network in (body.get("addresses") or {}).values():
+        for entry in network if isinstance(network, list) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("addr"), str):
+                addresses.append(entry["addr"])
+    metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+    return ServerInfo(
+        id=body["id"],
+        name=str(body.get("name") or ""),
+        status=str(body.get("status") or "UNKNOWN"),
+        cloud=cloud,
+        addresses=tuple(addresses),
+        az=str(body.get("OS-EXT-AZ:availability_zone") or ""),
+        metadata={str(k): str(v) for k, v in metadata.items()},
+    )
+
+
+def next_marker(body: dict, page: list) -> str | None:
+    """The marker for the next page, from ``servers_links`` rel ``next``."""
+    for link in body.get("servers_links") or []:
+        if isinstance(link, dict) and link.get("rel") == "next":
+            marker = parse_qs(urlsplit(str(link.get("href", ""))).query).get("marker")
+            return marker[0] if marker else (page[-1].get("id") if page else None)
+    return None
+
+
+class ComputeClient:
+    """Nova's servers and remote-consoles for one cloud (one region, one project)."""
+
+    def __init__(
+        self,
+        name: str,
+        session: ks_session.Session,
+        *,
+        region_name: str | None = None,
+        interface: str | None = None,
+        endpoint_override: str | None = None,
+        timeouts: Timeouts | None = None,
+        page_size: int = 1000,
+    ) -> None:
+        self.name = name
+        self.timeouts = timeouts or Timeouts()
+        self.page_size = page_size
+        self.adapter = ks_adapter.Adapter(
+            session,
+            service_type="compute",
+            interface=interface or "public",
+            region_name=region_name,
+            endpoint_override=endpoint_override,
+            connect_retries=0,
+        )
+        self._max_version: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+
+    def _request(self, method: str, path: str, what: str, **kwargs) -> requests.Response:
+        """One call, with timeouts; transport and auth failures become CloudErrors."""
+        kwargs.setdefault("timeout", self.timeouts.as_requests())
+        try:
+            return self.adapter.request(path, method, raise_exc=False, **kwargs)
+        except ks_exc.ConnectTimeout:
+            raise errors.CloudTimeout(f"{what}: cloud {self.name} did not answer in time.") from None
+        except (ks_exc.ConnectFailure, ks_exc.UnknownConnectionError, ks_exc.SSLError):
+            raise errors.CloudUnreachable(f"{what}: cloud {self.name} is unreachable.") from None
+        except ks_exc.Unauthorized:
+            raise errors.CloudRefused(f"{what}: cloud {self.name} refused the broker's credentials.") from None
+        except (ks_exc.EndpointNotFound, ks_exc.EmptyCatalog):
+            raise errors.CloudError(f"{what}: cloud {self.name} has no compute endpoint in its catalog.") from None
+        except ks_exc.HttpError as exc:
+            # Keystone itself failed (5xx on the token request).
+            raise errors.CloudUnreachable(
+                f"{what}: identity service of cloud {self.name} answered HTTP {exc.http_status}."
+            ) from None
+        except ks_exc.ClientException as exc:
+            raise errors.CloudError(f"{what}: cloud {self.name}: {type(exc).__name__}.") from None
+
+    def _json(self, response: requests.Response, what: str) -> dict:
+        if response.status_code >= 400:
+            raise error_for(response, what)
+        try:
+            body = response.json()
+        except ValueError:
+            raise errors.CloudBadResponse(f"{what}: cloud {self.name} answered with malformed JSON.") from None
+        if not isinstance(body, dict):
+            raise errors.CloudBadResponse(f"{what}: cloud {self.name} answered with unexpected JSON.")
+        return body
+
+    # -- versions ---------------------------------------------------------------
+
+    def version_root(self) -> str:
+        """``https://nova/v2.1/<project>`` -> ``https://nova/v2.1/`` (the version document)."""
+        endpoint = self.adapter.get_endpoint() or ""
+        parts = urlsplit(endpoint)
+        segments = parts.path.rstrip("/").split("/")
+        for index, segment in enumerate(segments):
+            if segment in ("v2.1", "v2"):
+                path = "/".join(segments[: index + 1]) + "/"
+                return f"{parts.scheme}://{parts.netloc}{path}"
+        return endpoint.rstrip("/") + "/"
+
+    def max_version(self) -> tuple[int, int]:
+        """The cloud's highest compute microversion, read once from its version document."""
+        with self._lock:
+            if self._max_version is None:
+                response = self._request("GET", self.version_root(), "Reading the API version")
+                version = self._json(response, "Reading the API version").get("version")
+                if not isinstance(version, dict):
+                    raise errors.CloudBadResponse("The cloud's version document has no 'version'.")
+                self._max_version = parse_version(str(version.get("version") or ""))
+            return self._max_version
+
+    # -- servers ----------------------------------------------------------------
+
+    def list_servers(self) -> list[ServerInfo]:
+        """Every server in the project, following ``limit``/``marker`` pages."""
+        servers: list[ServerInfo] = []
+        marker: str | None = None
+        for _ in range(MAX_PAGES):
+            params = {"limit": self.page_size}
+            if marker:
+                params["marker"] = marker
+            response = self._request("GET", "/servers/detail", "Listing servers", params=params)
+            body = self._json(response, "Listing servers")
+            page = body.get("servers")
+            if not isinstance(page, list):
+                raise errors.CloudBadResponse(f"Listing servers: cloud {self.name} sent no server list.")
+            servers.extend(server_from_nova(item, self.name) for item in page)
+            new_marker = next_marker(body, page)
+            if not page or not new_marker or new_marker == marker:
+                return servers
+            marker = new_marker
+        log.warning("cloud %s: stopped listing after %d pages", self.name, MAX_PAGES)
+        return servers
+
+    def get_server(self, server_id: str) -> ServerInfo:
+        """One server by ID (404 -> ServerNotFound)."""
+        response = self._request("GET", f"/servers/{server_id}", "Looking up the server")
+        return server_from_nova(self._json(response, "Looking up the server").get("server"), self.name)
+
+    # -- consoles ---------------------------------------------------------------
+
+    def create_console(self, server_id: str) -> Console:
+        """Mint a noVNC console URL: remote-consoles at 2.6, or the legacy action below it."""
+        if self.max_version() < (2, 6):
+            return self._legacy_console(server_id)
+        response = self._request(
+            "POST",
+            f"/servers/{server_id}/remote-consoles",
+            "Opening the console",
+            json=CONSOLE_BODY,
+            microversion=CONSOLE_MICROVERSION,
+        )
+        body = self._json(response, "Opening the console").get("remote_console")
+        return self._console_from(body)
+
+    def _legacy_console(self, server_id: str) -> Console:
+        response = self._request(
+            "POST",
+            f"/servers/{server_id}/action",
+            "Opening the console",
+            json={"os-getVNCConsole": {"type": "novnc"}},
+        )
+        return self._console_from(self._json(response, "Opening the console").get("console"))
+
+    def _console_from(self, body: object) -> Console:
+        if not isinstance(body, dict):
+            raise errors.CloudBadResponse(f"Opening the console: cloud {self.name} sent no console.")
+        return Console(
+            url=check_console_url(body.get("url")),
+            type=str(body.get("type") or "novnc"),
+            protocol=str(body.get("protocol") or "vnc"),
+        )

@@ -1,0 +1,72 @@
+"""Errors the cloud client raises; each carries what a person may be shown."""
+
+from __future__ import annotations
+
+
+class CloudError(Exception):
+    """A call to the cloud failed. ``message`` is safe to show; it never holds a token."""
+
+    status = 502
+    code = "cloud_error"
+
+    def __init__(self, message: str, *, upstream_status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.message = message
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+
+
+class ServerNotFound(CloudError):
+    """404: no such server in this project."""
+
+    status = 404
+    code = "server_not_found"
+
+
+class ServerNotReady(CloudError):
+    """409: the server exists but cannot give a console (stopped, building, shelved)."""
+
+    status = 409
+    code = "server_not_running"
+
+
+class ConsoleUnavailable(CloudError):
+    """400/501: the cloud has no noVNC console for this server (VNC off, type unsupported)."""
+
+    status = 502
+    code = "console_unavailable"
+
+
+class CloudRefused(CloudError):
+    """401/403 after re-authentication: the service credentials are wrong or lack rights."""
+
+    status = 502
+    code = "cloud_refused"
+
+
+class CloudUnreachable(CloudError):
+    """Connection refused or reset, DNS failure, Keystone down."""
+
+    status = 503
+    code = "cloud_unreachable"
+
+
+class CloudTimeout(CloudError):
+    """The cloud did not answer within the configured timeout."""
+
+    status = 504
+    code = "cloud_timeout"
+
+
+class CloudBusy(CloudError):
+    """413/429/503 from the cloud: try again later (``retry_after`` seconds when given)."""
+
+    status = 503
+    code = "cloud_busy"
+
+
+class CloudBadResponse(CloudError):
+    """The cloud answered with something that is not what its API promises."""
+
+    status = 502
+    code = "cloud_bad_response"

@@ -1,0 +1,142 @@
+"""Broker settings: parsed once from ``BROKER_*`` variables into a frozen object."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """Configuration that cannot work; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the broker reads from its environment, validated."""
+
+    secret_key: str
+    database_url: str
+    demo: bool
+    console_ttl: int = 600
+    refresh_margin: int = 60
+    console_hosts: tuple[str, ...] = ()
+    server_cache_ttl: int = 30
+    idle_swap_after: int = 20
+    pause_after: int = 8 * 3600
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    console_swap: str = "idle"
+    clouds: tuple[str, ...] = ()
+    demo_servers: int = 24
+    session_lifetime: int = 12 * 3600
+    session_idle: int = 3600
+    secure_cookies: bool = False
+    trusted_proxies: int = 0
+    ratelimit_storage: str = "memory://"
+    login_limit: str = "5 per 5 minutes"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be more than 0, got {raw!r}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
+
+
+def has_cloud_config(env: Mapping[str, str]) -> bool:
+    """True when the environment names a real cloud (clouds.yaml or ``OS_*``)."""
+    return bool(env.get("OS_CLOUD") or env.get("BROKER_CLOUDS") or env.get("OS_AUTH_URL"))
+
+
+def demo_secret_key(instance_path: str) -> str:
+    """A key kept in the instance folder, so every worker and restart agree."""
+    path = Path(instance_path) / "demo-secret-key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def load_settings(env: Mapping[str, str], instance_path: str) -> Settings:
+    """Read and check every ``BROKER_*`` variable; raise ConfigError naming a bad one."""
+    demo = _bool(env, "BROKER_DEMO", not has_cloud_config(env))
+    secret_key = env.get("BROKER_SECRET_KEY", "")
+    if not secret_key:
+        if not demo:
+            raise ConfigError(
+                "BROKER_SECRET_KEY is not set; it is required outside demo mode "
+                "(generate one with: python -c 'import secrets; print(secrets.token_hex(32))')"
+            )
+        secret_key = demo_secret_key(instance_path)
+    elif len(secret_key) < 16:
+        raise ConfigError("BROKER_SECRET_KEY is too short; use at least 16 random characters")
+    default_db = "sqlite:///" + str(Path(instance_path) / "broker.sqlite3")
+    ttl = _int(env, "BROKER_CONSOLE_TTL", 600, minimum=10)
+    swap = env.get("BROKER_CONSOLE_SWAP", "idle").strip().lower() or "idle"
+    if swap not in ("idle", "always"):
+        raise ConfigError(f"BROKER_CONSOLE_SWAP must be 'idle' or 'always', got {swap!r}")
+    return Settings(
+        secret_key=secret_key,
+        database_url=env.get("BROKER_DATABASE_URL") or default_db,
+        demo=demo,
+        console_ttl=ttl,
+        refresh_margin=_int(env, "BROKER_REFRESH_MARGIN", 60, minimum=1),
+        console_hosts=tuple(h.lower() for h in _list(env, "BROKER_CONSOLE_HOSTS")),
+        server_cache_ttl=_int(env, "BROKER_SERVER_CACHE_TTL", 30),
+        idle_swap_after=_int(env, "BROKER_IDLE_SWAP_AFTER", 20),
+        pause_after=_int(env, "BROKER_PAUSE_AFTER", 8 * 3600, minimum=60),
+        connect_timeout=_float(env, "BROKER_CONNECT_TIMEOUT", 5.0),
+        read_timeout=_float(env, "BROKER_READ_TIMEOUT", 30.0),
+        console_swap=swap,
+        clouds=_list(env, "BROKER_CLOUDS") or _list(env, "OS_CLOUD"),
+        demo_servers=_int(env, "BROKER_DEMO_SERVERS", 24, minimum=1),
+        session_lifetime=_int(env, "BROKER_SESSION_LIFETIME", 12 * 3600, minimum=60),
+        session_idle=_int(env, "BROKER_SESSION_IDLE", 3600, minimum=60),
+        secure_cookies=_bool(env, "BROKER_SECURE_COOKIES", False),
+        trusted_proxies=_int(env, "BROKER_TRUSTED_PROXIES", 0),
+        ratelimit_storage=env.get("BROKER_RATELIMIT_STORAGE_URL") or "memory://",
+        login_limit=env.get("BROKER_LOGIN_LIMIT") or "5 per 5 minutes",
+    )

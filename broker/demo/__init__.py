@@ -1,0 +1,77 @@
+"""The built-in demo cloud: a stand-in Keystone and Nova reached in process, and its console page."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from pathlib import Path
+
+import requests
+from flask import Blueprint
+from flask import current_app
+from flask import has_request_context
+from flask import render_template
+from flask import request
+from keystoneauth1 import session as ks_session
+from keystoneauth1.identity import v3
+
+from broker.cloud.client import ComputeClient
+from broker.cloud.client import Timeouts
+from broker.cloud.registry import Cloud
+from broker.demo.cloud import FakeCloud
+from broker.demo.cloud import make_servers
+from broker.demo.transport import WSGITransport
+
+DEMO_BASE = "http://demo-cloud.invalid"
+DEMO_CLOUD_NAME = "demo"
+
+bp = Blueprint("demo", __name__, url_prefix="/demo-console")
+
+
+def _console_base() -> dict:
+    """Console URLs point back at this broker's own demo console page."""
+    if has_request_context():
+        return {"X-Console-Base": request.host_url.rstrip("/") + bp.url_prefix}
+    return {}
+
+
+def build_demo_cloud(secret_key: str, *, servers: int, console_ttl: int, timeouts: Timeouts) -> tuple[Cloud, FakeCloud]:
+    """The demo cloud and a client that reaches it in process over its HTTP API."""
+    # Derived from the broker's key so every worker signs and checks the same tokens.
+    secret = hashlib.sha256(b"demo-cloud:" + secret_key.encode()).hexdigest()
+    fake = FakeCloud(
+        secret=secret,
+        servers=make_servers(servers),
+        password=secrets.token_urlsafe(16),
+        console_ttl=console_ttl,
+        console_base="http://127.0.0.1:5000" + bp.url_prefix,
+    )
+    fake.public_base = DEMO_BASE
+    transport = requests.Session()
+    transport.mount(DEMO_BASE + "/", WSGITransport(fake.app(), headers=_console_base))
+    auth = v3.Password(
+        auth_url=fake.auth_url,
+        username=fake.username,
+        password=fake.password,
+        project_id=fake.project_id,
+        user_domain_id="default",
+    )
+    session = ks_session.Session(auth=auth, session=transport, timeout=timeouts.read)
+    client = ComputeClient(DEMO_CLOUD_NAME, session, region_name=fake.region, timeouts=timeouts)
+    return Cloud(DEMO_CLOUD_NAME, client, console_ttl, "idle"), fake
+
+
+def demo_password_file(instance_path: str) -> Path:
+    return Path(instance_path) / "demo-credentials"
+
+
+@bp.get("/vnc_auto.html")
+def console_page():
+    """The demo cloud's console: refuses an unknown or expired token, as a proxy would."""
+    fake: FakeCloud = current_app.extensions["demo_cloud"]
+    path = request.args.get("path", "")
+    token = request.args.get("token") or path.partition("token=")[2].partition("&")[0]
+    server = fake.check_console_token(token)
+    response = current_app.make_response(render_template("demo/console.html", server=server))
+    response.headers["Cache-Control"] = "no-store"
+    return response

@@ -1,0 +1,442 @@
+"""A stand-in OpenStack cloud: Keystone v3 tokens and the Nova API the broker uses.
+
+It serves the demo mode, the tests' fake cloud and the console lab, so it speaks
+real HTTP shapes (token bodies with a catalog, Nova's version document, paged
+``servers/detail``, ``remote-consoles`` behind microversion 2.6, Nova's error
+bodies) and can be told to misbehave at run time through :class:`Faults`.
+It depends on Flask only as a WSGI toolkit and imports nothing of the broker.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field
+from datetime import UTC
+from datetime import datetime
+from datetime import timedelta
+from urllib.parse import quote
+
+from flask import Flask
+from flask import Response
+from flask import has_request_context
+from flask import jsonify
+from flask import request
+
+MIN_VERSION = "2.1"
+KINDS = ("token", "versions", "list", "show", "console")
+
+
+@dataclass
+class Server:
+    """One fake server, shaped like Nova's server resource."""
+
+    id: str
+    name: str
+    status: str = "ACTIVE"
+    addresses: dict = field(default_factory=dict)
+    az: str = "nova"
+    metadata: dict = field(default_factory=dict)
+
+    def to_nova(self) -> dict:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "status": self.status,
+            "addresses": self.addresses,
+            "metadata": self.metadata,
+            "OS-EXT-AZ:availability_zone": self.az,
+            "links": [],
+        }
+
+
+@dataclass
+class Faults:
+    """Misbehaviour to inject; every field may be changed while the cloud runs."""
+
+    latency: float = 0.0
+    keystone_latency: float = 0.0
+    keystone_down: bool = False
+    max_version: str = "2.96"
+    console_scheme: str = ""
+    malformed: set[str] = field(default_factory=set)
+    hang: dict[str, float] = field(default_factory=dict)
+    fail_next: dict[str, list[int]] = field(default_factory=dict)
+
+    def take_failure(self, kind: str) -> int | None:
+        queue = self.fail_next.get(kind)
+        return queue.pop(0) if queue else None
+
+
+def make_servers(count: int, project: str = "demo") -> list[Server]:
+    """A believable fleet: mostly running, a few stopped or building, one odd name."""
+    roles = ["web", "db", "cache", "worker", "batch", "edge"]
+    servers = []
+    for n in range(count):
+        role = roles[n % len(roles)]
+        status = "ACTIVE"
+        if n % 11 == 5:
+            status = "SHUTOFF"
+        elif n % 17 == 9:
+            status = "BUILD"
+        ip = f"10.{n // 250}.{n % 250}.{10 + n % 200}"
+        servers.append(
+            Server(
+                id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{project}/{n}")),
+                name=f"{role}-{n // len(roles) + 1:02d}",
+                status=status,
+                addresses={"private": [{"addr": ip, "version": 4}]},
+                az=f"az-{n % 3 + 1}",
+                metadata={"team": "ops" if n % 2 else "web"},
+            )
+        )
+    return servers
+
+
+def nova_error(status: int, message: str) -> Response:
+    """Nova's error body: ``{fault_name: {code, message}}``."""
+    names = {
+        400: "badRequest",
+        403: "forbidden",
+        404: "itemNotFound",
+        406: "notAcceptable",
+        409: "conflictingRequest",
+        413: "overLimit",
+        429: "overLimit",
+        500: "computeFault",
+        501: "notImplemented",
+        503: "serviceUnavailable",
+    }
+    if status == 401:
+        body = {"error": {"code": 401, "title": "Unauthorized", "message": message}}
+    else:
+        body = {names.get(status, "computeFault"): {"code": status, "message": message}}
+        if status in (413, 429):
+            body[names[status]]["retryAfter"] = "1"
+    response = jsonify(body)
+    response.status_code = status
+    if status in (413, 429):
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+def parse_microversion() -> str:
+    header = request.headers.get("OpenStack-API-Version", "")
+    parts = header.split()
+    if len(parts) == 2 and parts[0] == "compute":
+        return parts[1]
+    return request.headers.get("X-OpenStack-Nova-API-Version", MIN_VERSION)
+
+
+def version_tuple(value: str) -> tuple[int, int]:
+    major, _, minor = value.partition(".")
+    return int(major), int(minor or 0)
+
+
+class FakeCloud:
+    """State and HTTP API of one stand-in cloud (Keystone and Nova together)."""
+
+    def __init__(
+        self,
+        *,
+        secret: str,
+        servers: list[Server],
+        username: str = "broker",
+        password: str = "broker-password",
+        project_id: str = "0123456789abcdef0123456789abcdef",
+        region: str = "RegionOne",
+        console_ttl: int = 600,
+        token_ttl: int = 3600,
+        console_base: str = "http://127.0.0.1:6080",
+        console_page: str = "vnc_auto.html",
+        on_console: Callable[[str, Server, int], None] | None = None,
+    ) -> None:
+        self.secret = secret.encode()
+        self.servers = {s.id: s for s in servers}
+        self.order = [s.id for s in servers]
+        self.username = username
+        self.password = password
+        self.project_id = project_id
+        self.region = region
+        self.console_ttl = console_ttl
+        self.token_ttl = token_ttl
+        self.console_base = console_base.rstrip("/")
+        self.console_page = console_page
+        self.on_console = on_console
+        self.faults = Faults()
+        self.token_generation = 0
+        self.counts: dict[str, int] = {kind: 0 for kind in KINDS}
+        self._lock = threading.Lock()
+        self.public_base = "http://cloud.invalid"
+
+    # -- tokens -----------------------------------------------------------------
+
+    def _sign(self, payload: dict) -> str:
+        raw = base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode())
+        sig = hmac.new(self.secret, raw, hashlib.sha256).hexdigest()[:32]
+        return raw.decode().rstrip("=") + "." + sig
+
+    def _unsign(self, token: str) -> dict | None:
+        raw, _, sig = token.rpartition(".")
+        good = hmac.new(self.secret, raw.encode() + b"=" * (-len(raw) % 4), hashlib.sha256)
+        if not raw or not hmac.compare_digest(good.hexdigest()[:32], sig):
+            return None
+        try:
+            return json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        except ValueError:
+            return None
+
+    def issue_keystone_token(self) -> tuple[str, datetime]:
+        expires = datetime.now(UTC) + timedelta(seconds=self.token_ttl)
+        token = self._sign({"k": "auth", "g": self.token_generation, "exp": expires.timestamp()})
+        return token, expires
+
+    def keystone_token_valid(self, token: str) -> bool:
+        data = self._unsign(token or "")
+        return bool(
+            data
+            and data.get("k") == "auth"
+            and data.get("g") == self.token_generation
+            and data["exp"] > time.time()
+        )
+
+    def issue_console_token(self, server: Server) -> str:
+        nonce = uuid.uuid4().hex[:12]
+        return self._sign({"k": "vnc", "s": server.id, "exp": time.time() + self.console_ttl, "n": nonce})
+
+    def check_console_token(self, token: str) -> Server | None:
+        """The server a console token opens, or None when unknown or expired."""
+        data = self._unsign(token or "")
+        if not data or data.get("k") != "vnc" or data["exp"] <= time.time():
+            return None
+        return self.servers.get(data["s"])
+
+    def revoke_tokens(self) -> None:
+        """Invalidate every Keystone token issued so far (a revoked token mid-flight)."""
+        self.token_generation += 1
+
+    def count(self, kind: str) -> None:
+        with self._lock:
+            self.counts[kind] += 1
+
+    # -- HTTP -------------------------------------------------------------------
+
+    def app(self, *, control: bool = False) -> Flask:
+        """The WSGI app: ``/identity/v3`` and ``/compute/v2.1``; ``/_control`` if asked."""
+        app = Flask(__name__)
+        app.add_url_rule("/identity/v3/auth/tokens", view_func=self._tokens, methods=["POST"])
+        app.add_url_rule("/compute/v2.1/", view_func=self._versions)
+        app.add_url_rule("/compute/v2.1/<project>/servers/detail", view_func=self._list)
+        app.add_url_rule("/compute/v2.1/<project>/servers/<server_id>", view_func=self._show)
+        app.add_url_rule(
+            "/compute/v2.1/<project>/servers/<server_id>/remote-consoles",
+            view_func=self._remote_console,
+            methods=["POST"],
+        )
+        app.add_url_rule(
+            "/compute/v2.1/<project>/servers/<server_id>/action",
+            view_func=self._action,
+            methods=["POST"],
+        )
+        if control:
+            app.add_url_rule("/_control", view_func=self._control, methods=["GET", "POST"])
+        return app
+
+    @property
+    def auth_url(self) -> str:
+        return f"{self.public_base}/identity/v3"
+
+    @property
+    def compute_url(self) -> str:
+        return f"{self.public_base}/compute/v2.1/{self.project_id}"
+
+    def _misbehave(self, kind: str) -> Response | None:
+        """Apply the injected faults for this kind of call; a response ends the call."""
+        self.count(kind)
+        delay = self.faults.keystone_latency if kind == "token" else self.faults.latency
+        delay += self.faults.hang.get(kind, 0.0)
+        if delay:
+            time.sleep(delay)
+        status = self.faults.take_failure(kind)
+        if status:
+            return nova_error(status, f"Injected failure {status} for {kind}.")
+        if kind in self.faults.malformed:
+            return Response("<html>not json", status=200, content_type="application/json")
+        return None
+
+    def _authorized(self) -> Response | None:
+        if not self.keystone_token_valid(request.headers.get("X-Auth-Token", "")):
+            return nova_error(401, "The request you have made requires authentication.")
+        if request.view_args.get("project") not in (None, self.project_id):
+            return nova_error(404, "Project not found.")
+        return None
+
+    def _tokens(self) -> Response:
+        if self.faults.keystone_down:
+            self.count("token")
+            return nova_error(503, "Keystone is unavailable.")
+        failed = self._misbehave("token")
+        if failed:
+            return failed
+        auth = (request.get_json(silent=True) or {}).get("auth", {})
+        user = auth.get("identity", {}).get("password", {}).get("user", {})
+        if user.get("name") != self.username or user.get("password") != self.password:
+            return nova_error(401, "The request you have made requires authentication.")
+        token, expires = self.issue_keystone_token()
+        response = jsonify({"token": self._token_body(expires)})
+        response.status_code = 201
+        response.headers["X-Subject-Token"] = token
+        return response
+
+    def _token_body(self, expires: datetime) -> dict:
+        now = datetime.now(UTC)
+        endpoint = {"interface": "public", "region": self.region, "region_id": self.region}
+        return {
+            "methods": ["password"],
+            "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%S.000000Z"),
+            "issued_at": now.strftime("%Y-%m-%dT%H:%M:%S.000000Z"),
+            "user": {"id": "u-" + self.username, "name": self.username, "domain": {"id": "default", "name": "Default"}},
+            "project": {"id": self.project_id, "name": "demo", "domain": {"id": "default", "name": "Default"}},
+            "roles": [{"id": "r1", "name": "member"}],
+            "catalog": [
+                {
+                    "type": "compute",
+                    "name": "nova",
+                    "id": "c1",
+                    "endpoints": [dict(endpoint, id="e1", url=self.compute_url)],
+                },
+                {
+                    "type": "identity",
+                    "name": "keystone",
+                    "id": "i1",
+                    "endpoints": [dict(endpoint, id="e2", url=self.auth_url)],
+                },
+            ],
+        }
+
+    def _versions(self) -> Response:
+        failed = self._misbehave("versions")
+        if failed:
+            return failed
+        return jsonify(
+            {
+                "version": {
+                    "id": "v2.1",
+                    "status": "CURRENT",
+                    "version": self.faults.max_version,
+                    "min_version": MIN_VERSION,
+                    "updated": "2013-07-23T11:33:21Z",
+                    "links": [{"rel": "self", "href": f"{self.public_base}/compute/v2.1/"}],
+                }
+            }
+        )
+
+    def _list(self, project: str) -> Response:
+        refused = self._authorized() or self._misbehave("list")
+        if refused:
+            return refused
+        try:
+            limit = min(int(request.args.get("limit", 1000)), 1000)
+        except ValueError:
+            return nova_error(400, "limit must be an integer")
+        start = 0
+        marker = request.args.get("marker")
+        if marker:
+            if marker not in self.servers:
+                return nova_error(400, f"marker [{marker}] not found")
+            start = self.order.index(marker) + 1
+        page = [self.servers[i].to_nova() for i in self.order[start : start + limit]]
+        body: dict = {"servers": page}
+        if len(page) == limit and start + limit < len(self.order):
+            href = f"{self.compute_url}/servers/detail?limit={limit}&marker={page[-1]['id']}"
+            body["servers_links"] = [{"rel": "next", "href": href}]
+        return jsonify(body)
+
+    def _show(self, project: str, server_id: str) -> Response:
+        refused = self._authorized() or self._misbehave("show")
+        if refused:
+            return refused
+        server = self.servers.get(server_id)
+        if server is None:
+            return nova_error(404, f"Instance {server_id} could not be found.")
+        return jsonify({"server": server.to_nova()})
+
+    def _console_refusal(self, server_id: str) -> tuple[Server | None, Response | None]:
+        refused = self._authorized() or self._misbehave("console")
+        if refused:
+            return None, refused
+        server = self.servers.get(server_id)
+        if server is None:
+            return None, nova_error(404, f"Instance {server_id} could not be found.")
+        if server.status != "ACTIVE":
+            return None, nova_error(409, f"Instance {server_id} is not ready.")
+        return server, None
+
+    def _in_range(self, version: str) -> bool:
+        try:
+            wanted = version_tuple(version)
+        except ValueError:
+            return False
+        return version_tuple(MIN_VERSION) <= wanted <= version_tuple(self.faults.max_version)
+
+    def _remote_console(self, project: str, server_id: str) -> Response:
+        version = parse_microversion()
+        if not self._in_range(version):
+            return nova_error(406, f"Version {version} is not supported by the API.")
+        if version_tuple(version) < (2, 6):
+            return nova_error(404, "The resource could not be found.")
+        server, refused = self._console_refusal(server_id)
+        if refused:
+            return refused
+        body = (request.get_json(silent=True) or {}).get("remote_console", {})
+        if body.get("protocol") != "vnc" or body.get("type") != "novnc":
+            return nova_error(400, "Unsupported remote console type.")
+        url = self.mint_url(server)
+        return jsonify({"remote_console": {"protocol": "vnc", "type": "novnc", "url": url}})
+
+    def _action(self, project: str, server_id: str) -> Response:
+        version = parse_microversion()
+        body = request.get_json(silent=True) or {}
+        if "os-getVNCConsole" not in body or version_tuple(version) >= (2, 6):
+            return nova_error(404, "The resource could not be found.")
+        server, refused = self._console_refusal(server_id)
+        if refused:
+            return refused
+        return jsonify({"console": {"type": "novnc", "url": self.mint_url(server)}})
+
+    def mint_url(self, server: Server) -> str:
+        """A console URL in Nova's shape, its token registered with the console backend."""
+        token = self.issue_console_token(server)
+        if self.on_console:
+            self.on_console(token, server, self.console_ttl)
+        base = self.console_base
+        if has_request_context() and request.headers.get("X-Console-Base"):
+            base = request.headers["X-Console-Base"]
+        if self.faults.console_scheme:
+            base = self.faults.console_scheme + ":" + base.partition(":")[2]
+        return f"{base}/{self.console_page}?path={quote('?token=' + token, safe='')}"
+
+    def _control(self) -> Response:
+        """Read counters, or change faults from another process (tests, bench, lab)."""
+        if request.method == "POST":
+            change = request.get_json(force=True)
+            if change.pop("revoke_tokens", False):
+                self.revoke_tokens()
+            for name, value in change.items():
+                if name == "malformed":
+                    value = set(value)
+                if name == "statuses":
+                    for server_id, status in value.items():
+                        self.servers[server_id].status = status
+                    continue
+                if not hasattr(self.faults, name):
+                    return nova_error(400, f"unknown fault {name}")
+                setattr(self.faults, name, value)
+        return jsonify({"counts": self.counts, "generation": self.token_generation})

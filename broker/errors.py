@@ -1,0 +1,76 @@
+"""Error responses: JSON ``{"error": {code, message}}`` for the API, one HTML page otherwise."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from flask import jsonify
+from flask import render_template
+from flask import request
+from flask_login import current_user
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+
+from broker.cloud.errors import CloudError
+
+log = logging.getLogger(__name__)
+
+SLUGS = {
+    400: "bad_request",
+    401: "not_signed_in",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    429: "too_many_requests",
+    500: "internal_error",
+}
+
+
+def wants_json() -> bool:
+    return request.path.startswith("/api/")
+
+
+def error_response(status: int, code: str, message: str, **extra):
+    """The one way any error leaves the broker."""
+    if wants_json():
+        response = jsonify({"error": {"code": code, "message": message, **extra}})
+        response.status_code = status
+    else:
+        response = render_template("error.html", status=status, code=code, message=message), status
+    return response
+
+
+def handle_http(exc: HTTPException):
+    status = exc.code or 500
+    return error_response(status, SLUGS.get(status, "error"), exc.description or exc.name)
+
+
+def handle_csrf(exc: CSRFError):
+    # A refresh after the session ended must say "sign in", not "bad CSRF token",
+    # or the console page cannot tell the person what to do.
+    if not current_user.is_authenticated:
+        return error_response(401, "not_signed_in", "Your session has ended. Sign in again.")
+    return error_response(400, "csrf_failed", "The form was stale or forged. Reload the page and try again.")
+
+
+def handle_cloud(exc: CloudError):
+    extra = {}
+    if getattr(exc, "server_status", None):
+        extra["server_status"] = exc.server_status
+    if exc.retry_after is not None:
+        extra["retry_after"] = exc.retry_after
+    return error_response(exc.status, exc.code, exc.message, **extra)
+
+
+def handle_unexpected(exc: Exception):
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return error_response(500, "internal_error", "Something went wrong in the broker. It has been logged.")
+
+
+def register_errorhandlers(app: Flask) -> None:
+    app.register_error_handler(CSRFError, handle_csrf)
+    app.register_error_handler(HTTPException, handle_http)
+    app.register_error_handler(CloudError, handle_cloud)
+    app.register_error_handler(Exception, handle_unexpected)

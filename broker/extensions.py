@@ -1,0 +1,19 @@
+"""Extension objects, created unbound and attached to the app in the factory."""
+
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_login import LoginManager
+from flask_sqlalchemy import SQLAlchemy
+from flask_wtf.csrf import CSRFProtect
+from sqlalchemy.orm import DeclarativeBase
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+db = SQLAlchemy(model_class=Base)
+login_manager = LoginManager()
+csrf = CSRFProtect()
+# Limits are declared on the routes that need them (sign-in); nothing by default.
+limiter = Limiter(key_func=get_remote_address, default_limits=[])

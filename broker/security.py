@@ -1,0 +1,45 @@
+"""Security headers on every response, and the Content-Security-Policy for console frames."""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask import Response
+
+
+def frame_sources(console_hosts: tuple[str, ...], demo: bool) -> str:
+    """``frame-src``: only the console hosts (any port), or this site in demo mode."""
+    if console_hosts:
+        return " ".join(f"http://{h}:* https://{h}:*" for h in console_hosts)
+    if demo:
+        return "'self'"
+    # No allow-list configured: any http(s) console, never javascript:/data: frames.
+    return "http: https:"
+
+
+def content_security_policy(frame_src: str) -> str:
+    return "; ".join(
+        (
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self' data:",
+            "connect-src 'self'",
+            f"frame-src {frame_src}",
+            "frame-ancestors 'self'",
+            "form-action 'self'",
+            "base-uri 'none'",
+            "object-src 'none'",
+        )
+    )
+
+
+def register_security_headers(app: Flask, console_hosts: tuple[str, ...], demo: bool) -> None:
+    policy = content_security_policy(frame_sources(console_hosts, demo))
+
+    @app.after_request
+    def add_headers(response: Response) -> Response:
+        response.headers.setdefault("Content-Security-Policy", policy)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+        return response

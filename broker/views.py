@@ -1,0 +1,89 @@
+"""Pages: the server list, the console page, the name chooser and the pop-out redirect."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+from flask import abort
+from flask import current_app
+from flask import redirect
+from flask import render_template
+from flask import request
+from flask import url_for
+from flask_login import current_user
+from flask_login import login_required
+
+from broker.consoles import ConsoleService
+
+bp = Blueprint("views", __name__)
+
+
+def service() -> ConsoleService:
+    return current_app.extensions["consoles"]
+
+
+def cloud_arg() -> str | None:
+    return request.args.get("cloud") or None
+
+
+@bp.get("/")
+@login_required
+def index():
+    query = request.args.get("q", "")[:200]
+    inventory = service().inventory
+    overview = inventory.overview("", cloud_arg())
+    # Every row is rendered so that the page's instant search can widen again;
+    # rows that do not match ?q= start hidden.
+    matching = {s.id for s in inventory.overview(query, cloud_arg()).servers} if query.strip() else None
+    return render_template(
+        "servers/list.html",
+        servers=overview.servers,
+        matching=matching,
+        failures=overview.failures,
+        query=query,
+        cloud=cloud_arg() or "",
+        clouds=list(service().inventory.clouds),
+    )
+
+
+def resolve_or_choose(ref: str):
+    """One server for ``ref``, or a response: 404 page, or the chooser for a shared name."""
+    matches = service().resolve(ref, cloud_arg())
+    if not matches:
+        abort(404, description=f"No server is called {ref!r}" if len(ref) < 200 else "No such server.")
+    if len(matches) > 1:
+        return None, render_template("console/chooser.html", name=ref, servers=matches)
+    return matches[0], None
+
+
+@bp.get("/console/<path:ref>")
+@login_required
+def console(ref: str):
+    server, chooser = resolve_or_choose(ref)
+    if chooser:
+        return chooser
+    cloud = service().inventory.cloud(server.cloud)
+    settings = current_app.extensions["settings"]
+    page = {
+        "server": server.to_json(),
+        "mintUrl": url_for("api.mint", server_id=server.id, cloud=server.cloud),
+        "brokerLink": url_for("views.console", ref=ref, _external=True),
+        "openUrl": url_for("views.open_console", ref=server.id, cloud=server.cloud),
+        "loginUrl": url_for("auth.login", next=request.full_path.rstrip("?")),
+        "margin": settings.refresh_margin,
+        "idleSwapAfter": settings.idle_swap_after,
+        "pauseAfter": settings.pause_after,
+        "swap": cloud.console_swap,
+    }
+    return render_template("console/page.html", server=server, page=page)
+
+
+@bp.get("/console/<path:ref>/open")
+@login_required
+def open_console(ref: str):
+    server, chooser = resolve_or_choose(ref)
+    if chooser:
+        return chooser
+    minted = service().mint(current_user.username, server.id, server.cloud, detail="popout")
+    response = redirect(minted.console.url, code=303)
+    response.headers["Cache-Control"] = "no-store"
+    return response
