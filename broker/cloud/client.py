@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import field
 from urllib.parse import parse_qs
@@ -202,11 +204,11 @@ class ComputeClient:
         self._max_version: tuple[int, int] | None = None
         self._lock = threading.Lock()
 
-    def _request(self, method: str, path: str, what: str, **kwargs) -> requests.Response:
-        """One call, with timeouts; transport and auth failures become CloudErrors."""
-        kwargs.setdefault("timeout", self.timeouts.as_requests())
+    @contextmanager
+    def _translated(self, what: str) -> Iterator[None]:
+        """Turn keystoneauth1's transport and auth failures into CloudErrors."""
         try:
-            return self.adapter.request(path, method, raise_exc=False, **kwargs)
+            yield
         except ks_exc.ConnectTimeout:
             raise errors.CloudTimeout(f"{what}: cloud {self.name} did not answer in time.") from None
         except (ks_exc.ConnectFailure, ks_exc.UnknownConnectionError, ks_exc.SSLError):
@@ -216,12 +218,20 @@ class ComputeClient:
         except (ks_exc.EndpointNotFound, ks_exc.EmptyCatalog):
             raise errors.CloudError(f"{what}: cloud {self.name} has no compute endpoint in its catalog.") from None
         except ks_exc.HttpError as exc:
-            # Keystone itself failed (5xx on the token request).
+            # Keystone itself failed (an error status on the token request).
             raise errors.CloudUnreachable(
                 f"{what}: identity service of cloud {self.name} answered HTTP {exc.http_status}."
             ) from None
+        except ks_exc.DiscoveryFailure:
+            raise errors.CloudUnreachable(f"{what}: identity service of cloud {self.name} is unreachable.") from None
         except ks_exc.ClientException as exc:
             raise errors.CloudError(f"{what}: cloud {self.name}: {type(exc).__name__}.") from None
+
+    def _request(self, method: str, path: str, what: str, **kwargs) -> requests.Response:
+        """One call with connect and read timeouts; errors come back as responses or CloudErrors."""
+        kwargs.setdefault("timeout", self.timeouts.as_requests())
+        with self._translated(what):
+            return self.adapter.request(path, method, raise_exc=False, **kwargs)
 
     def _json(self, response: requests.Response, what: str) -> dict:
         if response.status_code >= 400:
@@ -238,7 +248,8 @@ class ComputeClient:
 
     def version_root(self) -> str:
         """``https://nova/v2.1/<project>`` -> ``https://nova/v2.1/`` (the version document)."""
-        endpoint = self.adapter.get_endpoint() or ""
+        with self._translated("Finding the compute endpoint"):
+            endpoint = self.adapter.get_endpoint() or ""
         parts = urlsplit(endpoint)
         segments = parts.path.rstrip("/").split("/")
         for index, segment in enumerate(segments):

@@ -231,6 +231,8 @@ class FakeCloud:
     def app(self, *, control: bool = False) -> Flask:
         """The WSGI app: ``/identity/v3`` and ``/compute/v2.1``; ``/_control`` if asked."""
         app = Flask(__name__)
+        app.add_url_rule("/identity/v3", view_func=self._identity_version)
+        app.add_url_rule("/identity/v3/", view_func=self._identity_version)
         app.add_url_rule("/identity/v3/auth/tokens", view_func=self._tokens, methods=["POST"])
         app.add_url_rule("/compute/v2.1/", view_func=self._versions)
         app.add_url_rule("/compute/v2.1/<project>/servers/detail", view_func=self._list)
@@ -277,6 +279,21 @@ class FakeCloud:
         if request.view_args.get("project") not in (None, self.project_id):
             return nova_error(404, "Project not found.")
         return None
+
+    def _identity_version(self) -> Response:
+        if self.faults.keystone_down:
+            return nova_error(503, "Keystone is unavailable.")
+        return jsonify(
+            {
+                "version": {
+                    "id": "v3.14",
+                    "status": "stable",
+                    "updated": "2020-04-07T00:00:00Z",
+                    "links": [{"rel": "self", "href": self.auth_url + "/"}],
+                    "media-types": [{"base": "application/json", "type": "application/vnd.openstack.identity-v3+json"}],
+                }
+            }
+        )
 
     def _tokens(self) -> Response:
         if self.faults.keystone_down:
