@@ -58,8 +58,17 @@ class AuditRecord(db.Model):
         }
 
 
-def record(action: str, outcome: str, *, username: str = "", cloud: str = "", server_id: str = "",
-           server_name: str = "", detail: str = "", reason: str = "") -> AuditRecord:
+def record(
+    action: str,
+    outcome: str,
+    *,
+    username: str = "",
+    cloud: str = "",
+    server_id: str = "",
+    server_name: str = "",
+    detail: str = "",
+    reason: str = "",
+) -> AuditRecord:
     """Write one record (and its JSON line to the ``broker.audit`` log)."""
     entry = AuditRecord(
         username=username[:64],

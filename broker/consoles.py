@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from datetime import UTC
@@ -86,11 +87,23 @@ class ConsoleService:
         detail = detail if detail in MINT_DETAILS else "load"
         server = self.inventory.by_id(server_id, cloud) if looks_like_id(server_id) else None
         if server is None:
-            audit.record("console", "failed", username=username, server_id=server_id[:64],
-                         cloud=cloud or "", detail=detail, reason="no such server")
+            audit.record(
+                "console",
+                "failed",
+                username=username,
+                server_id=server_id[:64],
+                cloud=cloud or "",
+                detail=detail,
+                reason="no such server",
+            )
             raise NoSuchServer("No such server.")
-        note = {"username": username, "cloud": server.cloud, "server_id": server.id,
-                "server_name": server.name, "detail": detail}
+        note = {
+            "username": username,
+            "cloud": server.cloud,
+            "server_id": server.id,
+            "server_name": server.name,
+            "detail": detail,
+        }
         try:
             minted = self._mint(server)
         except errors.CloudError as exc:
@@ -112,10 +125,8 @@ class ConsoleService:
     def _not_running(self, server: ServerInfo) -> errors.ServerNotReady:
         """A 409 says little; name the server's current status."""
         status = server.status
-        try:
+        with contextlib.suppress(errors.CloudError):
             status = self.inventory.cloud(server.cloud).client.get_server(server.id).status
-        except errors.CloudError:
-            pass
         self.inventory.forget(server.cloud)
         error = errors.ServerNotReady(f"The server {server.name} is not running ({status}).")
         error.server_status = status

@@ -23,9 +23,7 @@ class Listing:
 
     @classmethod
     def build(cls, servers: list[ServerInfo], fetched_at: float) -> Listing:
-        haystacks = tuple(
-            "\n".join((s.name, s.id, *s.addresses)).lower() for s in servers
-        )
+        haystacks = tuple("\n".join((s.name, s.id, *s.addresses)).lower() for s in servers)
         return cls(tuple(servers), haystacks, {s.id: s for s in servers}, fetched_at)
 
 

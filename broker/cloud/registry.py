@@ -39,9 +39,7 @@ def _options(extra: Mapping, name: str, default_ttl: int, default_swap: str) -> 
     return ttl, swap
 
 
-def load_clouds(
-    names: tuple[str, ...], *, timeouts: Timeouts, default_ttl: int, default_swap: str
-) -> list[Cloud]:
+def load_clouds(names: tuple[str, ...], *, timeouts: Timeouts, default_ttl: int, default_swap: str) -> list[Cloud]:
     """Build one client per named clouds.yaml entry (``name`` or ``name/region``), or from ``OS_*``."""
     from openstack import config as os_config
     from openstack import exceptions as os_exc

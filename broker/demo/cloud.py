@@ -149,7 +149,7 @@ class FakeCloud:
         secret: str,
         servers: list[Server],
         username: str = "broker",
-        password: str = "broker-password",
+        password: str = "broker-password",  # noqa: S107 - a stand-in cloud's own account
         project_id: str = "0123456789abcdef0123456789abcdef",
         region: str = "RegionOne",
         console_ttl: int = 600,
@@ -201,10 +201,7 @@ class FakeCloud:
     def keystone_token_valid(self, token: str) -> bool:
         data = self._unsign(token or "")
         return bool(
-            data
-            and data.get("k") == "auth"
-            and data.get("g") == self.token_generation
-            and data["exp"] > time.time()
+            data and data.get("k") == "auth" and data.get("g") == self.token_generation and data["exp"] > time.time()
         )
 
     def issue_console_token(self, server: Server) -> str:

@@ -8,6 +8,7 @@ prints the ``OS_*`` variables that point the broker at it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import threading
 from dataclasses import dataclass
 
@@ -72,17 +73,17 @@ def main() -> None:
     parser.add_argument("--control", action="store_true", help="enable POST /_control to inject faults")
     args = parser.parse_args()
     cloud = FakeCloud(
-        secret="stand-in", servers=make_servers(args.servers), console_ttl=args.console_ttl,
+        secret="stand-in",
+        servers=make_servers(args.servers),
+        console_ttl=args.console_ttl,
         console_base=args.console_base,
     )
     cloud.faults.latency = args.latency
     running = start(cloud, args.port, control=args.control, in_thread=False)
     for name, value in environment(cloud).items():
         print(f"export {name}={value}", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         running.server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":
