@@ -1,0 +1,293 @@
+"""The console lab: QEMU guests behind websockify and noVNC, a stand-in Nova, and a broker.
+
+Everything listens on 127.0.0.1 and every process is started, supervised and stopped
+by its PID. Use it as a context manager::
+
+    with Lab(console_ttl=20) as lab:
+        print(lab.broker_url, lab.username, lab.password)
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+
+from broker.demo import serve
+from broker.demo.cloud import FakeCloud
+from broker.demo.cloud import Server
+from lab.processes import Child
+from lab.processes import LabError
+from lab.processes import free_port
+from lab.processes import port_is_free
+from lab.processes import spawn
+from lab.processes import wait_for_port
+from lab.proxy import TokenStore
+
+REPO = Path(__file__).resolve().parent.parent
+NOVNC = Path("/usr/share/novnc")
+QEMU = "qemu-system-x86_64"
+VNC_BASE = 5900
+
+
+@dataclass
+class LabServer:
+    """One server of the lab cloud; an ACTIVE one has a QEMU guest behind it."""
+
+    name: str
+    status: str = "ACTIVE"
+    ip: str = "10.0.0.10"
+    id: str = ""
+    vnc_port: int = 0
+    monitor: Path | None = None
+    guest: Child | None = None
+
+    def __post_init__(self) -> None:
+        self.id = self.id or str(uuid.uuid5(uuid.NAMESPACE_URL, f"console-lab/{self.name}"))
+
+    def to_cloud(self) -> Server:
+        return Server(self.id, self.name, self.status, addresses={"lab-net": [{"addr": self.ip, "version": 4}]})
+
+
+def default_servers() -> list[LabServer]:
+    """Two running guests and one stopped server (for the "not running" path)."""
+    return [
+        LabServer("web-01", ip="10.0.0.11"),
+        LabServer("db-01", ip="10.0.0.12"),
+        LabServer("batch-01", status="SHUTOFF", ip="10.0.0.13"),
+    ]
+
+
+def missing_tools() -> list[str]:
+    """The system tools the lab needs that this machine lacks (empty when all are there)."""
+    missing = []
+    if shutil.which(QEMU) is None:
+        missing.append(f"{QEMU} (Debian package qemu-system-x86)")
+    if not (NOVNC / "vnc_lite.html").is_file():
+        missing.append(f"{NOVNC}/vnc_lite.html (Debian package novnc)")
+    return missing
+
+
+def free_vnc_display(start: int = 20) -> int:
+    """A VNC display number whose port (5900 + N) is free on loopback."""
+    for display in range(start, start + 200):
+        if port_is_free(VNC_BASE + display):
+            return display
+    raise LabError("no free VNC display between :20 and :219")
+
+
+@dataclass
+class Lab:
+    """The whole lab; ``start()``/``stop()`` or ``with Lab() as lab``."""
+
+    console_ttl: int = 20
+    refresh_margin: int = 8
+    idle_swap_after: int = 2
+    with_broker: bool = True
+    broker_port: int = 0
+    proxy_port: int = 0
+    username: str = "helpdesk"
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    allowed_origins: tuple[str, ...] = ()
+    servers: list[LabServer] = field(default_factory=default_servers)
+    workdir: Path | None = None
+    children: list[Child] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._own_workdir = self.workdir is None
+        self.workdir = Path(self.workdir or tempfile.mkdtemp(prefix="console-lab-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.tokens = TokenStore(self.workdir / "tokens")
+        self.cloud: FakeCloud | None = None
+        self._cloud_running: serve.Running | None = None
+        self._broker_secret = secrets.token_urlsafe(32)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def __enter__(self) -> Lab:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Bring up guests, proxy, cloud and (if asked) the broker; undo everything on failure."""
+        missing = missing_tools()
+        if missing:
+            raise LabError("missing: " + ", ".join(missing))
+        try:
+            for server in self.servers:
+                if server.status == "ACTIVE":
+                    self._start_guest(server)
+            self._start_proxy()
+            self._start_cloud()
+            if self.with_broker:
+                self._start_broker()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop every child (newest first) and the cloud; remove a workdir the lab made."""
+        while self.children:
+            self.children.pop().stop()
+        if self._cloud_running:
+            self._cloud_running.stop()
+            self._cloud_running = None
+        if self._own_workdir and self.workdir.exists():
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- parts ----------------------------------------------------------------------
+
+    def _start_guest(self, server: LabServer) -> None:
+        display = free_vnc_display()
+        server.vnc_port = VNC_BASE + display
+        server.monitor = self.workdir / f"{server.name}.monitor"
+        argv = [
+            QEMU,
+            "-name", server.name,
+            "-display", "none",
+            "-vnc", f"127.0.0.1:{display}",
+            "-accel", "tcg",
+            "-m", "64",
+            "-nic", "none",
+            "-boot", "menu=on,splash-time=10000",
+            "-monitor", f"unix:{server.monitor},server=on,wait=off",
+        ]  # fmt: skip
+        server.guest = self._spawn(f"qemu {server.name}", argv)
+        wait_for_port(server.guest, server.vnc_port)
+
+    def _start_proxy(self) -> None:
+        self.proxy_port = self.proxy_port or free_port()
+        argv = [
+            sys.executable, "-m", "websockify",
+            "--web", str(NOVNC),
+            "--file-only",
+            "--token-plugin", "lab.proxy.TokenDir",
+            "--token-source", str(self.tokens.directory),
+            "--auth-plugin", "lab.proxy.OriginCheck",
+            "--auth-source", ",".join(self.allowed_origins),
+            f"127.0.0.1:{self.proxy_port}",
+        ]  # fmt: skip
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        wait_for_port(self._spawn("websockify", argv, env=env), self.proxy_port)
+
+    def _start_cloud(self) -> None:
+        self.cloud = FakeCloud(
+            secret=secrets.token_urlsafe(16),
+            servers=[server.to_cloud() for server in self.servers],
+            console_ttl=self.console_ttl,
+            console_base=self.proxy_url,
+            console_page="vnc_lite.html",
+            on_console=self._register_console,
+        )
+        self._cloud_running = serve.start(self.cloud)
+
+    def _register_console(self, token: str, server: Server, ttl: int) -> None:
+        target = self.server(server.id)
+        self.tokens.register(token, "127.0.0.1", target.vnc_port, ttl)
+
+    def _start_broker(self) -> None:
+        self.broker_port = self.broker_port or free_port()
+        env = self.broker_env()
+        self._flask(["users", "add", self.username], env, stdin=self.password)
+        argv = [
+            sys.executable, "-m", "gunicorn",
+            "--worker-class", "gthread", "--workers", "2", "--threads", "8",
+            "--bind", f"127.0.0.1:{self.broker_port}",
+            "app:app",
+        ]  # fmt: skip
+        broker = self._spawn("broker", argv, env=env, cwd=REPO)
+        wait_for_port(broker, self.broker_port, timeout=30)
+        self._wait_healthy(broker)
+
+    def _wait_healthy(self, broker: Child, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.broker_url + "/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise LabError(f"broker not healthy within {timeout:.0f} s; log {broker.log}:\n{broker.tail()}")
+
+    def _flask(self, args: list[str], env: dict[str, str], stdin: str = "") -> None:
+        argv = [sys.executable, "-m", "flask", "--app", "app", *args, "--password-stdin"]
+        done = subprocess.run(argv, input=stdin + "\n", env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+        if done.returncode:
+            raise LabError(f"flask {' '.join(args)} failed: {done.stderr or done.stdout}")
+
+    def _spawn(self, name: str, argv: list[str], **kwargs) -> Child:
+        log = self.workdir / (name.replace(" ", "-") + ".log")
+        child = spawn(name, argv, log, **kwargs)
+        self.children.append(child)
+        return child
+
+    # -- what callers use -------------------------------------------------------------
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}"
+
+    @property
+    def broker_url(self) -> str:
+        return f"http://127.0.0.1:{self.broker_port}"
+
+    def broker_env(self) -> dict[str, str]:
+        """The environment a broker needs to run against this lab."""
+        env = dict(os.environ)
+        env.update(serve.environment(self.cloud))
+        env.update(
+            BROKER_SECRET_KEY=self._broker_secret,
+            BROKER_DATABASE_URL=f"sqlite:///{self.workdir / 'broker.db'}",
+            BROKER_CONSOLE_TTL=str(self.console_ttl),
+            BROKER_REFRESH_MARGIN=str(self.refresh_margin),
+            BROKER_IDLE_SWAP_AFTER=str(self.idle_swap_after),
+            BROKER_CONSOLE_HOSTS="127.0.0.1",
+            BROKER_SERVER_CACHE_TTL="5",
+        )
+        return env
+
+    def server(self, key: str) -> LabServer:
+        """A lab server by ID or name."""
+        for server in self.servers:
+            if key in (server.id, server.name):
+                return server
+        raise KeyError(key)
+
+    def console_url(self, key: str) -> str:
+        """Mint a console URL straight from the cloud, as Nova would hand it out."""
+        return self.cloud.mint_url(self.cloud.servers[self.server(key).id])
+
+    def reset_guest(self, key: str) -> None:
+        """Reset a guest through its QEMU monitor; its VNC sessions stay connected."""
+        self.monitor(key, "system_reset")
+
+    def monitor(self, key: str, command: str) -> str:
+        """Send one HMP command to a guest's QEMU monitor and return what it printed."""
+        server = self.server(key)
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(str(server.monitor))
+            sock.sendall(command.encode() + b"\n")
+            time.sleep(0.3)
+            sock.settimeout(0.5)
+            chunks = []
+            try:
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
+            except TimeoutError:
+                pass
+        return b"".join(chunks).decode(errors="replace")
