@@ -43,7 +43,9 @@ def start(cloud: FakeCloud, port: int = 0, *, control: bool = False, in_thread: 
     cloud.public_base = f"http://127.0.0.1:{server.server_port}"
     running = Running(cloud, server)
     if in_thread:
-        running.thread = threading.Thread(target=server.serve_forever, daemon=True, name="fake-cloud")
+        running.thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True, name="fake-cloud"
+        )
         running.thread.start()
     return running
 

@@ -1,0 +1,99 @@
+"""Fixtures for the browser tests: one console lab and one Chromium for the whole session.
+
+Without Chromium, QEMU or noVNC the tests skip with the reason, except under ``CI=true``,
+where a missing tool fails them: CI installs the tools, so a skip there would hide a gap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser
+from playwright.sync_api import BrowserContext
+from playwright.sync_api import Page
+from playwright.sync_api import sync_playwright
+
+from lab import Lab
+from lab.browser import CHROMIUM
+from lab.browser import CHROMIUM_ARGS
+from lab.browser import CONNECTED_AT_JS
+from lab.browser import DESKTOP
+from lab.browser import sign_in
+from lab.lab import missing_tools
+
+# Short lifetimes so expiry is seen within the run: refresh after max(20 - 8, 10) = 12 s.
+TTL = 20
+MARGIN = 8
+IDLE_SWAP_AFTER = 2
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def missing() -> list[str]:
+    gone = missing_tools()
+    if not CHROMIUM.is_file():
+        gone.append(f"{CHROMIUM} (Debian package chromium)")
+    return gone
+
+
+@pytest.fixture(scope="session")
+def tools() -> None:
+    gone = missing()
+    if not gone:
+        return
+    reason = "browser tests need " + ", ".join(gone)
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason + " (CI=true: install them, see .ci/run)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def lab(tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    workdir = tmp_path_factory.mktemp("console-lab")
+    with Lab(console_ttl=TTL, refresh_margin=MARGIN, idle_swap_after=IDLE_SWAP_AFTER, workdir=workdir) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def browser(tools: None) -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="session")
+def signed_in_state(browser: Browser, lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Cookies of one sign-in, shared by the tests that start signed in."""
+    context = browser.new_context(base_url=lab.broker_url)
+    page = context.new_page()
+    page.goto("/login")
+    sign_in(page, lab)
+    path = tmp_path_factory.mktemp("state") / "signed-in.json"
+    context.storage_state(path=path)
+    context.close()
+    return str(path)
+
+
+def new_context(browser: Browser, lab: Lab, state: str | None = None, viewport: dict | None = None) -> BrowserContext:
+    context = browser.new_context(base_url=lab.broker_url, storage_state=state, viewport=viewport or DESKTOP)
+    context.add_init_script(CONNECTED_AT_JS)
+    return context
+
+
+@pytest.fixture
+def anonymous(browser: Browser, lab: Lab) -> Iterator[Page]:
+    """A page in a fresh context with no session."""
+    context = new_context(browser, lab)
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture
+def page(browser: Browser, lab: Lab, signed_in_state: str) -> Iterator[Page]:
+    """A page in a fresh context that is signed in as the lab's user."""
+    context = new_context(browser, lab, signed_in_state)
+    yield context.new_page()
+    context.close()

@@ -1,0 +1,160 @@
+"""The JSON API: minting console URLs and listing servers."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import server_id
+from sqlalchemy import select
+
+from broker.audit import AuditRecord
+from broker.extensions import db
+
+
+@pytest.fixture
+def api(client, auth):
+    auth.login()
+    token = auth.csrf()
+
+    def mint(target: str, **kwargs):
+        headers = kwargs.pop("headers", {"X-CSRFToken": token})
+        return client.post(f"/api/consoles/{target}", headers=headers, **kwargs)
+
+    return mint
+
+
+def audit_rows(app):
+    with app.app_context():
+        return [r.to_json() for r in db.session.scalars(select(AuditRecord).where(AuditRecord.action == "console"))]
+
+
+def test_mint_returns_the_documented_shape(api, app):
+    response = api(server_id(1), json={"reason": "load"})
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    body = response.get_json()
+    assert body["url"].startswith("http://127.0.0.1:6080/vnc_auto.html?path=%3Ftoken%3D")
+    assert (body["type"], body["protocol"], body["expires_in"]) == ("novnc", "vnc", 600)
+    assert body["expires_at"].endswith("Z")
+    assert body["server"] == {"id": server_id(1), "name": "web-01", "status": "ACTIVE", "cloud": "lab"}
+    [row] = audit_rows(app)
+    assert (row["user"], row["outcome"], row["server_name"], row["detail"]) == ("agent", "ok", "web-01", "load")
+    assert "token" not in str(row) and "vnc_auto" not in str(row)
+
+
+def test_each_mint_is_fresh(api, fake):
+    first = api(server_id(1)).get_json()["url"]
+    second = api(server_id(1)).get_json()["url"]
+    assert first != second
+    assert fake.counts["console"] == 2
+
+
+def test_refresh_reason_is_audited(api, app):
+    api(server_id(1), json={"reason": "refresh"})
+    assert audit_rows(app)[0]["detail"] == "refresh"
+
+
+def test_mint_without_csrf_header_is_refused(api, fake):
+    response = api(server_id(1), headers={})
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "csrf_failed"
+    assert fake.counts["console"] == 0
+
+
+def test_refresh_after_session_ended_gets_401_not_csrf_error(client, auth, fake):
+    auth.login()
+    token = auth.csrf()
+    client.delete_cookie("session")
+    response = client.post(f"/api/consoles/{server_id(1)}", headers={"X-CSRFToken": token})
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] == "not_signed_in"
+    assert fake.counts["console"] == 0
+
+
+def test_stopped_server_gets_409_with_status(api, app):
+    response = api(server_id(3))
+    assert response.status_code == 409
+    error = response.get_json()["error"]
+    assert error == {
+        "code": "server_not_running",
+        "message": "The server db-01 is not running (SHUTOFF).",
+        "server_status": "SHUTOFF",
+    }
+    assert audit_rows(app)[0]["outcome"] == "failed"
+
+
+def test_unknown_server_gets_404(api, app):
+    response = api(server_id(99))
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "server_not_found"
+    assert audit_rows(app)[0]["reason"] == "no such server"
+
+
+@pytest.mark.parametrize("target", ["..%2F..%2Fservers", "../../servers/detail", "a%00b", "x" * 10000])
+def test_odd_ids_never_reach_the_cloud(api, fake, target):
+    response = api(target)
+    assert response.status_code == 404
+    assert fake.counts["console"] == 0 and fake.counts["show"] == 0
+
+
+@pytest.mark.parametrize("scheme", ["javascript", "data"])
+def test_non_http_console_url_is_refused(api, fake, scheme):
+    fake.faults.console_scheme = scheme
+    response = api(server_id(1))
+    assert response.status_code == 502
+    body = response.get_data(as_text=True)
+    assert "token" not in body and scheme + ":" not in body
+    assert response.get_json()["error"]["code"] == "cloud_bad_response"
+
+
+@pytest.mark.parametrize(("status", "code"), [(500, 502), (503, 503), (429, 503)])
+def test_cloud_trouble_maps_to_5xx(api, fake, status, code):
+    api(server_id(2))  # warm the version check
+    fake.faults.fail_next["console"] = [status]
+    response = api(server_id(1))
+    assert response.status_code == code
+    assert "Injected failure" in response.get_json()["error"]["message"]
+
+
+def test_timeout_is_504(api, fake):
+    api(server_id(2))
+    fake.faults.hang["console"] = 1.5
+    response = api(server_id(1))
+    assert response.status_code == 504
+    assert response.get_json()["error"]["code"] == "cloud_timeout"
+
+
+def test_list_api(client, auth):
+    auth.login()
+    body = client.get("/api/servers?q=web").get_json()
+    assert [s["name"] for s in body["servers"]] == ["web-01", "web-02"]
+    assert body["servers"][0] == {
+        "id": server_id(1),
+        "name": "web-01",
+        "status": "ACTIVE",
+        "cloud": "lab",
+        "addresses": ["10.1.0.1"],
+        "availability_zone": "az-1",
+    }
+    assert body["unavailable"] == []
+
+
+def test_server_list_is_cached_and_the_mint_is_not(client, auth, fake):
+    auth.login()
+    for _ in range(3):
+        client.get("/api/servers")
+    assert fake.counts["list"] == 1
+
+
+class TestConsoleHostAllowList:
+    @pytest.fixture
+    def env_overrides(self):
+        return {"BROKER_CONSOLE_HOSTS": "console.example"}
+
+    def test_console_on_other_host_is_refused(self, api):
+        response = api(server_id(1))
+        assert response.status_code == 502
+        assert "not in BROKER_CONSOLE_HOSTS" in response.get_json()["error"]["message"]
+
+    def test_frame_src_lists_only_the_allowed_hosts(self, client):
+        csp = client.get("/login").headers["Content-Security-Policy"]
+        assert "frame-src http://console.example:* https://console.example:*;" in csp

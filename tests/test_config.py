@@ -1,0 +1,57 @@
+"""Settings: defaults, checks that name the variable, and the demo key kept on disk."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker import create_app
+from broker.config import ConfigError
+from broker.config import load_settings
+
+
+def test_defaults_outside_demo(tmp_path):
+    settings = load_settings({"BROKER_SECRET_KEY": "k" * 32, "OS_CLOUD": "prod"}, str(tmp_path))
+    assert not settings.demo
+    assert (settings.console_ttl, settings.refresh_margin, settings.console_swap) == (600, 60, "idle")
+    assert settings.database_url == f"sqlite:///{tmp_path}/broker.sqlite3"
+    assert settings.clouds == ("prod",)
+
+
+def test_several_clouds(tmp_path):
+    settings = load_settings({"BROKER_SECRET_KEY": "k" * 32, "BROKER_CLOUDS": "a, b/RegionTwo"}, str(tmp_path))
+    assert settings.clouds == ("a", "b/RegionTwo")
+
+
+def test_missing_secret_key_outside_demo_names_the_variable(tmp_path):
+    with pytest.raises(ConfigError, match="BROKER_SECRET_KEY"):
+        load_settings({"OS_AUTH_URL": "https://keystone.example/v3"}, str(tmp_path))
+
+
+def test_app_refuses_to_start_without_a_key(tmp_path):
+    with pytest.raises(SystemExit, match="BROKER_SECRET_KEY"):
+        create_app({"ENV": {"OS_CLOUD": "prod"}, "INSTANCE_PATH": str(tmp_path)})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BROKER_CONSOLE_TTL", "ten"),
+        ("BROKER_CONSOLE_TTL", "5"),
+        ("BROKER_REFRESH_MARGIN", "-1"),
+        ("BROKER_CONNECT_TIMEOUT", "0"),
+        ("BROKER_CONSOLE_SWAP", "sometimes"),
+        ("BROKER_DEMO", "maybe"),
+    ],
+)
+def test_bad_values_name_the_variable(tmp_path, name, value):
+    with pytest.raises(ConfigError, match=name):
+        load_settings({"BROKER_SECRET_KEY": "k" * 32, name: value}, str(tmp_path))
+
+
+def test_demo_key_is_generated_once_and_kept(tmp_path):
+    first = load_settings({}, str(tmp_path))
+    second = load_settings({}, str(tmp_path))
+    assert first.demo and second.demo
+    assert first.secret_key == second.secret_key
+    assert len(first.secret_key) >= 32
+    assert (tmp_path / "demo-secret-key").stat().st_mode & 0o077 == 0

@@ -1,0 +1,152 @@
+"""Pages: the list and its search, console by ID or name, the chooser, the pop-out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from bs4 import BeautifulSoup
+from conftest import server_id
+
+
+@pytest.fixture
+def signed_in(client, auth):
+    auth.login()
+    return client
+
+
+def soup_of(response) -> BeautifulSoup:
+    return BeautifulSoup(response.get_data(as_text=True), "html.parser")
+
+
+def visible_names(soup) -> list[str]:
+    return [row.select_one("a.server-link").get_text() for row in soup.select("#servers tbody tr:not([hidden])")]
+
+
+def test_list_shows_every_field(signed_in):
+    soup = soup_of(signed_in.get("/"))
+    row = soup.select("#servers tbody tr")[0]
+    cells = [td.get_text(strip=True) for td in row.find_all("td")]
+    assert cells == ["web-01", "ACTIVE", "10.1.0.1", "az-1", "lab", server_id(1)]
+    assert len(soup.select("#servers tbody tr")) == 7
+
+
+@pytest.mark.parametrize(
+    ("query", "names"),
+    [("web", ["web-01", "web-02"]), ("10.1.0.3", ["db-01"]), (server_id(4)[-6:], ["worker"]), ("WEB-02", ["web-02"])],
+)
+def test_search_by_name_ip_or_id(signed_in, query, names):
+    soup = soup_of(signed_in.get("/", query_string={"q": query}))
+    assert visible_names(soup) == names
+    assert soup.select_one("#q")["value"] == query
+    # All rows are rendered so the instant search can widen again in the browser.
+    assert len(soup.select("#servers tbody tr")) == 7
+
+
+def test_search_with_no_match_says_so(signed_in):
+    soup = soup_of(signed_in.get("/?q=zzz"))
+    assert visible_names(soup) == []
+    assert not soup.select_one("#no-match").has_attr("hidden")
+
+
+def test_server_name_html_is_escaped(signed_in):
+    html = signed_in.get("/").get_data(as_text=True)
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;b&gt;bold&lt;/b&gt;&amp;&lt;script&gt;" in html
+
+
+def test_console_page_by_id(signed_in):
+    response = signed_in.get(f"/console/{server_id(1)}")
+    assert response.status_code == 200
+    soup = soup_of(response)
+    page = json.loads(soup.select_one("#console")["data-page"])
+    assert page["mintUrl"] == f"/api/consoles/{server_id(1)}?cloud=lab"
+    assert page["server"]["name"] == "web-01"
+    assert page["margin"] == 60
+    assert soup.select_one("#server-name").get_text() == "web-01"
+    for control in ("#reconnect", "#fullscreen", "#open-tab", "#copy-link", "#freshness", "#console-frame"):
+        assert soup.select_one(control) is not None, control
+    # The shell never carries a console URL: the page mints with a POST.
+    assert "vnc_auto.html" not in response.get_data(as_text=True)
+    assert soup.select_one("#console-frame").get("src") is None
+
+
+def test_console_page_by_name(signed_in):
+    soup = soup_of(signed_in.get("/console/web-02"))
+    assert json.loads(soup.select_one("#console")["data-page"])["server"]["id"] == server_id(2)
+
+
+def test_console_page_with_hostile_name_escapes_data(signed_in):
+    response = signed_in.get(f"/console/{server_id(6)}")
+    html = response.get_data(as_text=True)
+    assert "<script>alert(1)</script>" not in html
+    soup = soup_of(response)
+    assert json.loads(soup.select_one("#console")["data-page"])["server"]["name"].startswith("<b>bold")
+
+
+def test_shared_name_shows_a_chooser(signed_in):
+    soup = soup_of(signed_in.get("/console/worker"))
+    links = [a["href"] for a in soup.select("#chooser a.choice")]
+    assert links == [f"/console/{server_id(4)}?cloud=lab", f"/console/{server_id(5)}?cloud=lab"]
+
+
+def test_unknown_server_is_a_404_page(signed_in):
+    response = signed_in.get("/console/no-such-server")
+    assert response.status_code == 404
+    assert soup_of(response).select_one("#error-message").get_text() == "No server is called 'no-such-server'"
+
+
+def test_cloud_filter_narrows(signed_in):
+    assert signed_in.get("/console/web-01?cloud=other").status_code == 404
+    assert signed_in.get("/console/web-01?cloud=lab").status_code == 200
+
+
+def test_open_redirects_to_a_fresh_console(signed_in, fake):
+    response = signed_in.get("/console/web-01/open")
+    assert response.status_code == 303
+    assert response.headers["Location"].startswith("http://127.0.0.1:6080/vnc_auto.html?path=")
+    assert response.headers["Cache-Control"] == "no-store"
+    assert fake.counts["console"] == 1
+
+
+def test_open_on_stopped_server_explains(signed_in):
+    response = signed_in.get("/console/db-01/open")
+    assert response.status_code == 409
+    assert "The server db-01 is not running (SHUTOFF)." in response.get_data(as_text=True)
+
+
+def test_get_of_console_page_never_mints(signed_in, fake):
+    signed_in.get("/console/web-01")
+    assert fake.counts["console"] == 0
+
+
+def test_security_headers(signed_in):
+    response = signed_in.get("/")
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'self'" in csp
+    assert "unsafe-inline" not in csp
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+
+
+def test_no_inline_script(signed_in):
+    for path in ("/", "/console/web-01", "/login"):
+        soup = soup_of(signed_in.get(path))
+        for script in soup.find_all("script"):
+            assert script.get("src"), path
+            assert not script.get_text(strip=True), path
+
+
+def test_not_a_demo(signed_in):
+    assert soup_of(signed_in.get("/")).select_one("#demo-banner") is None
+
+
+def test_cloud_down_shows_a_warning_not_an_error(signed_in, fake):
+    fake.faults.fail_next["list"] = [500]
+    soup = soup_of(signed_in.get("/"))
+    assert "Cloud lab could not be listed" in soup.select_one(".cloud-failure").get_text()
+
+
+def test_healthz_needs_no_sign_in_and_no_cloud(client, fake):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert fake.counts["list"] == 0 and fake.counts["token"] == 0
