@@ -63,6 +63,11 @@ CONNECTED_AT_JS = """(() => {
   document.addEventListener("DOMContentLoaded", watch);
 })();"""
 
+# Installed in every frame: the broker's list notes (in epoch ms) when a server link is clicked.
+CLICKED_AT_JS = """document.addEventListener("click", (event) => {
+  if (event.target.closest && event.target.closest("a.server-link")) sessionStorage.setItem("clickedAt", Date.now());
+}, true);"""
+
 
 def status_text(frame: Frame) -> str:
     """noVNC's status line (``#status``)."""

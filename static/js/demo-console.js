@@ -1,6 +1,5 @@
 // The demo cloud's stand-in console: echoes what is typed, like a login prompt.
 const screen = document.getElementById("screen");
-screen.focus();
 screen.addEventListener("keydown", (event) => {
   if (event.key === "Enter") {
     screen.textContent += `\nLogin incorrect\n\n${screen.dataset.name} login: `;

@@ -7,8 +7,8 @@ where a missing tool fails them: CI installs the tools, so a skip there would hi
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser
@@ -19,6 +19,7 @@ from playwright.sync_api import sync_playwright
 from lab import Lab
 from lab.browser import CHROMIUM
 from lab.browser import CHROMIUM_ARGS
+from lab.browser import CLICKED_AT_JS
 from lab.browser import CONNECTED_AT_JS
 from lab.browser import DESKTOP
 from lab.browser import sign_in
@@ -28,7 +29,6 @@ from lab.lab import missing_tools
 TTL = 20
 MARGIN = 8
 IDLE_SWAP_AFTER = 2
-DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def missing() -> list[str]:
@@ -80,20 +80,31 @@ def signed_in_state(browser: Browser, lab: Lab, tmp_path_factory: pytest.TempPat
 def new_context(browser: Browser, lab: Lab, state: str | None = None, viewport: dict | None = None) -> BrowserContext:
     context = browser.new_context(base_url=lab.broker_url, storage_state=state, viewport=viewport or DESKTOP)
     context.add_init_script(CONNECTED_AT_JS)
+    context.add_init_script(CLICKED_AT_JS)
     return context
 
 
 @pytest.fixture
-def anonymous(browser: Browser, lab: Lab) -> Iterator[Page]:
-    """A page in a fresh context with no session."""
-    context = new_context(browser, lab)
-    yield context.new_page()
-    context.close()
+def make_page(browser: Browser, lab: Lab, signed_in_state: str) -> Iterator[Callable[..., Page]]:
+    """Open pages in fresh contexts: ``make_page(signed_in=True, viewport=None)``."""
+    contexts: list[BrowserContext] = []
+
+    def make(signed_in: bool = True, viewport: dict | None = None) -> Page:
+        contexts.append(new_context(browser, lab, signed_in_state if signed_in else None, viewport))
+        return contexts[-1].new_page()
+
+    yield make
+    for context in contexts:
+        context.close()
 
 
 @pytest.fixture
-def page(browser: Browser, lab: Lab, signed_in_state: str) -> Iterator[Page]:
-    """A page in a fresh context that is signed in as the lab's user."""
-    context = new_context(browser, lab, signed_in_state)
-    yield context.new_page()
-    context.close()
+def anonymous(make_page: Callable[..., Page]) -> Page:
+    """A page with no session."""
+    return make_page(signed_in=False)
+
+
+@pytest.fixture
+def page(make_page: Callable[..., Page]) -> Page:
+    """A page signed in as the lab's user."""
+    return make_page()

@@ -1,0 +1,51 @@
+"""Click in the list -> connected console, next to the bare noVNC page; reported, not asserted."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+from playwright.sync_api import Page
+
+from lab import Lab
+from lab.browser import CONNECTED
+from lab.browser import wait_connected
+from lab.browser import wait_status
+
+RUNS = 7
+REPORT = Path(__file__).resolve().parents[2] / "docs" / "timing.txt"
+
+
+def click_to_connected(page: Page) -> float:
+    """Milliseconds from the click on a server link to noVNC saying it is connected."""
+    page.goto("/")
+    page.fill("#q", "web-01")
+    page.click("a.server-link:visible")
+    frame = wait_connected(page)
+    clicked = float(page.evaluate("sessionStorage.getItem('clickedAt')"))
+    return frame.evaluate("window.__connectedAt") - clicked
+
+
+def bare_novnc(page: Page, lab: Lab) -> float:
+    """Milliseconds from navigating to a fresh console URL to noVNC saying it is connected."""
+    url = lab.console_url("web-01")
+    started = time.time() * 1000
+    page.goto(url)
+    wait_status(page, CONNECTED)
+    return page.evaluate("window.__connectedAt") - started
+
+
+def test_click_to_connected_time(page: Page, lab: Lab) -> None:
+    broker = [click_to_connected(page) for _ in range(RUNS)]
+    bare = [bare_novnc(page, lab) for _ in range(RUNS)]
+    report = (
+        f"click in list -> connected console: median {statistics.median(broker):.0f} ms over {RUNS} runs\n"
+        f"  runs (ms): {', '.join(f'{ms:.0f}' for ms in broker)}\n"
+        f"bare noVNC page -> connected: median {statistics.median(bare):.0f} ms over {RUNS} runs\n"
+        f"  runs (ms): {', '.join(f'{ms:.0f}' for ms in bare)}\n"
+        f"difference of medians: {statistics.median(broker) - statistics.median(bare):.0f} ms\n"
+    )
+    REPORT.write_text(report)
+    print("\n" + report)
+    assert all(ms > 0 for ms in broker + bare)
