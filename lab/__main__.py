@@ -6,12 +6,17 @@ Stops everything on Ctrl-C (or SIGTERM).
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
 import time
 
+from lab.lab import REPO
 from lab.lab import Lab
 from lab.processes import LabError
+
+# Logs, tokens and the broker's database; kept after the lab stops, wiped when it starts again.
+WORKDIR = REPO / "lab-run"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,6 +60,7 @@ def wait_until_stopped(lab: Lab) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     options = {"password": args.password} if args.password else {}
+    shutil.rmtree(WORKDIR, ignore_errors=True)
     lab = Lab(
         console_ttl=args.ttl,
         refresh_margin=args.margin,
@@ -62,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         broker_port=args.port,
         proxy_port=args.proxy_port,
         username=args.user,
+        workdir=WORKDIR,
         **options,
     )
     try:

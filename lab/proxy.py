@@ -63,10 +63,10 @@ class TokenDir(TokenPlugin):
 
 
 def origin_allowed(origin: str | None, host_header: str | None, allowed: set[str]) -> bool:
-    """Nova's rule: the Origin's host is the proxy's own host or an allowed origin."""
-    if not origin:
-        # Browsers always send Origin on a websocket; Nova also refuses one without it.
-        return False
+    """Nova's rule: the Origin's host is the proxy's own host or an allowed origin; none at all is fine."""
+    if origin is None:
+        # As in Nova: no Origin header means a non-browser client, which the token alone admits.
+        return True
     origin_host = urlsplit(origin).hostname
     own_host = urlsplit("//" + (host_header or "")).hostname
     return origin_host is not None and (origin_host == own_host or origin_host in allowed)

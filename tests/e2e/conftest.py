@@ -31,33 +31,35 @@ MARGIN = 8
 IDLE_SWAP_AFTER = 2
 
 
-def missing() -> list[str]:
-    gone = missing_tools()
-    if not CHROMIUM.is_file():
-        gone.append(f"{CHROMIUM} (Debian package chromium)")
-    return gone
-
-
-@pytest.fixture(scope="session")
-def tools() -> None:
-    gone = missing()
-    if not gone:
+def require(missing: list[str]) -> None:
+    """Skip (or, under CI=true, fail) when a tool the test needs is missing."""
+    if not missing:
         return
-    reason = "browser tests need " + ", ".join(gone)
+    reason = "browser tests need " + ", ".join(missing)
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(reason + " (CI=true: install them, see .ci/run)", pytrace=False)
     pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
-def lab(tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+def lab_tools() -> None:
+    require(missing_tools())
+
+
+@pytest.fixture(scope="session")
+def chromium() -> None:
+    require([] if CHROMIUM.is_file() else [f"{CHROMIUM} (Debian package chromium)"])
+
+
+@pytest.fixture(scope="session")
+def lab(lab_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     workdir = tmp_path_factory.mktemp("console-lab")
     with Lab(console_ttl=TTL, refresh_margin=MARGIN, idle_swap_after=IDLE_SWAP_AFTER, workdir=workdir) as running:
         yield running
 
 
 @pytest.fixture(scope="session")
-def browser(tools: None) -> Iterator[Browser]:
+def browser(chromium: None) -> Iterator[Browser]:
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         yield chromium

@@ -57,8 +57,14 @@ def test_old_url_loaded_after_its_ttl_is_refused(anonymous: Page, lab: Lab) -> N
 def test_websocket_from_a_foreign_origin_is_refused(lab: Lab) -> None:
     token = token_of(lab.console_url("web-01"))
     assert upgrade_status(lab, token, "http://evil.example").split()[1] == "403"
-    assert upgrade_status(lab, token, None).split()[1] == "403"
+    assert upgrade_status(lab, token, "null").split()[1] == "403"
     assert upgrade_status(lab, token, lab.proxy_url).split()[1] == "101"
+    assert upgrade_status(lab, token, None).split()[1] == "101"
+
+
+def test_websocket_with_an_unknown_token_is_refused(lab: Lab) -> None:
+    # websockify closes the connection without an answer (Nova answers 101, then closes the websocket).
+    assert upgrade_status(lab, "not-a-token", lab.proxy_url) == ""
 
 
 @pytest.mark.parametrize(
@@ -69,7 +75,7 @@ def test_websocket_from_a_foreign_origin_is_refused(lab: Lab) -> None:
         ("http://broker.example", "127.0.0.1:6080", {"broker.example"}, True),
         ("http://evil.example", "127.0.0.1:6080", {"broker.example"}, False),
         ("null", "127.0.0.1:6080", set(), False),
-        (None, "127.0.0.1:6080", set(), False),
+        (None, "127.0.0.1:6080", set(), True),
     ],
 )
 def test_origin_rule(origin: str | None, host: str, allowed: set[str], ok: bool) -> None:
