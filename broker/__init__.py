@@ -11,7 +11,9 @@ from datetime import timedelta
 from flask import Flask
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import OperationalError
+from werkzeug.middleware.proxy_fix import ProxyFix
 
+from broker import admin
 from broker import api
 from broker import auth
 from broker import demo
@@ -20,6 +22,7 @@ from broker import views
 from broker.cli import register_commands
 from broker.cloud.client import Timeouts
 from broker.cloud.registry import CloudConfigError
+from broker.cloud.registry import learned_hosts
 from broker.cloud.registry import load_clouds
 from broker.config import ConfigError
 from broker.config import Settings
@@ -33,6 +36,7 @@ from broker.extensions import login_manager
 from broker.inventory import Inventory
 from broker.logs import configure_logging
 from broker.security import register_security_headers
+from broker.sessions import register_session_limits
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +55,22 @@ def create_app(test_config: Mapping | None = None) -> Flask:
         sys.exit(f"console-broker: configuration error: {exc}")
     configure_logging()
     configure_flask(app, settings, test_config)
+    register_proxies(app, settings.trusted_proxies)
     register_extensions(app)
+    register_session_limits(app, settings.session_lifetime, settings.session_idle)
     register_blueprints(app, settings)
     register_errorhandlers(app)
-    register_security_headers(app, settings.console_hosts, settings.demo)
     register_commands(app)
-    register_services(app, settings, test_config.get("CLOUDS"))
+    service = register_services(app, settings, test_config.get("CLOUDS"))
+    register_security_headers(app, service.console_hosts, settings.demo)
     init_database(app, settings)
     return app
+
+
+def register_proxies(app: Flask, count: int) -> None:
+    """Honour X-Forwarded-For/-Proto/-Host only from the configured number of proxies."""
+    if count:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)
 
 
 def configure_flask(app: Flask, settings: Settings, overrides: Mapping) -> None:
@@ -73,6 +85,7 @@ def configure_flask(app: Flask, settings: Settings, overrides: Mapping) -> None:
         WTF_CSRF_TIME_LIMIT=None,
         MAX_CONTENT_LENGTH=64 * 1024,
         RATELIMIT_STORAGE_URI=settings.ratelimit_storage,
+        RATELIMIT_HEADERS_ENABLED=True,
     )
     app.config.update({k: v for k, v in overrides.items() if k != "CLOUDS"})
     app.extensions["settings"] = settings
@@ -107,6 +120,7 @@ def register_blueprints(app: Flask, settings: Settings) -> None:
     app.register_blueprint(auth.bp)
     app.register_blueprint(views.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(admin.bp)
     if settings.demo:
         app.register_blueprint(demo.bp)
 
@@ -119,7 +133,7 @@ def register_blueprints(app: Flask, settings: Settings) -> None:
         return {"demo_mode": settings.demo}
 
 
-def register_services(app: Flask, settings: Settings, clouds: list | None) -> None:
+def register_services(app: Flask, settings: Settings, clouds: list | None) -> ConsoleService:
     timeouts = Timeouts(settings.connect_timeout, settings.read_timeout)
     if clouds is None and settings.demo:
         cloud, fake = demo.build_demo_cloud(
@@ -135,7 +149,13 @@ def register_services(app: Flask, settings: Settings, clouds: list | None) -> No
         except CloudConfigError as exc:
             sys.exit(f"console-broker: configuration error: {exc}")
     inventory = Inventory(clouds, settings.server_cache_ttl)
-    app.extensions["consoles"] = ConsoleService(inventory, settings.console_hosts)
+    hosts = settings.console_hosts
+    if not hosts and not settings.demo:
+        hosts = learned_hosts(clouds)
+        log.info("console hosts allowed (set BROKER_CONSOLE_HOSTS to change): %s", ", ".join(hosts) or "any")
+    service = ConsoleService(inventory, hosts)
+    app.extensions["consoles"] = service
+    return service
 
 
 def init_database(app: Flask, settings: Settings) -> None:

@@ -23,7 +23,7 @@ def service() -> ConsoleService:
 def mint(server_id: str):
     body = request.get_json(silent=True) or {}
     detail = str(body.get("reason", "load")) if isinstance(body, dict) else "load"
-    minted = service().mint(current_user.username, server_id, request.args.get("cloud") or None, detail)
+    minted = service().mint(current_user, server_id, request.args.get("cloud") or None, detail)
     response = jsonify(minted.to_json())
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -32,7 +32,7 @@ def mint(server_id: str):
 @bp.get("/servers")
 @login_required
 def servers():
-    overview = service().inventory.overview(request.args.get("q", "")[:200], request.args.get("cloud") or None)
+    overview = service().overview(current_user, request.args.get("q", "")[:200], request.args.get("cloud") or None)
     return jsonify(
         {
             "servers": [s.to_json() for s in overview.servers],

@@ -6,14 +6,20 @@ password, a Keystone token or a console URL.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC
 from datetime import datetime
 
 from flask import has_request_context
 from flask import request
 from sqlalchemy import String
+from sqlalchemy import event
+from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
@@ -22,7 +28,7 @@ from broker.extensions import db
 
 log = logging.getLogger("broker.audit")
 
-ACTIONS = ("sign_in", "sign_out", "console")
+ACTIONS = ("sign_in", "sign_out", "console", "admin")
 OUTCOMES = ("ok", "failed", "refused", "error")
 
 
@@ -58,6 +64,13 @@ class AuditRecord(db.Model):
         }
 
 
+@event.listens_for(AuditRecord, "before_update")
+@event.listens_for(AuditRecord, "before_delete")
+def _append_only(mapper, connection, target) -> None:
+    """Records are never changed or removed by the application."""
+    raise PermissionError("audit records are append-only")
+
+
 def record(
     action: str,
     outcome: str,
@@ -91,3 +104,78 @@ def record(
 
 def recent(limit: int = 100) -> list[AuditRecord]:
     return list(db.session.scalars(select(AuditRecord).order_by(AuditRecord.id.desc()).limit(limit)))
+
+
+@dataclass(frozen=True)
+class Filter:
+    """What the admin narrows the trail to; empty fields match everything."""
+
+    user: str = ""
+    server: str = ""
+    action: str = ""
+    outcome: str = ""
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def query(self):
+        query = select(AuditRecord)
+        if self.user:
+            query = query.where(AuditRecord.username == self.user)
+        if self.server:
+            like = f"%{self.server}%"
+            query = query.where(AuditRecord.server_id.like(like) | AuditRecord.server_name.like(like))
+        if self.action:
+            query = query.where(AuditRecord.action == self.action)
+        if self.outcome:
+            query = query.where(AuditRecord.outcome == self.outcome)
+        if self.since:
+            query = query.where(AuditRecord.at >= self.since)
+        if self.until:
+            query = query.where(AuditRecord.at < self.until)
+        return query
+
+
+def search(where: Filter, page: int = 1, per_page: int = 50) -> tuple[list[AuditRecord], int]:
+    """One page of matching records, newest first, and how many match in all."""
+    total = db.session.scalar(select(func.count()).select_from(where.query().subquery()))
+    rows = db.session.scalars(
+        where.query().order_by(AuditRecord.id.desc()).offset((page - 1) * per_page).limit(per_page)
+    )
+    return list(rows), total or 0
+
+
+CSV_FIELDS = (
+    "at",
+    "user",
+    "action",
+    "detail",
+    "outcome",
+    "cloud",
+    "server_id",
+    "server_name",
+    "reason",
+    "client",
+    "user_agent",
+)
+
+
+def csv_cell(value: object) -> str:
+    """Spreadsheets run cells that start with = + - @; quote them so they stay text."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def export_csv(where: Filter, limit: int = 100_000) -> Iterator[str]:
+    """The matching records as CSV lines, oldest first."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_FIELDS)
+    rows = db.session.scalars(where.query().order_by(AuditRecord.id).limit(limit))
+    for index, entry in enumerate(rows):
+        data = entry.to_json()
+        writer.writerow([csv_cell(data[name]) for name in CSV_FIELDS])
+        if index % 500 == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from flask import Blueprint
+from flask import current_app
 from flask import flash
 from flask import redirect
 from flask import render_template
@@ -21,9 +22,24 @@ from wtforms.validators import DataRequired
 from wtforms.validators import Length
 
 from broker import audit
+from broker import sessions
 from broker import users
+from broker.extensions import limiter
 
 bp = Blueprint("auth", __name__)
+
+
+def login_limit() -> str:
+    return current_app.extensions["settings"].login_limit
+
+
+def failed_sign_in(response) -> bool:
+    """Only failures count towards the limit, so a busy helpdesk is never locked out."""
+    return response.status_code == 401
+
+
+def account_key() -> str:
+    return "account:" + request.form.get("username", "").strip().lower()[:64]
 
 
 class LoginForm(FlaskForm):
@@ -45,6 +61,8 @@ def safe_next(target: str | None) -> str | None:
 
 
 @bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(login_limit, methods=["POST"], deduct_when=failed_sign_in, scope="login-address")
+@limiter.limit(login_limit, methods=["POST"], deduct_when=failed_sign_in, key_func=account_key, scope="login-account")
 def login():
     form = LoginForm()
     target = safe_next(request.values.get("next")) or url_for("views.index")
@@ -54,6 +72,7 @@ def login():
         user = users.authenticate(form.username.data, form.password.data)
         if user is not None:
             login_user(user)
+            sessions.started()
             audit.record("sign_in", "ok", username=user.username)
             return redirect(target)
         audit.record("sign_in", "failed", username=form.username.data, reason="wrong user name or password")

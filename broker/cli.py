@@ -1,16 +1,33 @@
-"""``flask --app app users add|list|set-password|remove``."""
+"""``flask --app app users|groups|rules ...``: manage who may sign in and open what."""
 
 from __future__ import annotations
 
+import getpass
 import sys
 
 import click
 from flask import Flask
 from flask.cli import AppGroup
 
+from broker import management
+from broker import policy
 from broker import users
 
 users_cli = AppGroup("users", help="Manage who may sign in to the broker.")
+groups_cli = AppGroup("groups", help="Manage groups of users.")
+rules_cli = AppGroup("rules", help="Manage who may open which consoles.")
+
+
+def actor() -> str:
+    """Audit records of CLI changes name the operating-system account."""
+    return f"cli:{getpass.getuser()}"
+
+
+def run(change, *args, **kwargs) -> None:
+    try:
+        click.echo(change(actor(), *args, **kwargs))
+    except management.ChangeError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def read_password(from_stdin: bool) -> str:
@@ -19,31 +36,21 @@ def read_password(from_stdin: bool) -> str:
     return click.prompt("Password", hide_input=True, confirmation_prompt=True)
 
 
-def existing(name: str) -> users.User:
-    user = users.find(name)
-    if user is None:
-        raise click.ClickException(f"no user called {name}")
-    return user
-
-
 @users_cli.command("add")
 @click.argument("name")
-@click.option("--admin", is_flag=True, help="May manage users and read the audit trail.")
+@click.option("--admin", is_flag=True, help="May manage users and rules and read the audit trail.")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 def add_user(name: str, admin: bool, password_stdin: bool) -> None:
     """Add a user (an agent unless --admin)."""
-    try:
-        user = users.add(name, read_password(password_stdin), "admin" if admin else "agent")
-    except users.UserError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"added {user.username} ({user.role})")
+    run(management.add_user, name, read_password(password_stdin), "admin" if admin else "agent")
 
 
 @users_cli.command("list")
 def list_users() -> None:
-    """List users and their roles."""
+    """List users, their roles and groups."""
     for user in users.all_users():
-        click.echo(f"{user.username}\t{user.role}\t{user.created_at:%Y-%m-%d}")
+        groups = ",".join(g.name for g in policy.all_groups() if user in g.members)
+        click.echo(f"{user.username}\t{user.role}\t{user.created_at:%Y-%m-%d}\t{groups}")
 
 
 @users_cli.command("set-password")
@@ -51,21 +58,80 @@ def list_users() -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 def set_password(name: str, password_stdin: bool) -> None:
     """Set a new password; the user's sessions end."""
-    user = existing(name)
-    try:
-        users.set_password(user, read_password(password_stdin))
-    except users.UserError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"password changed for {name}")
+    if users.find(name) is None:
+        raise click.ClickException(f"no user called {name}")
+    run(management.set_password, name, read_password(password_stdin))
 
 
 @users_cli.command("remove")
 @click.argument("name")
 def remove_user(name: str) -> None:
-    """Remove a user; their sessions end."""
-    users.remove(existing(name))
-    click.echo(f"removed {name}")
+    """Remove a user; their sessions, memberships and rules end."""
+    run(management.remove_user, name)
+
+
+@groups_cli.command("add")
+@click.argument("name")
+def add_group(name: str) -> None:
+    """Add a group."""
+    run(management.add_group, name)
+
+
+@groups_cli.command("list")
+def list_groups() -> None:
+    """List groups and their members."""
+    for group in policy.all_groups():
+        click.echo(f"{group.name}\t{','.join(u.username for u in group.members)}")
+
+
+@groups_cli.command("remove")
+@click.argument("name")
+def remove_group(name: str) -> None:
+    """Remove a group and its rules."""
+    run(management.remove_group, name)
+
+
+@groups_cli.command("add-member")
+@click.argument("group")
+@click.argument("user")
+def add_member(group: str, user: str) -> None:
+    """Put a user in a group."""
+    run(management.add_member, group, user)
+
+
+@groups_cli.command("remove-member")
+@click.argument("group")
+@click.argument("user")
+def remove_member(group: str, user: str) -> None:
+    """Take a user out of a group."""
+    run(management.remove_member, group, user)
+
+
+@rules_cli.command("add")
+@click.option("--user", help="Grant to this user.")
+@click.option("--group", help="Grant to this group.")
+@click.option("--cloud", required=True, help="Cloud name, or * for every cloud.")
+@click.option("--name-pattern", default="*", show_default=True, help="Glob on server names, e.g. web-*.")
+@click.option("--metadata", default="", help="Only servers with this metadata key=value.")
+def add_rule(user: str | None, group: str | None, cloud: str, name_pattern: str, metadata: str) -> None:
+    """Grant a user or group the consoles of a cloud, optionally narrowed."""
+    run(management.add_rule, user=user, group=group, cloud=cloud, name_pattern=name_pattern, metadata=metadata)
+
+
+@rules_cli.command("list")
+def list_rules() -> None:
+    """List access rules."""
+    for rule in policy.all_rules():
+        click.echo(f"{rule.id}\t{rule.describe()}")
+
+
+@rules_cli.command("remove")
+@click.argument("rule_id", type=int)
+def remove_rule(rule_id: int) -> None:
+    """Remove an access rule by its number."""
+    run(management.remove_rule, rule_id)
 
 
 def register_commands(app: Flask) -> None:
-    app.cli.add_command(users_cli)
+    for group in (users_cli, groups_cli, rules_cli):
+        app.cli.add_command(group)

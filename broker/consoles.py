@@ -16,10 +16,14 @@ from broker.cloud.client import Console
 from broker.cloud.client import ServerInfo
 from broker.cloud.client import check_console_url
 from broker.inventory import Inventory
+from broker.inventory import Overview
+from broker.policy import access_for
+from broker.users import User
 
 # Nova and Huawei ECS server IDs are UUIDs; nothing else may reach an upstream URL path.
 SERVER_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z-]{0,63}$")
 MINT_DETAILS = ("load", "refresh", "reconnect", "popout", "resume")
+# "view" marks a console page (not a mint) that was refused.
 
 
 class NoSuchServer(errors.ServerNotFound):
@@ -64,13 +68,32 @@ class ConsoleService:
         self.inventory = inventory
         self.console_hosts = console_hosts
 
-    def resolve(self, ref: str, cloud: str | None = None) -> list[ServerInfo]:
-        """Servers that ``ref`` names: an ID, else every server with exactly that name."""
+    def overview(self, user: User, query: str = "", cloud: str | None = None) -> Overview:
+        """The servers ``user`` may open, matching ``query``."""
+        overview = self.inventory.overview(query, cloud)
+        overview.servers = access_for(user).filter(overview.servers)
+        return overview
+
+    def resolve(self, user: User, ref: str, cloud: str | None = None) -> list[ServerInfo]:
+        """Servers ``ref`` names that ``user`` may open: an ID, else every server with exactly that name."""
+        candidates = []
         if looks_like_id(ref):
             server = self.inventory.by_id(ref, cloud)
-            if server:
-                return [server]
-        return self.inventory.by_name(ref, cloud)
+            candidates = [server] if server else []
+        candidates = candidates or self.inventory.by_name(ref, cloud)
+        allowed = access_for(user).filter(candidates)
+        if candidates and not allowed:
+            audit.record(
+                "console",
+                "refused",
+                username=user.username,
+                server_id=candidates[0].id,
+                server_name=candidates[0].name,
+                cloud=candidates[0].cloud,
+                detail="view",
+                reason="no access rule grants this server",
+            )
+        return allowed
 
     def check_url(self, url: str) -> str:
         """http(s) only, and only allowed hosts when an allow-list is configured."""
@@ -82,28 +105,19 @@ class ConsoleService:
             )
         return url
 
-    def mint(self, username: str, server_id: str, cloud: str | None = None, detail: str = "load") -> Minted:
+    def mint(self, user: User, server_id: str, cloud: str | None = None, detail: str = "load") -> Minted:
         """A fresh console URL for one server, with an audit record whatever happens."""
         detail = detail if detail in MINT_DETAILS else "load"
+        note = {"username": user.username, "cloud": cloud or "", "server_id": server_id[:64], "detail": detail}
         server = self.inventory.by_id(server_id, cloud) if looks_like_id(server_id) else None
         if server is None:
-            audit.record(
-                "console",
-                "failed",
-                username=username,
-                server_id=server_id[:64],
-                cloud=cloud or "",
-                detail=detail,
-                reason="no such server",
-            )
+            audit.record("console", "failed", reason="no such server", **note)
             raise NoSuchServer("No such server.")
-        note = {
-            "username": username,
-            "cloud": server.cloud,
-            "server_id": server.id,
-            "server_name": server.name,
-            "detail": detail,
-        }
+        note.update(cloud=server.cloud, server_name=server.name)
+        if not access_for(user).allows(server):
+            # Answer exactly as for an unknown ID, so IDs cannot be probed for existence.
+            audit.record("console", "refused", reason="no access rule grants this server", **note)
+            raise NoSuchServer("No such server.")
         try:
             minted = self._mint(server)
         except errors.CloudError as exc:

@@ -8,10 +8,12 @@ from flask import Flask
 from flask import jsonify
 from flask import render_template
 from flask import request
+from flask_limiter import RateLimitExceeded
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
+from broker import audit
 from broker.cloud.errors import CloudError
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,16 @@ def handle_csrf(exc: CSRFError):
     return error_response(400, "csrf_failed", "The form was stale or forged. Reload the page and try again.")
 
 
+def handle_throttled(exc: RateLimitExceeded):
+    """Too many failed sign-ins: 429 with Retry-After (added by Flask-Limiter), and a record."""
+    if request.endpoint == "auth.login":
+        audit.record(
+            "sign_in", "refused", username=request.form.get("username", "")[:64], reason="too many failed sign-ins"
+        )
+        return error_response(429, "too_many_requests", "Too many failed sign-ins. Wait a few minutes and try again.")
+    return error_response(429, "too_many_requests", "Too many requests. Wait a moment and try again.")
+
+
 def handle_cloud(exc: CloudError):
     extra = {}
     if getattr(exc, "server_status", None):
@@ -71,6 +83,7 @@ def handle_unexpected(exc: Exception):
 
 def register_errorhandlers(app: Flask) -> None:
     app.register_error_handler(CSRFError, handle_csrf)
+    app.register_error_handler(RateLimitExceeded, handle_throttled)
     app.register_error_handler(HTTPException, handle_http)
     app.register_error_handler(CloudError, handle_cloud)
     app.register_error_handler(Exception, handle_unexpected)

@@ -29,11 +29,10 @@ def cloud_arg() -> str | None:
 @login_required
 def index():
     query = request.args.get("q", "")[:200]
-    inventory = service().inventory
-    overview = inventory.overview("", cloud_arg())
+    overview = service().overview(current_user, "", cloud_arg())
     # Every row is rendered so that the page's instant search can widen again;
     # rows that do not match ?q= start hidden.
-    matching = {s.id for s in inventory.overview(query, cloud_arg()).servers} if query.strip() else None
+    matching = {s.id for s in service().overview(current_user, query, cloud_arg()).servers} if query.strip() else None
     return render_template(
         "servers/list.html",
         servers=overview.servers,
@@ -47,7 +46,7 @@ def index():
 
 def resolve_or_choose(ref: str):
     """One server for ``ref``, or a response: 404 page, or the chooser for a shared name."""
-    matches = service().resolve(ref, cloud_arg())
+    matches = service().resolve(current_user, ref, cloud_arg())
     if not matches:
         abort(404, description=f"No server is called {ref!r}" if len(ref) < 200 else "No such server.")
     if len(matches) > 1:
@@ -83,7 +82,7 @@ def open_console(ref: str):
     server, chooser = resolve_or_choose(ref)
     if chooser:
         return chooser
-    minted = service().mint(current_user.username, server.id, server.cloud, detail="popout")
+    minted = service().mint(current_user, server.id, server.cloud, detail="popout")
     response = redirect(minted.console.url, code=303)
     response.headers["Cache-Control"] = "no-store"
     return response

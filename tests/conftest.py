@@ -8,6 +8,7 @@ from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import v3
 
 from broker import create_app
+from broker import policy
 from broker import users
 from broker.cloud.client import ComputeClient
 from broker.cloud.client import Timeouts
@@ -104,6 +105,8 @@ def app(fake, tmp_path, env_overrides):
     with app.app_context():
         users.add(*AGENT, role="agent")
         users.add(*ADMIN, role="admin")
+        # Deny by default: the agent gets the whole test cloud unless a test narrows it.
+        policy.add_rule(user=AGENT[0], cloud="lab")
     return app
 
 

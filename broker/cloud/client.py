@@ -204,6 +204,11 @@ class ComputeClient:
         self._max_version: tuple[int, int] | None = None
         self._lock = threading.Lock()
 
+    def api_urls(self) -> list[str]:
+        """URLs known without a network call: the identity endpoint and any compute override."""
+        urls = [getattr(self.adapter.session.auth, "auth_url", None), self.adapter.endpoint_override]
+        return [url for url in urls if isinstance(url, str)]
+
     @contextmanager
     def _translated(self, what: str) -> Iterator[None]:
         """Turn keystoneauth1's transport and auth failures into CloudErrors."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from broker.cloud.client import ComputeClient
 from broker.cloud.client import Timeouts
@@ -72,3 +73,18 @@ def load_clouds(names: tuple[str, ...], *, timeouts: Timeouts, default_ttl: int,
 def _region(loader, name: str):
     cloud, _, region = name.partition("/")
     return loader.get_one(cloud=cloud, region_name=region or None)
+
+
+def learned_hosts(clouds: list[Cloud]) -> tuple[str, ...]:
+    """Hosts a console may come from when none are configured: the clouds' own API hosts.
+
+    nova-novncproxy usually shares the API's host name (another port); a console
+    elsewhere needs BROKER_CONSOLE_HOSTS.
+    """
+    hosts = []
+    for cloud in clouds:
+        for url in cloud.client.api_urls():
+            host = (urlsplit(url).hostname or "").lower()
+            if host and host not in hosts:
+                hosts.append(host)
+    return tuple(hosts)

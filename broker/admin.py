@@ -1,0 +1,177 @@
+"""Admin pages: users, groups and access rules, and the audit trail with CSV export."""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC
+from datetime import datetime
+
+from flask import Blueprint
+from flask import Response
+from flask import abort
+from flask import flash
+from flask import redirect
+from flask import render_template
+from flask import request
+from flask import stream_with_context
+from flask import url_for
+from flask_login import current_user
+from flask_login import login_required
+
+from broker import audit
+from broker import management
+from broker import policy
+from broker import users
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+def admin_required(view):
+    """Signed in and an admin; anyone else gets 403 and an audit record."""
+
+    @functools.wraps(view)
+    @login_required
+    def wrapped(*args, **kwargs):
+        if not current_user.is_admin:
+            audit.record(
+                "admin",
+                "refused",
+                username=current_user.username,
+                detail="page",
+                reason=f"not an admin: {request.method} {request.path}",
+            )
+            abort(403, description="Only admins may do this.")
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def change(action, *args, **kwargs):
+    """Apply one admin change from a form and come back to the admin page."""
+    try:
+        flash(action(current_user.username, *args, **kwargs), "info")
+    except management.ChangeError as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("admin.index"))
+
+
+@bp.get("/")
+@admin_required
+def index():
+    return render_template(
+        "admin/index.html", users=users.all_users(), groups=policy.all_groups(), rules=policy.all_rules()
+    )
+
+
+@bp.post("/users")
+@admin_required
+def add_user():
+    role = "admin" if request.form.get("role") == "admin" else "agent"
+    return change(management.add_user, request.form.get("username", ""), request.form.get("password", ""), role)
+
+
+@bp.post("/users/<name>/remove")
+@admin_required
+def remove_user(name: str):
+    return change(management.remove_user, name)
+
+
+@bp.post("/groups")
+@admin_required
+def add_group():
+    return change(management.add_group, request.form.get("name", ""))
+
+
+@bp.post("/groups/<name>/remove")
+@admin_required
+def remove_group(name: str):
+    return change(management.remove_group, name)
+
+
+@bp.post("/groups/<name>/members")
+@admin_required
+def add_member(name: str):
+    return change(management.add_member, name, request.form.get("username", ""))
+
+
+@bp.post("/groups/<name>/members/<username>/remove")
+@admin_required
+def remove_member(name: str, username: str):
+    return change(management.remove_member, name, username)
+
+
+@bp.post("/rules")
+@admin_required
+def add_rule():
+    form = request.form
+    subject = form.get("subject", "")
+    kind, _, name = subject.partition(":")
+    return change(
+        management.add_rule,
+        user=name if kind == "user" else None,
+        group=name if kind == "group" else None,
+        cloud=form.get("cloud", "").strip(),
+        name_pattern=form.get("name_pattern", "").strip() or "*",
+        metadata=form.get("metadata", "").strip(),
+    )
+
+
+@bp.post("/rules/<int:rule_id>/remove")
+@admin_required
+def remove_rule(rule_id: int):
+    return change(management.remove_rule, rule_id)
+
+
+def parse_time(name: str) -> datetime | None:
+    raw = request.args.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        abort(400, description=f"{name} must be a date or time such as 2026-11-26 or 2026-11-26T14:00")
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+def audit_filter() -> audit.Filter:
+    args = request.args
+    return audit.Filter(
+        user=args.get("user", "").strip()[:64],
+        server=args.get("server", "").strip()[:64],
+        action=args.get("action", "") if args.get("action") in audit.ACTIONS else "",
+        outcome=args.get("outcome", "") if args.get("outcome") in audit.OUTCOMES else "",
+        since=parse_time("since"),
+        until=parse_time("until"),
+    )
+
+
+@bp.get("/audit")
+@admin_required
+def audit_trail():
+    where = audit_filter()
+    page = max(1, request.args.get("page", 1, type=int) or 1)
+    rows, total = audit.search(where, page)
+    pages = max(1, -(-total // 50))
+    args = {k: v for k, v in request.args.items() if k != "page" and v}
+    return render_template(
+        "admin/audit.html",
+        rows=rows,
+        total=total,
+        page=page,
+        pages=pages,
+        args=args,
+        actions=audit.ACTIONS,
+        outcomes=audit.OUTCOMES,
+    )
+
+
+@bp.get("/audit.csv")
+@admin_required
+def audit_csv():
+    where = audit_filter()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return Response(
+        stream_with_context(audit.export_csv(where)),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="audit-{stamp}.csv"'},
+    )

@@ -1,0 +1,68 @@
+"""Admin changes (users, groups, rules) made through one path that audits each of them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from broker import audit
+from broker import policy
+from broker import users
+
+ChangeError = (users.UserError, policy.PolicyError)
+
+
+def apply(actor: str, detail: str, change: Callable[[], str]) -> str:
+    """Run ``change`` (which returns a description) and audit it, success or failure."""
+    try:
+        text = change()
+    except ChangeError as exc:
+        audit.record("admin", "failed", username=actor, detail=detail, reason=str(exc))
+        raise
+    audit.record("admin", "ok", username=actor, detail=detail, reason=text)
+    return text
+
+
+def add_user(actor: str, name: str, password: str, role: str) -> str:
+    return apply(actor, "user_add", lambda: f"added {users.add(name, password, role).username} ({role})")
+
+
+def set_password(actor: str, name: str, password: str) -> str:
+    def change() -> str:
+        users.set_password(policy.require_user(name), password)
+        return f"password changed for {name}; their sessions ended"
+
+    return apply(actor, "user_password", change)
+
+
+def remove_user(actor: str, name: str) -> str:
+    def change() -> str:
+        if name == actor:
+            raise users.UserError("you cannot remove yourself")
+        users.remove(policy.require_user(name))
+        return f"removed {name}; their sessions ended"
+
+    return apply(actor, "user_remove", change)
+
+
+def add_group(actor: str, name: str) -> str:
+    return apply(actor, "group_add", lambda: f"added group {policy.add_group(name).name}")
+
+
+def remove_group(actor: str, name: str) -> str:
+    return apply(actor, "group_remove", lambda: policy.remove_group(name) or f"removed group {name}")
+
+
+def add_member(actor: str, group: str, user: str) -> str:
+    return apply(actor, "member_add", lambda: policy.add_member(group, user) or f"added {user} to {group}")
+
+
+def remove_member(actor: str, group: str, user: str) -> str:
+    return apply(actor, "member_remove", lambda: policy.remove_member(group, user) or f"removed {user} from {group}")
+
+
+def add_rule(actor: str, **fields) -> str:
+    return apply(actor, "rule_add", lambda: f"rule {(rule := policy.add_rule(**fields)).id}: {rule.describe()}")
+
+
+def remove_rule(actor: str, rule_id: int) -> str:
+    return apply(actor, "rule_remove", lambda: f"removed rule {rule_id}: {policy.remove_rule(rule_id)}")

@@ -1,0 +1,216 @@
+"""Who may open which console: groups, access rules, and the one check used everywhere.
+
+Deny by default. An admin may open everything; anyone else only servers that one of
+their rules (or one of their groups' rules) grants: a cloud, optionally narrowed by a
+server-name glob and a metadata ``key=value``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import Column
+from sqlalchemy import ForeignKey
+from sqlalchemy import String
+from sqlalchemy import Table
+from sqlalchemy import select
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+from sqlalchemy.orm import relationship
+
+from broker.cloud.client import ServerInfo
+from broker.extensions import db
+from broker.users import User
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+
+memberships = Table(
+    "group_members",
+    db.Model.metadata,
+    Column("group_id", ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class PolicyError(Exception):
+    """A group or rule change that cannot be made; the message says why."""
+
+
+class Group(db.Model):
+    __tablename__ = "groups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    members: Mapped[list[User]] = relationship(secondary=memberships, order_by=User.username)
+
+
+class AccessRule(db.Model):
+    __tablename__ = "access_rules"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    group_id: Mapped[int | None] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"))
+    cloud: Mapped[str] = mapped_column(String(64))
+    name_pattern: Mapped[str] = mapped_column(String(255), default="*")
+    meta_key: Mapped[str] = mapped_column(String(255), default="")
+    meta_value: Mapped[str] = mapped_column(String(255), default="")
+    user: Mapped[User | None] = relationship()
+    group: Mapped[Group | None] = relationship()
+
+    @property
+    def subject(self) -> str:
+        return f"user {self.user.username}" if self.user else f"group {self.group.name}"
+
+    def describe(self) -> str:
+        text = f"{self.subject} may open {self.name_pattern} on cloud {self.cloud}"
+        if self.meta_key:
+            text += f" with {self.meta_key}={self.meta_value}"
+        return text
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One compiled rule."""
+
+    cloud: str
+    pattern: re.Pattern
+    meta_key: str
+    meta_value: str
+
+    def allows(self, server: ServerInfo) -> bool:
+        if self.cloud not in ("*", server.cloud) or not self.pattern.match(server.name):
+            return False
+        return not self.meta_key or server.metadata.get(self.meta_key) == self.meta_value
+
+
+@dataclass(frozen=True)
+class Access:
+    """What one user may open, compiled once per request."""
+
+    everything: bool
+    grants: tuple[Grant, ...] = ()
+
+    def allows(self, server: ServerInfo) -> bool:
+        return self.everything or any(grant.allows(server) for grant in self.grants)
+
+    def filter(self, servers: list[ServerInfo]) -> list[ServerInfo]:
+        if self.everything:
+            return servers
+        return [server for server in servers if self.allows(server)]
+
+
+def compile_rule(rule: AccessRule) -> Grant:
+    pattern = re.compile(fnmatch.translate(rule.name_pattern or "*"))
+    return Grant(rule.cloud, pattern, rule.meta_key, rule.meta_value)
+
+
+def access_for(user: User) -> Access:
+    """The user's access: everything for an admin, else their rules and their groups' rules."""
+    if user.is_admin:
+        return Access(everything=True)
+    group_ids = select(memberships.c.group_id).where(memberships.c.user_id == user.id)
+    rules = db.session.scalars(
+        select(AccessRule).where((AccessRule.user_id == user.id) | (AccessRule.group_id.in_(group_ids)))
+    )
+    return Access(everything=False, grants=tuple(compile_rule(rule) for rule in rules))
+
+
+# -- management (CLI and admin page) -----------------------------------------------
+
+
+def check_name(name: str, what: str = "name") -> str:
+    if not NAME.match(name or ""):
+        raise PolicyError(f"A {what} is 1-64 letters, digits or . _ - @, starting with a letter or digit.")
+    return name
+
+
+def find_group(name: str) -> Group | None:
+    return db.session.scalar(select(Group).where(Group.name == name))
+
+
+def all_groups() -> list[Group]:
+    return list(db.session.scalars(select(Group).order_by(Group.name)))
+
+
+def all_rules() -> list[AccessRule]:
+    return list(db.session.scalars(select(AccessRule).order_by(AccessRule.id)))
+
+
+def add_group(name: str) -> Group:
+    check_name(name, "group name")
+    if find_group(name):
+        raise PolicyError(f"group {name} already exists")
+    group = Group(name=name)
+    db.session.add(group)
+    db.session.commit()
+    return group
+
+
+def require_group(name: str) -> Group:
+    group = find_group(name)
+    if group is None:
+        raise PolicyError(f"no group called {name}")
+    return group
+
+
+def require_user(name: str) -> User:
+    user = db.session.scalar(select(User).where(User.username == name))
+    if user is None:
+        raise PolicyError(f"no user called {name}")
+    return user
+
+
+def remove_group(name: str) -> None:
+    db.session.delete(require_group(name))
+    db.session.commit()
+
+
+def add_member(group_name: str, username: str) -> None:
+    group, user = require_group(group_name), require_user(username)
+    if user in group.members:
+        raise PolicyError(f"{username} is already in {group_name}")
+    group.members.append(user)
+    db.session.commit()
+
+
+def remove_member(group_name: str, username: str) -> None:
+    group, user = require_group(group_name), require_user(username)
+    if user not in group.members:
+        raise PolicyError(f"{username} is not in {group_name}")
+    group.members.remove(user)
+    db.session.commit()
+
+
+def add_rule(
+    *, cloud: str, user: str | None = None, group: str | None = None, name_pattern: str = "*", metadata: str = ""
+) -> AccessRule:
+    """Grant ``user`` or ``group`` the consoles of ``cloud`` (``*``: every cloud), optionally narrowed."""
+    if bool(user) == bool(group):
+        raise PolicyError("a rule names either a user or a group")
+    if cloud != "*":
+        check_name(cloud, "cloud name")
+    if not name_pattern or len(name_pattern) > 255:
+        raise PolicyError("a name pattern is 1-255 characters (a glob such as web-*)")
+    key, sep, value = metadata.partition("=")
+    if metadata and (not sep or not key.strip() or len(metadata) > 255):
+        raise PolicyError("metadata is given as key=value")
+    rule = AccessRule(cloud=cloud, name_pattern=name_pattern, meta_key=key.strip(), meta_value=value.strip())
+    if user:
+        rule.user = require_user(user)
+    else:
+        rule.group = require_group(group)
+    db.session.add(rule)
+    db.session.commit()
+    return rule
+
+
+def remove_rule(rule_id: int) -> str:
+    rule = db.session.get(AccessRule, rule_id)
+    if rule is None:
+        raise PolicyError(f"no rule {rule_id}")
+    text = rule.describe()
+    db.session.delete(rule)
+    db.session.commit()
+    return text
