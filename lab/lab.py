@@ -38,6 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 NOVNC = Path("/usr/share/novnc")
 QEMU = "qemu-system-x86_64"
 VNC_BASE = 5900
+# openstack.config names a cloud configured by OS_* variables "envvars".
+CLOUD_NAME = "envvars"
 
 
 @dataclass
@@ -201,7 +203,8 @@ class Lab:
     def _start_broker(self) -> None:
         self.broker_port = self.broker_port or free_port()
         env = self.broker_env()
-        self._flask(["users", "add", self.username], env, stdin=self.password)
+        self._flask(["users", "add", self.username, "--password-stdin"], env, stdin=self.password)
+        self._grant_all(env)
         argv = [
             sys.executable, "-m", "gunicorn",
             "--worker-class", "gthread", "--workers", "2", "--threads", "8",
@@ -223,11 +226,21 @@ class Lab:
                 time.sleep(0.1)
         raise LabError(f"broker not healthy within {timeout:.0f} s; log {broker.log}:\n{broker.tail()}")
 
-    def _flask(self, args: list[str], env: dict[str, str], stdin: str = "") -> None:
-        argv = [sys.executable, "-m", "flask", "--app", "app", *args, "--password-stdin"]
+    def _grant_all(self, env: dict[str, str]) -> None:
+        """Let the lab's user (an agent, not an admin) open every server of the lab cloud."""
+        done = self._flask(["rules", "add", "--user", self.username, "--cloud", CLOUD_NAME], env, check=False)
+        # A broker from before access rules lets every user see everything; nothing to grant.
+        if done.returncode and "No such command" not in done.stderr:
+            raise LabError(f"flask rules add failed: {done.stderr or done.stdout}")
+
+    def _flask(
+        self, args: list[str], env: dict[str, str], stdin: str = "", check: bool = True
+    ) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "flask", "--app", "app", *args]
         done = subprocess.run(argv, input=stdin + "\n", env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
-        if done.returncode:
+        if check and done.returncode:
             raise LabError(f"flask {' '.join(args)} failed: {done.stderr or done.stdout}")
+        return done
 
     def _spawn(self, name: str, argv: list[str], **kwargs) -> Child:
         log = self.workdir / (name.replace(" ", "-") + ".log")
