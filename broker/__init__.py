@@ -83,6 +83,9 @@ def configure_flask(app: Flask, settings: Settings, overrides: Mapping) -> None:
         REMEMBER_COOKIE_DURATION=timedelta(seconds=0),
         PERMANENT_SESSION_LIFETIME=timedelta(seconds=settings.session_lifetime),
         WTF_CSRF_TIME_LIMIT=None,
+        # Flask-WTF's HTTPS Referer check cannot pass: every page says
+        # Referrer-Policy: no-referrer. The token and SameSite=Lax cookies remain.
+        WTF_CSRF_SSL_STRICT=False,
         MAX_CONTENT_LENGTH=64 * 1024,
         RATELIMIT_STORAGE_URI=settings.ratelimit_storage,
         RATELIMIT_HEADERS_ENABLED=True,

@@ -28,7 +28,7 @@ from broker.extensions import db
 
 log = logging.getLogger("broker.audit")
 
-ACTIONS = ("sign_in", "sign_out", "console", "admin")
+ACTIONS = ("sign_in", "sign_out", "console", "admin", "request")
 OUTCOMES = ("ok", "failed", "refused", "error")
 
 

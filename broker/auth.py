@@ -78,7 +78,10 @@ def login():
         audit.record("sign_in", "failed", username=form.username.data, reason="wrong user name or password")
         flash("Wrong user name or password.", "error")
     elif request.method == "POST":
-        flash("Enter a user name and a password.", "error")
+        audit.record(
+            "sign_in", "failed", username=request.form.get("username", "")[:64], reason="incomplete or oversized form"
+        )
+        flash("Wrong user name or password.", "error")
     form.next.data = safe_next(request.values.get("next")) or ""
     status = 401 if request.method == "POST" else 200
     return render_template("auth/login.html", form=form), status

@@ -52,8 +52,10 @@ def handle_http(exc: HTTPException):
 def handle_csrf(exc: CSRFError):
     # A refresh after the session ended must say "sign in", not "bad CSRF token",
     # or the console page cannot tell the person what to do.
-    if not current_user.is_authenticated:
+    if wants_json() and not current_user.is_authenticated:
         return error_response(401, "not_signed_in", "Your session has ended. Sign in again.")
+    username = current_user.username if current_user.is_authenticated else ""
+    audit.record("request", "refused", username=username, reason=f"CSRF check failed: {request.method} {request.path}")
     return error_response(400, "csrf_failed", "The form was stale or forged. Reload the page and try again.")
 
 

@@ -14,6 +14,12 @@ from flask_login import logout_user
 
 from broker import audit
 
+
+def clock() -> float:
+    """Wall-clock seconds (a function so that tests can move time)."""
+    return time.time()
+
+
 # Writing the last-seen time on every request would re-send the cookie each time.
 SEEN_RESOLUTION = 30
 
@@ -27,13 +33,13 @@ class BrokerSessionInterface(SecureCookieSessionInterface):
 
 def started() -> None:
     """Mark the moment of sign-in (call right after ``login_user``)."""
-    now = int(time.time())
+    now = int(clock())
     session["signed_in_at"] = now
     session["seen_at"] = now
 
 
 def expired_reason(lifetime: int, idle: int) -> str | None:
-    now = time.time()
+    now = clock()
     signed_in_at = session.get("signed_in_at")
     if not isinstance(signed_in_at, int) or now - signed_in_at > lifetime:
         return "session reached its maximum age"
@@ -59,5 +65,5 @@ def register_session_limits(app: Flask, lifetime: int, idle: int) -> None:
             audit.record("sign_out", "ok", username=current_user.username, reason=reason)
             logout_user()
             session.clear()
-        elif time.time() - session.get("seen_at", 0) > SEEN_RESOLUTION:
-            session["seen_at"] = int(time.time())
+        elif clock() - session.get("seen_at", 0) > SEEN_RESOLUTION:
+            session["seen_at"] = int(clock())

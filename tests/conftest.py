@@ -16,6 +16,7 @@ from broker.cloud.registry import Cloud
 from broker.demo import serve
 from broker.demo.cloud import FakeCloud
 from broker.demo.cloud import Server
+from broker.extensions import limiter
 
 AGENT = ("agent", "agent-password-1")
 ADMIN = ("admin", "admin-password-1")
@@ -102,6 +103,7 @@ def app(fake, tmp_path, env_overrides):
             "TESTING": True,
         }
     )
+    limiter.reset()  # its memory storage outlives one app; start each test unthrottled
     with app.app_context():
         users.add(*AGENT, role="agent")
         users.add(*ADMIN, role="admin")

@@ -66,6 +66,7 @@ class Faults:
     keystone_down: bool = False
     max_version: str = "2.96"
     console_scheme: str = ""
+    error_message: str = ""
     malformed: set[str] = field(default_factory=set)
     hang: dict[str, float] = field(default_factory=dict)
     fail_next: dict[str, list[int]] = field(default_factory=dict)
@@ -265,7 +266,7 @@ class FakeCloud:
             time.sleep(delay)
         status = self.faults.take_failure(kind)
         if status:
-            return nova_error(status, f"Injected failure {status} for {kind}.")
+            return nova_error(status, self.faults.error_message or f"Injected failure {status} for {kind}.")
         if kind in self.faults.malformed:
             return Response("<html>not json", status=200, content_type="application/json")
         return None

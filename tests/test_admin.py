@@ -1,0 +1,122 @@
+"""Admin pages and commands: managing users, groups and rules; reading the audit trail."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+from bs4 import BeautifulSoup
+from conftest import ADMIN
+
+from broker import audit
+from broker import policy
+from broker.audit import AuditRecord
+from broker.extensions import db
+
+
+@pytest.fixture
+def admin(client, auth):
+    auth.login(*ADMIN)
+    return client
+
+
+def post(client, auth, path, **data):
+    return client.post(path, data={"csrf_token": auth.csrf(), **data})
+
+
+@pytest.mark.parametrize("path", ["/admin/", "/admin/audit", "/admin/audit.csv"])
+def test_agents_get_403_and_a_record(client, auth, app, path):
+    auth.login()
+    assert client.get(path).status_code == 403
+    with app.app_context():
+        [row] = audit.search(audit.Filter(action="admin", outcome="refused"))[0]
+        assert row.username == "agent"
+
+
+def test_admin_forms_change_users_groups_and_rules(admin, auth, app):
+    assert post(admin, auth, "/admin/users", username="ivy", password="ivy-password-1", role="agent").status_code == 302
+    post(admin, auth, "/admin/groups", name="night-shift")
+    post(admin, auth, "/admin/groups/night-shift/members", username="ivy")
+    post(admin, auth, "/admin/rules", subject="group:night-shift", cloud="lab", name_pattern="web-*")
+    page = BeautifulSoup(admin.get("/admin/").get_data(as_text=True), "html.parser")
+    assert "group night-shift may open web-* on cloud lab" in page.select_one("#rules").get_text()
+    assert "ivy" in page.select_one('[data-group="night-shift"]').get_text()
+    with app.app_context():
+        actions = [r.detail for r in audit.search(audit.Filter(action="admin"))[0]]
+        assert actions == ["rule_add", "member_add", "group_add", "user_add"]
+        rule = policy.all_rules()[-1]
+    post(admin, auth, f"/admin/rules/{rule.id}/remove")
+    with app.app_context():
+        assert [r.id for r in policy.all_rules()] != [] and rule.id not in [r.id for r in policy.all_rules()]
+
+
+def test_failed_admin_change_is_shown_and_audited(admin, auth, app):
+    response = post(admin, auth, "/admin/users", username="agent", password="whatever-123")
+    assert response.status_code == 302
+    assert "already exists" in admin.get("/admin/").get_data(as_text=True)
+    with app.app_context():
+        [row] = audit.search(audit.Filter(action="admin", outcome="failed"))[0]
+        assert "already exists" in row.reason and "whatever-123" not in row.reason
+
+
+def test_admin_forms_need_csrf(admin):
+    assert admin.post("/admin/groups", data={"name": "x"}).status_code == 400
+
+
+def test_audit_page_filters_and_paginates(admin, app):
+    with app.test_request_context():
+        for n in range(120):
+            audit.record("console", "ok" if n % 2 else "failed", username=f"u{n % 3}", server_name=f"web-{n}")
+    page = BeautifulSoup(admin.get("/admin/audit?action=console").get_data(as_text=True), "html.parser")
+    assert page.select_one("#audit-total").get_text() == "120"
+    assert len(page.select("#audit tbody tr")) == 50
+    assert page.select_one("#next-page") is not None
+    page = BeautifulSoup(
+        admin.get("/admin/audit?action=console&user=u1&outcome=ok").get_data(as_text=True), "html.parser"
+    )
+    assert page.select_one("#audit-total").get_text() == "20"
+    page = BeautifulSoup(admin.get("/admin/audit?server=web-11").get_data(as_text=True), "html.parser")
+    assert {td.get_text(strip=True) for td in page.select("#audit tbody td:nth-of-type(6)")} >= {"web-11"}
+
+
+def test_audit_time_range(admin):
+    assert admin.get("/admin/audit?since=2000-01-01&until=2000-01-02").status_code == 200
+    assert admin.get("/admin/audit?since=yesterday").status_code == 400
+
+
+def test_csv_export_keeps_formulas_as_text(admin, app):
+    with app.test_request_context():
+        audit.record("console", "ok", username="agent", server_name='=HYPERLINK("http://evil")')
+    response = admin.get("/admin/audit.csv?action=console")
+    assert response.mimetype == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    assert rows[-1]["server_name"] == '\'=HYPERLINK("http://evil")'
+    assert set(rows[0]) == set(audit.CSV_FIELDS)
+
+
+def test_records_are_append_only(app):
+    with app.test_request_context():
+        entry = audit.record("console", "ok", username="agent")
+        entry.outcome = "failed"
+        with pytest.raises(PermissionError):
+            db.session.commit()
+        db.session.rollback()
+        with pytest.raises(PermissionError):
+            db.session.delete(db.session.get(AuditRecord, entry.id))
+            db.session.commit()
+
+
+def test_cli_groups_and_rules(runner, app):
+    assert runner.invoke(args=["groups", "add", "dba"]).exit_code == 0
+    assert runner.invoke(args=["groups", "add-member", "dba", "agent"]).exit_code == 0
+    result = runner.invoke(args=["rules", "add", "--group", "dba", "--cloud", "lab", "--name-pattern", "db-*"])
+    assert result.exit_code == 0, result.output
+    assert "group dba may open db-* on cloud lab" in runner.invoke(args=["rules", "list"]).output
+    assert "dba\tagent" in runner.invoke(args=["groups", "list"]).output
+    result = runner.invoke(args=["rules", "add", "--user", "ghost", "--cloud", "lab"])
+    assert result.exit_code != 0 and "no user called ghost" in result.output
+    with app.app_context():
+        details = [r.detail for r in audit.search(audit.Filter(action="admin"))[0]]
+        assert details == ["rule_add", "rule_add", "member_add", "group_add"]
+        assert audit.search(audit.Filter(action="admin"))[0][0].username.startswith("cli:")

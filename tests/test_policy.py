@@ -1,0 +1,141 @@
+"""Who may open what: deny by default, rules per user and group, glob and metadata narrowing."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import server_id
+from sqlalchemy import select
+
+from broker import policy
+from broker import users
+from broker.audit import AuditRecord
+from broker.cloud.client import ServerInfo
+from broker.extensions import db
+
+
+def server(name: str, cloud: str = "lab", **metadata) -> ServerInfo:
+    return ServerInfo(id="x", name=name, status="ACTIVE", cloud=cloud, metadata=metadata)
+
+
+@pytest.mark.parametrize(
+    ("rule", "target", "allowed"),
+    [
+        ({"cloud": "lab"}, server("web-01"), True),
+        ({"cloud": "lab"}, server("web-01", cloud="prod"), False),
+        ({"cloud": "*"}, server("web-01", cloud="prod"), True),
+        ({"cloud": "lab", "name_pattern": "web-*"}, server("web-01"), True),
+        ({"cloud": "lab", "name_pattern": "web-*"}, server("db-01"), False),
+        ({"cloud": "lab", "name_pattern": "web-0?"}, server("web-10"), False),
+        ({"cloud": "lab", "metadata": "team=ops"}, server("db-01", team="ops"), True),
+        ({"cloud": "lab", "metadata": "team=ops"}, server("db-01", team="web"), False),
+        ({"cloud": "lab", "metadata": "team=ops"}, server("db-01"), False),
+    ],
+)
+def test_rules(app, rule, target, allowed):
+    with app.app_context():
+        users.add("zoe", "zoe-password-1")
+        policy.add_rule(user="zoe", **rule)
+        assert policy.access_for(users.find("zoe")).allows(target) is allowed
+
+
+def test_no_rule_no_access(app):
+    with app.app_context():
+        users.add("nora", "nora-password-1")
+        assert not policy.access_for(users.find("nora")).allows(server("web-01"))
+
+
+def test_group_rules_apply_to_members_only(app):
+    with app.app_context():
+        users.add("gus", "gus-password-1")
+        users.add("hal", "hal-password-1")
+        policy.add_group("dba")
+        policy.add_member("dba", "gus")
+        policy.add_rule(group="dba", cloud="lab", name_pattern="db-*")
+        assert policy.access_for(users.find("gus")).allows(server("db-01"))
+        assert not policy.access_for(users.find("hal")).allows(server("db-01"))
+        policy.remove_member("dba", "gus")
+        assert not policy.access_for(users.find("gus")).allows(server("db-01"))
+
+
+def test_admin_sees_everything(app):
+    with app.app_context():
+        assert policy.access_for(users.find("admin")).allows(server("anything", cloud="elsewhere"))
+
+
+def test_removing_a_user_removes_their_rules_and_memberships(app):
+    with app.app_context():
+        policy.add_group("ops")
+        policy.add_member("ops", "agent")
+        users.remove(users.find("agent"))
+        assert policy.all_rules() == []
+        assert policy.find_group("ops").members == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"cloud": "lab"}, "either a user or a group"),
+        ({"cloud": "lab", "user": "agent", "group": "ops"}, "either a user or a group"),
+        ({"cloud": "lab", "user": "ghost"}, "no user called ghost"),
+        ({"cloud": "lab", "group": "ghost"}, "no group called ghost"),
+        ({"cloud": "lab", "user": "agent", "metadata": "novalue"}, "key=value"),
+        ({"cloud": "../x", "user": "agent"}, "cloud name"),
+    ],
+)
+def test_bad_rules_are_refused(app, fields, message):
+    with app.app_context(), pytest.raises(policy.PolicyError, match=message):
+        policy.add_rule(**fields)
+
+
+class TestNarrowAgent:
+    """The agent may open web-* only."""
+
+    @pytest.fixture(autouse=True)
+    def narrow(self, app):
+        with app.app_context():
+            for rule in policy.all_rules():
+                policy.remove_rule(rule.id)
+            policy.add_rule(user="agent", cloud="lab", name_pattern="web-*")
+
+    @pytest.fixture
+    def signed_in(self, client, auth):
+        auth.login()
+        return client
+
+    def refusals(self, app):
+        with app.app_context():
+            query = select(AuditRecord).where(AuditRecord.outcome == "refused")
+            return [r.to_json() for r in db.session.scalars(query)]
+
+    def test_list_and_api_show_only_permitted(self, signed_in):
+        html = signed_in.get("/").get_data(as_text=True)
+        assert "web-01" in html and "db-01" not in html
+        names = [s["name"] for s in signed_in.get("/api/servers").get_json()["servers"]]
+        assert names == ["web-01", "web-02"]
+
+    @pytest.mark.parametrize("ref", [server_id(3), "db-01"])
+    def test_console_page_of_forbidden_server_is_like_unknown(self, signed_in, app, ref):
+        forbidden = signed_in.get(f"/console/{ref}")
+        unknown = signed_in.get("/console/" + ("00000000-0000-4000-8000-000000000099" if ref != "db-01" else "nope"))
+        assert forbidden.status_code == unknown.status_code == 404
+        assert self.refusals(app)[0]["server_name"] == "db-01"
+
+    def test_open_of_forbidden_server(self, signed_in, fake, app):
+        assert signed_in.get("/console/db-01/open").status_code == 404
+        assert fake.counts["console"] == 0
+        assert len(self.refusals(app)) == 1
+
+    def test_api_mint_of_forbidden_server_answers_like_unknown(self, signed_in, auth, fake, app):
+        token = auth.csrf()
+        forbidden = signed_in.post(f"/api/consoles/{server_id(3)}", headers={"X-CSRFToken": token})
+        unknown = signed_in.post(f"/api/consoles/{server_id(99)}", headers={"X-CSRFToken": token})
+        assert forbidden.status_code == unknown.status_code == 404
+        assert forbidden.get_json() == unknown.get_json()
+        assert fake.counts["console"] == 0
+        [refusal] = self.refusals(app)
+        assert (refusal["user"], refusal["server_id"], refusal["detail"]) == ("agent", server_id(3), "load")
+
+    def test_chooser_lists_only_permitted(self, signed_in, app):
+        with app.app_context():
+            policy.add_rule(user="agent", cloud="lab", name_pattern="worker", metadata="")
+        assert signed_in.get("/console/worker").status_code == 200  # chooser of 2

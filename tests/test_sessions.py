@@ -1,0 +1,143 @@
+"""Session limits, cookie flags, proxies, and sign-in throttling."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import server_id
+
+from broker import audit
+from broker import sessions
+
+HOUR = 3600
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """Move the sessions' clock: ``clock.advance(seconds)``."""
+
+    class Clock:
+        offset = 0.0
+
+        def advance(self, seconds: float) -> None:
+            self.offset += seconds
+
+    moving = Clock()
+    real = sessions.clock
+    monkeypatch.setattr(sessions, "clock", lambda: real() + moving.offset)
+    return moving
+
+
+def test_idle_session_ends(client, auth, clock, app):
+    auth.login()
+    clock.advance(HOUR + 60)
+    response = client.get("/")
+    assert response.status_code == 302 and response.headers["Location"].startswith("/login")
+    with app.app_context():
+        [row] = audit.search(audit.Filter(action="sign_out"))[0]
+        assert row.reason == "session was idle too long"
+
+
+def test_console_refreshes_keep_the_session_alive(client, auth, clock):
+    auth.login()
+    token = auth.csrf()
+    for _ in range(8):  # 8 refreshes 9 minutes apart: 72 minutes, never idle for an hour
+        clock.advance(9 * 60)
+        response = client.post(
+            f"/api/consoles/{server_id(1)}", headers={"X-CSRFToken": token}, json={"reason": "refresh"}
+        )
+        assert response.status_code == 200
+
+
+def test_refresh_after_idle_timeout_gets_401(client, auth, clock):
+    auth.login()
+    token = auth.csrf()
+    clock.advance(HOUR + 60)
+    response = client.post(f"/api/consoles/{server_id(1)}", headers={"X-CSRFToken": token})
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] == "not_signed_in"
+
+
+def test_absolute_lifetime(client, auth, clock):
+    auth.login()
+    for _ in range(25):  # busy all day, every 30 minutes
+        clock.advance(30 * 60)
+        client.get("/healthz")
+        status = client.get("/api/servers").status_code
+        if status == 401:
+            break
+    assert status == 401
+    assert clock.offset <= 12.5 * HOUR
+
+
+def test_cookie_flags(client, auth):
+    response = auth.login()
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+
+
+def test_secure_cookie_over_https(client, auth, app):
+    client.get("/login", base_url="https://localhost")
+    token = auth.csrf()
+    response = client.post(
+        "/login",
+        base_url="https://localhost",
+        data={"username": "agent", "password": "agent-password-1", "csrf_token": token},
+    )
+    assert "Secure" in response.headers["Set-Cookie"]
+
+
+def test_forwarded_headers_ignored_without_trusted_proxies(client, auth, app):
+    auth.login()
+    client.get("/", headers={"X-Forwarded-For": "203.0.113.9"})
+    with app.app_context():
+        assert audit.search(audit.Filter(action="sign_in"))[0][0].client == "127.0.0.1"
+
+
+class TestBehindOneProxy:
+    @pytest.fixture
+    def env_overrides(self):
+        return {"BROKER_TRUSTED_PROXIES": "1"}
+
+    def test_client_address_and_https_come_from_the_proxy(self, client, app):
+        headers = {"X-Forwarded-For": "198.51.100.7", "X-Forwarded-Proto": "https"}
+        token_page = client.get("/login", headers=headers)
+        from conftest import csrf_from
+
+        response = client.post(
+            "/login",
+            headers=headers,
+            data={
+                "username": "agent",
+                "password": "agent-password-1",
+                "csrf_token": csrf_from(token_page.get_data(as_text=True)),
+            },
+        )
+        assert "Secure" in response.headers["Set-Cookie"]
+        with app.app_context():
+            assert audit.search(audit.Filter(action="sign_in"))[0][0].client == "198.51.100.7"
+
+
+def test_fifty_wrong_passwords_are_throttled(client, auth, app):
+    statuses = [auth.login(password=f"guess-{n}").status_code for n in range(50)]
+    assert statuses[:5] == [401] * 5
+    assert set(statuses[5:]) == {429}
+    throttled = auth.login(password=f"guess-x")
+    assert int(throttled.headers["Retry-After"]) > 0
+    # Even the right password waits now: the account is throttled, not just the guesses.
+    assert auth.login().status_code == 429
+    with app.app_context():
+        assert audit.search(audit.Filter(action="sign_in", outcome="failed"))[1] == 5
+        assert audit.search(audit.Filter(action="sign_in", outcome="refused"))[1] == 47
+
+
+def test_throttle_is_per_account_and_per_address(client, auth, app):
+    for n in range(5):
+        auth.login(username=f"nobody{n}", password="wrong-password")
+    # Five failures from this address, each on a different account: the address is throttled.
+    assert auth.login().status_code == 429
+
+
+def test_successful_sign_ins_do_not_count(client, auth):
+    for _ in range(8):
+        assert auth.login().status_code == 302
+        auth.logout()
