@@ -32,10 +32,17 @@ def mint(server_id: str):
 @bp.get("/servers")
 @login_required
 def servers():
-    overview = service().overview(current_user, request.args.get("q", "")[:200], request.args.get("cloud") or None)
+    args = request.args
+    overview = service().overview(current_user, args.get("q", "")[:200], args.get("cloud") or None)
+    limit = args.get("limit", type=int)
+    shown = overview.servers[:limit] if limit and limit > 0 else overview.servers
     return jsonify(
         {
-            "servers": [s.to_json() for s in overview.servers],
+            "servers": [s.to_json() for s in shown],
+            "total": len(overview.servers),
             "unavailable": [{"cloud": name, "message": msg} for name, msg in overview.failures.items()],
+            "stale": [
+                {"cloud": name, "age_seconds": round(s.age), "message": s.message} for name, s in overview.stale.items()
+            ],
         }
     )

@@ -22,9 +22,17 @@ limiter = Limiter(key_func=get_remote_address, default_limits=[])
 
 
 @event.listens_for(Engine, "connect")
-def _sqlite_foreign_keys(dbapi_connection, connection_record) -> None:
-    """SQLite ignores ON DELETE CASCADE unless asked; removing a user must drop their rules."""
-    if type(dbapi_connection).__module__.startswith("sqlite3"):
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
+def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
+    """SQLite: enforce ON DELETE CASCADE (removing a user drops their rules), and use WAL.
+
+    WAL lets readers and the audit writer of several workers proceed together, and
+    synchronous=NORMAL keeps each audit commit to a write without an fsync wait.
+    """
+    if not type(dbapi_connection).__module__.startswith("sqlite3"):
+        return
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field
 
 from broker.cloud import errors
 from broker.cloud.client import ServerInfo
@@ -27,12 +28,21 @@ class Listing:
         return cls(tuple(servers), haystacks, {s.id: s for s in servers}, fetched_at)
 
 
+@dataclass(frozen=True)
+class Stale:
+    """A cloud whose refresh failed: its last good list is ``age`` seconds old."""
+
+    age: float
+    message: str
+
+
 @dataclass
 class Overview:
-    """The servers of several clouds, and the clouds that could not be listed."""
+    """The servers of several clouds, the clouds that could not be listed, and stale ones."""
 
     servers: list[ServerInfo]
     failures: dict[str, str]
+    stale: dict[str, Stale] = field(default_factory=dict)
 
 
 class Inventory:
@@ -44,23 +54,49 @@ class Inventory:
         self.clock = clock
         self._listings: dict[str, Listing] = {}
         self._locks = {name: threading.Lock() for name in self.clouds}
+        self._errors: dict[str, str] = {}
 
     def cloud(self, name: str) -> Cloud | None:
         return self.clouds.get(name)
 
+    def fresh(self, listing: Listing | None) -> bool:
+        return listing is not None and self.clock() - listing.fetched_at < self.ttl
+
     def listing(self, name: str) -> Listing:
-        """The cached listing of one cloud, fetched when missing or older than the TTL."""
+        """One cloud's listing: cached; refreshed by one caller while the others keep the old one."""
         current = self._listings.get(name)
-        if current and self.clock() - current.fetched_at < self.ttl:
+        if self.fresh(current):
             return current
-        with self._locks[name]:
+        lock = self._locks[name]
+        # A stale list is served at once while one request refreshes it; only a
+        # cloud never listed makes callers wait (once) for the fetch.
+        if not lock.acquire(blocking=current is None):
+            return current
+        try:
             current = self._listings.get(name)
-            if current and self.clock() - current.fetched_at < self.ttl:
+            if self.fresh(current):
                 return current
-            servers = self.clouds[name].client.list_servers()
+            try:
+                servers = self.clouds[name].client.list_servers()
+            except errors.CloudError as exc:
+                if current is None:
+                    raise
+                self._errors[name] = exc.message
+                return current
             current = Listing.build(servers, self.clock())
             self._listings[name] = current
+            self._errors.pop(name, None)
             return current
+        finally:
+            lock.release()
+
+    def staleness(self, name: str) -> Stale | None:
+        """Why and how old a cloud's list is, when its last refresh failed."""
+        message = self._errors.get(name)
+        listing = self._listings.get(name)
+        if message is None or listing is None:
+            return None
+        return Stale(self.clock() - listing.fetched_at, message)
 
     def _names(self, cloud: str | None) -> list[str]:
         if cloud is None:
@@ -72,17 +108,21 @@ class Inventory:
         needle = query.strip().lower()
         found: list[ServerInfo] = []
         failures: dict[str, str] = {}
+        overview = Overview(found, failures)
         for name in self._names(cloud):
             try:
                 listing = self.listing(name)
             except errors.CloudError as exc:
                 failures[name] = exc.message
                 continue
+            stale = self.staleness(name)
+            if stale:
+                overview.stale[name] = stale
             if not needle:
                 found.extend(listing.servers)
                 continue
             found.extend(s for s, hay in zip(listing.servers, listing.haystacks, strict=True) if needle in hay)
-        return Overview(found, failures)
+        return overview
 
     def by_id(self, server_id: str, cloud: str | None = None) -> ServerInfo | None:
         """A server by ID: from the cache, else asked of each cloud (it may be new)."""

@@ -25,22 +25,25 @@ def cloud_arg() -> str | None:
     return request.args.get("cloud") or None
 
 
+# Rows rendered into the list page; the instant search asks the API beyond that.
+LIST_ROWS = 200
+
+
 @bp.get("/")
 @login_required
 def index():
     query = request.args.get("q", "")[:200]
-    overview = service().overview(current_user, "", cloud_arg())
-    # Every row is rendered so that the page's instant search can widen again;
-    # rows that do not match ?q= start hidden.
-    matching = {s.id for s in service().overview(current_user, query, cloud_arg()).servers} if query.strip() else None
+    overview = service().overview(current_user, query, cloud_arg())
     return render_template(
         "servers/list.html",
-        servers=overview.servers,
-        matching=matching,
+        servers=overview.servers[:LIST_ROWS],
+        total=len(overview.servers),
         failures=overview.failures,
+        stale=overview.stale,
         query=query,
         cloud=cloud_arg() or "",
         clouds=list(service().inventory.clouds),
+        list_rows=LIST_ROWS,
     )
 
 

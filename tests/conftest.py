@@ -13,6 +13,7 @@ from broker import users
 from broker.cloud.client import ComputeClient
 from broker.cloud.client import Timeouts
 from broker.cloud.registry import Cloud
+from broker.cloud.resilience import RetryPolicy
 from broker.demo import serve
 from broker.demo.cloud import FakeCloud
 from broker.demo.cloud import Server
@@ -53,6 +54,7 @@ def server_id(n: int) -> str:
 def fake():
     """A stand-in Keystone + Nova over real HTTP on 127.0.0.1."""
     cloud = FakeCloud(secret="test-secret", servers=fleet(), console_base="http://127.0.0.1:6080")
+    cloud.faults.retry_after = "0.05"
     running = serve.start(cloud)
     yield cloud
     running.stop()
@@ -68,6 +70,7 @@ def make_client(fake: FakeCloud, name: str = "lab", **kwargs) -> ComputeClient:
     )
     session = ks_session.Session(auth=auth, timeout=2)
     kwargs.setdefault("timeouts", Timeouts(connect=1, read=1))
+    kwargs.setdefault("retry", RetryPolicy(attempts=3, base=0.01, cap=0.5))
     return ComputeClient(name, session, region_name=fake.region, **kwargs)
 
 

@@ -109,7 +109,7 @@ def test_non_http_console_url_is_refused(api, fake, scheme):
 @pytest.mark.parametrize(("status", "code"), [(500, 502), (503, 503), (429, 503)])
 def test_cloud_trouble_maps_to_5xx(api, fake, status, code):
     api(server_id(2))  # warm the version check
-    fake.faults.fail_next["console"] = [status]
+    fake.faults.fail_next["console"] = [status] * 3
     response = api(server_id(1))
     assert response.status_code == code
     assert "Injected failure" in response.get_json()["error"]["message"]
@@ -135,7 +135,10 @@ def test_list_api(client, auth):
         "addresses": ["10.1.0.1"],
         "availability_zone": "az-1",
     }
-    assert body["unavailable"] == []
+    assert body["unavailable"] == [] and body["stale"] == []
+    assert body["total"] == 2
+    limited = client.get("/api/servers?limit=3").get_json()
+    assert len(limited["servers"]) == 3 and limited["total"] == 7
 
 
 def test_server_list_is_cached_and_the_mint_is_not(client, auth, fake):

@@ -8,8 +8,10 @@ is safe to show. This module never imports Flask.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,12 +25,19 @@ from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import session as ks_session
 
 from broker.cloud import errors
+from broker.cloud.resilience import Bulkhead
+from broker.cloud.resilience import CircuitBreaker
+from broker.cloud.resilience import RetryPolicy
 
 log = logging.getLogger(__name__)
 
 CONSOLE_MICROVERSION = "2.6"
 CONSOLE_BODY = {"remote_console": {"type": "novnc", "protocol": "vnc"}}
 MAX_PAGES = 200
+# Statuses that mean "not done, try later": repeating is safe for every call.
+RETRY_STATUSES = frozenset({413, 429, 503})
+# Server errors worth one more try only where the call has no effect (reads).
+RETRY_GET_STATUSES = frozenset({500, 502, 504})
 
 
 @dataclass(frozen=True)
@@ -189,6 +198,9 @@ class ComputeClient:
         endpoint_override: str | None = None,
         timeouts: Timeouts | None = None,
         page_size: int = 1000,
+        retry: RetryPolicy | None = None,
+        breaker: CircuitBreaker | None = None,
+        max_in_flight: int = 64,
     ) -> None:
         self.name = name
         self.timeouts = timeouts or Timeouts()
@@ -201,6 +213,9 @@ class ComputeClient:
             endpoint_override=endpoint_override,
             connect_retries=0,
         )
+        self.retry = retry or RetryPolicy()
+        self.breaker = breaker or CircuitBreaker()
+        self.bulkhead = Bulkhead(max_in_flight)
         self._max_version: tuple[int, int] | None = None
         self._lock = threading.Lock()
 
@@ -233,10 +248,43 @@ class ComputeClient:
             raise errors.CloudError(f"{what}: cloud {self.name}: {type(exc).__name__}.") from None
 
     def _request(self, method: str, path: str, what: str, **kwargs) -> requests.Response:
-        """One call with connect and read timeouts; errors come back as responses or CloudErrors."""
+        """One call, retried while safe and worth it, behind the breaker and the bulkhead."""
         kwargs.setdefault("timeout", self.timeouts.as_requests())
-        with self._translated(what):
-            return self.adapter.request(path, method, raise_exc=False, **kwargs)
+        self.breaker.before(self.name, what)
+        with self.bulkhead:
+            for attempt in itertools.count(1):
+                response = self._attempt(method, path, what, attempt, **kwargs)
+                if response is not None:
+                    return response
+        raise AssertionError("unreachable")
+
+    def _attempt(self, method: str, path: str, what: str, attempt: int, **kwargs) -> requests.Response | None:
+        """One try: the response, or None after sleeping when another try is due."""
+        try:
+            with self._translated(what):
+                response = self.adapter.request(path, method, raise_exc=False, **kwargs)
+        except errors.CloudUnreachable:
+            # Nothing was answered (refused, reset, Keystone down): repeating is safe.
+            delay = self.retry.delay(attempt)
+            if delay is None:
+                self.breaker.failed()
+                raise
+            time.sleep(delay)
+            return None
+        except errors.CloudError:
+            self.breaker.failed()
+            raise
+        status = response.status_code
+        if status in RETRY_STATUSES or (method == "GET" and status in RETRY_GET_STATUSES):
+            delay = self.retry.delay(attempt, retry_after(response))
+            if delay is not None:
+                time.sleep(delay)
+                return None
+        if status >= 500 or status in RETRY_STATUSES:
+            self.breaker.failed()
+        else:
+            self.breaker.succeeded()
+        return response
 
     def _json(self, response: requests.Response, what: str) -> dict:
         if response.status_code >= 400:

@@ -67,6 +67,7 @@ class Faults:
     max_version: str = "2.96"
     console_scheme: str = ""
     error_message: str = ""
+    retry_after: str = "1"
     malformed: set[str] = field(default_factory=set)
     hang: dict[str, float] = field(default_factory=dict)
     fail_next: dict[str, list[int]] = field(default_factory=dict)
@@ -101,7 +102,7 @@ def make_servers(count: int, project: str = "demo") -> list[Server]:
     return servers
 
 
-def nova_error(status: int, message: str) -> Response:
+def nova_error(status: int, message: str, retry_after: str = "1") -> Response:
     """Nova's error body: ``{fault_name: {code, message}}``."""
     names = {
         400: "badRequest",
@@ -120,11 +121,11 @@ def nova_error(status: int, message: str) -> Response:
     else:
         body = {names.get(status, "computeFault"): {"code": status, "message": message}}
         if status in (413, 429):
-            body[names[status]]["retryAfter"] = "1"
+            body[names[status]]["retryAfter"] = retry_after
     response = jsonify(body)
     response.status_code = status
     if status in (413, 429):
-        response.headers["Retry-After"] = "1"
+        response.headers["Retry-After"] = retry_after
     return response
 
 
@@ -266,7 +267,8 @@ class FakeCloud:
             time.sleep(delay)
         status = self.faults.take_failure(kind)
         if status:
-            return nova_error(status, self.faults.error_message or f"Injected failure {status} for {kind}.")
+            message = self.faults.error_message or f"Injected failure {status} for {kind}."
+            return nova_error(status, message, self.faults.retry_after)
         if kind in self.faults.malformed:
             return Response("<html>not json", status=200, content_type="application/json")
         return None
