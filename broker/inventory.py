@@ -134,11 +134,16 @@ class Inventory:
                 continue
             if hit:
                 return hit
+        trouble: errors.CloudError | None = None
         for name in names:
             try:
                 return self.clouds[name].client.get_server(server_id)
             except errors.ServerNotFound:
                 continue
+            except errors.CloudError as exc:
+                trouble = trouble or exc  # another cloud may still have it
+        if trouble:
+            raise trouble
         return None
 
     def by_name(self, name: str, cloud: str | None = None) -> list[ServerInfo]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 from bs4 import BeautifulSoup
-from keystoneauth1 import session as ks_session
-from keystoneauth1.identity import v3
 
 from broker import create_app
 from broker import policy
@@ -14,6 +12,7 @@ from broker.cloud.client import ComputeClient
 from broker.cloud.client import Timeouts
 from broker.cloud.registry import Cloud
 from broker.cloud.resilience import RetryPolicy
+from broker.demo import keystone_session
 from broker.demo import serve
 from broker.demo.cloud import FakeCloud
 from broker.demo.cloud import Server
@@ -61,14 +60,7 @@ def fake():
 
 
 def make_client(fake: FakeCloud, name: str = "lab", **kwargs) -> ComputeClient:
-    auth = v3.Password(
-        auth_url=fake.auth_url,
-        username=fake.username,
-        password=fake.password,
-        project_id=fake.project_id,
-        user_domain_id="default",
-    )
-    session = ks_session.Session(auth=auth, timeout=2)
+    session = keystone_session(fake, timeout=2)
     kwargs.setdefault("timeouts", Timeouts(connect=1, read=1))
     kwargs.setdefault("retry", RetryPolicy(attempts=3, base=0.01, cap=0.5))
     return ComputeClient(name, session, region_name=fake.region, **kwargs)

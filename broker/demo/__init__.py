@@ -49,6 +49,15 @@ def build_demo_cloud(secret_key: str, *, servers: int, console_ttl: int, timeout
     fake.public_base = DEMO_BASE
     transport = requests.Session()
     transport.mount(DEMO_BASE + "/", WSGITransport(fake.app(), headers=_console_base))
+    session = keystone_session(fake, timeout=timeouts.read, transport=transport)
+    client = ComputeClient(DEMO_CLOUD_NAME, session, region_name=fake.region, timeouts=timeouts)
+    return Cloud(DEMO_CLOUD_NAME, client, console_ttl, "idle"), fake
+
+
+def keystone_session(
+    fake: FakeCloud, *, timeout: float, transport: requests.Session | None = None
+) -> ks_session.Session:
+    """A keystoneauth1 session holding the stand-in cloud's service account."""
     auth = v3.Password(
         auth_url=fake.auth_url,
         username=fake.username,
@@ -56,9 +65,7 @@ def build_demo_cloud(secret_key: str, *, servers: int, console_ttl: int, timeout
         project_id=fake.project_id,
         user_domain_id="default",
     )
-    session = ks_session.Session(auth=auth, session=transport, timeout=timeouts.read)
-    client = ComputeClient(DEMO_CLOUD_NAME, session, region_name=fake.region, timeouts=timeouts)
-    return Cloud(DEMO_CLOUD_NAME, client, console_ttl, "idle"), fake
+    return ks_session.Session(auth=auth, session=transport, timeout=timeout)
 
 
 def demo_password_file(instance_path: str) -> Path:
