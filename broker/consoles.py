@@ -109,7 +109,11 @@ class ConsoleService:
         """A fresh console URL for one server, with an audit record whatever happens."""
         detail = detail if detail in MINT_DETAILS else "load"
         note = {"username": user.username, "cloud": cloud or "", "server_id": server_id[:64], "detail": detail}
-        server = self.inventory.by_id(server_id, cloud) if looks_like_id(server_id) else None
+        try:
+            server = self.inventory.by_id(server_id, cloud) if looks_like_id(server_id) else None
+        except errors.CloudError as exc:
+            audit.record("console", "failed", reason=exc.message, **note)
+            raise
         if server is None:
             audit.record("console", "failed", reason="no such server", **note)
             raise NoSuchServer("No such server.")

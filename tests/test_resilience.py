@@ -185,3 +185,18 @@ def test_mint_failure_is_still_audited(client, auth, app, fake):
     with app.app_context():
         [row] = audit.search(audit.Filter(action="console"))[0]
         assert row.outcome == "failed" and "identity service" in row.reason
+
+
+def test_mint_failing_on_the_server_lookup_is_audited(client, auth, app, fake):
+    from broker import audit
+
+    auth.login()
+    token = auth.csrf()
+    fake.faults.fail_next["list"] = [500] * 3
+    fake.faults.fail_next["show"] = [503] * 3
+    app.extensions["consoles"].inventory.ttl = 0
+    response = client.post("/api/consoles/00000000-0000-4000-8000-000000000042", headers={"X-CSRFToken": token})
+    assert response.status_code == 503
+    with app.app_context():
+        [row] = audit.search(audit.Filter(action="console"))[0]
+        assert row.outcome == "failed" and "Injected failure 503" in row.reason
