@@ -15,6 +15,7 @@ from broker.cloud import errors
 from broker.cloud.client import Console
 from broker.cloud.client import ServerInfo
 from broker.cloud.client import check_console_url
+from broker.extensions import db
 from broker.inventory import Inventory
 from broker.inventory import Overview
 from broker.policy import access_for
@@ -122,6 +123,7 @@ class ConsoleService:
             # Answer exactly as for an unknown ID, so IDs cannot be probed for existence.
             audit.record("console", "refused", reason="no access rule grants this server", **note)
             raise NoSuchServer("No such server.")
+        db.session.close()  # no pooled DB connection held while the cloud answers
         try:
             minted = self._mint(server)
         except errors.CloudError as exc:

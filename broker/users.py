@@ -69,9 +69,12 @@ def load(user_id: str) -> User | None:
     if not raw_id.isdigit():
         return None
     user = db.session.get(User, int(raw_id))
-    if user is None or not secrets.compare_digest(user.session_token, token):
-        return None
-    return user
+    valid = user is not None and secrets.compare_digest(user.session_token, token)
+    # Hand the pooled connection back now: the request may next wait seconds on a
+    # cloud, and a connection held through that starves every other request.
+    # The user stays usable (its columns are loaded), detached from the session.
+    db.session.close()
+    return user if valid else None
 
 
 def add(username: str, password: str, role: str = "agent") -> User:

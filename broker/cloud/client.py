@@ -200,7 +200,7 @@ class ComputeClient:
         page_size: int = 1000,
         retry: RetryPolicy | None = None,
         breaker: CircuitBreaker | None = None,
-        max_in_flight: int = 64,
+        max_in_flight: int = 80,
     ) -> None:
         self.name = name
         self.timeouts = timeouts or Timeouts()

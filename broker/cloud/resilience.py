@@ -72,7 +72,7 @@ class CircuitBreaker:
 class Bulkhead:
     """At most ``limit`` calls in flight to one cloud, so a slow cloud cannot take every worker thread."""
 
-    def __init__(self, limit: int = 64):
+    def __init__(self, limit: int = 80):
         self.limit = limit
         self._slots = threading.BoundedSemaphore(limit)
 
