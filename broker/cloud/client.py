@@ -248,43 +248,42 @@ class ComputeClient:
             raise errors.CloudError(f"{what}: cloud {self.name}: {type(exc).__name__}.") from None
 
     def _request(self, method: str, path: str, what: str, **kwargs) -> requests.Response:
-        """One call, retried while safe and worth it, behind the breaker and the bulkhead."""
+        """One call, retried while safe and worth it, behind the bulkhead and the breaker."""
         kwargs.setdefault("timeout", self.timeouts.as_requests())
-        self.breaker.before(self.name, what)
         with self.bulkhead:
-            for attempt in itertools.count(1):
-                response = self._attempt(method, path, what, attempt, **kwargs)
-                if response is not None:
-                    return response
-        raise AssertionError("unreachable")
-
-    def _attempt(self, method: str, path: str, what: str, attempt: int, **kwargs) -> requests.Response | None:
-        """One try: the response, or None after sleeping when another try is due."""
-        try:
-            with self._translated(what):
-                response = self.adapter.request(path, method, raise_exc=False, **kwargs)
-        except errors.CloudUnreachable:
-            # Nothing was answered (refused, reset, Keystone down): repeating is safe.
-            delay = self.retry.delay(attempt)
-            if delay is None:
+            self.breaker.before(self.name, what)
+            try:
+                response = self._with_retries(method, path, what, **kwargs)
+            except BaseException:
+                # Every way out reports to the breaker, or a half-open probe would never end.
                 self.breaker.failed()
                 raise
-            time.sleep(delay)
-            return None
-        except errors.CloudError:
-            self.breaker.failed()
-            raise
-        status = response.status_code
-        if status in RETRY_STATUSES or (method == "GET" and status in RETRY_GET_STATUSES):
-            delay = self.retry.delay(attempt, retry_after(response))
-            if delay is not None:
+            if response.status_code >= 500 or response.status_code in RETRY_STATUSES:
+                self.breaker.failed()
+            else:
+                self.breaker.succeeded()
+            return response
+
+    def _with_retries(self, method: str, path: str, what: str, **kwargs) -> requests.Response:
+        for attempt in itertools.count(1):
+            try:
+                with self._translated(what):
+                    response = self.adapter.request(path, method, raise_exc=False, **kwargs)
+            except errors.CloudUnreachable:
+                # Nothing was answered (refused, reset, Keystone failing): repeating is safe.
+                delay = self.retry.delay(attempt)
+                if delay is None:
+                    raise
                 time.sleep(delay)
-                return None
-        if status >= 500 or status in RETRY_STATUSES:
-            self.breaker.failed()
-        else:
-            self.breaker.succeeded()
-        return response
+                continue
+            status = response.status_code
+            if status in RETRY_STATUSES or (method == "GET" and status in RETRY_GET_STATUSES):
+                delay = self.retry.delay(attempt, retry_after(response))
+                if delay is not None:
+                    time.sleep(delay)
+                    continue
+            return response
+        raise AssertionError("itertools.count never ends")
 
     def _json(self, response: requests.Response, what: str) -> dict:
         if response.status_code >= 400:
