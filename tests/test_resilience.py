@@ -200,3 +200,23 @@ def test_mint_failing_on_the_server_lookup_is_audited(client, auth, app, fake):
     with app.app_context():
         [row] = audit.search(audit.Filter(action="console"))[0]
         assert row.outcome == "failed" and "Injected failure 503" in row.reason
+
+
+def test_probe_that_crashes_does_not_wedge_the_breaker(fake, monkeypatch):
+    breaker = CircuitBreaker(threshold=1, cooldown=0)
+    compute = make_client(fake, breaker=breaker)
+    fake.faults.fail_next["list"] = [500] * 3
+    with pytest.raises(errors.CloudError):
+        compute.list_servers()
+    assert breaker.is_open
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("bug in a library")
+
+    monkeypatch.setattr(compute.adapter, "request", explode)
+    with pytest.raises(RuntimeError):
+        compute.list_servers()  # the half-open probe
+    assert not breaker.probing
+    monkeypatch.undo()
+    assert len(compute.list_servers()) == 7
+    assert not breaker.is_open
