@@ -102,10 +102,6 @@ def record(
     return entry
 
 
-def recent(limit: int = 100) -> list[AuditRecord]:
-    return list(db.session.scalars(select(AuditRecord).order_by(AuditRecord.id.desc()).limit(limit)))
-
-
 @dataclass(frozen=True)
 class Filter:
     """What the admin narrows the trail to; empty fields match everything."""

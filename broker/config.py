@@ -6,7 +6,6 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from dataclasses import field
 from pathlib import Path
 
 
@@ -38,7 +37,6 @@ class Settings:
     trusted_proxies: int = 0
     ratelimit_storage: str = "memory://"
     login_limit: str = "5 per 5 minutes"
-    extra: Mapping[str, str] = field(default_factory=dict)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:

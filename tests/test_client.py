@@ -9,7 +9,6 @@ from conftest import server_id
 from broker.cloud import errors
 from broker.cloud.client import Timeouts
 from broker.cloud.client import parse_version
-from broker.cloud.client import redact_url
 
 
 def test_lists_every_server_across_pages(fake):
@@ -144,9 +143,3 @@ def test_version_root_strips_project(compute, fake):
 @pytest.mark.parametrize(("raw", "parsed"), [("2.96", (2, 96)), ("", (2, 0)), ("2.6", (2, 6)), ("x.y", (2, 0))])
 def test_parse_version(raw, parsed):
     assert parse_version(raw) == parsed
-
-
-def test_redact_url_drops_query():
-    assert redact_url("https://c.example:6080/vnc_auto.html?path=%3Ftoken%3Dsecret") == (
-        "https://c.example:6080/vnc_auto.html"
-    )

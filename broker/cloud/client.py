@@ -149,12 +149,6 @@ def check_console_url(url: object) -> str:
     return url
 
 
-def redact_url(url: str) -> str:
-    """A console URL without its query string, for logs and audit records."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
-
-
 def server_from_nova(body: object, cloud: str) -> ServerInfo:
     """Validate one Nova server resource and keep what the broker shows."""
     if not isinstance(body, dict) or not isinstance(body.get("id"), str):
