@@ -21,6 +21,11 @@ class RedactQueryStrings(logging.Filter):
             record.msg = QUERY.sub("?<redacted>", record.msg)
         if isinstance(record.args, tuple):
             record.args = tuple(QUERY.sub("?<redacted>", a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            # gunicorn's access log passes its atoms as a mapping: "r" is the request line, "q" the query.
+            for key, value in list(record.args.items()):
+                if isinstance(value, str):
+                    record.args[key] = "<redacted>" if key == "q" and value else QUERY.sub("?<redacted>", value)
         return True
 
 

@@ -24,6 +24,17 @@ def test_request_lines_lose_their_query_string():
     assert record.getMessage() == '"GET /vnc_auto.html?<redacted> HTTP/1.1" 200 -'
 
 
+def test_gunicorn_access_atoms_lose_their_query_string():
+    atoms = {
+        "r": "GET /demo-console/vnc_auto.html?path=%3Ftoken%3Dabc HTTP/1.1",
+        "q": "path=%3Ftoken%3Dabc",
+        "s": "200",
+    }
+    record = logging.LogRecord("gunicorn.access", logging.INFO, __file__, 1, '"%(r)s" %(s)s q=%(q)s', (atoms,), None)
+    RedactQueryStrings().filter(record)
+    assert record.getMessage() == '"GET /demo-console/vnc_auto.html?<redacted> HTTP/1.1" 200 q=<redacted>'
+
+
 def test_audit_log_line_has_no_token_or_password(client, auth):
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
