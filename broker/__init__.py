@@ -29,6 +29,7 @@ from broker.config import Settings
 from broker.config import load_settings
 from broker.consoles import ConsoleService
 from broker.errors import register_errorhandlers
+from broker.errors import unauthorized
 from broker.extensions import csrf
 from broker.extensions import db
 from broker.extensions import limiter
@@ -103,20 +104,6 @@ def register_extensions(app: Flask) -> None:
     login_manager.login_message = "Sign in to continue."
     login_manager.user_loader(users.load)
     login_manager.unauthorized_handler(unauthorized)
-
-
-def unauthorized():
-    """Pages redirect to the sign-in with ``next``; the API answers 401 JSON, never a redirect."""
-    from flask import redirect
-    from flask import request
-    from flask import url_for
-
-    from broker.errors import error_response
-    from broker.errors import wants_json
-
-    if wants_json():
-        return error_response(401, "not_signed_in", "Sign in to continue.")
-    return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
 
 
 def register_blueprints(app: Flask, settings: Settings) -> None:

@@ -65,7 +65,8 @@ def safe_next(target: str | None) -> str | None:
 @limiter.limit(login_limit, methods=["POST"], deduct_when=failed_sign_in, key_func=account_key, scope="login-account")
 def login():
     form = LoginForm()
-    target = safe_next(request.values.get("next")) or url_for("views.index")
+    wanted = safe_next(request.values.get("next"))
+    target = wanted or url_for("views.index")
     if current_user.is_authenticated and request.method == "GET":
         return redirect(target)
     if form.validate_on_submit():
@@ -82,7 +83,7 @@ def login():
             "sign_in", "failed", username=request.form.get("username", "")[:64], reason="incomplete or oversized form"
         )
         flash("Wrong user name or password.", "error")
-    form.next.data = safe_next(request.values.get("next")) or ""
+    form.next.data = wanted or ""
     status = 401 if request.method == "POST" else 200
     return render_template("auth/login.html", form=form), status
 

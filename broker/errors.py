@@ -6,8 +6,10 @@ import logging
 
 from flask import Flask
 from flask import jsonify
+from flask import redirect
 from flask import render_template
 from flask import request
+from flask import url_for
 from flask_limiter import RateLimitExceeded
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
@@ -42,6 +44,13 @@ def error_response(status: int, code: str, message: str, **extra):
     else:
         response = render_template("error.html", status=status, code=code, message=message), status
     return response
+
+
+def unauthorized():
+    """Pages redirect to the sign-in with ``next``; the API answers 401 JSON, never a redirect."""
+    if wants_json():
+        return error_response(401, "not_signed_in", "Sign in to continue.")
+    return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
 
 
 def handle_http(exc: HTTPException):

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
 
+from broker import users
 from broker.cloud.client import ServerInfo
 from broker.extensions import db
 from broker.users import User
@@ -156,7 +157,7 @@ def require_group(name: str) -> Group:
 
 
 def require_user(name: str) -> User:
-    user = db.session.scalar(select(User).where(User.username == name))
+    user = users.find(name)
     if user is None:
         raise PolicyError(f"no user called {name}")
     return user
