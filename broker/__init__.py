@@ -38,8 +38,14 @@ from broker.inventory import Inventory
 from broker.logs import configure_logging
 from broker.security import register_security_headers
 from broker.sessions import register_session_limits
+from broker.throttle import Throttle
+from broker.throttle import parse_limit
 
 log = logging.getLogger(__name__)
+
+# Upstream lookups of server IDs missing from the cache, per user: enough for a person
+# following new links, far too few to probe IDs.
+LOOKUP_LIMIT = "30 per 10 minutes"
 
 
 def create_app(test_config: Mapping | None = None) -> Flask:
@@ -143,8 +149,13 @@ def register_services(app: Flask, settings: Settings, clouds: list | None) -> Co
     if not hosts and not settings.demo:
         hosts = learned_hosts(clouds)
         log.info("console hosts allowed (set BROKER_CONSOLE_HOSTS to change): %s", ", ".join(hosts) or "any")
-    service = ConsoleService(inventory, hosts)
+    throttle = Throttle(settings.ratelimit_storage)
+    lookups = parse_limit(LOOKUP_LIMIT)
+    service = ConsoleService(
+        inventory, hosts, lookup_budget=lambda username: throttle.take(lookups, f"lookup:{username}").granted
+    )
     app.extensions["consoles"] = service
+    app.extensions["throttle"] = throttle
     return service
 
 

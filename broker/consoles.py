@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from datetime import datetime
@@ -65,9 +66,17 @@ def looks_like_id(value: str) -> bool:
 class ConsoleService:
     """Authorizes, mints and audits consoles; the one path every mint goes through."""
 
-    def __init__(self, inventory: Inventory, console_hosts: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        inventory: Inventory,
+        console_hosts: tuple[str, ...] = (),
+        lookup_budget: Callable[[str], bool] = lambda username: True,
+    ):
         self.inventory = inventory
         self.console_hosts = console_hosts
+        # Called with a user name before an ID missing from the cache is asked of the
+        # clouds; False means that user has spent their upstream lookups for now.
+        self.lookup_budget = lookup_budget
 
     def overview(self, user: User, query: str = "", cloud: str | None = None) -> Overview:
         """The servers ``user`` may open, matching ``query``."""

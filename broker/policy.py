@@ -96,6 +96,10 @@ class Access:
     def allows(self, server: ServerInfo) -> bool:
         return self.everything or any(grant.allows(server) for grant in self.grants)
 
+    def may_use_cloud(self, cloud: str) -> bool:
+        """True when some rule could grant a server of ``cloud`` (so its trouble concerns this user)."""
+        return self.everything or any(grant.cloud in ("*", cloud) for grant in self.grants)
+
     def filter(self, servers: list[ServerInfo]) -> list[ServerInfo]:
         if self.everything:
             return servers
