@@ -22,6 +22,7 @@ from broker import audit
 from broker import management
 from broker import policy
 from broker import users
+from broker.extensions import db
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -59,8 +60,29 @@ def change(action, *args, **kwargs):
 @admin_required
 def index():
     return render_template(
-        "admin/index.html", users=users.all_users(), groups=policy.all_groups(), rules=policy.all_rules()
+        "admin/index.html",
+        users=users.all_users(),
+        groups=policy.all_groups(),
+        rules=policy.all_rules(),
+        clouds=management.configured_clouds(),
+        min_password=users.MIN_PASSWORD,
     )
+
+
+# Forms name users and groups by their numbers, so that no name (whatever a URL path
+# would make of it) can make a row impossible to reach.
+def user_named(user_id: int) -> str:
+    user = db.session.get(users.User, user_id)
+    if user is None:
+        abort(404, description="No such user.")
+    return user.username
+
+
+def group_named(group_id: int) -> str:
+    group = db.session.get(policy.Group, group_id)
+    if group is None:
+        abort(404, description="No such group.")
+    return group.name
 
 
 @bp.post("/users")
@@ -70,10 +92,10 @@ def add_user():
     return change(management.add_user, request.form.get("username", ""), request.form.get("password", ""), role)
 
 
-@bp.post("/users/<name>/remove")
+@bp.post("/users/<int:user_id>/remove")
 @admin_required
-def remove_user(name: str):
-    return change(management.remove_user, name)
+def remove_user(user_id: int):
+    return change(management.remove_user, user_named(user_id))
 
 
 @bp.post("/groups")
@@ -82,22 +104,22 @@ def add_group():
     return change(management.add_group, request.form.get("name", ""))
 
 
-@bp.post("/groups/<name>/remove")
+@bp.post("/groups/<int:group_id>/remove")
 @admin_required
-def remove_group(name: str):
-    return change(management.remove_group, name)
+def remove_group(group_id: int):
+    return change(management.remove_group, group_named(group_id))
 
 
-@bp.post("/groups/<name>/members")
+@bp.post("/groups/<int:group_id>/members")
 @admin_required
-def add_member(name: str):
-    return change(management.add_member, name, request.form.get("username", ""))
+def add_member(group_id: int):
+    return change(management.add_member, group_named(group_id), request.form.get("username", ""))
 
 
-@bp.post("/groups/<name>/members/<username>/remove")
+@bp.post("/groups/<int:group_id>/members/<int:user_id>/remove")
 @admin_required
-def remove_member(name: str, username: str):
-    return change(management.remove_member, name, username)
+def remove_member(group_id: int, user_id: int):
+    return change(management.remove_member, group_named(group_id), user_named(user_id))
 
 
 @bp.post("/rules")
@@ -122,15 +144,21 @@ def remove_rule(rule_id: int):
     return change(management.remove_rule, rule_id)
 
 
+# The filters /admin/audit understands; nothing else of the query string is read or echoed.
+FILTER_KEYS = ("user", "server", "action", "outcome", "since", "until")
+PER_PAGE = 50
+
+
 def parse_time(name: str) -> datetime | None:
     raw = request.args.get(name, "").strip()
     if not raw:
         return None
     try:
-        value = datetime.fromisoformat(raw)
-    except ValueError:
+        value = datetime.fromisoformat(raw[:64])
+        return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+    except (ValueError, OverflowError):
+        # OverflowError: a date at the edge of the calendar that a time zone pushes past it.
         abort(400, description=f"{name} must be a date or time such as 2026-11-26 or 2026-11-26T14:00")
-    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
 
 
 def audit_filter() -> audit.Filter:
@@ -145,14 +173,21 @@ def audit_filter() -> audit.Filter:
     )
 
 
+def page_number(pages: int) -> int:
+    """``?page=``, clamped to the pages there are (a 20-digit number is the last page)."""
+    raw = request.args.get("page", "1")
+    return min(max(1, int(raw) if raw.isdigit() else 1), pages)
+
+
 @bp.get("/audit")
 @admin_required
 def audit_trail():
     where = audit_filter()
-    page = max(1, request.args.get("page", 1, type=int) or 1)
-    rows, total = audit.search(where, page)
-    pages = max(1, -(-total // 50))
-    args = {k: v for k, v in request.args.items() if k != "page" and v}
+    total = audit.count(where)
+    pages = max(1, -(-total // PER_PAGE))
+    page = page_number(pages)
+    rows = audit.page(where, page, PER_PAGE)
+    args = {key: request.args[key] for key in FILTER_KEYS if request.args.get(key)}
     return render_template(
         "admin/audit.html",
         rows=rows,

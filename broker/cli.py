@@ -32,7 +32,8 @@ def run(change, *args, **kwargs) -> None:
 
 def read_password(from_stdin: bool) -> str:
     if from_stdin:
-        return sys.stdin.readline().rstrip("\n")
+        # Only the line ending goes (\n or \r\n); spaces are part of a password.
+        return sys.stdin.readline().removesuffix("\n").removesuffix("\r")
     return click.prompt("Password", hide_input=True, confirmation_prompt=True)
 
 

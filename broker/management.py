@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from flask import current_app
+
 from broker import audit
 from broker import policy
 from broker import users
@@ -60,8 +62,17 @@ def remove_member(actor: str, group: str, user: str) -> str:
     return apply(actor, "member_remove", lambda: policy.remove_member(group, user) or f"removed {user} from {group}")
 
 
+def configured_clouds() -> list[str]:
+    """The names rules may use: every configured cloud, as configured (``name/Region`` included)."""
+    return list(current_app.extensions["consoles"].inventory.clouds)
+
+
 def add_rule(actor: str, **fields) -> str:
-    return apply(actor, "rule_add", lambda: f"rule {(rule := policy.add_rule(**fields)).id}: {rule.describe()}")
+    def change() -> str:
+        rule = policy.add_rule(clouds=configured_clouds(), **fields)
+        return f"rule {rule.id}: {rule.describe()}"
+
+    return apply(actor, "rule_add", change)
 
 
 def remove_rule(actor: str, rule_id: int) -> str:

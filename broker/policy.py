@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from sqlalchemy import Column
 from sqlalchemy import ForeignKey
 from sqlalchemy import String
 from sqlalchemy import Table
+from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
@@ -24,8 +26,6 @@ from broker import users
 from broker.cloud.client import ServerInfo
 from broker.extensions import db
 from broker.users import User
-
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 memberships = Table(
     "group_members",
@@ -126,13 +126,14 @@ def access_for(user: User) -> Access:
 
 
 def check_name(name: str, what: str = "name") -> str:
-    if not NAME.match(name or ""):
-        raise PolicyError(f"A {what} is 1-64 letters, digits or . _ - @, starting with a letter or digit.")
+    if not users.NAME.match(name or ""):
+        raise PolicyError(f"A {what} is {users.NAME_RULE}.")
     return name
 
 
 def find_group(name: str) -> Group | None:
-    return db.session.scalar(select(Group).where(Group.name == name))
+    """The group called ``name``, whatever its case."""
+    return db.session.scalar(select(Group).where(func.lower(Group.name) == (name or "").lower()))
 
 
 def all_groups() -> list[Group]:
@@ -145,8 +146,9 @@ def all_rules() -> list[AccessRule]:
 
 def add_group(name: str) -> Group:
     check_name(name, "group name")
-    if find_group(name):
-        raise PolicyError(f"group {name} already exists")
+    existing = find_group(name)
+    if existing:
+        raise PolicyError(f"group {existing.name} already exists (names are the same whatever their case)")
     group = Group(name=name)
     db.session.add(group)
     db.session.commit()
@@ -188,14 +190,27 @@ def remove_member(group_name: str, username: str) -> None:
     db.session.commit()
 
 
+def check_cloud(cloud: str, clouds: Collection[str]) -> str:
+    """``cloud`` if it is ``*`` or a configured cloud name (``name/Region`` included), else say which are."""
+    if cloud == "*" or cloud in clouds:
+        return cloud
+    known = ", ".join(sorted(clouds)) or "none"
+    raise PolicyError(f"no cloud called {cloud!r}; the configured clouds are: {known} (or * for every cloud)")
+
+
 def add_rule(
-    *, cloud: str, user: str | None = None, group: str | None = None, name_pattern: str = "*", metadata: str = ""
+    *,
+    cloud: str,
+    clouds: Collection[str],
+    user: str | None = None,
+    group: str | None = None,
+    name_pattern: str = "*",
+    metadata: str = "",
 ) -> AccessRule:
     """Grant ``user`` or ``group`` the consoles of ``cloud`` (``*``: every cloud), optionally narrowed."""
     if bool(user) == bool(group):
         raise PolicyError("a rule names either a user or a group")
-    if cloud != "*":
-        check_name(cloud, "cloud name")
+    check_cloud(cloud, clouds)
     if not name_pattern or len(name_pattern) > 255:
         raise PolicyError("a name pattern is 1-255 characters (a glob such as web-*)")
     key, sep, value = metadata.partition("=")

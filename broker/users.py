@@ -1,13 +1,18 @@
-"""Broker users: the model, password hashing and the sign-in check."""
+"""Broker users: the model, names and passwords that are safe to accept, and the sign-in check."""
 
 from __future__ import annotations
 
+import functools
+import re
 import secrets
 from datetime import UTC
 from datetime import datetime
+from pathlib import Path
 
 from flask_login import UserMixin
+from sqlalchemy import Index
 from sqlalchemy import String
+from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
@@ -17,6 +22,13 @@ from werkzeug.security import generate_password_hash
 from broker.extensions import db
 
 ROLES = ("admin", "agent")
+# User and group names: ASCII letters, digits and . _ - @, starting with a letter or
+# digit. No look-alikes from other scripts, nothing a URL path would rewrite (. or ..),
+# and names are unique regardless of case (Admin is admin).
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+NAME_RULE = "1-64 ASCII letters, digits or . _ - @, starting with a letter or digit"
+MIN_PASSWORD = 12
+COMMON_PASSWORDS = Path(__file__).parent / "data" / "common-passwords.txt"
 # Checked against when the user is unknown, so both paths cost one hash.
 _DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
 
@@ -36,6 +48,8 @@ class User(UserMixin, db.Model):
     session_token: Mapped[str] = mapped_column(String(64), default=lambda: secrets.token_hex(16))
     created_at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(UTC))
 
+    __table_args__ = (Index("ix_users_username_folded", func.lower(username), unique=True),)
+
     def get_id(self) -> str:
         return f"{self.id}:{self.session_token}"
 
@@ -44,45 +58,48 @@ class User(UserMixin, db.Model):
         return self.role == "admin"
 
 
-def check_username(name: str) -> str:
-    name = (name or "").strip()
-    if not name or len(name) > 64 or not all(c.isalnum() or c in "._-@" for c in name):
-        raise UserError("A user name is 1-64 letters, digits or . _ - @")
+def check_name(name: str, what: str = "user name") -> str:
+    """``name`` if it is in the safe alphabet, else UserError saying what is allowed."""
+    if not NAME.match(name or ""):
+        raise UserError(f"A {what} is {NAME_RULE}.")
     return name
 
 
+@functools.cache
+def common_passwords() -> frozenset[str]:
+    """The shipped list of common passwords (read once, when a password is first set)."""
+    lines = COMMON_PASSWORDS.read_text(encoding="utf-8").splitlines()
+    return frozenset(line for line in lines if line and not line.startswith("#"))
+
+
 def check_password(password: str) -> str:
-    if len(password or "") < 8:
-        raise UserError("A password needs at least 8 characters.")
+    """A new password: long enough, not a common one (give or take digits and symbols around it)."""
+    password = password or ""
+    if len(password) < MIN_PASSWORD:
+        raise UserError(f"A password needs at least {MIN_PASSWORD} characters.")
     if len(password) > 1024:
         raise UserError("A password may be at most 1024 characters.")
+    if len(set(password)) == 1:
+        raise UserError("A password cannot be one character repeated.")
+    folded = password.lower()
+    core = folded.strip("0123456789!@#$%^&*()-_=+.,;:?~ ")
+    if folded in common_passwords() or not core or core in common_passwords():
+        raise UserError("This password is too common; choose another (a few unrelated words work well).")
     return password
 
 
 def find(username: str) -> User | None:
-    return db.session.scalar(select(User).where(User.username == username))
-
-
-def load(user_id: str) -> User | None:
-    """flask-login's loader: the id must match the user's current session token."""
-    raw_id, _, token = (user_id or "").partition(":")
-    if not raw_id.isdigit():
-        return None
-    user = db.session.get(User, int(raw_id))
-    valid = user is not None and secrets.compare_digest(user.session_token, token)
-    # Hand the pooled connection back now: the request may next wait seconds on a
-    # cloud, and a connection held through that starves every other request.
-    # The user stays usable (its columns are loaded), detached from the session.
-    db.session.close()
-    return user if valid else None
+    """The user called ``username``, whatever its case."""
+    return db.session.scalar(select(User).where(func.lower(User.username) == (username or "").lower()))
 
 
 def add(username: str, password: str, role: str = "agent") -> User:
-    username = check_username(username)
+    username = check_name(username)
     if role not in ROLES:
         raise UserError(f"role must be one of {', '.join(ROLES)}")
-    if find(username):
-        raise UserError(f"user {username} already exists")
+    existing = find(username)
+    if existing:
+        raise UserError(f"user {existing.username} already exists (names are the same whatever their case)")
     user = User(username=username, password_hash=generate_password_hash(check_password(password)), role=role)
     db.session.add(user)
     db.session.commit()

@@ -11,6 +11,7 @@ from conftest import ADMIN
 
 from broker import audit
 from broker import policy
+from broker import users
 from broker.audit import AuditRecord
 from broker.extensions import db
 
@@ -37,7 +38,9 @@ def test_agents_get_403_and_a_record(client, auth, app, path):
 def test_admin_forms_change_users_groups_and_rules(admin, auth, app):
     assert post(admin, auth, "/admin/users", username="ivy", password="ivy-password-1", role="agent").status_code == 302
     post(admin, auth, "/admin/groups", name="night-shift")
-    post(admin, auth, "/admin/groups/night-shift/members", username="ivy")
+    with app.app_context():
+        group_id = policy.find_group("night-shift").id
+    post(admin, auth, f"/admin/groups/{group_id}/members", username="ivy")
     post(admin, auth, "/admin/rules", subject="group:night-shift", cloud="lab", name_pattern="web-*")
     page = BeautifulSoup(admin.get("/admin/").get_data(as_text=True), "html.parser")
     assert "group night-shift may open web-* on cloud lab" in page.select_one("#rules").get_text()
@@ -83,6 +86,102 @@ def test_audit_page_filters_and_paginates(admin, app):
 def test_audit_time_range(admin):
     assert admin.get("/admin/audit?since=2000-01-01&until=2000-01-02").status_code == 200
     assert admin.get("/admin/audit?since=yesterday").status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        # Keys url_for itself would act on must never reach it.
+        ("endpoint=x", 200),
+        ("_method=POST", 200),
+        ("_external=1&_scheme=javascript", 200),
+        ("_anchor=x&user=agent", 200),
+        ("page=x", 200),
+        ("page=-3", 200),
+        ("page=0", 200),
+        ("page=" + "9" * 20, 200),
+        ("page=" + "9" * 400, 200),
+        # Dates at the edges of the calendar.
+        ("since=9999-12-31T23:59:59-14:00", 400),
+        ("until=0001-01-01T00:00:00%2B14:00", 400),
+        ("since=0001-01-01", 200),
+        ("until=9999-12-31T23:59:59", 200),
+        ("since=" + "2026" * 100, 400),
+    ],
+)
+def test_audit_page_survives_odd_query_strings(admin, query, status):
+    response = admin.get(f"/admin/audit?{query}")
+    assert response.status_code == status, response.get_data(as_text=True)[:300]
+    if status == 200:
+        page = BeautifulSoup(response.get_data(as_text=True), "html.parser")
+        links = [a["href"] for a in page.select("#export-csv, #prev-page, #next-page")]
+        assert links and all(href.startswith("/admin/audit") for href in links)
+        assert not any(key in href for href in links for key in ("endpoint", "_method", "_external", "_anchor"))
+
+
+def test_audit_page_number_is_clamped_to_the_last_page(admin, app):
+    with app.test_request_context():
+        for n in range(60):
+            audit.record("console", "ok", username="agent", server_name=f"web-{n}")
+    page = BeautifulSoup(
+        admin.get("/admin/audit?action=console&page=" + "9" * 20).get_data(as_text=True), "html.parser"
+    )
+    assert len(page.select("#audit tbody tr")) == 10
+    assert "page=1" in page.select_one("#prev-page")["href"]
+
+
+class TestRegionClouds:
+    @pytest.fixture
+    def cloud_names(self):
+        return ["lab", "beta/RegionOne"]
+
+    def test_page_offers_the_configured_clouds(self, admin):
+        page = BeautifulSoup(admin.get("/admin/").get_data(as_text=True), "html.parser")
+        options = [o["value"] for o in page.select('#add-rule select[name="cloud"] option')]
+        assert options == ["*", "lab", "beta/RegionOne"]
+
+    def test_rule_on_a_region_cloud_from_page_and_cli(self, admin, auth, runner, app):
+        post(admin, auth, "/admin/rules", subject="user:agent", cloud="beta/RegionOne", name_pattern="web-*")
+        result = runner.invoke(args=["rules", "add", "--user", "agent", "--cloud", "beta/RegionOne"])
+        assert result.exit_code == 0, result.output
+        with app.app_context():
+            described = [r.describe() for r in policy.all_rules()]
+        assert "user agent may open web-* on cloud beta/RegionOne" in described
+        assert "user agent may open * on cloud beta/RegionOne" in described
+
+    @pytest.mark.parametrize("cloud", ["beta", "Beta/RegionOne", "mycloud_typo", "../x", ""])
+    def test_unknown_cloud_is_refused_with_the_valid_names(self, admin, auth, runner, app, cloud):
+        with app.app_context():
+            before = len(policy.all_rules())
+        result = runner.invoke(args=["rules", "add", "--user", "agent", "--cloud", cloud])
+        assert result.exit_code != 0
+        assert "the configured clouds are: beta/RegionOne, lab" in result.output
+        post(admin, auth, "/admin/rules", subject="user:agent", cloud=cloud)
+        assert "the configured clouds are: beta/RegionOne, lab" in admin.get("/admin/").get_data(as_text=True)
+        with app.app_context():
+            assert len(policy.all_rules()) == before
+
+
+def test_rows_are_reached_by_number_whatever_their_name(admin, auth, app):
+    """A name a URL path would rewrite (. or .., from before names were checked) can still be removed."""
+    with app.app_context():
+        for name in (".", ".."):
+            db.session.add(users.User(username=name, password_hash="x", role="agent"))
+            db.session.add(policy.Group(name=name))
+        db.session.commit()
+        ids = [(u.id, u.username) for u in users.all_users() if u.username in (".", "..")]
+        group_ids = [g.id for g in policy.all_groups() if g.name in (".", "..")]
+    page = BeautifulSoup(admin.get("/admin/").get_data(as_text=True), "html.parser")
+    for user_id, _ in ids:
+        form = page.select_one(f'form[action="/admin/users/{user_id}/remove"]')
+        assert form is not None
+        assert post(admin, auth, form["action"]).status_code == 302
+    for group_id in group_ids:
+        assert post(admin, auth, f"/admin/groups/{group_id}/remove").status_code == 302
+    with app.app_context():
+        assert [u.username for u in users.all_users()] == ["admin", "agent"]
+        assert policy.all_groups() == []
+    assert post(admin, auth, "/admin/users/999/remove").status_code == 404
 
 
 def test_csv_export_keeps_formulas_as_text(admin, app):

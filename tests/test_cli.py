@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from broker import users
 from broker.extensions import db
 
@@ -21,16 +23,67 @@ def test_add_list_remove(runner, app):
         assert users.find("carol") is None
 
 
-def test_add_refuses_duplicates_and_short_passwords(runner):
-    result = runner.invoke(args=["users", "add", "agent", "--password-stdin"], input="long-enough-1\n")
-    assert result.exit_code != 0 and "already exists" in result.output
-    result = runner.invoke(args=["users", "add", "dave", "--password-stdin"], input="short\n")
-    assert result.exit_code != 0 and "at least 8" in result.output
+@pytest.mark.parametrize(
+    ("password", "message"),
+    [
+        ("short", "at least 12 characters"),
+        ("12345678", "at least 12 characters"),
+        ("password", "at least 12 characters"),
+        (" " * 8, "at least 12 characters"),
+        (" " * 12, "one character repeated"),
+        ("a" * 20, "one character repeated"),
+        ("123456789012", "too common"),
+        ("qwertyuiop123", "too common"),
+        ("Password1234!", "too common"),
+        ("!!monkey123456", "too common"),
+        ("p" * 1025, "at most 1024"),
+    ],
+)
+def test_weak_passwords_are_refused(runner, app, password, message):
+    for args in (["users", "add", "dave", "--password-stdin"], ["users", "set-password", "agent", "--password-stdin"]):
+        result = runner.invoke(args=args, input=password + "\n")
+        assert result.exit_code != 0 and message in result.output, result.output
+    with app.app_context():
+        assert users.find("dave") is None
+        assert users.authenticate("agent", "agent-password-1") is not None
 
 
-def test_add_refuses_odd_names(runner):
-    result = runner.invoke(args=["users", "add", "<script>", "--password-stdin"], input="long-enough-1\n")
-    assert result.exit_code != 0
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("agent", "user agent already exists"),
+        ("Agent", "user agent already exists"),
+        ("AGENT", "user agent already exists"),
+        ("\u0430gent", "ASCII letters"),  # Cyrillic a
+        ("\uff41gent", "ASCII letters"),  # fullwidth a
+        ("<script>", "ASCII letters"),
+        (".", "ASCII letters"),
+        ("..", "ASCII letters"),
+        ("_hidden", "ASCII letters"),
+        ("a b", "ASCII letters"),
+        ("x" * 65, "ASCII letters"),
+    ],
+)
+def test_odd_or_look_alike_names_are_refused(runner, app, name, message):
+    result = runner.invoke(args=["users", "add", name, "--password-stdin"], input="long-enough-1\n")
+    assert result.exit_code != 0 and message in result.output, result.output
+    with app.app_context():
+        assert [u.username for u in users.all_users()] == ["admin", "agent"]
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", ""])
+def test_password_stdin_strips_only_the_line_ending(runner, app, ending):
+    password = "  spaces kept, ends in a tab\t"
+    result = runner.invoke(args=["users", "add", "dave", "--password-stdin"], input=password + ending)
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        assert users.authenticate("dave", password) is not None
+        assert users.authenticate("dave", password.strip()) is None
+        assert users.authenticate("dave", password + "\r") is None
+
+
+def test_sign_in_name_is_case_insensitive(client, auth):
+    assert auth.login(username="AGENT").status_code == 302
 
 
 def test_set_password(runner, app):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from conftest import FROM_THIS_SITE
 from conftest import server_id
 from sqlalchemy import select
 
@@ -34,7 +37,7 @@ def server(name: str, cloud: str = "lab", **metadata) -> ServerInfo:
 def test_rules(app, rule, target, allowed):
     with app.app_context():
         users.add("zoe", "zoe-password-1")
-        policy.add_rule(user="zoe", **rule)
+        policy.add_rule(user="zoe", clouds=["lab", "prod"], **rule)
         assert policy.access_for(users.find("zoe")).allows(target) is allowed
 
 
@@ -50,7 +53,7 @@ def test_group_rules_apply_to_members_only(app):
         users.add("hal", "hal-password-1")
         policy.add_group("dba")
         policy.add_member("dba", "gus")
-        policy.add_rule(group="dba", cloud="lab", name_pattern="db-*")
+        policy.add_rule(group="dba", cloud="lab", clouds=["lab"], name_pattern="db-*")
         assert policy.access_for(users.find("gus")).allows(server("db-01"))
         assert not policy.access_for(users.find("hal")).allows(server("db-01"))
         policy.remove_member("dba", "gus")
@@ -79,12 +82,21 @@ def test_removing_a_user_removes_their_rules_and_memberships(app):
         ({"cloud": "lab", "user": "ghost"}, "no user called ghost"),
         ({"cloud": "lab", "group": "ghost"}, "no group called ghost"),
         ({"cloud": "lab", "user": "agent", "metadata": "novalue"}, "key=value"),
-        ({"cloud": "../x", "user": "agent"}, "cloud name"),
+        ({"cloud": "../x", "user": "agent"}, "no cloud called '../x'; the configured clouds are: beta/RegionOne, lab"),
+        ({"cloud": "beta", "user": "agent"}, "no cloud called 'beta'"),
+        ({"cloud": "Lab", "user": "agent"}, "no cloud called 'Lab'"),
     ],
 )
 def test_bad_rules_are_refused(app, fields, message):
-    with app.app_context(), pytest.raises(policy.PolicyError, match=message):
-        policy.add_rule(**fields)
+    with app.app_context(), pytest.raises(policy.PolicyError, match=re.escape(message)):
+        policy.add_rule(clouds=["lab", "beta/RegionOne"], **fields)
+
+
+@pytest.mark.parametrize("cloud", ["lab", "beta/RegionOne", "*"])
+def test_every_configured_cloud_name_can_get_a_rule(app, cloud):
+    with app.app_context():
+        rule = policy.add_rule(user="agent", cloud=cloud, clouds=["lab", "beta/RegionOne"])
+        assert rule.describe() == f"user agent may open * on cloud {cloud}"
 
 
 class TestNarrowAgent:
@@ -95,7 +107,7 @@ class TestNarrowAgent:
         with app.app_context():
             for rule in policy.all_rules():
                 policy.remove_rule(rule.id)
-            policy.add_rule(user="agent", cloud="lab", name_pattern="web-*")
+            policy.add_rule(user="agent", cloud="lab", clouds=["lab"], name_pattern="web-*")
 
     @pytest.fixture
     def signed_in(self, client, auth):
@@ -121,7 +133,7 @@ class TestNarrowAgent:
         assert self.refusals(app)[0]["server_name"] == "db-01"
 
     def test_open_of_forbidden_server(self, signed_in, fake, app):
-        assert signed_in.get("/console/db-01/open").status_code == 404
+        assert signed_in.get("/console/db-01/open", headers=FROM_THIS_SITE).status_code == 404
         assert fake.counts["console"] == 0
         assert len(self.refusals(app)) == 1
 
@@ -137,5 +149,5 @@ class TestNarrowAgent:
 
     def test_chooser_lists_only_permitted(self, signed_in, app):
         with app.app_context():
-            policy.add_rule(user="agent", cloud="lab", name_pattern="worker", metadata="")
+            policy.add_rule(user="agent", cloud="lab", clouds=["lab"], name_pattern="worker", metadata="")
         assert signed_in.get("/console/worker").status_code == 200  # chooser of 2
