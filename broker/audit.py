@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from datetime import datetime
 
+from flask import current_app
 from flask import has_request_context
 from flask import request
 from sqlalchemy import String
@@ -25,10 +26,17 @@ from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
 from broker.extensions import db
+from broker.throttle import parse_limit
 
 log = logging.getLogger("broker.audit")
 
 ACTIONS = ("sign_in", "sign_out", "console", "admin", "request")
+# Column widths of the free-text fields a caller fills in.
+LIMITS = {"username": 64, "cloud": 64, "server_id": 64, "server_name": 255, "detail": 32, "reason": 500}
+# Refusals of people not signed in: rows kept per address and kind, and in all.
+ANONYMOUS_PER_KIND = parse_limit("1 per minute")
+ANONYMOUS_TOTAL = parse_limit("120 per minute")
+ANONYMOUS_NOTE = " (repeats from this address within a minute are logged, not stored)"
 OUTCOMES = ("ok", "failed", "refused", "error")
 
 
@@ -71,35 +79,46 @@ def _append_only(mapper, connection, target) -> None:
     raise PermissionError("audit records are append-only")
 
 
-def record(
-    action: str,
-    outcome: str,
-    *,
-    username: str = "",
-    cloud: str = "",
-    server_id: str = "",
-    server_name: str = "",
-    detail: str = "",
-    reason: str = "",
-) -> AuditRecord:
-    """Write one record (and its JSON line to the ``broker.audit`` log)."""
-    entry = AuditRecord(
-        username=username[:64],
-        action=action,
-        outcome=outcome,
-        cloud=cloud[:64],
-        server_id=server_id[:64],
-        server_name=server_name[:255],
-        detail=detail[:32],
-        reason=reason[:500],
-    )
+def entry_for(action: str, outcome: str, **fields: str) -> AuditRecord:
+    """A record of this request (client address and agent filled in), not yet stored."""
+    entry = AuditRecord(at=datetime.now(UTC), action=action, outcome=outcome)
+    for name, limit in LIMITS.items():
+        setattr(entry, name, fields.get(name, "")[:limit])
     if has_request_context():
         entry.client = (request.remote_addr or "")[:64]
         entry.user_agent = (request.user_agent.string or "")[:255]
+    return entry
+
+
+def record(action: str, outcome: str, **fields: str) -> AuditRecord:
+    """Write one record (and its JSON line to the ``broker.audit`` log).
+
+    ``fields``: username, cloud, server_id, server_name, detail, reason.
+    """
+    entry = entry_for(action, outcome, **fields)
     db.session.add(entry)
     db.session.commit()
     log.info(json.dumps(entry.to_json(), sort_keys=True))
     return entry
+
+
+def record_anonymous(action: str, outcome: str, **fields: str) -> None:
+    """A refusal of someone not signed in: stored once per address, kind and minute; always logged.
+
+    Anyone can send these, so storing each would let a stranger grow the table without
+    bound. Failed password checks are not sent here: the sign-in limit bounds them, and
+    each is kept.
+    """
+    entry = entry_for(action, outcome, **fields)
+    throttle = current_app.extensions["throttle"]
+    kind = f"audit:{entry.client}:{action}:{outcome}:{entry.reason}"
+    if throttle.take(ANONYMOUS_PER_KIND, kind).granted and throttle.take(ANONYMOUS_TOTAL, "audit:anonymous").granted:
+        entry.reason = (entry.reason + ANONYMOUS_NOTE)[:500]
+        db.session.add(entry)
+        db.session.commit()
+        log.info(json.dumps(entry.to_json(), sort_keys=True))
+    else:
+        log.info(json.dumps({**entry.to_json(), "stored": False}, sort_keys=True))
 
 
 @dataclass(frozen=True)
@@ -131,13 +150,20 @@ class Filter:
         return query
 
 
-def search(where: Filter, page: int = 1, per_page: int = 50) -> tuple[list[AuditRecord], int]:
+def count(where: Filter) -> int:
+    """How many records match."""
+    return db.session.scalar(select(func.count()).select_from(where.query().subquery())) or 0
+
+
+def page(where: Filter, number: int = 1, per_page: int = 50) -> list[AuditRecord]:
+    """One page of matching records, newest first."""
+    query = where.query().order_by(AuditRecord.id.desc()).offset((number - 1) * per_page).limit(per_page)
+    return list(db.session.scalars(query))
+
+
+def search(where: Filter, number: int = 1, per_page: int = 50) -> tuple[list[AuditRecord], int]:
     """One page of matching records, newest first, and how many match in all."""
-    total = db.session.scalar(select(func.count()).select_from(where.query().subquery()))
-    rows = db.session.scalars(
-        where.query().order_by(AuditRecord.id.desc()).offset((page - 1) * per_page).limit(per_page)
-    )
-    return list(rows), total or 0
+    return page(where, number, per_page), count(where)
 
 
 CSV_FIELDS = (

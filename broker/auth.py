@@ -1,10 +1,23 @@
-"""Sign-in and sign-out pages, and the check that keeps ``next`` on this site."""
+"""Sign-in and sign-out: the throttle that counts before it checks, and the check that keeps ``next`` on this site.
+
+Every attempt takes a slot under its account and its address before the password is
+checked, so parallel guesses cannot slip past the limit. A browser that has signed in
+to an account before carries a signed device cookie for it; its attempts count against
+that device instead, so strangers guessing an account's password cannot lock its owner
+out (OWASP's "device cookies"). Password checks are memory-hungry on purpose, so only
+a few run at once; the rest are told to retry.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
+import threading
 from urllib.parse import urlsplit
 
 from flask import Blueprint
+from flask import Response
 from flask import current_app
 from flask import flash
 from flask import redirect
@@ -12,9 +25,9 @@ from flask import render_template
 from flask import request
 from flask import url_for
 from flask_login import current_user
-from flask_login import login_user
-from flask_login import logout_user
 from flask_wtf import FlaskForm
+from itsdangerous import BadSignature
+from itsdangerous import URLSafeTimedSerializer
 from wtforms import HiddenField
 from wtforms import PasswordField
 from wtforms import StringField
@@ -25,21 +38,21 @@ from broker import audit
 from broker import sessions
 from broker import users
 from broker.extensions import limiter
+from broker.throttle import Throttle
+from broker.throttle import Ticket
 
 bp = Blueprint("auth", __name__)
 
-
-def login_limit() -> str:
-    return current_app.extensions["settings"].login_limit
-
-
-def failed_sign_in(response) -> bool:
-    """Only failures count towards the limit, so a busy helpdesk is never locked out."""
-    return response.status_code == 401
-
-
-def account_key() -> str:
-    return "account:" + request.form.get("username", "").strip().lower()[:64]
+DEVICE_COOKIE = "broker_device"
+DEVICE_DAYS = 30
+# Password checks (scrypt, ~32 MiB and ~150 ms each) allowed at once per process, and
+# how long an attempt may wait for one before it is told to retry.
+PASSWORD_CHECKS = 4
+PASSWORD_WAIT = 0.5
+_password_slots = threading.BoundedSemaphore(PASSWORD_CHECKS)
+# Requests of any kind to POST /login per address, counted before anything else runs:
+# a flood guard well above what a helpdesk behind one NAT needs.
+FLOOD_LIMIT = "60 per minute"
 
 
 class LoginForm(FlaskForm):
@@ -60,38 +73,136 @@ def safe_next(target: str | None) -> str | None:
     return target
 
 
+def audit_name(typed: str) -> str:
+    """What the audit keeps of a typed user name: the account's name, or a marker.
+
+    People type passwords into the user-name field; a name that is no account is kept
+    only as a keyed hash, enough to see the same one again, not to read it.
+    """
+    user = users.find(typed) if users.NAME.match(typed or "") else None
+    if user is not None:
+        return user.username
+    key = current_app.config["SECRET_KEY"].encode()
+    digest = hmac.new(key, (typed or "").lower().encode(), hashlib.sha256).hexdigest()
+    return f"?{digest[:12]}"
+
+
+# -- counting attempts --------------------------------------------------------------
+
+
+def device_serializer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt="sign-in-device")
+
+
+def device_for(name: str) -> str | None:
+    """This browser's device id for account ``name``, if its cookie is genuine and recent."""
+    raw = request.cookies.get(DEVICE_COOKIE)
+    if not raw:
+        return None
+    try:
+        data = device_serializer().loads(raw, max_age=DEVICE_DAYS * 86400)
+    except BadSignature:
+        return None
+    if not isinstance(data, dict) or data.get("u") != name.lower() or not isinstance(data.get("d"), str):
+        return None
+    return data["d"]
+
+
+def remember_device(response: Response, name: str) -> None:
+    value = device_serializer().dumps({"u": name.lower(), "d": secrets.token_urlsafe(12)})
+    response.set_cookie(
+        DEVICE_COOKIE,
+        value,
+        max_age=DEVICE_DAYS * 86400,
+        httponly=True,
+        samesite="Lax",
+        secure=current_app.session_interface.get_cookie_secure(current_app),
+    )
+
+
+def take_attempt(name: str) -> Ticket:
+    """One slot for this attempt: from this browser's device budget, else from the account's and the address's."""
+    throttle: Throttle = current_app.extensions["throttle"]
+    limit = current_app.extensions["login_limit"]
+    device = device_for(name)
+    if device:
+        return throttle.take(limit, f"login-device:{device}")
+    return throttle.take(limit, f"login-account:{name.lower()}", f"login-address:{request.remote_addr}")
+
+
+def check_password(name: str, password: str) -> users.User | None | bool:
+    """The user, None for a wrong password, or False when every password-check slot stayed busy."""
+    if not _password_slots.acquire(timeout=PASSWORD_WAIT):
+        return False
+    try:
+        return users.authenticate(name, password)
+    finally:
+        _password_slots.release()
+
+
+# -- pages -----------------------------------------------------------------------
+
+
+def form_page(form: LoginForm, wanted: str | None, status: int, retry_after: int | None = None):
+    form.next.data = wanted or ""
+    response = current_app.make_response((render_template("auth/login.html", form=form), status))
+    if retry_after:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def refused(form: LoginForm, wanted: str | None, name: str, status: int, retry_after: int, why: str, message: str):
+    audit.record_anonymous("sign_in", "refused", username=audit_name(name), reason=why)
+    flash(message, "error")
+    return form_page(form, wanted, status, retry_after)
+
+
+def attempt(form: LoginForm, wanted: str | None, target: str):
+    """Count, check, and either start a session or say no."""
+    name = form.username.data.strip()
+    ticket = take_attempt(name)
+    if not ticket.granted:
+        minutes = max(1, round(ticket.retry_after / 60))
+        message = f"Too many failed sign-ins. Try again in about {minutes} minute{'s' if minutes > 1 else ''}."
+        return refused(form, wanted, name, 429, ticket.retry_after, "too many failed sign-ins", message)
+    user = check_password(name, form.password.data)
+    if user is False:
+        current_app.extensions["throttle"].refund(ticket)
+        return refused(form, wanted, name, 503, 1, "sign-in busy", "Sign-in is busy. Try again in a moment.")
+    if user is None:
+        audit.record("sign_in", "failed", username=audit_name(name), reason="wrong user name or password")
+        flash("Wrong user name or password.", "error")
+        return form_page(form, wanted, 401)
+    # A good password used no guess: hand back only this attempt's own slot.
+    current_app.extensions["throttle"].refund(ticket)
+    sessions.start(user, current_app.extensions["settings"].session_lifetime)
+    audit.record("sign_in", "ok", username=user.username)
+    response = redirect(target)
+    remember_device(response, user.username)
+    return response
+
+
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(login_limit, methods=["POST"], deduct_when=failed_sign_in, scope="login-address")
-@limiter.limit(login_limit, methods=["POST"], deduct_when=failed_sign_in, key_func=account_key, scope="login-account")
+@limiter.limit(FLOOD_LIMIT, methods=["POST"], scope="login-flood")
 def login():
     form = LoginForm()
     wanted = safe_next(request.values.get("next"))
     target = wanted or url_for("views.index")
-    if current_user.is_authenticated and request.method == "GET":
-        return redirect(target)
-    if form.validate_on_submit():
-        user = users.authenticate(form.username.data, form.password.data)
-        if user is not None:
-            login_user(user)
-            sessions.started()
-            audit.record("sign_in", "ok", username=user.username)
+    if request.method == "GET":
+        if current_user.is_authenticated:
             return redirect(target)
-        audit.record("sign_in", "failed", username=form.username.data, reason="wrong user name or password")
-        flash("Wrong user name or password.", "error")
-    elif request.method == "POST":
-        audit.record(
-            "sign_in", "failed", username=request.form.get("username", "")[:64], reason="incomplete or oversized form"
-        )
-        flash("Wrong user name or password.", "error")
-    form.next.data = wanted or ""
-    status = 401 if request.method == "POST" else 200
-    return render_template("auth/login.html", form=form), status
+        return form_page(form, wanted, 200)
+    if form.validate_on_submit():
+        return attempt(form, wanted, target)
+    audit.record_anonymous(
+        "sign_in", "failed", username=audit_name(request.form.get("username", "")[:64]), reason="incomplete form"
+    )
+    flash("Wrong user name or password.", "error")
+    return form_page(form, wanted, 401)
 
 
 @bp.post("/logout")
 def logout():
-    if current_user.is_authenticated:
-        audit.record("sign_out", "ok", username=current_user.username)
-    logout_user()
+    sessions.end("signed out")
     flash("You are signed out.", "info")
     return redirect(url_for("auth.login"))

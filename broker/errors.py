@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask
+from flask import current_app
 from flask import jsonify
 from flask import redirect
 from flask import render_template
@@ -63,19 +64,26 @@ def handle_csrf(exc: CSRFError):
     # or the console page cannot tell the person what to do.
     if wants_json() and not current_user.is_authenticated:
         return error_response(401, "not_signed_in", "Your session has ended. Sign in again.")
-    username = current_user.username if current_user.is_authenticated else ""
-    audit.record("request", "refused", username=username, reason=f"CSRF check failed: {request.method} {request.path}")
+    # The route's rule, not its path: a stranger varying the path must not vary the record.
+    where = request.url_rule.rule if request.url_rule else request.path
+    reason = f"CSRF check failed: {request.method} {where}"
+    if current_user.is_authenticated:
+        audit.record("request", "refused", username=current_user.username, reason=reason)
+    else:
+        audit.record_anonymous("request", "refused", reason=reason)
     return error_response(400, "csrf_failed", "The form was stale or forged. Reload the page and try again.")
 
 
 def handle_throttled(exc: RateLimitExceeded):
-    """Too many failed sign-ins: 429 with Retry-After (added by Flask-Limiter), and a record."""
+    """A flood of requests: 429 with Retry-After (added by Flask-Limiter), and a (rate-limited) record."""
     if request.endpoint == "auth.login":
-        audit.record(
-            "sign_in", "refused", username=request.form.get("username", "")[:64], reason="too many failed sign-ins"
-        )
-        return error_response(429, "too_many_requests", "Too many failed sign-ins. Wait a few minutes and try again.")
-    return error_response(429, "too_many_requests", "Too many requests. Wait a moment and try again.")
+        audit.record_anonymous("sign_in", "refused", reason="too many sign-in requests from this address")
+        response = error_response(429, "too_many_requests", "Too many sign-in requests. Wait a minute and try again.")
+    else:
+        response = error_response(429, "too_many_requests", "Too many requests. Wait a moment and try again.")
+    response = current_app.make_response(response)
+    response.headers["Retry-After"] = str(exc.limit.limit.get_expiry())
+    return response
 
 
 def handle_cloud(exc: CloudError):

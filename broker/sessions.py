@@ -1,8 +1,18 @@
-"""Session limits: an absolute lifetime and an idle timeout, and cookies marked Secure over HTTPS."""
+"""Sign-in sessions: one server-side record each, an absolute lifetime, an idle timeout, Secure cookies.
+
+The session cookie is signed, not stored, so a copy of it stays valid until it says
+otherwise. Each sign-in therefore also gets a row here, named in the cookie; sign-out
+and the limits end that row, and a cookie whose row has ended is refused everywhere,
+while the same user's other sessions go on.
+"""
 
 from __future__ import annotations
 
+import secrets
 import time
+from datetime import UTC
+from datetime import datetime
+from datetime import timedelta
 
 from flask import Flask
 from flask import has_request_context
@@ -10,9 +20,19 @@ from flask import request
 from flask import session
 from flask.sessions import SecureCookieSessionInterface
 from flask_login import current_user
+from flask_login import login_user
 from flask_login import logout_user
+from sqlalchemy import ForeignKey
+from sqlalchemy import String
+from sqlalchemy import delete
+from sqlalchemy import select
+from sqlalchemy import update
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
 
 from broker import audit
+from broker.extensions import db
+from broker.users import User
 
 
 def clock() -> float:
@@ -24,6 +44,17 @@ def clock() -> float:
 SEEN_RESOLUTION = 30
 
 
+class UserSession(db.Model):
+    """One sign-in; ``ended_at`` is set when it is signed out or times out."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    started_at: Mapped[datetime] = mapped_column(index=True, default=lambda: datetime.now(UTC))
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
 class BrokerSessionInterface(SecureCookieSessionInterface):
     """``Secure`` when configured, and always when the request came over HTTPS."""
 
@@ -31,11 +62,48 @@ class BrokerSessionInterface(SecureCookieSessionInterface):
         return bool(app.config["SESSION_COOKIE_SECURE"] or (has_request_context() and request.is_secure))
 
 
-def started() -> None:
-    """Mark the moment of sign-in (call right after ``login_user``)."""
+def load_user(user_id: str) -> User | None:
+    """flask-login's loader: the user, if the cookie's session is live and its token current."""
+    raw_id, _, token = (user_id or "").partition(":")
+    sid = session.get("sid")
+    if not raw_id.isdigit() or not isinstance(sid, str):
+        return None
+    user = db.session.scalar(
+        select(User)
+        .join(UserSession, UserSession.user_id == User.id)
+        .where(User.id == int(raw_id), UserSession.id == sid, UserSession.ended_at.is_(None))
+    )
+    valid = user is not None and secrets.compare_digest(user.session_token, token)
+    # Hand the pooled connection back now: the request may next wait seconds on a
+    # cloud, and a connection held through that starves every other request.
+    # The user stays usable (its columns are loaded), detached from the session.
+    db.session.close()
+    return user if valid else None
+
+
+def start(user: User, lifetime: int) -> None:
+    """A new session for ``user``: nothing of the signed-out one is kept (CSRF token included)."""
+    session.clear()
+    sid = secrets.token_urlsafe(32)
+    cutoff = datetime.now(UTC) - timedelta(seconds=lifetime)
+    db.session.execute(delete(UserSession).where(UserSession.started_at < cutoff))
+    db.session.add(UserSession(id=sid, user_id=user.id))
+    db.session.commit()
+    login_user(user)
     now = int(clock())
-    session["signed_in_at"] = now
-    session["seen_at"] = now
+    session.update(sid=sid, signed_in_at=now, seen_at=now)
+
+
+def end(reason: str) -> None:
+    """End the current session here and on the server, with an audit record."""
+    sid = session.get("sid")
+    if current_user.is_authenticated:
+        audit.record("sign_out", "ok", username=current_user.username, reason=reason)
+    if isinstance(sid, str):
+        db.session.execute(update(UserSession).where(UserSession.id == sid).values(ended_at=datetime.now(UTC)))
+        db.session.commit()
+    logout_user()
+    session.clear()
 
 
 def expired_reason(lifetime: int, idle: int) -> str | None:
@@ -62,8 +130,6 @@ def register_session_limits(app: Flask, lifetime: int, idle: int) -> None:
             return
         reason = expired_reason(lifetime, idle)
         if reason:
-            audit.record("sign_out", "ok", username=current_user.username, reason=reason)
-            logout_user()
-            session.clear()
+            end(reason)
         elif clock() - session.get("seen_at", 0) > SEEN_RESOLUTION:
             session["seen_at"] = int(clock())

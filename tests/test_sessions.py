@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from conftest import AuthActions
+from conftest import csrf_from
 from conftest import server_id
 
 from broker import audit
@@ -117,17 +119,20 @@ class TestBehindOneProxy:
             assert audit.search(audit.Filter(action="sign_in"))[0][0].client == "198.51.100.7"
 
 
-def test_fifty_wrong_passwords_are_throttled(client, auth, app):
+def test_fifty_wrong_passwords_are_throttled(client, auth, app, caplog):
     statuses = [auth.login(password=f"guess-{n}").status_code for n in range(50)]
     assert statuses[:5] == [401] * 5
     assert set(statuses[5:]) == {429}
     throttled = auth.login(password="guess-x")
     assert int(throttled.headers["Retry-After"]) > 0
-    # Even the right password waits now: the account is throttled, not just the guesses.
+    # Even the right password waits now: this browser never signed in to the account before.
     assert auth.login().status_code == 429
     with app.app_context():
         assert audit.search(audit.Filter(action="sign_in", outcome="failed"))[1] == 5
-        assert audit.search(audit.Filter(action="sign_in", outcome="refused"))[1] == 47
+        # 47 refusals: one row, the rest only in the log (strangers cannot grow the table).
+        assert audit.search(audit.Filter(action="sign_in", outcome="refused"))[1] == 1
+    logged = [r for r in caplog.records if r.name == "broker.audit" and '"too many failed sign-ins' in r.getMessage()]
+    assert len(logged) == 47
 
 
 def test_throttle_is_per_account_and_per_address(client, auth, app):
@@ -141,3 +146,46 @@ def test_successful_sign_ins_do_not_count(client, auth):
     for _ in range(8):
         assert auth.login().status_code == 302
         auth.logout()
+
+
+def test_sign_out_ends_that_session_everywhere_and_only_that_one(app, auth):
+    """A copy of the cookie kept from before sign-out is refused; the user's other session goes on."""
+    other = app.test_client()
+    AuthActions(other).login()
+    auth.login()
+    token = auth.csrf()
+    kept = auth.client.get_cookie("session").value
+    assert auth.logout().status_code == 302
+    auth.client.set_cookie("session", kept)
+    assert auth.client.get("/api/servers").status_code == 401
+    mint = auth.client.post(f"/api/consoles/{server_id(1)}", headers={"X-CSRFToken": token})
+    assert mint.status_code == 401 and mint.get_json()["error"]["code"] == "not_signed_in"
+    assert auth.client.get("/").status_code == 302
+    assert auth.client.get("/admin/").status_code == 302
+    assert other.get("/api/servers").status_code == 200
+
+
+def test_ended_sessions_by_timeout_cannot_be_replayed(client, auth, clock):
+    auth.login()
+    kept = client.get_cookie("session").value
+    clock.advance(HOUR + 60)
+    assert client.get("/").status_code == 302  # the idle limit ends it
+    clock.offset = 0  # even with the clock back, the old cookie's session stays ended
+    client.set_cookie("session", kept)
+    assert client.get("/api/servers").status_code == 401
+
+
+def test_sign_in_renews_the_session_and_the_csrf_token(client, auth):
+    before_token = csrf_from(client.get("/login").get_data(as_text=True))
+    with client.session_transaction() as planted:
+        planted["planted"] = "by someone before sign-in"
+    before_cookie = client.get_cookie("session").value
+    client.post("/login", data={"username": "agent", "password": "agent-password-1", "csrf_token": before_token})
+    with client.session_transaction() as current:
+        assert "planted" not in current
+        assert current.get("csrf_token") is None  # a new one is made for the next page
+    after_token = auth.csrf()
+    assert after_token != before_token
+    refused = client.post("/logout", data={"csrf_token": before_token})
+    assert refused.status_code == 400
+    assert client.get_cookie("session").value != before_cookie
