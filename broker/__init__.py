@@ -15,8 +15,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from broker import admin
 from broker import api
+from broker import audit
 from broker import auth
 from broker import demo
+from broker import sessions
 from broker import users
 from broker import views
 from broker.cli import register_commands
@@ -95,10 +97,13 @@ def configure_flask(app: Flask, settings: Settings, overrides: Mapping) -> None:
         WTF_CSRF_SSL_STRICT=False,
         MAX_CONTENT_LENGTH=64 * 1024,
         RATELIMIT_STORAGE_URI=settings.ratelimit_storage,
-        RATELIMIT_HEADERS_ENABLED=True,
+        # Our own responses say Retry-After where it helps; Flask-Limiter's headers would overwrite them.
+        RATELIMIT_HEADERS_ENABLED=False,
     )
     app.config.update({k: v for k, v in overrides.items() if k != "CLOUDS"})
     app.extensions["settings"] = settings
+    app.extensions["throttle"] = Throttle(settings.ratelimit_storage)
+    app.extensions["login_limit"] = parse_limit(settings.login_limit)
 
 
 def register_extensions(app: Flask) -> None:
@@ -108,7 +113,7 @@ def register_extensions(app: Flask) -> None:
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
     login_manager.login_message = "Sign in to continue."
-    login_manager.user_loader(users.load)
+    login_manager.user_loader(sessions.load_user)
     login_manager.unauthorized_handler(unauthorized)
 
 
@@ -149,30 +154,43 @@ def register_services(app: Flask, settings: Settings, clouds: list | None) -> Co
     if not hosts and not settings.demo:
         hosts = learned_hosts(clouds)
         log.info("console hosts allowed (set BROKER_CONSOLE_HOSTS to change): %s", ", ".join(hosts) or "any")
-    throttle = Throttle(settings.ratelimit_storage)
+    throttle = app.extensions["throttle"]
     lookups = parse_limit(LOOKUP_LIMIT)
     service = ConsoleService(
         inventory, hosts, lookup_budget=lambda username: throttle.take(lookups, f"lookup:{username}").granted
     )
     app.extensions["consoles"] = service
-    app.extensions["throttle"] = throttle
     return service
 
 
 def init_database(app: Flask, settings: Settings) -> None:
-    """Create tables; in demo mode also the demo user, whose password is printed."""
+    """Create tables; in demo mode asked for by name, also the demo account, whose password is printed."""
     with app.app_context():
         try:
             db.create_all()
         except OperationalError:
             # Another worker created them at the same moment.
             db.session.rollback()
-        if settings.demo:
-            ensure_demo_user(app)
+        if settings.demo_explicit:
+            ensure_demo_user(app, settings)
+        elif settings.demo:
+            print(
+                "console-broker: no cloud is configured, so this runs on the demo cloud. It creates no account: "
+                "start it with BROKER_DEMO=1 (./dev demo does) for a demo admin, or configure a cloud.",
+                file=sys.stderr,
+            )
         db.engine.dispose()
 
 
-def ensure_demo_user(app: Flask) -> None:
+def ensure_demo_user(app: Flask, settings: Settings) -> None:
+    """The demo admin, created only in a database that holds no one else (never a real one)."""
+    others = [user.username for user in users.all_users() if user.username != "demo"]
+    if others and settings.database_url_set:
+        sys.exit(
+            "console-broker: configuration error: BROKER_DEMO is on but BROKER_DATABASE_URL names a database with "
+            f"real users ({len(others)}); demo mode never adds its account there. Unset BROKER_DEMO, or unset "
+            "BROKER_DATABASE_URL to use the demo's own database."
+        )
     path = demo.demo_password_file(app.instance_path)
     if not path.exists():
         import secrets
@@ -183,6 +201,9 @@ def ensure_demo_user(app: Flask) -> None:
     if users.find("demo") is None:
         try:
             users.add("demo", password, "admin")
+            audit.record(
+                "admin", "ok", username="demo-mode", detail="user_add", reason="added demo (admin) for demo mode"
+            )
         except (IntegrityError, users.UserError):
             db.session.rollback()
     print(

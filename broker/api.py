@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 from flask import Blueprint
+from flask import abort
 from flask import current_app
 from flask import jsonify
 from flask import request
 from flask_login import current_user
 from flask_login import login_required
 
+from broker.consoles import MINT_DETAILS
 from broker.consoles import ConsoleService
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -18,12 +22,30 @@ def service() -> ConsoleService:
     return current_app.extensions["consoles"]
 
 
+# A mint's body is at most {"reason": "..."}; anything bigger is not from our page.
+MAX_MINT_BODY = 256
+
+
+def mint_reason() -> str:
+    """The optional ``{"reason": ...}`` body of a mint; anything else is a 400, never a traceback."""
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        return "load"
+    if len(raw) > MAX_MINT_BODY:
+        abort(400, description=f"The request body must be a small JSON object (at most {MAX_MINT_BODY} bytes).")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        abort(400, description="The request body is not valid JSON.")
+    if not isinstance(body, dict) or set(body) - {"reason"} or body.get("reason", "load") not in MINT_DETAILS:
+        abort(400, description=f'The request body must be {{"reason": one of {", ".join(MINT_DETAILS)}}}.')
+    return body.get("reason", "load")
+
+
 @bp.post("/consoles/<path:server_id>")
 @login_required
 def mint(server_id: str):
-    body = request.get_json(silent=True) or {}
-    detail = str(body.get("reason", "load")) if isinstance(body, dict) else "load"
-    minted = service().mint(current_user, server_id, request.args.get("cloud") or None, detail)
+    minted = service().mint(current_user, server_id, request.args.get("cloud") or None, mint_reason())
     response = jsonify(minted.to_json())
     response.headers["Cache-Control"] = "no-store"
     return response

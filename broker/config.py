@@ -8,6 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from broker.throttle import Throttle
+from broker.throttle import ThrottleConfigError
+from broker.throttle import parse_limit
+
 
 class ConfigError(Exception):
     """Configuration that cannot work; the message names the variable."""
@@ -20,6 +24,10 @@ class Settings:
     secret_key: str
     database_url: str
     demo: bool
+    # Demo mode asked for by name (BROKER_DEMO=1, as ./dev demo does): only then does
+    # the broker create the demo account.
+    demo_explicit: bool = False
+    database_url_set: bool = False
     console_ttl: int = 600
     refresh_margin: int = 60
     console_hosts: tuple[str, ...] = ()
@@ -100,6 +108,7 @@ def demo_secret_key(instance_path: str) -> str:
 
 def load_settings(env: Mapping[str, str], instance_path: str) -> Settings:
     """Read and check every ``BROKER_*`` variable; raise ConfigError naming a bad one."""
+    demo_explicit = _bool(env, "BROKER_DEMO", False)
     demo = _bool(env, "BROKER_DEMO", not has_cloud_config(env))
     secret_key = env.get("BROKER_SECRET_KEY", "")
     if not secret_key:
@@ -111,7 +120,8 @@ def load_settings(env: Mapping[str, str], instance_path: str) -> Settings:
         secret_key = demo_secret_key(instance_path)
     elif len(secret_key) < 16:
         raise ConfigError("BROKER_SECRET_KEY is too short; use at least 16 random characters")
-    default_db = "sqlite:///" + str(Path(instance_path) / "broker.sqlite3")
+    # The demo keeps its own database, so it never shares one with real users by default.
+    default_db = "sqlite:///" + str(Path(instance_path) / ("demo.sqlite3" if demo else "broker.sqlite3"))
     ttl = _int(env, "BROKER_CONSOLE_TTL", 600, minimum=10)
     swap = env.get("BROKER_CONSOLE_SWAP", "idle").strip().lower() or "idle"
     if swap not in ("idle", "always"):
@@ -119,7 +129,9 @@ def load_settings(env: Mapping[str, str], instance_path: str) -> Settings:
     return Settings(
         secret_key=secret_key,
         database_url=env.get("BROKER_DATABASE_URL") or default_db,
+        database_url_set=bool(env.get("BROKER_DATABASE_URL")),
         demo=demo,
+        demo_explicit=demo_explicit,
         console_ttl=ttl,
         refresh_margin=_int(env, "BROKER_REFRESH_MARGIN", 60, minimum=1),
         console_hosts=tuple(h.lower() for h in _list(env, "BROKER_CONSOLE_HOSTS")),
@@ -135,6 +147,26 @@ def load_settings(env: Mapping[str, str], instance_path: str) -> Settings:
         session_idle=_int(env, "BROKER_SESSION_IDLE", 3600, minimum=60),
         secure_cookies=_bool(env, "BROKER_SECURE_COOKIES", False),
         trusted_proxies=_int(env, "BROKER_TRUSTED_PROXIES", 0),
-        ratelimit_storage=env.get("BROKER_RATELIMIT_STORAGE_URL") or "memory://",
-        login_limit=env.get("BROKER_LOGIN_LIMIT") or "5 per 5 minutes",
+        ratelimit_storage=_storage_url(env, "BROKER_RATELIMIT_STORAGE_URL"),
+        login_limit=_limit(env, "BROKER_LOGIN_LIMIT", "5 per 5 minutes"),
     )
+
+
+def _limit(env: Mapping[str, str], name: str, default: str) -> str:
+    """A limit such as ``5 per 5 minutes``: a typo must not switch brute-force protection off."""
+    raw = env.get(name) or default
+    try:
+        parse_limit(raw)
+    except ThrottleConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    return raw
+
+
+def _storage_url(env: Mapping[str, str], name: str) -> str:
+    """``memory://`` or a storage URL of the ``limits`` library, such as ``redis://host:6379``."""
+    raw = env.get(name) or "memory://"
+    try:
+        Throttle(raw)
+    except ThrottleConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    return raw

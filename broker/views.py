@@ -63,6 +63,11 @@ def console(ref: str):
     server, chooser = resolve_or_choose(ref)
     if chooser:
         return chooser
+    return console_page(server, ref)
+
+
+def console_page(server, ref: str):
+    """The console shell; it mints with its own POST once loaded."""
     cloud = service().inventory.cloud(server.cloud)
     settings = current_app.extensions["settings"]
     page = {
@@ -79,12 +84,23 @@ def console(ref: str):
     return render_template("console/page.html", server=server, page=page)
 
 
+def from_this_site() -> bool:
+    """The browser says this navigation started on a page of this broker.
+
+    Only then may a GET mint: a link on another site, in a chat or in a mail, and an old
+    browser that sends no Sec-Fetch-Site, get the console page, which mints after its own POST.
+    """
+    return request.headers.get("Sec-Fetch-Site") == "same-origin"
+
+
 @bp.get("/console/<path:ref>/open")
 @login_required
 def open_console(ref: str):
     server, chooser = resolve_or_choose(ref)
     if chooser:
         return chooser
+    if not from_this_site():
+        return console_page(server, server.id)
     minted = service().mint(current_user, server.id, server.cloud, detail="popout")
     response = redirect(minted.console.url, code=303)
     response.headers["Cache-Control"] = "no-store"

@@ -19,6 +19,8 @@ from broker.demo.cloud import Server
 from broker.extensions import limiter
 
 AGENT = ("agent", "agent-password-1")
+# What a browser sends on a navigation that started on one of the broker's own pages.
+FROM_THIS_SITE = {"Sec-Fetch-Site": "same-origin"}
 ADMIN = ("admin", "admin-password-1")
 
 
@@ -88,12 +90,18 @@ def env_overrides() -> dict:
 
 
 @pytest.fixture
-def app(fake, tmp_path, env_overrides):
-    cloud = Cloud("lab", make_client(fake), console_ttl=600, console_swap="idle")
+def cloud_names() -> list[str]:
+    """Names of the configured clouds (all served by the one fake); tests override this fixture."""
+    return ["lab"]
+
+
+@pytest.fixture
+def app(fake, tmp_path, env_overrides, cloud_names):
+    clouds = [Cloud(name, make_client(fake, name), console_ttl=600, console_swap="idle") for name in cloud_names]
     app = create_app(
         {
             "ENV": test_env(tmp_path, **env_overrides),
-            "CLOUDS": [cloud],
+            "CLOUDS": clouds,
             "INSTANCE_PATH": str(tmp_path / "instance"),
             "TESTING": True,
         }
@@ -103,7 +111,7 @@ def app(fake, tmp_path, env_overrides):
         users.add(*AGENT, role="agent")
         users.add(*ADMIN, role="admin")
         # Deny by default: the agent gets the whole test cloud unless a test narrows it.
-        policy.add_rule(user=AGENT[0], cloud="lab")
+        policy.add_rule(user=AGENT[0], cloud="lab", clouds=["lab"])
     return app
 
 

@@ -8,6 +8,7 @@ from dataclasses import field
 
 import pytest
 from bs4 import BeautifulSoup
+from conftest import FROM_THIS_SITE
 from conftest import server_id
 from sqlalchemy import func
 from sqlalchemy import select
@@ -146,7 +147,7 @@ def test_hostile_cloud_error_message_is_escaped(client, auth, fake):
     client.post(f"/api/consoles/{server_id(2)}", headers={"X-CSRFToken": auth.csrf()})  # warm the version check
     fake.faults.error_message = XSS
     fake.faults.fail_next["console"] = [500]
-    html = client.get("/console/web-01/open").get_data(as_text=True)
+    html = client.get("/console/web-01/open", headers=FROM_THIS_SITE).get_data(as_text=True)
     assert "<script>alert(2)</script>" not in html and "<img src=x" not in html
     assert "&lt;script&gt;alert(2)&lt;/script&gt;" in html
     fake.faults.fail_next["console"] = [500]
@@ -156,7 +157,7 @@ def test_hostile_cloud_error_message_is_escaped(client, auth, fake):
 
 def test_hostile_name_in_audit_page(client, auth, app):
     auth.login("admin", "admin-password-1")
-    client.get(f"/console/{server_id(6)}/open")
+    client.get(f"/console/{server_id(6)}/open", headers=FROM_THIS_SITE)
     html = client.get("/admin/audit").get_data(as_text=True)
     assert "<script>alert(1)</script>" not in html
 
@@ -165,6 +166,6 @@ def test_hostile_name_in_audit_page(client, auth, app):
 def test_open_never_redirects_to_a_non_http_url(client, auth, fake, scheme):
     auth.login()
     fake.faults.console_scheme = scheme
-    response = client.get("/console/web-01/open")
+    response = client.get("/console/web-01/open", headers=FROM_THIS_SITE)
     assert response.status_code == 502
     assert "Location" not in response.headers

@@ -14,7 +14,9 @@ from broker import create_app
 @pytest.fixture
 def demo_app(tmp_path):
     instance = tmp_path / "instance"
-    return create_app({"ENV": {"BROKER_CONSOLE_TTL": "30"}, "INSTANCE_PATH": str(instance), "TESTING": True})
+    return create_app(
+        {"ENV": {"BROKER_DEMO": "1", "BROKER_CONSOLE_TTL": "30"}, "INSTANCE_PATH": str(instance), "TESTING": True}
+    )
 
 
 @pytest.fixture
@@ -35,7 +37,7 @@ def mint(client, server_ref: str) -> dict:
 
 
 def test_demo_prints_sign_in_details(tmp_path, capsys):
-    create_app({"ENV": {}, "INSTANCE_PATH": str(tmp_path / "i")})
+    create_app({"ENV": {"BROKER_DEMO": "1"}, "INSTANCE_PATH": str(tmp_path / "i")})
     password = (tmp_path / "i" / "demo-credentials").read_text().strip()
     assert f"Sign in as 'demo' with password '{password}'" in capsys.readouterr().err
 

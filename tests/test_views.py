@@ -6,7 +6,10 @@ import json
 
 import pytest
 from bs4 import BeautifulSoup
+from conftest import FROM_THIS_SITE
 from conftest import server_id
+
+from broker import audit
 
 
 @pytest.fixture
@@ -101,7 +104,7 @@ def test_cloud_filter_narrows(signed_in):
 
 
 def test_open_redirects_to_a_fresh_console(signed_in, fake):
-    response = signed_in.get("/console/web-01/open")
+    response = signed_in.get("/console/web-01/open", headers=FROM_THIS_SITE)
     assert response.status_code == 303
     assert response.headers["Location"].startswith("http://127.0.0.1:6080/vnc_auto.html?path=")
     assert response.headers["Cache-Control"] == "no-store"
@@ -109,9 +112,37 @@ def test_open_redirects_to_a_fresh_console(signed_in, fake):
 
 
 def test_open_on_stopped_server_explains(signed_in):
-    response = signed_in.get("/console/db-01/open")
+    response = signed_in.get("/console/db-01/open", headers=FROM_THIS_SITE)
     assert response.status_code == 409
     assert "The server db-01 is not running (SHUTOFF)." in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Sec-Fetch-Site": "none"},
+        {},  # an old browser or a script: no proof that the navigation began here
+    ],
+    ids=["cross-site", "same-site", "typed-or-external-app", "no-header"],
+)
+def test_open_from_elsewhere_gets_the_console_page_and_mints_nothing(signed_in, fake, app, headers):
+    response = signed_in.get("/console/web-01/open", headers=headers)
+    assert response.status_code == 200
+    soup = BeautifulSoup(response.get_data(as_text=True), "html.parser")
+    page = json.loads(soup.select_one("#console")["data-page"])
+    assert page["server"]["name"] == "web-01"
+    assert fake.counts["console"] == 0
+    with app.app_context():
+        assert audit.search(audit.Filter(action="console"))[1] == 0
+
+
+def test_console_frame_is_sandboxed_without_top_navigation(signed_in):
+    soup = BeautifulSoup(signed_in.get("/console/web-01").get_data(as_text=True), "html.parser")
+    tokens = soup.select_one("#console-frame")["sandbox"]  # bs4 splits it into tokens
+    assert {"allow-scripts", "allow-same-origin"} <= set(tokens)
+    assert not [t for t in tokens if "top-navigation" in t or "popups" in t or "modals" in t]
 
 
 def test_get_of_console_page_never_mints(signed_in, fake):
