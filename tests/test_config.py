@@ -41,6 +41,12 @@ def test_app_refuses_to_start_without_a_key(tmp_path):
         ("BROKER_CONNECT_TIMEOUT", "0"),
         ("BROKER_CONSOLE_SWAP", "sometimes"),
         ("BROKER_DEMO", "maybe"),
+        # A typo must never switch brute-force protection off.
+        ("BROKER_LOGIN_LIMIT", "five per minute"),
+        ("BROKER_LOGIN_LIMIT", "5 per fortnight"),
+        ("BROKER_LOGIN_LIMIT", "5/minute;10/hour"),
+        ("BROKER_RATELIMIT_STORAGE_URL", "redis//x"),
+        ("BROKER_RATELIMIT_STORAGE_URL", "nosuch://host"),
     ],
 )
 def test_bad_values_name_the_variable(tmp_path, name, value):
@@ -55,3 +61,15 @@ def test_demo_key_is_generated_once_and_kept(tmp_path):
     assert first.secret_key == second.secret_key
     assert len(first.secret_key) >= 32
     assert (tmp_path / "demo-secret-key").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize("value", ["5 per 5 minutes", "10/hour", "3 per minute"])
+def test_login_limits_that_parse_are_kept(tmp_path, value):
+    settings = load_settings({"BROKER_SECRET_KEY": "k" * 32, "BROKER_LOGIN_LIMIT": value}, str(tmp_path))
+    assert settings.login_limit == value
+
+
+def test_app_refuses_to_start_with_an_unparsable_login_limit(tmp_path):
+    env = {"BROKER_SECRET_KEY": "k" * 32, "BROKER_DEMO": "1", "BROKER_LOGIN_LIMIT": "five per minute"}
+    with pytest.raises(SystemExit, match="BROKER_LOGIN_LIMIT"):
+        create_app({"ENV": env, "INSTANCE_PATH": str(tmp_path)})

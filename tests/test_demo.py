@@ -8,7 +8,9 @@ import pytest
 from bs4 import BeautifulSoup
 from conftest import AuthActions
 
+from broker import audit
 from broker import create_app
+from broker import users
 
 
 @pytest.fixture
@@ -84,3 +86,44 @@ def test_two_workers_agree(tmp_path, demo_client):
     url = mint(demo_client, "web-02")["url"].removeprefix("http://localhost")
     page = other.test_client().get(url).get_data(as_text=True)
     assert "Connected to web-02" in page
+
+
+def user_names(app) -> list[str]:
+    with app.app_context():
+        return [u.username for u in users.all_users()]
+
+
+def test_without_being_asked_for_demo_mode_creates_no_account(tmp_path, capsys):
+    """A shell without cloud variables (flask --app app users ...) must not add a demo admin anywhere."""
+    database = f"sqlite:///{tmp_path}/prod.sqlite3"
+    app = create_app({"ENV": {"BROKER_DATABASE_URL": database}, "INSTANCE_PATH": str(tmp_path / "i")})
+    assert user_names(app) == []
+    assert not (tmp_path / "i" / "demo-credentials").exists()
+    assert "BROKER_DEMO=1" in capsys.readouterr().err
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["users", "add", "olga", "--password-stdin"], input="olga-password-1\n").exit_code == 0
+    assert user_names(app) == ["olga"]
+
+
+def test_demo_refuses_a_database_with_real_users(tmp_path):
+    database = f"sqlite:///{tmp_path}/prod.sqlite3"
+    env = {"BROKER_SECRET_KEY": "k" * 32, "BROKER_DATABASE_URL": database, "OS_CLOUD": "prod"}
+    prod = create_app({"ENV": env, "CLOUDS": [], "INSTANCE_PATH": str(tmp_path / "i")})
+    with prod.app_context():
+        users.add("olga", "olga-password-1", "admin")
+    with pytest.raises(SystemExit, match="BROKER_DATABASE_URL names a database with real users"):
+        create_app({"ENV": {"BROKER_DEMO": "1", "BROKER_DATABASE_URL": database}, "INSTANCE_PATH": str(tmp_path / "i")})
+    assert user_names(prod) == ["olga"]
+
+
+def test_demo_keeps_its_own_database(tmp_path):
+    app = create_app({"ENV": {"BROKER_DEMO": "1"}, "INSTANCE_PATH": str(tmp_path / "i")})
+    assert app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path}/i/demo.sqlite3"
+    with app.app_context():
+        [row] = audit.search(audit.Filter(action="admin"))[0]
+        assert (row.detail, row.reason) == ("user_add", "added demo (admin) for demo mode")
+    # Restarting the demo after playing with it (adding users) works.
+    with app.app_context():
+        users.add("trainee", "trainee-password-1")
+    again = create_app({"ENV": {"BROKER_DEMO": "1"}, "INSTANCE_PATH": str(tmp_path / "i")})
+    assert user_names(again) == ["demo", "trainee"]
