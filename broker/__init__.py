@@ -8,6 +8,7 @@ import sys
 from collections.abc import Mapping
 from datetime import timedelta
 
+import click
 from flask import Flask
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import OperationalError
@@ -29,6 +30,7 @@ from broker.cloud.registry import load_clouds
 from broker.config import ConfigError
 from broker.config import Settings
 from broker.config import load_settings
+from broker.config import stop
 from broker.consoles import ConsoleService
 from broker.errors import register_errorhandlers
 from broker.errors import unauthorized
@@ -61,8 +63,9 @@ def create_app(test_config: Mapping | None = None) -> Flask:
     try:
         settings = load_settings(env, app.instance_path)
     except ConfigError as exc:
-        sys.exit(f"console-broker: configuration error: {exc}")
-    configure_logging()
+        stop(str(exc))
+    # A command's output is its stdout (users list | cut -f1); its log lines go to stderr.
+    configure_logging(sys.stderr if in_command() else sys.stdout)
     configure_flask(app, settings, test_config)
     register_proxies(app, settings.trusted_proxies)
     register_extensions(app)
@@ -74,6 +77,11 @@ def create_app(test_config: Mapping | None = None) -> Flask:
     register_security_headers(app, service.console_hosts, settings.demo)
     init_database(app, settings)
     return app
+
+
+def in_command() -> bool:
+    """True when a ``flask --app app ...`` command (not a server) is building the app."""
+    return click.get_current_context(silent=True) is not None
 
 
 def register_proxies(app: Flask, count: int) -> None:
@@ -143,12 +151,7 @@ def register_services(app: Flask, settings: Settings, clouds: list | None) -> Co
         app.extensions["demo_cloud"] = fake
         clouds = [cloud]
     elif clouds is None:
-        try:
-            clouds = load_clouds(
-                settings.clouds, timeouts=timeouts, default_ttl=settings.console_ttl, default_swap=settings.console_swap
-            )
-        except CloudConfigError as exc:
-            sys.exit(f"console-broker: configuration error: {exc}")
+        clouds = configured_clouds(settings)
     inventory = Inventory(clouds, settings.server_cache_ttl)
     hosts = settings.console_hosts
     if not hosts and not settings.demo:
@@ -163,6 +166,35 @@ def register_services(app: Flask, settings: Settings, clouds: list | None) -> Co
     return service
 
 
+def configured_clouds(settings: Settings) -> list:
+    """The clouds of clouds.yaml or ``OS_*`` (no network yet), or stop with what is wrong."""
+    try:
+        return load_clouds(
+            settings.clouds,
+            timeouts=Timeouts(settings.connect_timeout, settings.read_timeout),
+            default_ttl=settings.console_ttl,
+            default_swap=settings.console_swap,
+        )
+    except CloudConfigError as exc:
+        stop(str(exc))
+
+
+def check_configuration(env: Mapping[str, str] = os.environ) -> Settings:
+    """Settings and clouds as the app will read them, checked once in gunicorn's master before it forks.
+
+    A configuration error then stops the server with one message, instead of every worker
+    failing in turn.
+    """
+    instance = os.path.join(os.path.dirname(os.path.dirname(__file__)), "instance")
+    try:
+        settings = load_settings(env, instance)
+    except ConfigError as exc:
+        stop(str(exc))
+    if not settings.demo:
+        configured_clouds(settings)
+    return settings
+
+
 def init_database(app: Flask, settings: Settings) -> None:
     """Create tables; in demo mode asked for by name, also the demo account, whose password is printed."""
     with app.app_context():
@@ -173,6 +205,11 @@ def init_database(app: Flask, settings: Settings) -> None:
             db.session.rollback()
         if settings.demo_explicit:
             ensure_demo_user(app, settings)
+        elif not users.any_users() and not in_command():
+            log.warning(
+                "no users yet, so nobody can sign in: create the first admin with "
+                "'flask --app app users add NAME --admin' (in this server's environment)"
+            )
         elif settings.demo:
             print(
                 "console-broker: no cloud is configured, so this runs on the demo cloud. It creates no account: "
@@ -186,8 +223,8 @@ def ensure_demo_user(app: Flask, settings: Settings) -> None:
     """The demo admin, created only in a database that holds no one else (never a real one)."""
     others = [user.username for user in users.all_users() if user.username != "demo"]
     if others and settings.database_url_set:
-        sys.exit(
-            "console-broker: configuration error: BROKER_DEMO is on but BROKER_DATABASE_URL names a database with "
+        stop(
+            "BROKER_DEMO is on but BROKER_DATABASE_URL names a database with "
             f"real users ({len(others)}); demo mode never adds its account there. Unset BROKER_DEMO, or unset "
             "BROKER_DATABASE_URL to use the demo's own database."
         )

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import NoSuchModuleError
 
 from broker.throttle import Throttle
 from broker.throttle import ThrottleConfigError
@@ -15,6 +21,28 @@ from broker.throttle import parse_limit
 
 class ConfigError(Exception):
     """Configuration that cannot work; the message names the variable."""
+
+
+# gunicorn's "worker failed to boot": its master stops instead of restarting the worker forever.
+BOOT_ERROR = 3
+
+
+class StartupStopped(SystemExit):
+    """Start-up refused: the message was printed, and the process exits with BOOT_ERROR."""
+
+    def __init__(self, message: str):
+        super().__init__(BOOT_ERROR)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def stop(message: str) -> NoReturn:
+    """Print what is wrong (and what to change) and stop: under gunicorn, the whole server stops."""
+    text = f"console-broker: configuration error: {message}"
+    print(text, file=sys.stderr, flush=True)
+    raise StartupStopped(text)
 
 
 @dataclass(frozen=True)
@@ -128,7 +156,7 @@ def load_settings(env: Mapping[str, str], instance_path: str) -> Settings:
         raise ConfigError(f"BROKER_CONSOLE_SWAP must be 'idle' or 'always', got {swap!r}")
     return Settings(
         secret_key=secret_key,
-        database_url=env.get("BROKER_DATABASE_URL") or default_db,
+        database_url=_database_url(env, "BROKER_DATABASE_URL", default_db),
         database_url_set=bool(env.get("BROKER_DATABASE_URL")),
         demo=demo,
         demo_explicit=demo_explicit,
@@ -169,4 +197,24 @@ def _storage_url(env: Mapping[str, str], name: str) -> str:
         Throttle(raw)
     except ThrottleConfigError as exc:
         raise ConfigError(f"{name}: {exc}") from None
+    return raw
+
+
+def _database_url(env: Mapping[str, str], name: str, default: str) -> str:
+    """A SQLAlchemy URL whose dialect and driver are installed."""
+    raw = env.get(name) or default
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ConfigError(f"{name} is not a database URL, e.g. sqlite:///path or postgresql+psycopg://...") from None
+    if url.drivername in ("postgres", "postgresql"):
+        raise ConfigError(f"{name}: write postgresql+psycopg://... (not {url.drivername}://...)")
+    try:
+        url.get_dialect().import_dbapi()
+    except NoSuchModuleError:
+        raise ConfigError(
+            f"{name}: no database dialect called {url.drivername!r}; use sqlite:/// or postgresql+psycopg://"
+        ) from None
+    except ImportError as exc:
+        raise ConfigError(f"{name}: the driver for {url.drivername} is not installed ({exc.name or exc})") from None
     return raw

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from typing import TextIO
 
 QUERY = re.compile(r"\?[^\s\"]*")
 
@@ -29,11 +30,11 @@ class RedactQueryStrings(logging.Filter):
         return True
 
 
-def configure_logging() -> None:
-    """Broker logs to stdout at INFO; request loggers of werkzeug and gunicorn redacted."""
+def configure_logging(stream: TextIO | None = None) -> None:
+    """Broker logs at INFO to ``stream`` (stdout for servers, stderr for the CLI); request logs redacted."""
     logger = logging.getLogger("broker")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = logging.StreamHandler(stream or sys.stdout)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

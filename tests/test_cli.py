@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from broker import users
 from broker.extensions import db
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_add_list_remove(runner, app):
@@ -104,3 +111,29 @@ def test_interactive_password_prompt(runner, app):
     assert result.exit_code == 0, result.output
     with app.app_context():
         assert db.session.get(users.User, users.find("erin").id).role == "agent"
+
+
+def test_commands_print_results_on_stdout_and_logs_on_stderr(tmp_path):
+    """As an operator runs them: ``users list | cut -f1`` gives names only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "OS_"))}
+    env.update(BROKER_SECRET_KEY="k" * 32, BROKER_DATABASE_URL=f"sqlite:///{tmp_path}/b.sqlite3", OS_CLOUD="x")
+    env.update(OS_CLIENT_CONFIG_FILE=str(tmp_path / "clouds.yaml"))
+    (tmp_path / "clouds.yaml").write_text(
+        "clouds:\n  x:\n    auth:\n      auth_url: http://127.0.0.1:9/v3\n      username: u\n      password: p\n"
+        "      project_id: p\n      user_domain_id: default\n"
+    )
+    flask = [sys.executable, "-m", "flask", "--app", "app"]
+    added = subprocess.run(
+        [*flask, "users", "add", "olga", "--admin", "--password-stdin"],
+        cwd=ROOT,
+        env=env,
+        input="olga-password-1\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert added.returncode == 0, added.stderr
+    assert added.stdout == "added olga (admin)\n"
+    assert '"action": "admin"' in added.stderr  # the audit line, for whoever collects logs
+    listed = subprocess.run([*flask, "users", "list"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert [line.split("\t")[0] for line in listed.stdout.splitlines()] == ["olga"]

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from broker import create_app
+from broker import users
 from broker.config import ConfigError
 from broker.config import load_settings
 
@@ -73,3 +80,59 @@ def test_app_refuses_to_start_with_an_unparsable_login_limit(tmp_path):
     env = {"BROKER_SECRET_KEY": "k" * 32, "BROKER_DEMO": "1", "BROKER_LOGIN_LIMIT": "five per minute"}
     with pytest.raises(SystemExit, match="BROKER_LOGIN_LIMIT"):
         create_app({"ENV": env, "INSTANCE_PATH": str(tmp_path)})
+
+
+ROOT = Path(__file__).resolve().parent.parent
+BAD_STARTS = [
+    ({"OS_CLOUD": "prod"}, "BROKER_SECRET_KEY is not set"),
+    ({"BROKER_DEMO": "1", "BROKER_LOGIN_LIMIT": "five per minute"}, "BROKER_LOGIN_LIMIT"),
+    ({"BROKER_DEMO": "1", "BROKER_RATELIMIT_STORAGE_URL": "redis//x"}, "BROKER_RATELIMIT_STORAGE_URL"),
+    ({"BROKER_DEMO": "1", "BROKER_DATABASE_URL": "postgres://u@db/broker"}, "write postgresql+psycopg://"),
+    ({"BROKER_DEMO": "1", "BROKER_DATABASE_URL": "redis://x"}, "no database dialect called 'redis'"),
+    ({"BROKER_DEMO": "1", "BROKER_DATABASE_URL": "not a url"}, "BROKER_DATABASE_URL is not a database URL"),
+]
+
+
+def operator_env(tmp_path, extra: dict) -> dict:
+    """A shell like an operator's: no BROKER_* or OS_* but what the test sets."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "OS_"))}
+    return {**env, "BROKER_SECRET_KEY": "k" * 32, **extra} if "OS_CLOUD" not in extra else {**env, **extra}
+
+
+@pytest.mark.parametrize(("extra", "message"), BAD_STARTS, ids=[m for _, m in BAD_STARTS])
+def test_bad_configuration_stops_gunicorn_instead_of_restarting_workers(tmp_path, extra, message):
+    env = operator_env(tmp_path, {"BROKER_DATABASE_URL": f"sqlite:///{tmp_path}/b.sqlite3", **extra})
+    env.update(BIND="127.0.0.1:0", PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+    web = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
+    done = subprocess.run(
+        ["sh", "-c", "exec " + web.removeprefix("web:")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    # The master checks before it forks: one message, exit 3, no worker restarted forever.
+    assert done.returncode == 3
+    assert done.stderr.count("configuration error") == 1 and message in done.stderr
+    assert "Booting worker" not in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("extra", "message"), BAD_STARTS[:3], ids=[m for _, m in BAD_STARTS[:3]])
+def test_bad_configuration_stops_a_command_with_exit_3(tmp_path, extra, message):
+    env = operator_env(tmp_path, {"BROKER_DATABASE_URL": f"sqlite:///{tmp_path}/b.sqlite3", **extra})
+    argv = [sys.executable, "-m", "flask", "--app", "app", "users", "list"]
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_no_users_yet_says_how_to_create_the_first_admin(tmp_path, caplog):
+    env = {"BROKER_SECRET_KEY": "k" * 32, "BROKER_DATABASE_URL": f"sqlite:///{tmp_path}/b.sqlite3", "OS_CLOUD": "x"}
+    broker_log = logging.getLogger("broker")  # it does not propagate to the root logger caplog watches
+    broker_log.addHandler(caplog.handler)
+    try:
+        app = create_app({"ENV": env, "CLOUDS": [], "INSTANCE_PATH": str(tmp_path)})
+        assert "create the first admin with 'flask --app app users add NAME --admin'" in caplog.text
+        with app.app_context():
+            users.add("olga", "olga-password-1", "admin")
+        caplog.clear()
+        create_app({"ENV": env, "CLOUDS": [], "INSTANCE_PATH": str(tmp_path)})
+        assert "first admin" not in caplog.text
+    finally:
+        broker_log.removeHandler(caplog.handler)
