@@ -66,6 +66,7 @@ def index():
         rules=policy.all_rules(),
         clouds=management.configured_clouds(),
         min_password=users.MIN_PASSWORD,
+        roles=users.ROLES,
     )
 
 
@@ -92,10 +93,30 @@ def add_user():
     return change(management.add_user, request.form.get("username", ""), request.form.get("password", ""), role)
 
 
-@bp.post("/users/<int:user_id>/remove")
+@bp.post("/users/<int:user_id>/role")
+@admin_required
+def set_role(user_id: int):
+    return change(management.set_role, user_named(user_id), request.form.get("role", ""))
+
+
+@bp.post("/users/<int:user_id>/password")
+@admin_required
+def set_password(user_id: int):
+    return change(management.set_password, user_named(user_id), request.form.get("password", ""))
+
+
+def confirm(question: str, consequence: str):
+    """The page that asks before anything is removed; its button posts to this same URL."""
+    return render_template("admin/confirm.html", question=question, consequence=consequence)
+
+
+@bp.route("/users/<int:user_id>/remove", methods=["GET", "POST"])
 @admin_required
 def remove_user(user_id: int):
-    return change(management.remove_user, user_named(user_id))
+    name = user_named(user_id)
+    if request.method == "GET":
+        return confirm(f"Remove user {name}?", "Their sessions end, and their rules and memberships go with them.")
+    return change(management.remove_user, name)
 
 
 @bp.post("/groups")
@@ -104,10 +125,13 @@ def add_group():
     return change(management.add_group, request.form.get("name", ""))
 
 
-@bp.post("/groups/<int:group_id>/remove")
+@bp.route("/groups/<int:group_id>/remove", methods=["GET", "POST"])
 @admin_required
 def remove_group(group_id: int):
-    return change(management.remove_group, group_named(group_id))
+    name = group_named(group_id)
+    if request.method == "GET":
+        return confirm(f"Remove group {name}?", "Its rules go with it; its members lose what those rules granted.")
+    return change(management.remove_group, name)
 
 
 @bp.post("/groups/<int:group_id>/members")
@@ -116,10 +140,13 @@ def add_member(group_id: int):
     return change(management.add_member, group_named(group_id), request.form.get("username", ""))
 
 
-@bp.post("/groups/<int:group_id>/members/<int:user_id>/remove")
+@bp.route("/groups/<int:group_id>/members/<int:user_id>/remove", methods=["GET", "POST"])
 @admin_required
 def remove_member(group_id: int, user_id: int):
-    return change(management.remove_member, group_named(group_id), user_named(user_id))
+    group, name = group_named(group_id), user_named(user_id)
+    if request.method == "GET":
+        return confirm(f"Take {name} out of group {group}?", "They lose what the group's rules granted them.")
+    return change(management.remove_member, group, name)
 
 
 @bp.post("/rules")
@@ -138,9 +165,14 @@ def add_rule():
     )
 
 
-@bp.post("/rules/<int:rule_id>/remove")
+@bp.route("/rules/<int:rule_id>/remove", methods=["GET", "POST"])
 @admin_required
 def remove_rule(rule_id: int):
+    rule = db.session.get(policy.AccessRule, rule_id)
+    if rule is None:
+        abort(404, description="No such rule.")
+    if request.method == "GET":
+        return confirm(f"Remove rule {rule_id}?", f"It says: {rule.describe()}.")
     return change(management.remove_rule, rule_id)
 
 

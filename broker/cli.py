@@ -64,6 +64,14 @@ def set_password(name: str, password_stdin: bool) -> None:
     run(management.set_password, name, read_password(password_stdin))
 
 
+@users_cli.command("set-role")
+@click.argument("name")
+@click.argument("role", type=click.Choice(users.ROLES))
+def set_role(name: str, role: str) -> None:
+    """Make a user an admin or an agent."""
+    run(management.set_role, name, role)
+
+
 @users_cli.command("remove")
 @click.argument("name")
 def remove_user(name: str) -> None:

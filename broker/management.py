@@ -36,6 +36,18 @@ def set_password(actor: str, name: str, password: str) -> str:
     return apply(actor, "user_password", change)
 
 
+def set_role(actor: str, name: str, role: str) -> str:
+    def change() -> str:
+        if name == actor and role != "admin":
+            raise users.UserError("you cannot take away your own admin role")
+        user = policy.require_user(name)
+        before = user.role
+        users.set_role(user, role)
+        return f"{name} is now {role} (was {before})"
+
+    return apply(actor, "user_role", change)
+
+
 def remove_user(actor: str, name: str) -> str:
     def change() -> str:
         if name == actor:

@@ -49,6 +49,8 @@ class Group(db.Model):
 
 class AccessRule(db.Model):
     __tablename__ = "access_rules"
+    # Rule numbers are never reused after a delete: the audit trail names rules by number.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
@@ -221,6 +223,9 @@ def add_rule(
         rule.user = require_user(user)
     else:
         rule.group = require_group(group)
+    twin = next((r for r in all_rules() if r.describe() == rule.describe()), None)
+    if twin:
+        raise PolicyError(f"rule {twin.id} already grants this: {twin.describe()}")
     db.session.add(rule)
     db.session.commit()
     return rule

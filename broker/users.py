@@ -127,5 +127,16 @@ def authenticate(username: str, password: str) -> User | None:
     return user if check_password_hash(user.password_hash, password or "") else None
 
 
+def set_role(user: User, role: str) -> None:
+    if role not in ROLES:
+        raise UserError(f"role must be one of {', '.join(ROLES)}")
+    user.role = role
+    db.session.commit()
+
+
+def any_users() -> bool:
+    return db.session.scalar(select(User.id).limit(1)) is not None
+
+
 def all_users() -> list[User]:
     return list(db.session.scalars(select(User).order_by(User.username)))

@@ -173,9 +173,9 @@ def test_rows_are_reached_by_number_whatever_their_name(admin, auth, app):
         group_ids = [g.id for g in policy.all_groups() if g.name in (".", "..")]
     page = BeautifulSoup(admin.get("/admin/").get_data(as_text=True), "html.parser")
     for user_id, _ in ids:
-        form = page.select_one(f'form[action="/admin/users/{user_id}/remove"]')
-        assert form is not None
-        assert post(admin, auth, form["action"]).status_code == 302
+        link = page.select_one(f'a[href="/admin/users/{user_id}/remove"]')
+        assert link is not None
+        assert post(admin, auth, link["href"]).status_code == 302
     for group_id in group_ids:
         assert post(admin, auth, f"/admin/groups/{group_id}/remove").status_code == 302
     with app.app_context():
@@ -219,3 +219,98 @@ def test_cli_groups_and_rules(runner, app):
         details = [r.detail for r in audit.search(audit.Filter(action="admin"))[0]]
         assert details == ["rule_add", "rule_add", "member_add", "group_add"]
         assert audit.search(audit.Filter(action="admin"))[0][0].username.startswith("cli:")
+
+
+@pytest.mark.parametrize("kind", ["user", "group", "member", "rule"])
+def test_removing_anything_asks_first(admin, auth, app, kind):
+    post(admin, auth, "/admin/groups", name="night-shift")
+    with app.app_context():
+        group = policy.find_group("night-shift")
+        policy.add_member("night-shift", "agent")
+        agent = users.find("agent")
+        rule_id = policy.all_rules()[0].id
+        path = {
+            "user": f"/admin/users/{agent.id}/remove",
+            "group": f"/admin/groups/{group.id}/remove",
+            "member": f"/admin/groups/{group.id}/members/{agent.id}/remove",
+            "rule": f"/admin/rules/{rule_id}/remove",
+        }[kind]
+    page = BeautifulSoup(admin.get("/admin/").get_data(as_text=True), "html.parser")
+    assert page.select_one(f'a[href="{path}"]') is not None
+    before = stored(app)
+    question = BeautifulSoup(admin.get(path).get_data(as_text=True), "html.parser")
+    assert question.select_one("#confirm h1").get_text().endswith("?")
+    assert question.select_one("#confirm form")["action"] == path
+    assert stored(app) == before  # asking changed nothing
+    assert post(admin, auth, path).status_code == 302
+    assert stored(app) != before
+
+
+def stored(app) -> tuple:
+    with app.app_context():
+        return (
+            [u.username for u in users.all_users()],
+            [(g.name, [m.username for m in g.members]) for g in policy.all_groups()],
+            [r.id for r in policy.all_rules()],
+        )
+
+
+def test_role_change_from_page_and_cli(admin, auth, app, runner):
+    with app.app_context():
+        agent_id = users.find("agent").id
+    post(admin, auth, f"/admin/users/{agent_id}/role", role="admin")
+    with app.app_context():
+        assert users.find("agent").role == "admin"
+    result = runner.invoke(args=["users", "set-role", "agent", "agent"])
+    assert result.exit_code == 0 and "agent is now agent (was admin)" in result.output
+    assert runner.invoke(args=["users", "set-role", "agent", "root"]).exit_code != 0
+    with app.app_context():
+        assert users.find("agent").role == "agent"
+        details = [r.detail for r in audit.search(audit.Filter(action="admin"))[0]]
+        assert details[:2] == ["user_role", "user_role"]
+
+
+def test_admin_cannot_demote_themselves(admin, auth, app):
+    with app.app_context():
+        admin_id = users.find("admin").id
+    post(admin, auth, f"/admin/users/{admin_id}/role", role="agent")
+    assert "cannot take away your own admin role" in admin.get("/admin/").get_data(as_text=True)
+    with app.app_context():
+        assert users.find("admin").role == "admin"
+
+
+def test_password_reset_from_the_page_ends_their_sessions(admin, auth, app):
+    agent_browser = app.test_client()
+    from conftest import AuthActions
+
+    AuthActions(agent_browser).login()
+    assert agent_browser.get("/").status_code == 200
+    with app.app_context():
+        agent_id = users.find("agent").id
+    post(admin, auth, f"/admin/users/{agent_id}/password", password="short")
+    assert "at least 12 characters" in admin.get("/admin/").get_data(as_text=True)
+    assert agent_browser.get("/").status_code == 200
+    post(admin, auth, f"/admin/users/{agent_id}/password", password="a-fresh-long-password")
+    assert agent_browser.get("/").status_code == 302
+    with app.app_context():
+        assert users.authenticate("agent", "a-fresh-long-password") is not None
+
+
+def test_rule_numbers_are_never_reused(runner, app):
+    def add() -> int:
+        result = runner.invoke(args=["rules", "add", "--user", "admin", "--cloud", "lab"])
+        assert result.exit_code == 0, result.output
+        return int(result.output.split()[1].rstrip(":"))
+
+    first = add()
+    assert runner.invoke(args=["rules", "remove", str(first)]).exit_code == 0
+    assert add() == first + 1
+
+
+def test_an_exact_duplicate_rule_is_refused(admin, auth, runner, app):
+    result = runner.invoke(args=["rules", "add", "--user", "agent", "--cloud", "lab"])
+    assert result.exit_code != 0 and "already grants this: user agent may open * on cloud lab" in result.output
+    post(admin, auth, "/admin/rules", subject="user:agent", cloud="lab", name_pattern="*")
+    assert "already grants this" in admin.get("/admin/").get_data(as_text=True)
+    with app.app_context():
+        assert len(policy.all_rules()) == 1
