@@ -42,6 +42,18 @@ def require(missing: list[str]) -> None:
 
 
 @pytest.fixture(scope="session")
+def artefacts(tmp_path_factory: pytest.TempPathFactory):
+    """Where screenshots and timings go: a temporary folder, so a test run changes no tracked file.
+
+    ``BROKER_TEST_ARTEFACTS=docs ./dev test tests/e2e`` refreshes the ones the README shows.
+    """
+    from pathlib import Path
+
+    chosen = os.environ.get("BROKER_TEST_ARTEFACTS")
+    return Path(chosen) if chosen else tmp_path_factory.mktemp("artefacts")
+
+
+@pytest.fixture(scope="session")
 def lab_tools() -> None:
     require(missing_tools())
 

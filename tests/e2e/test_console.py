@@ -19,17 +19,16 @@ from lab.browser import status_text
 from lab.browser import text_rows
 from lab.browser import wait_connected
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
 # SeaBIOS just after a reset: "Press ESC for boot menu." on row 2 and no boot attempt yet.
 AT_BOOT_PROMPT = f"() => {{ const rows = ({TEXT_ROWS_JS})(); return rows[2] > 0 && rows[4] === 0; }}"
 
 
-def test_search_and_open_a_console(page: Page) -> None:
+def test_search_and_open_a_console(page: Page, artefacts: Path) -> None:
     page.goto("/")
     page.fill("#q", "web")
     expect(page.locator("#servers tbody tr:not([hidden])")).to_have_count(1)
     expect(page.locator("#shown-count")).to_have_text("1")
-    page.screenshot(path=DOCS / "server-list.png")
+    page.screenshot(path=artefacts / "server-list.png")
     page.click("#servers tbody tr:not([hidden]) a.server-link")
     expect(page).to_have_url(re.compile(r"/console/"))
     frame = wait_connected(page)
@@ -37,7 +36,7 @@ def test_search_and_open_a_console(page: Page) -> None:
     expect(page.locator("#console")).to_have_attribute("data-state", "live")
     expect(page.locator("#server-name")).to_have_text("web-01")
     page.mouse.move(10, 10)
-    page.screenshot(path=DOCS / "console.png")
+    page.screenshot(path=artefacts / "console.png")
 
 
 def test_fresh_url_swaps_in_before_expiry_when_idle(page: Page, lab: Lab) -> None:
@@ -89,7 +88,9 @@ def test_stopped_server_says_so_without_a_frame(page: Page) -> None:
 @pytest.mark.parametrize(
     "viewport", [{"width": 1280, "height": 800}, {"width": 390, "height": 844}], ids=["1280x800", "390x844"]
 )
-def test_toolbar_usable_and_frame_fills_the_rest(make_page: Callable[..., Page], viewport: dict) -> None:
+def test_toolbar_usable_and_frame_fills_the_rest(
+    make_page: Callable[..., Page], viewport: dict, artefacts: Path
+) -> None:
     page = make_page(viewport=viewport)
     page.goto("/console/web-01")
     wait_connected(page)
@@ -105,6 +106,6 @@ def test_toolbar_usable_and_frame_fills_the_rest(make_page: Callable[..., Page],
     assert page.evaluate("document.documentElement.scrollWidth") <= width
     if width < 600:
         page.mouse.move(5, 5)
-        page.screenshot(path=DOCS / "console-phone.png")
+        page.screenshot(path=artefacts / "console-phone.png")
     page.click("#reconnect")
     wait_connected(page, swaps=2)

@@ -14,7 +14,6 @@ from lab.browser import wait_connected
 from lab.browser import wait_status
 
 RUNS = 7
-REPORT = Path(__file__).resolve().parents[2] / "docs" / "timing.txt"
 
 
 def click_to_connected(page: Page) -> float:
@@ -36,7 +35,7 @@ def bare_novnc(page: Page, lab: Lab) -> float:
     return page.evaluate("window.__connectedAt") - started
 
 
-def test_click_to_connected_time(page: Page, lab: Lab) -> None:
+def test_click_to_connected_time(page: Page, lab: Lab, artefacts: Path) -> None:
     broker = [click_to_connected(page) for _ in range(RUNS)]
     bare = [bare_novnc(page, lab) for _ in range(RUNS)]
     report = (
@@ -46,6 +45,6 @@ def test_click_to_connected_time(page: Page, lab: Lab) -> None:
         f"  runs (ms): {', '.join(f'{ms:.0f}' for ms in bare)}\n"
         f"difference of medians: {statistics.median(broker) - statistics.median(bare):.0f} ms\n"
     )
-    REPORT.write_text(report)
+    (artefacts / "timing.txt").write_text(report)
     print("\n" + report)
     assert all(ms > 0 for ms in broker + bare)
