@@ -79,9 +79,13 @@ class ConsoleService:
         self.lookup_budget = lookup_budget
 
     def overview(self, user: User, query: str = "", cloud: str | None = None) -> Overview:
-        """The servers ``user`` may open, matching ``query``."""
-        overview = self.inventory.overview(query, cloud)
-        overview.servers = access_for(user).filter(overview.servers)
+        """The servers ``user`` may open, matching ``query``, and trouble only of clouds they may use."""
+        access = access_for(user)
+        # Clouds the user has no rule on are neither waited for nor reported: their trouble
+        # (and its text) is none of this user's business.
+        usable = [name for name in self.inventory.clouds if access.may_use_cloud(name)]
+        overview = self.inventory.overview(query, cloud, within=usable)
+        overview.servers = access.filter(overview.servers)
         return overview
 
     def resolve(self, user: User, ref: str, cloud: str | None = None) -> list[ServerInfo]:

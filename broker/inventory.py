@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from dataclasses import field
 
@@ -103,13 +104,17 @@ class Inventory:
             return list(self.clouds)
         return [cloud] if cloud in self.clouds else []
 
-    def overview(self, query: str = "", cloud: str | None = None) -> Overview:
-        """Servers matching ``query`` (part of a name, ID or address) across clouds."""
+    def overview(self, query: str = "", cloud: str | None = None, within: Iterable[str] | None = None) -> Overview:
+        """Servers matching ``query`` (part of a name, ID or address) across clouds (only ``within``, if given)."""
         needle = query.strip().lower()
         found: list[ServerInfo] = []
         failures: dict[str, str] = {}
         overview = Overview(found, failures)
-        for name in self._names(cloud):
+        names = self._names(cloud)
+        if within is not None:
+            allowed = set(within)
+            names = [name for name in names if name in allowed]
+        for name in names:
             try:
                 listing = self.listing(name)
             except errors.CloudError as exc:

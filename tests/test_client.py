@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import logging
+
 import pytest
 from conftest import make_client
 from conftest import server_id
@@ -9,6 +12,7 @@ from conftest import server_id
 from broker.cloud import errors
 from broker.cloud.client import Timeouts
 from broker.cloud.client import parse_version
+from broker.cloud.client import safe_text
 
 
 def test_lists_every_server_across_pages(fake):
@@ -56,27 +60,28 @@ def test_revoked_token_reauthenticates_once(compute, fake):
 
 
 @pytest.mark.parametrize(
-    ("status", "kind", "code"),
+    ("status", "kind", "code", "shown"),
     [
-        (404, errors.ServerNotFound, "server_not_found"),
-        (409, errors.ServerNotReady, "server_not_running"),
-        (400, errors.ConsoleUnavailable, "console_unavailable"),
-        (403, errors.CloudRefused, "cloud_refused"),
-        (406, errors.CloudError, "cloud_error"),
-        (429, errors.CloudBusy, "cloud_busy"),
-        (500, errors.CloudError, "cloud_error"),
-        (501, errors.ConsoleUnavailable, "console_unavailable"),
-        (503, errors.CloudBusy, "cloud_busy"),
+        (404, errors.ServerNotFound, "server_not_found", "Injected failure 404 for console."),
+        (409, errors.ServerNotReady, "server_not_running", "Injected failure 409 for console."),
+        (400, errors.ConsoleUnavailable, "console_unavailable", "Injected failure 400 for console."),
+        (403, errors.CloudRefused, "cloud_refused", "Injected failure 403 for console."),
+        (406, errors.CloudError, "cloud_error", "Injected failure 406 for console."),
+        (429, errors.CloudBusy, "cloud_busy", "Injected failure 429 for console."),
+        # The cloud's own failures: their status and fault name, not their free text.
+        (500, errors.CloudError, "cloud_error", "cloud lab answered HTTP 500 (computeFault)."),
+        (501, errors.ConsoleUnavailable, "console_unavailable", "cloud lab answered HTTP 501 (notImplemented)."),
+        (503, errors.CloudBusy, "cloud_busy", "cloud lab answered HTTP 503 (serviceUnavailable)."),
     ],
 )
-def test_error_statuses_become_typed_errors_with_upstream_message(compute, fake, status, kind, code):
+def test_error_statuses_become_typed_errors_with_a_safe_message(compute, fake, status, kind, code, shown):
     compute.max_version()
     fake.faults.fail_next["console"] = [status] * 3  # more than the retries, for the transient ones
     with pytest.raises(kind) as caught:
         compute.create_console(server_id(1))
     assert caught.value.code == code
     assert caught.value.upstream_status == status
-    assert f"Injected failure {status} for console." in caught.value.message
+    assert caught.value.message == f"Opening the console: {shown}"
 
 
 def test_retry_after_is_kept(compute, fake):
@@ -143,3 +148,75 @@ def test_version_root_strips_project(compute, fake):
 @pytest.mark.parametrize(("raw", "parsed"), [("2.96", (2, 96)), ("", (2, 0)), ("2.6", (2, 6)), ("x.y", (2, 0))])
 def test_parse_version(raw, parsed):
     assert parse_version(raw) == parsed
+
+
+@pytest.fixture
+def cloud_log():
+    """What the client logs on ``broker.cloud`` (WARNING and up) while the test runs."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setLevel(logging.WARNING)
+    logger = logging.getLogger("broker.cloud")
+    logger.addHandler(handler)
+    yield stream
+    logger.removeHandler(handler)
+
+
+# -- upstream text made safe to show ----------------------------------------------------
+
+DB_URL = "postgresql+psycopg://nova:s3cr3t@db.internal:5432/nova"
+
+
+@pytest.mark.parametrize(
+    ("raw", "kept", "gone"),
+    [
+        (
+            f"DBConnectionError: cannot reach {DB_URL}",
+            ["DBConnectionError", "db.internal:5432/nova"],
+            ["s3cr3t", "nova:"],
+        ),
+        ("see amqp://guest:p@ss/w0rd@rabbit:5672/ now", ["rabbit:5672"], ["p@ss", "w0rd", "guest"]),
+        (
+            "console https://proxy:6080/vnc.html?token=abc123&lang=EN",
+            ["https://proxy:6080/vnc.html"],
+            ["abc123", "lang"],
+        ),
+        ("auth failed: X-Auth-Token=gAAAAAB12 password=hunter2", ["auth failed"], ["gAAAAAB12", "hunter2"]),
+        ("bad\x00\x1b[31mred\u202edlrow\r\nnext", ["bad", "red", "next"], ["\x00", "\x1b", "\u202e", "\r", "\n"]),
+        ("Instance is not ready. Is it running? Try later.", ["Is it running? Try later."], []),
+    ],
+    ids=["db-url", "password-with-at-and-slash", "token-query", "secret-pairs", "control-chars", "plain-question"],
+)
+def test_safe_text_cuts_what_must_not_be_shown(raw, kept, gone):
+    text = safe_text(raw)
+    for part in kept:
+        assert part in text
+    for part in gone:
+        assert part not in text
+
+
+def test_safe_text_is_bounded():
+    assert len(safe_text("x" * 5000)) == 200
+    assert len(safe_text("x" * 5000, limit=1000)) == 1000
+
+
+def test_a_5xx_body_is_shown_as_status_and_fault_and_logged_redacted(compute, fake, cloud_log):
+    fake.faults.error_message = f"Traceback: OperationalError {DB_URL}"
+    fake.faults.fail_next["list"] = [500] * 3
+    with pytest.raises(errors.CloudError) as caught:
+        compute.list_servers()
+    assert caught.value.message == "Listing servers: cloud lab answered HTTP 500 (computeFault)."
+    logged = cloud_log.getvalue()
+    assert "cloud lab: Listing servers: HTTP 500 computeFault: Traceback: OperationalError" in logged
+    assert "db.internal" in logged and "s3cr3t" not in logged
+
+
+def test_a_4xx_message_is_shown_redacted(compute, fake):
+    compute.max_version()
+    fake.faults.error_message = "Console refused for https://proxy/vnc.html?token=abc123 " + "x" * 400
+    fake.faults.fail_next["console"] = [400]
+    with pytest.raises(errors.ConsoleUnavailable) as caught:
+        compute.create_console(server_id(1))
+    assert caught.value.message.startswith("Opening the console: Console refused for https://proxy/vnc.html?")
+    assert "abc123" not in caught.value.message
+    assert len(caught.value.message) < 250

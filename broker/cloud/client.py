@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ from broker.cloud.resilience import CircuitBreaker
 from broker.cloud.resilience import RetryPolicy
 
 log = logging.getLogger(__name__)
+# What the clouds said, redacted, for the operator: people are shown only a safe summary.
+upstream_log = logging.getLogger("broker.cloud")
 
 CONSOLE_MICROVERSION = "2.6"
 CONSOLE_BODY = {"remote_console": {"type": "novnc", "protocol": "vnc"}}
@@ -38,6 +42,17 @@ MAX_PAGES = 200
 RETRY_STATUSES = frozenset({413, 429, 503})
 # Server errors worth one more try only where the call has no effect (reads).
 RETRY_GET_STATUSES = frozenset({500, 502, 504})
+# Upstream text shown to a person is cut to this many characters; the log keeps more.
+SHOWN_CHARS = 200
+LOGGED_CHARS = 1000
+# Statuses that are ordinary answers (no such server, not running), logged below WARNING.
+ORDINARY_STATUSES = frozenset({404, 409})
+
+# Greedy to the last "@" of the word: a password may hold "@" or "/" itself.
+USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)\S*@")
+QUERY_STRING = re.compile(r"(?<=\S)\?(?=\S)[^\s\"'<>]*")
+SECRET_PAIR = re.compile(r"(?i)\b([\w-]*(?:token|passw|secret|api_?key|signature|credential)[\w-]*)=[^\s&;,]+")
+FAULT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
 
 
 @dataclass(frozen=True)
@@ -92,17 +107,28 @@ def parse_version(value: str) -> tuple[int, int]:
         return (2, 0)
 
 
-def upstream_message(response: requests.Response) -> str:
-    """Nova's ``{fault: {code, message}}`` or Keystone's ``{"error": {...}}`` message."""
+def safe_text(text: str, limit: int = SHOWN_CHARS) -> str:
+    """Upstream text cut to what may be shown or logged: no credentials in URLs, no query strings,
+    no secret-looking ``key=value``, no control or format characters, at most ``limit`` characters."""
+    text = "".join(" " if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in str(text))
+    text = USERINFO.sub(r"\1<redacted>@", text)
+    text = QUERY_STRING.sub("?<redacted>", text)
+    text = SECRET_PAIR.sub(r"\1=<redacted>", text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
+
+
+def upstream_fault(response: requests.Response) -> tuple[str, str]:
+    """Nova's ``{fault: {code, message}}`` or Keystone's ``{"error": {...}}``: the fault name and its message."""
     try:
         body = response.json()
     except ValueError:
-        return f"HTTP {response.status_code}"
+        return "", ""
     if isinstance(body, dict):
-        for value in body.values():
+        for name, value in body.items():
             if isinstance(value, dict) and isinstance(value.get("message"), str):
-                return value["message"][:300]
-    return f"HTTP {response.status_code}"
+                return (name if FAULT_NAME.match(str(name)) else ""), value["message"]
+    return "", ""
 
 
 def retry_after(response: requests.Response) -> float | None:
@@ -120,10 +146,22 @@ def retry_after(response: requests.Response) -> float | None:
         return None
 
 
-def error_for(response: requests.Response, what: str) -> errors.CloudError:
-    """Map an error status to the client's error types, keeping the upstream message."""
+def error_for(response: requests.Response, what: str, cloud: str) -> errors.CloudError:
+    """Map an error status to the client's error types with a message that is safe to show.
+
+    A 4xx message says what the person can act on (not running, no such server), so its
+    (redacted, shortened) text is kept; a 5xx body is the cloud's own trouble and may carry
+    internals (a database URL, a trace), so people see only its status and fault name. The
+    operator finds the redacted text in the log either way.
+    """
     status = response.status_code
-    message = upstream_message(response)
+    fault, text = upstream_fault(response)
+    level = logging.INFO if status in ORDINARY_STATUSES else logging.WARNING
+    upstream_log.log(level, "cloud %s: %s: HTTP %s %s: %s", cloud, what, status, fault, safe_text(text, LOGGED_CHARS))
+    if status >= 500 or not text.strip():
+        shown = f"cloud {cloud} answered HTTP {status}" + (f" ({fault})." if fault else ".")
+    else:
+        shown = safe_text(text)
     kinds = {
         404: errors.ServerNotFound,
         409: errors.ServerNotReady,
@@ -136,7 +174,7 @@ def error_for(response: requests.Response, what: str) -> errors.CloudError:
         503: errors.CloudBusy,
     }
     kind = kinds.get(status, errors.CloudError)
-    return kind(f"{what}: {message}", upstream_status=status, retry_after=retry_after(response))
+    return kind(f"{what}: {shown}", upstream_status=status, retry_after=retry_after(response))
 
 
 def check_console_url(url: object) -> str:
@@ -281,7 +319,7 @@ class ComputeClient:
 
     def _json(self, response: requests.Response, what: str) -> dict:
         if response.status_code >= 400:
-            raise error_for(response, what)
+            raise error_for(response, what, self.name)
         try:
             body = response.json()
         except ValueError:
