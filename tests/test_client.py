@@ -220,3 +220,42 @@ def test_a_4xx_message_is_shown_redacted(compute, fake):
     assert caught.value.message.startswith("Opening the console: Console refused for https://proxy/vnc.html?")
     assert "abc123" not in caught.value.message
     assert len(caught.value.message) < 250
+
+
+# -- any failure inside the client is that cloud's CloudError ---------------------------
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        Exception("password is a required attribute"),  # keystoneauth1, for a clouds.yaml entry without one
+        RuntimeError(f"bug in a library near {DB_URL}"),
+        KeyError("catalog"),
+    ],
+    ids=["bare-exception", "runtime-error", "key-error"],
+)
+@pytest.mark.parametrize("call", ["list_servers", "get_server", "create_console"])
+def test_any_failure_becomes_the_clouds_error(fake, monkeypatch, cloud_log, failure, call):
+    compute = make_client(fake, max_in_flight=1)
+    compute.max_version()
+
+    def explode(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(compute.adapter, "request", explode)
+    args = () if call == "list_servers" else (server_id(1),)
+    with pytest.raises(errors.CloudError) as caught:
+        getattr(compute, call)(*args)
+    assert "cloud lab failed in the broker" in caught.value.message
+    assert type(failure).__name__ in caught.value.message and "s3cr3t" not in caught.value.message
+    assert compute.breaker.failures == 1  # reported to the breaker
+    with compute.bulkhead:  # and its slot handed back
+        pass
+    logged = cloud_log.getvalue()
+    assert f"failed: {type(failure).__name__}: " in logged and "s3cr3t" not in logged
+
+
+def test_a_malformed_server_is_the_clouds_error(compute, fake):
+    fake.servers[server_id(2)].addresses = ["not", "a", "mapping"]
+    with pytest.raises(errors.CloudError, match="Listing servers: cloud lab failed in the broker"):
+        compute.list_servers()

@@ -1,4 +1,4 @@
-"""The console service: each cloud's trouble shown only to those it concerns."""
+"""The console service: each cloud's trouble shown only to those it concerns, and kept to that cloud."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from sqlalchemy import select
 from broker import policy
 from broker import users
 from broker.audit import AuditRecord
+from broker.cloud.client import Timeouts
 from broker.cloud.registry import Cloud
+from broker.cloud.registry import load_clouds
 from broker.consoles import ConsoleService
 from broker.demo import serve
 from broker.demo.cloud import FakeCloud
@@ -128,3 +130,37 @@ def test_cloud_trouble_is_shown_only_to_users_of_that_cloud(app, fake, far, cloc
         assert overview.failures["far"] == "Listing servers: cloud far answered HTTP 500 (computeFault)."
     else:
         assert far.counts["list"] == 0  # a cloud the user may not use is not even asked
+
+
+# -- (15) one broken clouds.yaml entry -----------------------------------------------------
+
+
+def test_a_broken_clouds_yaml_entry_is_only_that_clouds_trouble(app, fake, tmp_path, monkeypatch, ctx):
+    auth = f"""
+      auth_url: {fake.auth_url}
+      username: {fake.username}
+      project_id: {fake.project_id}
+      user_domain_id: default"""
+    (tmp_path / "clouds.yaml").write_text(
+        f"""clouds:
+  good:
+    region_name: {fake.region}
+    auth:{auth}
+      password: {fake.password}
+  broken:
+    region_name: {fake.region}
+    auth:{auth}
+"""
+    )
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
+    monkeypatch.delenv("OS_CLOUD", raising=False)
+    clouds = load_clouds(("good", "broken"), timeouts=Timeouts(2, 2), default_ttl=600, default_swap="idle")
+    service = ConsoleService(Inventory(clouds, ttl=30))
+    admin = users.find("admin")
+    overview = service.overview(admin)
+    assert {s.cloud for s in overview.servers} == {"good"} and len(overview.servers) == 7
+    assert list(overview.failures) == ["broken"]
+    message = overview.failures["broken"]
+    assert message.startswith("Listing servers: cloud broken failed in the broker")
+    assert fake.password not in message
+    assert service.mint(admin, server_id(1)).server.cloud == "good"

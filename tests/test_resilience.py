@@ -214,7 +214,7 @@ def test_probe_that_crashes_does_not_wedge_the_breaker(fake, monkeypatch):
         raise RuntimeError("bug in a library")
 
     monkeypatch.setattr(compute.adapter, "request", explode)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(errors.CloudError, match="cloud lab failed in the broker"):
         compute.list_servers()  # the half-open probe
     assert not breaker.probing
     monkeypatch.undo()

@@ -8,12 +8,14 @@ is safe to show. This module never imports Flask.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import re
 import threading
 import time
 import unicodedata
+from collections.abc import Callable
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -217,6 +219,29 @@ def next_marker(body: dict, page: list) -> str | None:
     return None
 
 
+def contained(what: str) -> Callable[[Callable], Callable]:
+    """Whatever fails inside the decorated call becomes this cloud's CloudError, its detail logged.
+
+    A broken clouds.yaml entry makes keystoneauth1 raise a bare ``Exception``; a library
+    bug may raise anything. Either must stay that one cloud's trouble, never a 500 for
+    every page.
+    """
+
+    def decorate(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def call(self: ComputeClient, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except errors.CloudError:
+                raise
+            except Exception as exc:
+                raise self.unexpected(what, exc) from None
+
+        return call
+
+    return decorate
+
+
 class ComputeClient:
     """Nova's servers and remote-consoles for one cloud (one region, one project)."""
 
@@ -255,6 +280,15 @@ class ComputeClient:
         """URLs known without a network call: the identity endpoint and any compute override."""
         urls = [getattr(self.adapter.session.auth, "auth_url", None), self.adapter.endpoint_override]
         return [url for url in urls if isinstance(url, str)]
+
+    def unexpected(self, what: str, exc: Exception) -> errors.CloudError:
+        """A failure without a type of ours: the (redacted) detail to the log, a plain message to people."""
+        detail = safe_text(str(exc), LOGGED_CHARS)
+        upstream_log.warning("cloud %s: %s failed: %s: %s", self.name, what, type(exc).__name__, detail)
+        log.debug("cloud %s: %s failed", self.name, what, exc_info=exc)
+        return errors.CloudError(
+            f"{what}: cloud {self.name} failed in the broker ({type(exc).__name__}); the broker's log has the detail."
+        )
 
     @contextmanager
     def _translated(self, what: str) -> Iterator[None]:
@@ -330,6 +364,7 @@ class ComputeClient:
 
     # -- versions ---------------------------------------------------------------
 
+    @contained("Finding the compute endpoint")
     def version_root(self) -> str:
         """``https://nova/v2.1/<project>`` -> ``https://nova/v2.1/`` (the version document)."""
         with self._translated("Finding the compute endpoint"):
@@ -342,6 +377,7 @@ class ComputeClient:
                 return f"{parts.scheme}://{parts.netloc}{path}"
         return endpoint.rstrip("/") + "/"
 
+    @contained("Reading the API version")
     def max_version(self) -> tuple[int, int]:
         """The cloud's highest compute microversion, read once from its version document."""
         with self._lock:
@@ -355,6 +391,7 @@ class ComputeClient:
 
     # -- servers ----------------------------------------------------------------
 
+    @contained("Listing servers")
     def list_servers(self) -> list[ServerInfo]:
         """Every server in the project, following ``limit``/``marker`` pages."""
         servers: list[ServerInfo] = []
@@ -376,6 +413,7 @@ class ComputeClient:
         log.warning("cloud %s: stopped listing after %d pages", self.name, MAX_PAGES)
         return servers
 
+    @contained("Looking up the server")
     def get_server(self, server_id: str) -> ServerInfo:
         """One server by ID (404 -> ServerNotFound)."""
         response = self._request("GET", f"/servers/{server_id}", "Looking up the server")
@@ -383,6 +421,7 @@ class ComputeClient:
 
     # -- consoles ---------------------------------------------------------------
 
+    @contained("Opening the console")
     def create_console(self, server_id: str) -> Console:
         """Mint a noVNC console URL: remote-consoles at 2.6, or the legacy action below it."""
         if self.max_version() < (2, 6):
