@@ -7,6 +7,7 @@ from conftest import server_id
 from sqlalchemy import select
 
 from broker.audit import AuditRecord
+from broker.demo.cloud import OTHER_PROJECT_SERVER_ID
 from broker.extensions import db
 
 
@@ -170,3 +171,11 @@ class TestConsoleHostAllowList:
     def test_frame_src_lists_only_the_allowed_hosts(self, client):
         csp = client.get("/login").headers["Content-Security-Policy"]
         assert "frame-src http://console.example:* https://console.example:*;" in csp
+
+
+def test_a_server_of_another_project_is_never_opened_even_by_an_admin(client, auth, fake):
+    auth.login("admin", "admin-password-1")
+    response = client.post(f"/api/consoles/{OTHER_PROJECT_SERVER_ID}", headers={"X-CSRFToken": auth.csrf()})
+    assert response.status_code == 404
+    assert client.get(f"/console/{OTHER_PROJECT_SERVER_ID}").status_code == 404
+    assert fake.counts["console"] == 0

@@ -11,8 +11,11 @@ from conftest import server_id
 
 from broker.cloud import errors
 from broker.cloud.client import Timeouts
+from broker.cloud.client import owned
 from broker.cloud.client import parse_version
 from broker.cloud.client import safe_text
+from broker.demo.cloud import OTHER_PROJECT_ID
+from broker.demo.cloud import OTHER_PROJECT_SERVER_ID
 
 
 def test_lists_every_server_across_pages(fake):
@@ -220,6 +223,42 @@ def test_a_4xx_message_is_shown_redacted(compute, fake):
     assert caught.value.message.startswith("Opening the console: Console refused for https://proxy/vnc.html?")
     assert "abc123" not in caught.value.message
     assert len(caught.value.message) < 250
+
+
+# -- only the configured project's servers ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "mine"),
+    [
+        ({"id": "x", "tenant_id": "p1"}, True),
+        ({"id": "x", "tenant_id": "p2"}, False),
+        ({"id": "x"}, False),
+        ({"id": "x", "tenant_id": None}, False),
+        ({"id": "x", "tenant_id": ""}, False),
+        ("not a server", False),
+    ],
+)
+def test_owned_needs_the_project_in_tenant_id(body, mine):
+    assert owned(body, "p1") is mine
+
+
+def test_another_projects_server_is_not_found_by_id(compute, fake):
+    # The stand-in cloud answers as for an admin account: the server is there for any project.
+    raw = compute.adapter.get(f"/servers/{OTHER_PROJECT_SERVER_ID}", raise_exc=False).json()["server"]
+    assert raw["tenant_id"] == OTHER_PROJECT_ID
+    with pytest.raises(errors.ServerNotFound):
+        compute.get_server(OTHER_PROJECT_SERVER_ID)
+    assert compute.get_server(server_id(1)).name == "web-01"
+
+
+def test_another_projects_servers_are_left_out_of_the_list(compute, fake, cloud_log):
+    fake.faults.list_every_project = True
+    raw = compute.adapter.get("/servers/detail", raise_exc=False).json()["servers"]
+    assert OTHER_PROJECT_SERVER_ID in [s["id"] for s in raw]
+    ids = [s.id for s in compute.list_servers()]
+    assert ids == fake.order and OTHER_PROJECT_SERVER_ID not in ids
+    assert "left out 1 listed servers" in cloud_log.getvalue()
 
 
 # -- any failure inside the client is that cloud's CloudError ---------------------------

@@ -210,6 +210,11 @@ def server_from_nova(body: object, cloud: str) -> ServerInfo:
     )
 
 
+def owned(body: object, project: str) -> bool:
+    """True when a server resource says it belongs to ``project`` (Nova's ``tenant_id``)."""
+    return isinstance(body, dict) and body.get("tenant_id") == project
+
+
 def next_marker(body: dict, page: list) -> str | None:
     """The marker for the next page, from ``servers_links`` rel ``next``."""
     for link in body.get("servers_links") or []:
@@ -391,11 +396,20 @@ class ComputeClient:
 
     # -- servers ----------------------------------------------------------------
 
+    def project_id(self) -> str:
+        """The project the broker's session is scoped to (its token says; no extra call once signed in)."""
+        with self._translated("Reading the broker's project"):
+            project = self.adapter.get_project_id()
+        if not project:
+            raise errors.CloudError(f"cloud {self.name}: the broker's credentials are not scoped to a project.")
+        return project
+
     @contained("Listing servers")
     def list_servers(self) -> list[ServerInfo]:
         """Every server in the project, following ``limit``/``marker`` pages."""
         servers: list[ServerInfo] = []
         marker: str | None = None
+        foreign = 0
         for _ in range(MAX_PAGES):
             params = {"limit": self.page_size}
             if marker:
@@ -405,19 +419,30 @@ class ComputeClient:
             page = body.get("servers")
             if not isinstance(page, list):
                 raise errors.CloudBadResponse(f"Listing servers: cloud {self.name} sent no server list.")
-            servers.extend(server_from_nova(item, self.name) for item in page)
+            # An admin-scoped account may be shown other projects' servers; they are not ours to open.
+            mine = [item for item in page if owned(item, self.project_id())]
+            foreign += len(page) - len(mine)
+            servers.extend(server_from_nova(item, self.name) for item in mine)
             new_marker = next_marker(body, page)
             if not page or not new_marker or new_marker == marker:
-                return servers
+                break
             marker = new_marker
-        log.warning("cloud %s: stopped listing after %d pages", self.name, MAX_PAGES)
+        else:
+            log.warning("cloud %s: stopped listing after %d pages", self.name, MAX_PAGES)
+        if foreign:
+            upstream_log.warning("cloud %s: left out %d listed servers of another project or none", self.name, foreign)
         return servers
 
     @contained("Looking up the server")
     def get_server(self, server_id: str) -> ServerInfo:
-        """One server by ID (404 -> ServerNotFound)."""
-        response = self._request("GET", f"/servers/{server_id}", "Looking up the server")
-        return server_from_nova(self._json(response, "Looking up the server").get("server"), self.name)
+        """One server of the broker's project by ID (404, or another project's server -> ServerNotFound)."""
+        what = "Looking up the server"
+        response = self._request("GET", f"/servers/{server_id}", what)
+        body = self._json(response, what).get("server")
+        if not owned(body, self.project_id()):
+            upstream_log.info("cloud %s: server %s is not in the broker's project: not found", self.name, server_id)
+            raise errors.ServerNotFound(f"{what}: no such server in cloud {self.name}.", upstream_status=404)
+        return server_from_nova(body, self.name)
 
     # -- consoles ---------------------------------------------------------------
 

@@ -32,6 +32,10 @@ from flask import request
 
 MIN_VERSION = "2.1"
 KINDS = ("token", "versions", "list", "show", "console")
+# A project the broker's account is not scoped to, and one server in it that an
+# admin-scoped account could still GET by ID (Nova shows admins every project).
+OTHER_PROJECT_ID = "fedcba9876543210fedcba9876543210"
+OTHER_PROJECT_SERVER_ID = "0f0f0f0f-0000-4000-8000-00000000beef"
 
 
 @dataclass
@@ -44,11 +48,13 @@ class Server:
     addresses: dict = field(default_factory=dict)
     az: str = "nova"
     metadata: dict = field(default_factory=dict)
+    project_id: str = ""  # empty: the cloud's own project
 
-    def to_nova(self) -> dict:
+    def to_nova(self, default_project: str) -> dict:
         return {
             "id": self.id,
             "name": self.name,
+            "tenant_id": self.project_id or default_project,
             "status": self.status,
             "addresses": self.addresses,
             "metadata": self.metadata,
@@ -69,6 +75,8 @@ class Faults:
     error_message: str = ""
     retry_after: str = "1"
     malformed: set[str] = field(default_factory=set)
+    # List every project's servers, as a misconfigured policy might for an admin account.
+    list_every_project: bool = False
     hang: dict[str, float] = field(default_factory=dict)
     fail_next: dict[str, list[int]] = field(default_factory=dict)
 
@@ -100,6 +108,11 @@ def make_servers(count: int, project: str = "demo") -> list[Server]:
             )
         )
     return servers
+
+
+def other_project_servers() -> list[Server]:
+    """A server of another project whose name an agent's ``web-*`` rule would match."""
+    return [Server(id=OTHER_PROJECT_SERVER_ID, name="web-elsewhere", project_id=OTHER_PROJECT_ID)]
 
 
 def nova_error(status: int, message: str, retry_after: str = "1") -> Response:
@@ -159,10 +172,13 @@ class FakeCloud:
         console_base: str = "http://127.0.0.1:6080",
         console_page: str = "vnc_auto.html",
         on_console: Callable[[str, Server, int], None] | None = None,
+        others: list[Server] | None = None,
     ) -> None:
         self.secret = secret.encode()
-        self.servers = {s.id: s for s in servers}
-        self.order = [s.id for s in servers]
+        others = other_project_servers() if others is None else others
+        # Every server answers GET by ID (as for an admin account); only the project's own are listed.
+        self.servers = {s.id: s for s in [*servers, *others]}
+        self.order = [s.id for s in servers if s.project_id in ("", project_id)]
         self.username = username
         self.password = password
         self.project_id = project_id
@@ -363,15 +379,16 @@ class FakeCloud:
             limit = min(int(request.args.get("limit", 1000)), 1000)
         except ValueError:
             return nova_error(400, "limit must be an integer")
+        order = list(self.servers) if self.faults.list_every_project else self.order
         start = 0
         marker = request.args.get("marker")
         if marker:
-            if marker not in self.servers:
+            if marker not in order:
                 return nova_error(400, f"marker [{marker}] not found")
-            start = self.order.index(marker) + 1
-        page = [self.servers[i].to_nova() for i in self.order[start : start + limit]]
+            start = order.index(marker) + 1
+        page = [self.servers[i].to_nova(self.project_id) for i in order[start : start + limit]]
         body: dict = {"servers": page}
-        if len(page) == limit and start + limit < len(self.order):
+        if len(page) == limit and start + limit < len(order):
             href = f"{self.compute_url}/servers/detail?limit={limit}&marker={page[-1]['id']}"
             body["servers_links"] = [{"rel": "next", "href": href}]
         return jsonify(body)
@@ -383,7 +400,7 @@ class FakeCloud:
         server = self.servers.get(server_id)
         if server is None:
             return nova_error(404, f"Instance {server_id} could not be found.")
-        return jsonify({"server": server.to_nova()})
+        return jsonify({"server": server.to_nova(self.project_id)})
 
     def _console_refusal(self, server_id: str) -> tuple[Server | None, Response | None]:
         refused = self._authorized() or self._misbehave("console")
