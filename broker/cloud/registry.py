@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -40,20 +42,118 @@ def _options(extra: Mapping, name: str, default_ttl: int, default_swap: str) -> 
     return ttl, swap
 
 
-def load_clouds(names: tuple[str, ...], *, timeouts: Timeouts, default_ttl: int, default_swap: str) -> list[Cloud]:
+def search_path(env: Mapping[str, str]) -> list[str]:
+    """Where openstack.config looks for clouds.yaml, in its order."""
+    from openstack.config import loader
+
+    first = [env["OS_CLIENT_CONFIG_FILE"]] if env.get("OS_CLIENT_CONFIG_FILE") else []
+    return list(dict.fromkeys(first + loader.CONFIG_FILES))
+
+
+def check_files(paths: list[str]) -> list[str]:
+    """The clouds files that exist; one that does not parse stops here with its file and line.
+
+    openstack.config skips such a file without a word and then reports "Cloud X was not found".
+    """
+    import yaml
+
+    found = []
+    for path in dict.fromkeys(os.path.realpath(p) for p in paths):
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as handle:
+                yaml.safe_load(handle)  # JSON is YAML too
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise CloudConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+        except OSError as exc:
+            raise CloudConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+        found.append(path)
+    return found
+
+
+def not_found(name: str, loader, files: list[str], paths: list[str]) -> CloudConfigError:
+    """Which files were searched and which cloud names they hold."""
+    if not files:
+        return CloudConfigError(
+            f"cloud {name!r} is named (BROKER_CLOUDS / OS_CLOUD) but no clouds.yaml was found; searched: "
+            f"{', '.join(paths)}. Write one there, or point OS_CLIENT_CONFIG_FILE at it."
+        )
+    names = sorted(set(loader.get_cloud_names()) - {"defaults"})
+    return CloudConfigError(
+        f"cloud {name!r} is not in {', '.join(files)}; the clouds there are: {', '.join(names) or 'none'}. "
+        "Fix BROKER_CLOUDS / OS_CLOUD (a region is written name/Region) or the file."
+    )
+
+
+def auth_option_error(exc: TypeError, label: str, auth_type: str | None, source: str) -> Exception:
+    """keystoneauth1 builds its plugin with the entry's auth keys as arguments: a typo is a TypeError."""
+    typo = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+    if not typo:
+        return exc
+    auth_type = auth_type or "password"
+    return CloudConfigError(
+        f"cloud {label} ({source}): auth has {typo.group(1)!r}, which the {auth_type} plugin does not take; "
+        f"it takes: {', '.join(_plugin_options(auth_type))}"
+    )
+
+
+def _plugin_options(auth_type: str) -> list[str]:
+    from keystoneauth1 import loading
+
+    try:
+        return [option.dest for option in loading.get_plugin_loader(auth_type).get_options()]
+    except Exception:  # an unknown plugin: nothing useful to list
+        return []
+
+
+def load_clouds(
+    names: tuple[str, ...],
+    *,
+    timeouts: Timeouts,
+    default_ttl: int,
+    default_swap: str,
+    env: Mapping[str, str] = os.environ,
+) -> list[Cloud]:
     """Build one client per named clouds.yaml entry (``name`` or ``name/region``), or from ``OS_*``."""
     from openstack import config as os_config
     from openstack import exceptions as os_exc
 
+    paths = search_path(env)
+    files = check_files(paths) if names else []
     try:
         loader = os_config.OpenStackConfig()
-        regions = [_region(loader, name) for name in names] if names else [loader.get_one()]
     except os_exc.ConfigException as exc:
-        source = "BROKER_CLOUDS / OS_CLOUD" if names else "the OS_* variables"
-        raise CloudConfigError(f"cannot load cloud configuration from {source}: {exc}") from None
+        raise CloudConfigError(f"cannot load cloud configuration: {exc}") from None
+    source = loader.config_filename or "the OS_* variables"
+    regions = []
+    for name in names:
+        cloud = name.partition("/")[0]
+        if cloud not in loader.get_cloud_names():
+            raise not_found(name, loader, files, paths)
+        try:
+            regions.append(_region(loader, name))
+        except os_exc.ConfigException as exc:
+            raise CloudConfigError(f"cloud {name}: {exc}") from None
+        except TypeError as exc:
+            auth_type = loader.cloud_config.get("clouds", {}).get(cloud, {}).get("auth_type")
+            raise auth_option_error(exc, name, auth_type, source) from None
+    if not names:
+        try:
+            regions.append(loader.get_one())
+        except os_exc.ConfigException as exc:
+            raise CloudConfigError(f"cannot load cloud configuration from the OS_* variables: {exc}") from None
+        except TypeError as exc:
+            raise auth_option_error(exc, "envvars", os.environ.get("OS_AUTH_TYPE"), source) from None
     clouds = []
     for region, label in zip(regions, names or ("envvars",), strict=True):
-        session = region.get_session()
+        try:
+            session = region.get_session()
+        except TypeError as exc:
+            raise auth_option_error(exc, label, region.config.get("auth_type"), source) from None
         session.timeout = timeouts.read
         ttl, swap = _options(region.config, label, default_ttl, default_swap)
         client = ComputeClient(

@@ -1,0 +1,92 @@
+"""Loading clouds from clouds.yaml: each mistake an operator makes stops start-up with its fix."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from broker.cloud.client import Timeouts
+from broker.cloud.registry import CloudConfigError
+from broker.cloud.registry import load_clouds
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GOOD = """clouds:
+  prod:
+    auth:
+      auth_url: http://127.0.0.1:9/v3
+      username: broker
+      password: service-password-1
+      project_id: p1
+      user_domain_id: default
+    region_name: RegionOne
+"""
+
+MISTAKES = [
+    (
+        "typo in an auth key",
+        GOOD.replace("password:", "pasword:"),
+        "prod",
+        "auth has 'pasword', which the password plugin does not take; it takes: auth_url",
+    ),
+    ("malformed file", GOOD + "  lab: {auth: [\n", "prod", "clouds.yaml line 11, column 1: not valid YAML"),
+    ("unknown cloud", GOOD, "staging", "cloud 'staging' is not in {file}; the clouds there are: prod."),
+    ("cloud name in other case", GOOD, "Prod", "the clouds there are: prod."),
+    ("unknown region", GOOD, "prod/RegionTwo", "cloud prod/RegionTwo:"),
+]
+
+
+@pytest.fixture
+def clouds_file(tmp_path, monkeypatch):
+    path = tmp_path / "clouds.yaml"
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(path))
+    return path
+
+
+def load(*names: str):
+    return load_clouds(names, timeouts=Timeouts(1, 1), default_ttl=600, default_swap="idle")
+
+
+@pytest.mark.parametrize(("label", "text", "name", "message"), MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_mistakes_are_named_with_their_fix(clouds_file, label, text, name, message):
+    clouds_file.write_text(text)
+    with pytest.raises(CloudConfigError) as caught:
+        load(name)
+    assert message.format(file=clouds_file) in str(caught.value)
+    assert "service-password-1" not in str(caught.value)
+
+
+def test_no_clouds_file_lists_where_it_was_looked_for(clouds_file):
+    with pytest.raises(CloudConfigError) as caught:
+        load("prod")
+    text = str(caught.value)
+    assert "no clouds.yaml was found; searched:" in text
+    assert str(clouds_file) in text and "/etc/openstack/clouds.yaml" in text
+
+
+def test_a_good_entry_loads(clouds_file):
+    clouds_file.write_text(GOOD)
+    [cloud] = load("prod")
+    assert cloud.name == "prod" and cloud.console_ttl == 600
+
+
+@pytest.mark.parametrize(("label", "text", "name", "message"), MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_the_broker_stops_on_them_as_the_operator_starts_it(tmp_path, label, text, name, message):
+    path = tmp_path / "clouds.yaml"
+    path.write_text(text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "OS_"))}
+    env.update(
+        OS_CLIENT_CONFIG_FILE=str(path),
+        BROKER_CLOUDS=name,
+        BROKER_SECRET_KEY="k" * 32,
+        BROKER_DATABASE_URL=f"sqlite:///{tmp_path}/b.sqlite3",
+    )
+    argv = [sys.executable, "-m", "flask", "--app", "app", "users", "list"]
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3
+    assert message.format(file=path) in done.stderr
+    assert "Traceback" not in done.stderr and "service-password-1" not in done.stderr
