@@ -81,9 +81,10 @@ class ConsoleService:
     def overview(self, user: User, query: str = "", cloud: str | None = None) -> Overview:
         """The servers ``user`` may open, matching ``query``, and trouble only of clouds they may use."""
         access = access_for(user)
+        db.session.close()  # no pooled DB connection held while the clouds answer
         # Clouds the user has no rule on are neither waited for nor reported: their trouble
         # (and its text) is none of this user's business.
-        usable = [name for name in self.inventory.clouds if access.may_use_cloud(name)]
+        usable = [name for name in self.inventory.names(cloud) if access.may_use_cloud(name)]
         overview = self.inventory.overview(query, cloud, within=usable)
         overview.servers = access.filter(overview.servers)
         return overview

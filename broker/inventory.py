@@ -1,17 +1,33 @@
-"""The server inventory: every configured cloud's servers, cached briefly, searchable."""
+"""The server inventory: every configured cloud's servers, cached briefly, searchable.
+
+Each cloud is listed from its own small thread pool, so a slow cloud holds only its own
+thread. A cloud's list is fetched by one call at a time; everyone who needs it meanwhile
+shares that call's outcome, waiting for it at most ``cold_wait`` seconds. A call that
+outlives its waiters still fills the cache for the next request.
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
+from concurrent.futures import Future
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import field
 
 from broker.cloud import errors
 from broker.cloud.client import ServerInfo
 from broker.cloud.registry import Cloud
+
+log = logging.getLogger(__name__)
+
+# Seconds a request waits for a cloud it has no list of; past that the page shows the others.
+COLD_WAIT = 3.0
+# A failed list fetch is answered from memory this long (at most the cache lifetime).
+FAILURE_MEMORY = 10.0
 
 
 @dataclass(frozen=True)
@@ -46,99 +62,158 @@ class Overview:
     stale: dict[str, Stale] = field(default_factory=dict)
 
 
-class Inventory:
-    """Cached server lists per cloud; a cold cloud is fetched once even under concurrent requests."""
+@dataclass
+class _State:
+    """One cloud's list: the last good one, the fetch in flight, the last failure."""
 
-    def __init__(self, clouds: list[Cloud], ttl: float, clock: Callable[[], float] = time.monotonic):
+    listing: Listing | None = None
+    fetch: Future | None = None
+    error: errors.CloudError | None = None
+    failed_at: float = 0.0
+
+
+def pending(name: str) -> errors.CloudPending:
+    return errors.CloudPending(f"cloud {name} has not answered yet; its servers will appear when it does.")
+
+
+def uncontained(what: str, name: str, exc: Exception) -> errors.CloudError:
+    """A failure the client let through (a bug): logged, and still only that cloud's trouble."""
+    log.error("cloud %s: %s failed", name, what, exc_info=exc)
+    return errors.CloudError(f"{what}: cloud {name} failed in the broker ({type(exc).__name__}).")
+
+
+class Inventory:
+    """Cached server lists per cloud, fetched concurrently, one fetch per cloud at a time."""
+
+    def __init__(
+        self,
+        clouds: list[Cloud],
+        ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+        cold_wait: float = COLD_WAIT,
+    ):
         self.clouds = {cloud.name: cloud for cloud in clouds}
         self.ttl = ttl
         self.clock = clock
-        self._listings: dict[str, Listing] = {}
-        self._locks = {name: threading.Lock() for name in self.clouds}
-        self._errors: dict[str, str] = {}
+        self.cold_wait = cold_wait
+        self._states = {name: _State() for name in self.clouds}
+        self._lock = threading.Lock()  # guards _states; never held across a call to a cloud
+        # Threads start on first use, so a gunicorn fork before any request inherits none.
+        self._list_pools = {name: ThreadPoolExecutor(1, f"list-{name}") for name in self.clouds}
+
+    @property
+    def failure_memory(self) -> float:
+        return min(self.ttl, FAILURE_MEMORY)
 
     def cloud(self, name: str) -> Cloud | None:
         return self.clouds.get(name)
 
-    def fresh(self, listing: Listing | None) -> bool:
-        return listing is not None and self.clock() - listing.fetched_at < self.ttl
-
-    def listing(self, name: str) -> Listing:
-        """One cloud's listing: cached; refreshed by one caller while the others keep the old one."""
-        current = self._listings.get(name)
-        if self.fresh(current):
-            return current
-        lock = self._locks[name]
-        # A stale list is served at once while one request refreshes it; only a
-        # cloud never listed makes callers wait (once) for the fetch.
-        if not lock.acquire(blocking=current is None):
-            return current
-        try:
-            current = self._listings.get(name)
-            if self.fresh(current):
-                return current
-            try:
-                servers = self.clouds[name].client.list_servers()
-            except errors.CloudError as exc:
-                if current is None:
-                    raise
-                self._errors[name] = exc.message
-                return current
-            current = Listing.build(servers, self.clock())
-            self._listings[name] = current
-            self._errors.pop(name, None)
-            return current
-        finally:
-            lock.release()
-
-    def staleness(self, name: str) -> Stale | None:
-        """Why and how old a cloud's list is, when its last refresh failed."""
-        message = self._errors.get(name)
-        listing = self._listings.get(name)
-        if message is None or listing is None:
-            return None
-        return Stale(self.clock() - listing.fetched_at, message)
-
-    def _names(self, cloud: str | None) -> list[str]:
+    def names(self, cloud: str | None = None) -> list[str]:
+        """Every configured cloud, or just ``cloud`` when it is one."""
         if cloud is None:
             return list(self.clouds)
         return [cloud] if cloud in self.clouds else []
 
+    def fresh(self, listing: Listing | None) -> bool:
+        return listing is not None and self.clock() - listing.fetched_at < self.ttl
+
+    # -- lists ------------------------------------------------------------------
+
+    def _gather(self, names: Iterable[str]) -> dict[str, Listing | errors.CloudError]:
+        """Listings of ``names``: fetches that are due start together, then each is waited for until one deadline."""
+        started = {name: self._due(name) for name in names}
+        deadline = time.monotonic() + self.cold_wait
+        return {name: self._settle(name, *plan, deadline) for name, plan in started.items()}
+
+    def _due(self, name: str) -> tuple[Future | None, bool]:
+        """The cloud's fetch in flight (started here if needed, then True), or None when none is due."""
+        with self._lock:
+            state = self._states[name]
+            if self.fresh(state.listing):
+                return None, False
+            if state.fetch is not None:
+                return state.fetch, False
+            if state.error is not None and self.clock() - state.failed_at < self.failure_memory:
+                return None, False  # it failed a moment ago: say so at once
+            state.fetch = self._list_pools[name].submit(self._fetch, name)
+            return state.fetch, True
+
+    def _settle(self, name: str, fetch: Future | None, started: bool, deadline: float) -> Listing | errors.CloudError:
+        """Wait for ``fetch`` if there is no list to show meanwhile (or this caller started it)."""
+        outcome: Listing | errors.CloudError | None = None
+        if fetch is not None and (started or self._states[name].listing is None):
+            try:
+                outcome = fetch.result(timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                outcome = pending(name)
+        if isinstance(outcome, Listing):
+            return outcome
+        state = self._states[name]
+        if state.listing is not None:
+            return state.listing  # stale, but better than nothing; staleness() says why
+        return outcome or state.error or pending(name)
+
+    def _fetch(self, name: str) -> Listing | errors.CloudError:
+        """List one cloud (in its pool) and record the outcome; returned, never raised, to every waiter."""
+        try:
+            outcome: Listing | errors.CloudError = Listing.build(self.clouds[name].client.list_servers(), self.clock())
+        except errors.CloudError as exc:
+            outcome = exc
+        except Exception as exc:  # the client contains its failures; this guards the single-flight
+            outcome = uncontained("Listing servers", name, exc)
+        with self._lock:
+            state = self._states[name]
+            if isinstance(outcome, Listing):
+                state.listing, state.error = outcome, None
+            else:
+                state.error, state.failed_at = outcome, self.clock()
+            state.fetch = None
+        return outcome
+
+    def staleness(self, name: str) -> Stale | None:
+        """Why and how old a cloud's list is, when its last refresh failed."""
+        state = self._states[name]
+        error, listing = state.error, state.listing
+        if error is None or listing is None:
+            return None
+        return Stale(self.clock() - listing.fetched_at, error.message)
+
     def overview(self, query: str = "", cloud: str | None = None, within: Iterable[str] | None = None) -> Overview:
         """Servers matching ``query`` (part of a name, ID or address) across clouds (only ``within``, if given)."""
         needle = query.strip().lower()
-        found: list[ServerInfo] = []
-        failures: dict[str, str] = {}
-        overview = Overview(found, failures)
-        names = self._names(cloud)
+        names = self.names(cloud)
         if within is not None:
             allowed = set(within)
             names = [name for name in names if name in allowed]
-        for name in names:
-            try:
-                listing = self.listing(name)
-            except errors.CloudError as exc:
-                failures[name] = exc.message
+        overview = Overview([], {})
+        for name, found in self._gather(names).items():
+            if isinstance(found, errors.CloudError):
+                overview.failures[name] = found.message
                 continue
             stale = self.staleness(name)
             if stale:
                 overview.stale[name] = stale
             if not needle:
-                found.extend(listing.servers)
+                overview.servers.extend(found.servers)
                 continue
-            found.extend(s for s, hay in zip(listing.servers, listing.haystacks, strict=True) if needle in hay)
+            pairs = zip(found.servers, found.haystacks, strict=True)
+            overview.servers.extend(s for s, hay in pairs if needle in hay)
         return overview
 
+    def by_name(self, name: str, cloud: str | None = None) -> list[ServerInfo]:
+        """Every listed server whose name is exactly ``name``."""
+        matches = []
+        for found in self._gather(self.names(cloud)).values():
+            if isinstance(found, Listing):
+                matches.extend(s for s in found.servers if s.name == name)
+        return matches
+
     def by_id(self, server_id: str, cloud: str | None = None) -> ServerInfo | None:
-        """A server by ID: from the cache, else asked of each cloud (it may be new)."""
-        names = self._names(cloud)
-        for name in names:
-            try:
-                hit = self.listing(name).by_id.get(server_id)
-            except errors.CloudError:
-                continue
-            if hit:
-                return hit
+        """A server by ID: from the lists, else asked of each cloud (it may be new)."""
+        names = self.names(cloud)
+        for found in self._gather(names).values():
+            if isinstance(found, Listing) and server_id in found.by_id:
+                return found.by_id[server_id]
         trouble: errors.CloudError | None = None
         for name in names:
             try:
@@ -151,17 +226,7 @@ class Inventory:
             raise trouble
         return None
 
-    def by_name(self, name: str, cloud: str | None = None) -> list[ServerInfo]:
-        """Every server whose name is exactly ``name``."""
-        matches = []
-        for cloud_name in self._names(cloud):
-            try:
-                listing = self.listing(cloud_name)
-            except errors.CloudError:
-                continue
-            matches.extend(s for s in listing.servers if s.name == name)
-        return matches
-
     def forget(self, cloud: str) -> None:
         """Drop a cloud's cached list (a server changed state under us)."""
-        self._listings.pop(cloud, None)
+        with self._lock:
+            self._states[cloud].listing = None

@@ -70,3 +70,10 @@ class CloudBadResponse(CloudError):
 
     status = 502
     code = "cloud_bad_response"
+
+
+class CloudPending(CloudError):
+    """The cloud has not answered within the broker's wait; its call goes on in the background."""
+
+    status = 504
+    code = "cloud_pending"

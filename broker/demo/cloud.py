@@ -189,6 +189,7 @@ class FakeCloud:
         self.console_page = console_page
         self.on_console = on_console
         self.faults = Faults()
+        self._unhang = threading.Event()
         self.token_generation = 0
         self.counts: dict[str, int] = {kind: 0 for kind in KINDS}
         self._lock = threading.Lock()
@@ -237,6 +238,12 @@ class FakeCloud:
         """Invalidate every Keystone token issued so far (a revoked token mid-flight)."""
         self.token_generation += 1
 
+    def release_hangs(self) -> None:
+        """End every injected hang now, so a test need not wait for one to run out."""
+        self.faults.hang.clear()
+        released, self._unhang = self._unhang, threading.Event()
+        released.set()
+
     def count(self, kind: str) -> None:
         with self._lock:
             self.counts[kind] += 1
@@ -278,9 +285,11 @@ class FakeCloud:
         """Apply the injected faults for this kind of call; a response ends the call."""
         self.count(kind)
         delay = self.faults.keystone_latency if kind == "token" else self.faults.latency
-        delay += self.faults.hang.get(kind, 0.0)
         if delay:
             time.sleep(delay)
+        hang = self.faults.hang.get(kind, 0.0)
+        if hang:
+            self._unhang.wait(hang)
         status = self.faults.take_failure(kind)
         if status:
             message = self.faults.error_message or f"Injected failure {status} for {kind}."
