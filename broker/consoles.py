@@ -6,6 +6,7 @@ import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import replace
 from datetime import UTC
 from datetime import datetime
 from datetime import timedelta
@@ -19,17 +20,36 @@ from broker.cloud.client import check_console_url
 from broker.extensions import db
 from broker.inventory import Inventory
 from broker.inventory import Overview
+from broker.inventory import Recent
+from broker.inventory import Sighting
+from broker.policy import Access
 from broker.policy import access_for
 from broker.users import User
 
 # Nova and Huawei ECS server IDs are UUIDs; nothing else may reach an upstream URL path.
 SERVER_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z-]{0,63}$")
+# An ID the cache does not hold is asked of the clouds only if it is a UUID: a mistyped
+# name on the console page never costs a call upstream.
+UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 MINT_DETAILS = ("load", "refresh", "reconnect", "popout", "resume")
 # "view" marks a console page (not a mint) that was refused.
+
+# The one answer for every ID that ends without a server the user may open, whatever the
+# reason (unknown, forbidden, lookups spent, a cloud failing): the reason goes to the audit.
+NOT_FOUND = "No server with this ID that you may open."
 
 
 class NoSuchServer(errors.ServerNotFound):
     """The reference matches no server the user can see."""
+
+
+@dataclass(frozen=True)
+class Denial:
+    """Why a server ID ended without a server the user may open; for the audit, never for the user."""
+
+    outcome: str  # "refused": the server exists and no rule grants it; "failed": anything else
+    reason: str
+    server: ServerInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +83,12 @@ def looks_like_id(value: str) -> bool:
     return bool(SERVER_ID.match(value or ""))
 
 
+def audit_reason(exc: errors.CloudError) -> str:
+    """The error's message, and the cloud's own when it caused this one."""
+    cause = exc.__cause__
+    return f"{exc.message} ({cause.message})" if isinstance(cause, errors.CloudError) else exc.message
+
+
 class ConsoleService:
     """Authorizes, mints and audits consoles; the one path every mint goes through."""
 
@@ -77,6 +103,8 @@ class ConsoleService:
         # Called with a user name before an ID missing from the cache is asked of the
         # clouds; False means that user has spent their upstream lookups for now.
         self.lookup_budget = lookup_budget
+        # (user, cloud, id) -> Denial: a repeated probe is answered at once, whatever the reason.
+        self._denied = Recent(inventory.clock)
 
     def overview(self, user: User, query: str = "", cloud: str | None = None) -> Overview:
         """The servers ``user`` may open, matching ``query``, and trouble only of clouds they may use."""
@@ -91,24 +119,92 @@ class ConsoleService:
 
     def resolve(self, user: User, ref: str, cloud: str | None = None) -> list[ServerInfo]:
         """Servers ``ref`` names that ``user`` may open: an ID, else every server with exactly that name."""
-        candidates = []
-        if looks_like_id(ref):
-            server = self.inventory.by_id(ref, cloud)
-            candidates = [server] if server else []
-        candidates = candidates or self.inventory.by_name(ref, cloud)
-        allowed = access_for(user).filter(candidates)
-        if candidates and not allowed:
-            audit.record(
-                "console",
-                "refused",
-                username=user.username,
-                server_id=candidates[0].id,
-                server_name=candidates[0].name,
-                cloud=candidates[0].cloud,
-                detail="view",
-                reason="no access rule grants this server",
-            )
+        access = access_for(user)
+        note = {"username": user.username, "cloud": cloud or "", "server_id": ref[:64], "detail": "view"}
+        db.session.close()  # no pooled DB connection held while the clouds answer
+        seen = self.inventory.sightings(ref, cloud) if looks_like_id(ref) else []
+        if not any(access.allows(s.server) for s in seen):
+            named = self.inventory.by_name(ref, cloud)
+            # A mistyped name is not worth a call to every cloud: only a UUID or a cached ID is looked up.
+            if named or not (seen or UUID.match(ref)):
+                return self._named(access, named, note)
+        found = self._by_id(user, access, ref, cloud, seen)
+        if isinstance(found, Denial):
+            self._record(found, note)
+            return []
+        return [found]
+
+    def _named(self, access: Access, named: list[ServerInfo], note: dict) -> list[ServerInfo]:
+        """The servers of one name that ``access`` grants; a refusal is audited."""
+        allowed = access.filter(named)
+        if named and not allowed:
+            refusal = Denial("refused", "no access rule grants this server", named[0])
+            self._record(refusal, {**note, "server_id": named[0].id})
         return allowed
+
+    def _by_id(
+        self, user: User, access: Access, server_id: str, cloud: str | None, seen: list[Sighting]
+    ) -> ServerInfo | Denial:
+        """The one path for a server ID: granted from a fresh cache, re-read when old, else looked up."""
+        granted = sorted((s for s in seen if access.allows(s.server)), key=lambda s: not s.fresh)
+        if granted:
+            sighting = granted[0]
+            return sighting.server if sighting.fresh else self._current(sighting.server, access)
+        key = (user.username, cloud or "", server_id)
+        remembered = self._denied.get(key, self.inventory.ttl)
+        if isinstance(remembered, Denial):
+            return replace(remembered, reason=f"{remembered.reason} (answered from memory)")
+        found = self._look_up(user, access, server_id, cloud, seen)
+        if isinstance(found, Denial):
+            self._denied.put(key, found)
+        return found
+
+    def _current(self, server: ServerInfo, access: Access) -> ServerInfo | Denial:
+        """A server known only from an out-of-date list, re-read so the rules judge what it is now."""
+        try:
+            current = self.inventory.current(server)
+        except errors.ServerNotFound:
+            return Denial("failed", "no such server (it is gone from the cloud since it was listed)")
+        except errors.CloudError as exc:
+            raise errors.ServerUnconfirmed(
+                f"The broker could not confirm the current details of server {server.name} with cloud "
+                f"{server.cloud}, so it did not open its console. Try again in a moment.",
+                retry_after=5.0,
+            ) from exc
+        if not access.allows(current):
+            return Denial("refused", "no access rule grants this server as it is now", current)
+        return current
+
+    def _look_up(
+        self, user: User, access: Access, server_id: str, cloud: str | None, seen: list[Sighting]
+    ) -> ServerInfo | Denial:
+        """An ID this user cannot open from the cache: asked of the clouds, within the user's lookup budget.
+
+        Unknown and forbidden IDs take this same path (a GET on the owning cloud, or on
+        every cloud at once), so neither the answer nor its time tells them apart.
+        """
+        if not seen and not UUID.match(server_id):
+            return Denial("failed", "no such server")
+        owner = seen[0].server if seen else None
+        names = [owner.cloud] if owner else self.inventory.names(cloud)
+        lookup = self.inventory.look_up(server_id, names, lambda: self.lookup_budget(user.username))
+        allowed = [server for server in lookup.servers if access.allows(server)]
+        if allowed:
+            return allowed[0]
+        if lookup.servers:
+            return Denial("refused", "no access rule grants this server", lookup.servers[0])
+        why = "the user's server lookups are spent for now" if lookup.budget_spent else ""
+        why = why or "; ".join(lookup.trouble.values())
+        if owner:
+            return Denial("refused", f"no access rule grants this server as last listed ({why})", owner)
+        return Denial("failed", f"no such server ({why})" if why else "no such server")
+
+    def _record(self, denial: Denial, note: dict) -> None:
+        """Audit a denial with its true reason (and the server, when there is one)."""
+        fields = dict(note, reason=denial.reason)
+        if denial.server:
+            fields.update(cloud=denial.server.cloud, server_name=denial.server.name)
+        audit.record("console", denial.outcome, **fields)
 
     def check_url(self, url: str) -> str:
         """http(s) only, and only allowed hosts when an allow-list is configured."""
@@ -124,27 +220,31 @@ class ConsoleService:
         """A fresh console URL for one server, with an audit record whatever happens."""
         detail = detail if detail in MINT_DETAILS else "load"
         note = {"username": user.username, "cloud": cloud or "", "server_id": server_id[:64], "detail": detail}
+        access = access_for(user)
+        db.session.close()  # no pooled DB connection held while the clouds answer
         try:
-            server = self.inventory.by_id(server_id, cloud) if looks_like_id(server_id) else None
+            found = self._find(user, access, server_id, cloud)
         except errors.CloudError as exc:
-            audit.record("console", "failed", reason=exc.message, **note)
+            audit.record("console", "failed", reason=audit_reason(exc), **note)
             raise
-        if server is None:
-            audit.record("console", "failed", reason="no such server", **note)
-            raise NoSuchServer("No such server.")
-        note.update(cloud=server.cloud, server_name=server.name)
-        if not access_for(user).allows(server):
-            # Answer exactly as for an unknown ID, so IDs cannot be probed for existence.
-            audit.record("console", "refused", reason="no access rule grants this server", **note)
-            raise NoSuchServer("No such server.")
-        db.session.close()  # no pooled DB connection held while the cloud answers
+        if isinstance(found, Denial):
+            self._record(found, note)
+            raise NoSuchServer(NOT_FOUND)
+        note.update(cloud=found.cloud, server_name=found.name)
+        db.session.close()
         try:
-            minted = self._mint(server)
+            minted = self._mint(found)
         except errors.CloudError as exc:
             audit.record("console", "failed", reason=exc.message, **note)
             raise
         audit.record("console", "ok", **note)
         return minted
+
+    def _find(self, user: User, access: Access, server_id: str, cloud: str | None) -> ServerInfo | Denial:
+        """The server a mint names, or why there is none for this user."""
+        if not looks_like_id(server_id):
+            return Denial("failed", "not a server ID")
+        return self._by_id(user, access, server_id, cloud, self.inventory.sightings(server_id, cloud))
 
     def _mint(self, server: ServerInfo) -> Minted:
         cloud = self.inventory.cloud(server.cloud)

@@ -1,7 +1,7 @@
 """The server inventory: every configured cloud's servers, cached briefly, searchable.
 
-Each cloud is listed from its own small thread pool, so a slow cloud holds only its own
-thread. A cloud's list is fetched by one call at a time; everyone who needs it meanwhile
+Each cloud is called from its own small thread pools, so a slow cloud holds only its own
+threads. A cloud's list is fetched by one call at a time; everyone who needs it meanwhile
 shares that call's outcome, waiting for it at most ``cold_wait`` seconds. A call that
 outlives its waiters still fills the cache for the next request.
 """
@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from collections.abc import Hashable
 from collections.abc import Iterable
 from concurrent.futures import Future
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +30,12 @@ log = logging.getLogger(__name__)
 COLD_WAIT = 3.0
 # A failed list fetch is answered from memory this long (at most the cache lifetime).
 FAILURE_MEMORY = 10.0
+# ID lookups in flight per cloud; more wait their turn (each caller waits at most ``cold_wait``).
+LOOKUP_THREADS = 4
+# Remembered ID answers at most; the oldest go first.
+MAX_REMEMBERED = 10_000
+# A cloud's answer to GET /servers/{id}: 404, or a server of another project.
+GONE = "gone"
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,55 @@ class Overview:
     servers: list[ServerInfo]
     failures: dict[str, str]
     stale: dict[str, Stale] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """A server as the broker last saw it; ``fresh`` when that was within the cache lifetime."""
+
+    server: ServerInfo
+    fresh: bool
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What asking clouds for one server ID found: the servers, or why none (for the audit)."""
+
+    servers: tuple[ServerInfo, ...] = ()
+    trouble: dict[str, str] = field(default_factory=dict)
+    budget_spent: bool = False
+
+
+class Recent:
+    """A bounded, thread-safe map whose entries count for ``ttl`` seconds after they were put."""
+
+    def __init__(self, clock: Callable[[], float], max_entries: int = MAX_REMEMBERED):
+        self.clock = clock
+        self.max_entries = max_entries
+        self._entries: OrderedDict[Hashable, tuple[float, object]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, ttl: float) -> object | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if self.clock() - entry[0] >= ttl:
+                del self._entries[key]
+                return None
+            return entry[1]
+
+    def put(self, key: Hashable, value: object) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+            self._entries[key] = (self.clock(), value)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def drop(self, doomed: Callable[[Hashable], bool]) -> None:
+        with self._lock:
+            for key in [key for key in self._entries if doomed(key)]:
+                del self._entries[key]
 
 
 @dataclass
@@ -98,8 +155,11 @@ class Inventory:
         self.cold_wait = cold_wait
         self._states = {name: _State() for name in self.clouds}
         self._lock = threading.Lock()  # guards _states; never held across a call to a cloud
+        # Answers of GET /servers/{id}: a ServerInfo or GONE, per (cloud, id).
+        self._known = Recent(clock)
         # Threads start on first use, so a gunicorn fork before any request inherits none.
         self._list_pools = {name: ThreadPoolExecutor(1, f"list-{name}") for name in self.clouds}
+        self._lookup_pools = {name: ThreadPoolExecutor(LOOKUP_THREADS, f"lookup-{name}") for name in self.clouds}
 
     @property
     def failure_memory(self) -> float:
@@ -208,25 +268,80 @@ class Inventory:
                 matches.extend(s for s in found.servers if s.name == name)
         return matches
 
-    def by_id(self, server_id: str, cloud: str | None = None) -> ServerInfo | None:
-        """A server by ID: from the lists, else asked of each cloud (it may be new)."""
+    # -- single servers ---------------------------------------------------------
+
+    def sightings(self, server_id: str, cloud: str | None = None) -> list[Sighting]:
+        """Where the broker has seen ``server_id``: its own lookups, then the lists (no call but listing)."""
         names = self.names(cloud)
-        for found in self._gather(names).values():
-            if isinstance(found, Listing) and server_id in found.by_id:
-                return found.by_id[server_id]
-        trouble: errors.CloudError | None = None
+        known = {name: self._known.get((name, server_id), self.ttl) for name in names}
+        listings = self._gather([name for name in names if known[name] is None])
+        seen = []
         for name in names:
-            try:
-                return self.clouds[name].client.get_server(server_id)
-            except errors.ServerNotFound:
-                continue
-            except errors.CloudError as exc:
-                trouble = trouble or exc  # another cloud may still have it
-        if trouble:
-            raise trouble
-        return None
+            listing = listings.get(name)
+            if isinstance(known[name], ServerInfo):
+                seen.append(Sighting(known[name], fresh=True))
+            elif isinstance(listing, Listing) and server_id in listing.by_id:
+                seen.append(Sighting(listing.by_id[server_id], self.fresh(listing)))
+        return seen
+
+    def look_up(self, server_id: str, names: list[str], budget: Callable[[], bool]) -> Lookup:
+        """Ask clouds ``names`` for one server by ID, in parallel.
+
+        Answers given within the cache lifetime are reused; otherwise ``budget()`` must
+        allow the calls. Waits at most ``cold_wait``; a cloud still answering is trouble.
+        """
+        servers, ask = [], []
+        for name in names:
+            known = self._known.get((name, server_id), self.ttl)
+            if isinstance(known, ServerInfo):
+                servers.append(known)
+            elif known is None:
+                ask.append(name)
+        if not ask:
+            return Lookup(tuple(servers))
+        if not budget():
+            return Lookup(tuple(servers), budget_spent=True)
+        calls = {name: self._lookup_pools[name].submit(self._get, name, server_id) for name in ask}
+        deadline = time.monotonic() + self.cold_wait
+        trouble = {}
+        for name, call in calls.items():
+            outcome = self._outcome(name, call, deadline)
+            if isinstance(outcome, ServerInfo):
+                servers.append(outcome)
+            elif not isinstance(outcome, errors.ServerNotFound):
+                trouble[name] = outcome.message
+        return Lookup(tuple(servers), trouble)
+
+    def current(self, server: ServerInfo) -> ServerInfo:
+        """``server`` as its cloud has it now (GET by ID, waiting at most ``cold_wait``), or a CloudError."""
+        call = self._lookup_pools[server.cloud].submit(self._get, server.cloud, server.id)
+        outcome = self._outcome(server.cloud, call, time.monotonic() + self.cold_wait)
+        if isinstance(outcome, errors.CloudError):
+            raise outcome
+        return outcome
+
+    def _outcome(self, name: str, call: Future, deadline: float) -> ServerInfo | errors.CloudError:
+        try:
+            return call.result(timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            return errors.CloudPending(f"cloud {name} has not answered yet.")
+
+    def _get(self, name: str, server_id: str) -> ServerInfo | errors.CloudError:
+        """GET one server (in the cloud's pool) and remember the answer; errors are returned, not raised."""
+        try:
+            server = self.clouds[name].client.get_server(server_id)
+        except errors.ServerNotFound as exc:
+            self._known.put((name, server_id), GONE)
+            return exc
+        except errors.CloudError as exc:
+            return exc
+        except Exception as exc:  # the client contains its failures; this keeps the pool's answer typed
+            return uncontained("Looking up the server", name, exc)
+        self._known.put((name, server_id), server)
+        return server
 
     def forget(self, cloud: str) -> None:
-        """Drop a cloud's cached list (a server changed state under us)."""
+        """Drop what is cached of a cloud (a server changed state under us)."""
         with self._lock:
             self._states[cloud].listing = None
+        self._known.drop(lambda key: key[0] == cloud)

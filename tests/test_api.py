@@ -6,7 +6,9 @@ import pytest
 from conftest import server_id
 from sqlalchemy import select
 
+from broker import policy
 from broker.audit import AuditRecord
+from broker.consoles import NOT_FOUND
 from broker.demo.cloud import OTHER_PROJECT_SERVER_ID
 from broker.extensions import db
 
@@ -173,9 +175,60 @@ class TestConsoleHostAllowList:
         assert "frame-src http://console.example:* https://console.example:*;" in csp
 
 
+def spend_lookups(app, fake):
+    app.extensions["consoles"].lookup_budget = lambda username: False
+
+
+def fail_lookups(app, fake):
+    fake.faults.fail_next["show"] = [503] * 3
+
+
+class TestEveryMissAnswersAlike:
+    """The agent may open web-* only: nothing in an answer tells why a server cannot be opened."""
+
+    MISS = {"error": {"code": "server_not_found", "message": NOT_FOUND}}
+
+    @pytest.fixture(autouse=True)
+    def narrow(self, app):
+        with app.app_context():
+            for rule in policy.all_rules():
+                policy.remove_rule(rule.id)
+            policy.add_rule(user="agent", cloud="lab", clouds=["lab"], name_pattern="web-*")
+
+    @pytest.mark.parametrize(
+        ("target", "setup", "outcome"),
+        [
+            (server_id(99), None, "failed"),
+            (server_id(3), None, "refused"),  # db-01
+            (OTHER_PROJECT_SERVER_ID, None, "failed"),  # web-elsewhere, in a project not the broker's
+            (server_id(99), spend_lookups, "failed"),
+            (server_id(3), spend_lookups, "refused"),
+            (server_id(99), fail_lookups, "failed"),
+        ],
+        ids=["unknown", "forbidden", "other-project", "lookups-spent", "forbidden-lookups-spent", "cloud-failing"],
+    )
+    def test_mint(self, api, app, fake, target, setup, outcome):
+        api(server_id(1))  # the list is cached
+        if setup:
+            setup(app, fake)
+        response = api(target)
+        assert (response.status_code, response.get_json()) == (404, self.MISS)
+        assert fake.counts["console"] == 1
+        assert audit_rows(app)[-1]["outcome"] == outcome
+
+    def test_console_page(self, client, auth):
+        auth.login()
+        forbidden = client.get(f"/console/{server_id(3)}")
+        unknown = client.get(f"/console/{server_id(99)}")
+        assert forbidden.status_code == unknown.status_code == 404
+        assert forbidden.get_data(as_text=True).replace(server_id(3), "X") == unknown.get_data(as_text=True).replace(
+            server_id(99), "X"
+        )
+
+
 def test_a_server_of_another_project_is_never_opened_even_by_an_admin(client, auth, fake):
     auth.login("admin", "admin-password-1")
     response = client.post(f"/api/consoles/{OTHER_PROJECT_SERVER_ID}", headers={"X-CSRFToken": auth.csrf()})
     assert response.status_code == 404
     assert client.get(f"/console/{OTHER_PROJECT_SERVER_ID}").status_code == 404
-    assert fake.counts["console"] == 0
+    assert fake.counts["show"] == 1 and fake.counts["console"] == 0

@@ -1,6 +1,10 @@
-"""The console service: each cloud's trouble shown only to those it concerns, and kept to that cloud."""
+"""The console service: which server an ID or name means for a user, never on out-of-date
+details, never telling a forbidden server from an unknown one, and each cloud's trouble
+shown only to those it concerns."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 from conftest import make_client
@@ -10,15 +14,23 @@ from sqlalchemy import select
 from broker import policy
 from broker import users
 from broker.audit import AuditRecord
+from broker.cloud import errors
 from broker.cloud.client import Timeouts
 from broker.cloud.registry import Cloud
 from broker.cloud.registry import load_clouds
+from broker.consoles import NOT_FOUND
 from broker.consoles import ConsoleService
+from broker.consoles import NoSuchServer
 from broker.demo import serve
+from broker.demo.cloud import OTHER_PROJECT_SERVER_ID
 from broker.demo.cloud import FakeCloud
 from broker.demo.cloud import Server
 from broker.extensions import db
 from broker.inventory import Inventory
+
+HANG = 30.0
+UNKNOWN = server_id(99)
+FORBIDDEN = server_id(3)  # db-01, outside the agent's web-* rule
 
 
 class FakeClock:
@@ -51,18 +63,25 @@ def budget():
     return Budget()
 
 
+@pytest.fixture(autouse=True)
+def unhang(fake):
+    yield
+    fake.release_hangs()
+
+
 @pytest.fixture
 def far():
     """A second stand-in cloud, whose only server is web-far."""
     cloud = FakeCloud(secret="far", servers=[Server(id=server_id(201), name="web-far")])
     running = serve.start(cloud)
     yield cloud
+    cloud.release_hangs()
     running.stop()
 
 
 def build(app, clock, budget, *clouds: Cloud) -> ConsoleService:
     """A service on ``clouds`` with the test's clock and budget, installed in the app."""
-    service = ConsoleService(Inventory(list(clouds), ttl=30, clock=clock), lookup_budget=budget)
+    service = ConsoleService(Inventory(list(clouds), ttl=30, clock=clock, cold_wait=0.5), lookup_budget=budget)
     app.extensions["consoles"] = service
     return service
 
@@ -92,6 +111,179 @@ def agent():
 
 def console_records() -> list[AuditRecord]:
     return list(db.session.scalars(select(AuditRecord).where(AuditRecord.action == "console").order_by(AuditRecord.id)))
+
+
+# -- (4) never granted on out-of-date details -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("upstream", "outcome"),
+    [
+        ("unchanged", "ok"),
+        ("renamed out of the rule", "refused"),
+        ("deleted", "failed"),
+        ("answering errors", "unconfirmed"),
+        ("not answering", "unconfirmed"),
+    ],
+)
+def test_a_mint_from_an_out_of_date_list_rereads_the_server(service, fake, clock, budget, ctx, upstream, outcome):
+    grant("agent", "lab", "web-*")
+    assert "web-01" in [s.name for s in service.overview(agent()).servers]
+    fake.faults.malformed.add("list")  # every refresh of the list fails from now on
+    clock.now = 100  # long past the cache lifetime
+    if upstream == "renamed out of the rule":
+        fake.servers[server_id(1)].name = "db-renamed"
+    elif upstream == "deleted":
+        del fake.servers[server_id(1)]
+    elif upstream == "answering errors":
+        fake.faults.fail_next["show"] = [500] * 3
+    elif upstream == "not answering":
+        fake.faults.hang["show"] = HANG
+    if outcome == "ok":
+        assert service.mint(agent(), server_id(1)).server.name == "web-01"
+    elif outcome == "unconfirmed":
+        with pytest.raises(errors.ServerUnconfirmed) as caught:
+            service.mint(agent(), server_id(1))
+        assert caught.value.status == 503
+        assert "could not confirm the current details of server web-01" in caught.value.message
+    else:
+        with pytest.raises(NoSuchServer, match=NOT_FOUND):
+            service.mint(agent(), server_id(1))
+    assert fake.counts["show"] >= 1  # asked the cloud, not the old list
+    assert fake.counts["console"] == (1 if outcome == "ok" else 0)
+    [record] = console_records()
+    assert record.outcome == {"unconfirmed": "failed"}.get(outcome, outcome)
+    assert budget.asked == []  # re-reading a server the user was granted spends no lookups
+    # The list page keeps the old list, with its age.
+    assert service.overview(agent()).stale["lab"].age == 100
+
+
+# -- (5) forbidden and unknown IDs are indistinguishable --------------------------------
+
+
+def spend_everything(service, fake, budget) -> None:
+    budget.allow = 0
+
+
+def fail_the_cloud(service, fake, budget) -> None:
+    fake.faults.fail_next["show"] = [503] * 3
+
+
+def hang_the_cloud(service, fake, budget) -> None:
+    fake.faults.hang["show"] = HANG
+
+
+MISSES = [
+    pytest.param(UNKNOWN, None, "failed", "no such server", id="unknown"),
+    pytest.param(FORBIDDEN, None, "refused", "no access rule grants this server", id="forbidden"),
+    pytest.param(OTHER_PROJECT_SERVER_ID, None, "failed", "no such server", id="another-project"),
+    pytest.param(UNKNOWN, spend_everything, "failed", "lookups are spent", id="lookups-spent"),
+    pytest.param(FORBIDDEN, spend_everything, "refused", "lookups are spent", id="forbidden-lookups-spent"),
+    pytest.param(UNKNOWN, fail_the_cloud, "failed", "cloud lab answered HTTP 503", id="cloud-failing"),
+    pytest.param(UNKNOWN, hang_the_cloud, "failed", "cloud lab has not answered yet", id="cloud-hung"),
+]
+
+
+@pytest.mark.parametrize("call", ["mint", "resolve"])
+@pytest.mark.parametrize(("ref", "setup", "outcome", "reason"), MISSES)
+def test_every_miss_looks_the_same_and_is_audited_truly(service, fake, budget, ctx, call, ref, setup, outcome, reason):
+    grant("agent", "lab", "web-*")
+    service.overview(agent())  # the list is cached and fresh
+    if setup:
+        setup(service, fake, budget)
+    began = time.monotonic()
+    if call == "mint":
+        with pytest.raises(NoSuchServer) as caught:
+            service.mint(agent(), ref)
+        assert (caught.value.status, caught.value.code, caught.value.message) == (404, "server_not_found", NOT_FOUND)
+    else:
+        assert service.resolve(agent(), ref) == []
+    assert time.monotonic() - began < 2  # never waits out a hung cloud
+    assert fake.counts["console"] == 0
+    [record] = console_records()
+    assert (record.outcome, record.server_id, record.detail) == (outcome, ref, "load" if call == "mint" else "view")
+    assert reason in record.reason
+    if outcome == "refused":
+        assert record.server_name == "db-01"
+
+
+@pytest.mark.parametrize(("ref", "setup", "outcome", "reason"), MISSES)
+def test_a_repeated_miss_is_answered_from_memory(service, fake, budget, clock, ctx, ref, setup, outcome, reason):
+    grant("agent", "lab", "web-*")
+    service.overview(agent())
+    if setup:
+        setup(service, fake, budget)
+    with pytest.raises(NoSuchServer):
+        service.mint(agent(), ref)
+    fake.release_hangs()
+    fake.faults.fail_next.clear()
+    shows, asked = fake.counts["show"], len(budget.asked)
+    with pytest.raises(NoSuchServer, match=NOT_FOUND):
+        service.mint(agent(), ref)
+    assert (fake.counts["show"], len(budget.asked)) == (shows, asked)  # no call upstream, no lookup spent
+    second = console_records()[-1]
+    assert second.outcome == outcome and "answered from memory" in second.reason
+    # Remembered for the cache lifetime only.
+    clock.now = 31
+    budget.allow = 1000
+    with pytest.raises(NoSuchServer):
+        service.mint(agent(), ref)
+    assert "answered from memory" not in console_records()[-1].reason
+
+
+@pytest.mark.parametrize("ref", [UNKNOWN, FORBIDDEN])
+def test_one_users_lookup_spares_the_next_user_the_call(app, service, fake, budget, ctx, ref):
+    users.add("bea", "bea-password-long-1")
+    grant("agent", "lab", "web-*")
+    grant("bea", "lab", "web-*")
+    service.overview(agent())
+    with pytest.raises(NoSuchServer):
+        service.mint(agent(), ref)
+    assert (fake.counts["show"], budget.asked) == (1, ["agent"])
+    with pytest.raises(NoSuchServer):
+        service.mint(users.find("bea"), ref)
+    assert (fake.counts["show"], budget.asked) == (1, ["agent"])  # the cloud's answer is reused
+
+
+def test_unknown_ids_cost_at_most_the_users_budget(service, fake, budget, ctx):
+    budget.allow = 3
+    service.overview(agent())
+    for n in range(10):
+        with pytest.raises(NoSuchServer):
+            service.mint(agent(), server_id(500 + n))
+    assert fake.counts["show"] == 3
+
+
+def test_a_new_server_is_found_by_id_before_the_list_knows_it(service, fake, budget, ctx):
+    service.overview(agent())
+    fake.servers[server_id(50)] = Server(id=server_id(50), name="web-50")
+    assert service.mint(agent(), server_id(50)).server.name == "web-50"
+    assert (fake.counts["show"], budget.asked) == (1, ["agent"])
+
+
+def test_an_unknown_id_asks_every_cloud_at_once(app, fake, far, clock, budget, ctx):
+    service = build(
+        app,
+        clock,
+        budget,
+        Cloud("lab", make_client(fake), 600, "idle"),
+        Cloud("far", make_client(far, "far"), 600, "idle"),
+    )
+    grant("agent", "*", "web-*")
+    service.overview(agent())
+    far.faults.hang["show"] = HANG
+    began = time.monotonic()
+    with pytest.raises(NoSuchServer):
+        service.mint(agent(), UNKNOWN)
+    assert time.monotonic() - began < 2
+    assert (fake.counts["show"], far.counts["show"], budget.asked) == (1, 1, ["agent"])
+    assert "cloud far has not answered yet" in console_records()[-1].reason
+
+
+def test_a_mistyped_name_costs_no_lookup(service, fake, budget, ctx):
+    service.overview(agent())
+    assert service.resolve(agent(), "web-99") == []
+    assert (fake.counts["show"], budget.asked, console_records()) == (0, [], [])
 
 
 # -- (11c) each cloud's trouble shown only to those who may use it ----------------------
@@ -164,3 +356,4 @@ def test_a_broken_clouds_yaml_entry_is_only_that_clouds_trouble(app, fake, tmp_p
     assert message.startswith("Listing servers: cloud broken failed in the broker")
     assert fake.password not in message
     assert service.mint(admin, server_id(1)).server.cloud == "good"
+    assert [s.cloud for s in service.resolve(admin, "web-02")] == ["good"]

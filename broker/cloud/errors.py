@@ -77,3 +77,10 @@ class CloudPending(CloudError):
 
     status = 504
     code = "cloud_pending"
+
+
+class ServerUnconfirmed(CloudError):
+    """The broker's details of a server are out of date and the cloud could not confirm them."""
+
+    status = 503
+    code = "server_unconfirmed"
