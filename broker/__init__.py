@@ -205,16 +205,16 @@ def init_database(app: Flask, settings: Settings) -> None:
             db.session.rollback()
         if settings.demo_explicit:
             ensure_demo_user(app, settings)
-        elif not users.any_users() and not in_command():
-            log.warning(
-                "no users yet, so nobody can sign in: create the first admin with "
-                "'flask --app app users add NAME --admin' (in this server's environment)"
-            )
         elif settings.demo:
             print(
                 "console-broker: no cloud is configured, so this runs on the demo cloud. It creates no account: "
                 "start it with BROKER_DEMO=1 (./dev demo does) for a demo admin, or configure a cloud.",
                 file=sys.stderr,
+            )
+        if not settings.demo_explicit and not in_command() and not users.any_users():
+            log.warning(
+                "no users yet, so nobody can sign in: create the first admin with "
+                "'flask --app app users add NAME --admin' (in this server's environment)"
             )
         db.engine.dispose()
 

@@ -95,8 +95,9 @@ def test_bad_rules_are_refused(app, fields, message):
 @pytest.mark.parametrize("cloud", ["lab", "beta/RegionOne", "*"])
 def test_every_configured_cloud_name_can_get_a_rule(app, cloud):
     with app.app_context():
-        rule = policy.add_rule(user="agent", cloud=cloud, clouds=["lab", "beta/RegionOne"])
-        assert rule.describe() == f"user agent may open * on cloud {cloud}"
+        users.add("zoe", "zoe-password-1")
+        rule = policy.add_rule(user="zoe", cloud=cloud, clouds=["lab", "beta/RegionOne"])
+        assert rule.describe() == f"user zoe may open * on cloud {cloud}"
 
 
 class TestNarrowAgent:
