@@ -175,7 +175,8 @@ def test_cloud_down_shows_a_warning_not_an_error(signed_in, fake):
     fake.faults.fail_next["list"] = [500] * 3
     response = signed_in.get("/")
     assert response.status_code == 200
-    assert "Cloud lab is unreachable" in soup_of(response).select_one(".cloud-failure").get_text()
+    text = soup_of(response).select_one(".cloud-failure").get_text()
+    assert text == "Cloud lab could not be listed: Listing servers: cloud lab answered HTTP 500 (computeFault)."
 
 
 def test_long_lists_are_capped_with_a_hint(signed_in, monkeypatch):

@@ -29,6 +29,8 @@ from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import session as ks_session
 
 from broker.cloud import errors
+from broker.cloud.health import Health
+from broker.cloud.health import describe_identity
 from broker.cloud.resilience import Bulkhead
 from broker.cloud.resilience import CircuitBreaker
 from broker.cloud.resilience import RetryPolicy
@@ -49,6 +51,10 @@ SHOWN_CHARS = 200
 LOGGED_CHARS = 1000
 # Statuses that are ordinary answers (no such server, not running), logged below WARNING.
 ORDINARY_STATUSES = frozenset({404, 409})
+# Answers about one server, not about the cloud: the cloud is fine when it gives them.
+PER_SERVER_STATUSES = frozenset({400, 404, 409, 501})
+PER_SERVER_ERRORS = (errors.ServerNotFound, errors.ServerNotReady, errors.ConsoleUnavailable)
+URL = re.compile(r"https?://[^\s:/]+(?::\d+)?[^\s:]*")
 
 # Greedy to the last "@" of the word: a password may hold "@" or "/" itself.
 USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)\S*@")
@@ -224,6 +230,12 @@ def next_marker(body: dict, page: list) -> str | None:
     return None
 
 
+def failed_url(exc: Exception, fallback: str) -> str:
+    """The URL a transport error names (its query string cut), else ``fallback``."""
+    found = URL.search(str(exc))
+    return safe_text(found.group(0), 300) if found else (fallback or "the cloud")
+
+
 def contained(what: str) -> Callable[[Callable], Callable]:
     """Whatever fails inside the decorated call becomes this cloud's CloudError, its detail logged.
 
@@ -237,10 +249,13 @@ def contained(what: str) -> Callable[[Callable], Callable]:
         def call(self: ComputeClient, *args, **kwargs):
             try:
                 return method(self, *args, **kwargs)
-            except errors.CloudError:
+            except errors.CloudError as exc:
+                self.note_failure(exc)
                 raise
             except Exception as exc:
-                raise self.unexpected(what, exc) from None
+                error = self.unexpected(what, exc)
+                self.note_failure(error)
+                raise error from None
 
         return call
 
@@ -275,9 +290,12 @@ class ComputeClient:
             endpoint_override=endpoint_override,
             connect_retries=0,
         )
+        self.region_name = region_name
         self.retry = retry or RetryPolicy()
         self.breaker = breaker or CircuitBreaker()
         self.bulkhead = Bulkhead(max_in_flight)
+        self.auth_url = str(getattr(session.auth, "auth_url", "") or "")
+        self.health = Health(name, describe_identity(session.auth, region_name))
         self._max_version: tuple[int, int] | None = None
         self._lock = threading.Lock()
 
@@ -285,6 +303,11 @@ class ComputeClient:
         """URLs known without a network call: the identity endpoint and any compute override."""
         urls = [getattr(self.adapter.session.auth, "auth_url", None), self.adapter.endpoint_override]
         return [url for url in urls if isinstance(url, str)]
+
+    def note_failure(self, exc: errors.CloudError) -> None:
+        """A call's failure, if it says something about the cloud (not one server's state, not our own pause)."""
+        if not isinstance(exc, PER_SERVER_ERRORS + (errors.CircuitOpen, errors.CloudBusyHere)):
+            self.health.failed(exc.message, exc.upstream_status)
 
     def unexpected(self, what: str, exc: Exception) -> errors.CloudError:
         """A failure without a type of ours: the (redacted) detail to the log, a plain message to people."""
@@ -297,26 +320,60 @@ class ComputeClient:
 
     @contextmanager
     def _translated(self, what: str) -> Iterator[None]:
-        """Turn keystoneauth1's transport and auth failures into CloudErrors."""
+        """Turn keystoneauth1's transport and auth failures into CloudErrors that say what to fix."""
+        here = f"{what}: cloud {self.name}"
         try:
             yield
-        except ks_exc.ConnectTimeout:
-            raise errors.CloudTimeout(f"{what}: cloud {self.name} did not answer in time.") from None
-        except (ks_exc.ConnectFailure, ks_exc.UnknownConnectionError, ks_exc.SSLError):
-            raise errors.CloudUnreachable(f"{what}: cloud {self.name} is unreachable.") from None
+        except ks_exc.ConnectTimeout as exc:
+            limits = f"{self.timeouts.connect:g} s to connect, {self.timeouts.read:g} s to answer"
+            raise errors.CloudTimeout(
+                f"{here}: {failed_url(exc, self.auth_url)} did not answer in time ({limits})."
+            ) from None
+        except ks_exc.SSLError as exc:
+            raise errors.CloudUnreachable(
+                f"{here}: the TLS handshake with {failed_url(exc, self.auth_url)} failed (certificate or CA file?)."
+            ) from None
+        except (ks_exc.ConnectFailure, ks_exc.UnknownConnectionError) as exc:
+            raise errors.CloudUnreachable(
+                f"{here}: cannot connect to {failed_url(exc, self.auth_url)} (refused, reset or no route)."
+            ) from None
         except ks_exc.Unauthorized:
-            raise errors.CloudRefused(f"{what}: cloud {self.name} refused the broker's credentials.") from None
+            raise errors.CloudRefused(
+                f"{here}: the credentials (or their project scope) were refused by {self.auth_url or 'Keystone'}; "
+                "check the auth section of its clouds.yaml entry."
+            ) from None
         except (ks_exc.EndpointNotFound, ks_exc.EmptyCatalog):
-            raise errors.CloudError(f"{what}: cloud {self.name} has no compute endpoint in its catalog.") from None
+            raise errors.CloudError(f"{here}: {self.missing_endpoint()}") from None
         except ks_exc.HttpError as exc:
             # Keystone itself failed (an error status on the token request).
             raise errors.CloudUnreachable(
-                f"{what}: identity service of cloud {self.name} answered HTTP {exc.http_status}."
+                f"{here}: the identity service at {self.auth_url or '?'} answered HTTP {exc.http_status}."
             ) from None
         except ks_exc.DiscoveryFailure:
-            raise errors.CloudUnreachable(f"{what}: identity service of cloud {self.name} is unreachable.") from None
+            raise errors.CloudUnreachable(
+                f"{here}: no identity service answered at {self.auth_url or '?'} (check auth_url)."
+            ) from None
         except ks_exc.ClientException as exc:
-            raise errors.CloudError(f"{what}: cloud {self.name}: {type(exc).__name__}.") from None
+            raise errors.CloudError(f"{here}: {type(exc).__name__}.") from None
+
+    def missing_endpoint(self) -> str:
+        """Which regions the catalog offers compute in, when the configured one has none."""
+        region = self.region_name or "(none set)"
+        try:
+            access = self.adapter.session.auth.get_access(self.adapter.session)
+            endpoints = access.service_catalog.get_endpoints(service_type="compute").get("compute", [])
+        except Exception:  # the catalog itself is out of reach: say what we know
+            endpoints = []
+        regions = sorted({str(e.get("region_id") or e.get("region")) for e in endpoints if isinstance(e, dict)})
+        if regions:
+            return (
+                f"its catalog has no compute endpoint in region {region}; it has compute in: {', '.join(regions)}. "
+                "Set region_name in its clouds.yaml entry to one of those."
+            )
+        return (
+            "its catalog has no compute endpoint at all; give its compute URL as compute_endpoint_override "
+            "in its clouds.yaml entry (Huawei Cloud ECS: https://ecs.<region>.myhuaweicloud.com/v2.1/<project_id>)."
+        )
 
     def _request(self, method: str, path: str, what: str, **kwargs) -> requests.Response:
         """One call, retried while safe and worth it, behind the bulkhead and the breaker."""
@@ -325,14 +382,17 @@ class ComputeClient:
             self.breaker.before(self.name, what)
             try:
                 response = self._with_retries(method, path, what, **kwargs)
-            except BaseException:
+            except BaseException as exc:
                 # Every way out reports to the breaker, or a half-open probe would never end.
-                self.breaker.failed()
+                self.breaker.failed(exc.message if isinstance(exc, errors.CloudError) else type(exc).__name__)
                 raise
-            if response.status_code >= 500 or response.status_code in RETRY_STATUSES:
-                self.breaker.failed()
+            status = response.status_code
+            if status >= 500 or status in RETRY_STATUSES:
+                self.breaker.failed(f"{what}: HTTP {status}")
             else:
                 self.breaker.succeeded()
+            if status < 400 or status in PER_SERVER_STATUSES:
+                self.health.succeeded()
             return response
 
     def _with_retries(self, method: str, path: str, what: str, **kwargs) -> requests.Response:

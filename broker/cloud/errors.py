@@ -51,6 +51,10 @@ class CloudUnreachable(CloudError):
     code = "cloud_unreachable"
 
 
+class CircuitOpen(CloudUnreachable):
+    """The broker stopped calling a failing cloud for a few seconds (its circuit breaker is open)."""
+
+
 class CloudTimeout(CloudError):
     """The cloud did not answer within the configured timeout."""
 
@@ -63,6 +67,10 @@ class CloudBusy(CloudError):
 
     status = 503
     code = "cloud_busy"
+
+
+class CloudBusyHere(CloudBusy):
+    """Too many of the broker's own calls wait on this cloud already (its bulkhead is full)."""
 
 
 class CloudBadResponse(CloudError):

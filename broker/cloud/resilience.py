@@ -38,6 +38,7 @@ class CircuitBreaker:
         self.failures = 0
         self.opened_at: float | None = None
         self.probing = False
+        self.reason = ""
         self._lock = threading.Lock()
 
     def before(self, cloud: str, what: str) -> None:
@@ -47,8 +48,11 @@ class CircuitBreaker:
                 return
             wait = self.opened_at + self.cooldown - self.clock()
             if wait > 0 or self.probing:
-                raise errors.CloudUnreachable(
-                    f"{what}: cloud {cloud} is failing; the broker will try it again in {max(1, round(wait))} s.",
+                # Keep the cause in sight: "failing" alone tells nobody what to fix.
+                cause = f" (last error: {self.reason})" if self.reason else ""
+                again = max(1, round(wait))
+                raise errors.CircuitOpen(
+                    f"{what}: cloud {cloud} is failing{cause}; the broker will try it again in {again} s.",
                     retry_after=max(1.0, wait),
                 )
             self.probing = True
@@ -57,8 +61,9 @@ class CircuitBreaker:
         with self._lock:
             self.failures, self.opened_at, self.probing = 0, None, False
 
-    def failed(self) -> None:
+    def failed(self, reason: str = "") -> None:
         with self._lock:
+            self.reason = reason or self.reason
             self.failures += 1
             self.probing = False
             if self.failures >= self.threshold:
@@ -78,7 +83,7 @@ class Bulkhead:
 
     def __enter__(self) -> Bulkhead:
         if not self._slots.acquire(blocking=False):
-            raise errors.CloudBusy(
+            raise errors.CloudBusyHere(
                 "Too many calls to this cloud are already waiting; try again shortly.", retry_after=1.0
             )
         return self
