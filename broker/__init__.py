@@ -19,6 +19,7 @@ from broker import api
 from broker import audit
 from broker import auth
 from broker import demo
+from broker import policy
 from broker import sessions
 from broker import users
 from broker import views
@@ -216,7 +217,21 @@ def init_database(app: Flask, settings: Settings) -> None:
                 "no users yet, so nobody can sign in: create the first admin with "
                 "'flask --app app users add NAME --admin' (in this server's environment)"
             )
+        warn_about_orphan_rules(list(app.extensions["consoles"].inventory.clouds))
         db.engine.dispose()
+
+
+def warn_about_orphan_rules(clouds: list[str]) -> None:
+    """Rules naming a cloud that is not configured grant nothing: say so at every start."""
+    for rule in policy.rules_on_unknown_clouds(clouds):
+        log.warning(
+            "rule %s (%s) names a cloud that is not configured (configured: %s): it grants nothing; "
+            "remove it ('flask --app app rules remove %s') or fix BROKER_CLOUDS",
+            rule.id,
+            rule.describe(),
+            ", ".join(clouds) or "none",
+            rule.id,
+        )
 
 
 def ensure_demo_user(app: Flask, settings: Settings) -> None:

@@ -59,12 +59,15 @@ def change(action, *args, **kwargs):
 @bp.get("/")
 @admin_required
 def index():
+    clouds = management.configured_clouds()
     return render_template(
         "admin/index.html",
         users=users.all_users(),
         groups=policy.all_groups(),
         rules=policy.all_rules(),
-        clouds=management.configured_clouds(),
+        orphans={rule.id for rule in policy.rules_on_unknown_clouds(clouds)},
+        health=management.cloud_health(),
+        clouds=clouds,
         min_password=users.MIN_PASSWORD,
         roles=users.ROLES,
     )
@@ -72,6 +75,12 @@ def index():
 
 # Forms name users and groups by their numbers, so that no name (whatever a URL path
 # would make of it) can make a row impossible to reach.
+@bp.app_template_filter("utc")
+def utc(epoch: float | None) -> str:
+    """Epoch seconds as a UTC time for the admin page; never seen: a dash."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if epoch else "\u2014"
+
+
 def user_named(user_id: int) -> str:
     user = db.session.get(users.User, user_id)
     if user is None:

@@ -7,8 +7,11 @@ import sys
 
 import click
 from flask import Flask
+from flask import current_app
 from flask.cli import AppGroup
+from flask.cli import with_appcontext
 
+from broker import checks
 from broker import management
 from broker import policy
 from broker import users
@@ -141,6 +144,29 @@ def remove_rule(rule_id: int) -> None:
     run(management.remove_rule, rule_id)
 
 
+MARKS = {"ok": "ok  ", "note": "note", "fail": "FAIL"}
+
+
+@click.command("check")
+@with_appcontext
+def check() -> None:
+    """Check settings, clouds (sign in, endpoint, one server listed), users and rules; mint nothing."""
+    service = current_app.extensions["consoles"]
+    settings = current_app.extensions["settings"]
+    findings = [
+        *checks.check_clouds(service),
+        *checks.check_access(list(service.inventory.clouds)),
+        *checks.check_console_hosts(service, bool(settings.console_hosts)),
+    ]
+    for finding in findings:
+        click.echo(f"{MARKS[finding.level]}  {finding.text}")
+    failed = sum(finding.level == "fail" for finding in findings)
+    if failed:
+        raise click.ClickException(f"{failed} problem{'s' if failed > 1 else ''} found")
+    click.echo("no problems found")
+
+
 def register_commands(app: Flask) -> None:
     for group in (users_cli, groups_cli, rules_cli):
         app.cli.add_command(group)
+    app.cli.add_command(check)

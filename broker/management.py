@@ -79,6 +79,12 @@ def configured_clouds() -> list[str]:
     return list(current_app.extensions["consoles"].inventory.clouds)
 
 
+def cloud_health() -> dict:
+    """Each configured cloud's health as its client last saw it."""
+    clouds = current_app.extensions["consoles"].inventory.clouds
+    return {name: cloud.client.health.snapshot() for name, cloud in clouds.items()}
+
+
 def add_rule(actor: str, **fields) -> str:
     def change() -> str:
         rule = policy.add_rule(clouds=configured_clouds(), **fields)

@@ -124,6 +124,19 @@ def access_for(user: User) -> Access:
     return Access(everything=False, grants=tuple(compile_rule(rule) for rule in rules))
 
 
+def rules_on_unknown_clouds(clouds: Collection[str]) -> list[AccessRule]:
+    """Rules that name a cloud no longer (or never) configured: they grant nothing."""
+    return [rule for rule in all_rules() if rule.cloud != "*" and rule.cloud not in clouds]
+
+
+def users_without_rules() -> list[User]:
+    """Agents no rule of theirs or of their groups reaches: they can sign in and open nothing."""
+    covered = select(AccessRule.user_id).where(AccessRule.user_id.is_not(None))
+    via_groups = select(memberships.c.user_id).join(AccessRule, AccessRule.group_id == memberships.c.group_id)
+    query = select(User).where(User.role != "admin", User.id.not_in(covered), User.id.not_in(via_groups))
+    return list(db.session.scalars(query.order_by(User.username)))
+
+
 # -- management (CLI and admin page) -----------------------------------------------
 
 

@@ -314,3 +314,33 @@ def test_an_exact_duplicate_rule_is_refused(admin, auth, runner, app):
     assert "already grants this" in admin.get("/admin/").get_data(as_text=True)
     with app.app_context():
         assert len(policy.all_rules()) == 1
+
+
+def test_admin_page_shows_each_clouds_health(admin, app, fake):
+    page = BeautifulSoup(admin.get("/admin/").get_data(as_text=True), "html.parser")
+    assert page.select_one('#clouds tr[data-cloud="lab"] .state').get_text() == "not called yet"
+    admin.get("/")  # lists the cloud
+    row = BeautifulSoup(admin.get("/admin/").get_data(as_text=True), "html.parser").select_one(
+        '#clouds tr[data-cloud="lab"]'
+    )
+    assert row.select_one(".state").get_text() == "answering"
+    assert row.select("td")[2].get_text().endswith("UTC")
+    fake.password = "rotated-password-1"
+    with app.app_context():
+        client = app.extensions["consoles"].inventory.clouds["lab"].client
+    client.adapter.session.invalidate()
+    client.probe()
+    row = BeautifulSoup(admin.get("/admin/").get_data(as_text=True), "html.parser").select_one(
+        '#clouds tr[data-cloud="lab"]'
+    )
+    assert row.select_one(".state").get_text() == "failing"
+    assert "the credentials (or their project scope) were refused" in row.select("td")[3].get_text()
+
+
+def test_rules_on_clouds_no_longer_configured_are_flagged(admin, app):
+    with app.app_context():
+        db.session.add(policy.AccessRule(cloud="old-lab", name_pattern="*", user_id=users.find("agent").id))
+        db.session.commit()
+    page = BeautifulSoup(admin.get("/admin/").get_data(as_text=True), "html.parser")
+    [flagged] = page.select("#rules li.orphan")
+    assert "no cloud old-lab is configured: this rule grants nothing" in flagged.get_text()

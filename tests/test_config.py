@@ -136,3 +136,27 @@ def test_no_users_yet_says_how_to_create_the_first_admin(tmp_path, caplog):
         assert "first admin" not in caplog.text
     finally:
         broker_log.removeHandler(caplog.handler)
+
+
+def test_rules_naming_unconfigured_clouds_are_reported_at_start_up(tmp_path, caplog, fake):
+    from conftest import make_client
+
+    from broker import policy
+    from broker.cloud.registry import Cloud
+    from broker.extensions import db
+
+    env = {"BROKER_SECRET_KEY": "k" * 32, "BROKER_DATABASE_URL": f"sqlite:///{tmp_path}/b.sqlite3", "OS_CLOUD": "x"}
+    lab = [Cloud("lab", make_client(fake), console_ttl=600, console_swap="idle")]
+    app = create_app({"ENV": env, "CLOUDS": lab, "INSTANCE_PATH": str(tmp_path)})
+    with app.app_context():
+        user = users.add("olga", "olga-password-1")
+        db.session.add(policy.AccessRule(cloud="old-lab", name_pattern="web-*", user_id=user.id))
+        db.session.commit()
+    broker_log = logging.getLogger("broker")
+    broker_log.addHandler(caplog.handler)
+    try:
+        create_app({"ENV": env, "CLOUDS": lab, "INSTANCE_PATH": str(tmp_path)})
+    finally:
+        broker_log.removeHandler(caplog.handler)
+    assert "rule 1 (user olga may open web-* on cloud old-lab) names a cloud that is not configured" in caplog.text
+    assert "(configured: lab)" in caplog.text

@@ -29,6 +29,7 @@ from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import session as ks_session
 
 from broker.cloud import errors
+from broker.cloud.health import Finding
 from broker.cloud.health import Health
 from broker.cloud.health import describe_identity
 from broker.cloud.resilience import Bulkhead
@@ -426,6 +427,56 @@ class ComputeClient:
         if not isinstance(body, dict):
             raise errors.CloudBadResponse(f"{what}: cloud {self.name} answered with unexpected JSON.")
         return body
+
+    # -- checks -----------------------------------------------------------------
+
+    def probe(self) -> list[Finding]:
+        """Sign in, find the compute endpoint and its versions, list one server; mint nothing.
+
+        Stops at the first failure: the later steps depend on it.
+        """
+        findings: list[Finding] = []
+        steps = (
+            ("Signing in", self._probe_token),
+            ("Finding the compute endpoint", self._probe_endpoint),
+            ("Reading the API version", self._probe_version),
+            ("Listing one server", self._probe_list),
+        )
+        for what, step in steps:
+            try:
+                with self._translated(what):
+                    text = step()
+            except errors.CloudError as exc:
+                self.note_failure(exc)
+                return [*findings, Finding("fail", exc.message)]
+            except Exception as exc:
+                return [*findings, Finding("fail", self.unexpected(what, exc).message)]
+            findings.append(Finding("ok", f"cloud {self.name}: {text}"))
+        return findings
+
+    def _probe_token(self) -> str:
+        self.adapter.session.get_token()
+        return f"signed in ({self.health.identity})"
+
+    def _probe_endpoint(self) -> str:
+        self.version_root()
+        return f"compute endpoint {self.adapter.get_endpoint()}"
+
+    def _probe_version(self) -> str:
+        major, minor = self.max_version()
+        if (major, minor) < (2, 6):
+            return f"compute API up to {major}.{minor}: consoles through the legacy os-getVNCConsole action"
+        return f"compute API up to {major}.{minor}: consoles through remote-consoles at {CONSOLE_MICROVERSION}"
+
+    def _probe_list(self) -> str:
+        response = self._request("GET", "/servers/detail", "Listing one server", params={"limit": 1})
+        page = self._json(response, "Listing one server").get("servers")
+        if not isinstance(page, list):
+            raise errors.CloudBadResponse(f"Listing one server: cloud {self.name} sent no server list.")
+        first = (
+            f"first: {safe_text(page[0].get('name', '?'), 80)}" if page and isinstance(page[0], dict) else "none yet"
+        )
+        return f"lists servers ({first})"
 
     # -- versions ---------------------------------------------------------------
 

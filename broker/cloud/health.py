@@ -41,6 +41,14 @@ def describe_identity(auth: object, region: str | None) -> str:
 
 
 @dataclass(frozen=True)
+class Finding:
+    """One line of ``flask --app app check``: ``ok``, ``fail`` (exit non-zero) or ``note``."""
+
+    level: str
+    text: str
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """A cloud's state for people: ``ok``, ``failing`` or ``unknown`` (not called yet); times are epoch seconds."""
 

@@ -1,0 +1,84 @@
+"""``flask --app app check``: every cloud signed in to and listed, users and rules that can work; no mint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from broker import policy
+from broker import users
+from broker.extensions import db
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_healthy_setup_passes_and_mints_nothing(runner, fake):
+    result = runner.invoke(args=["check"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("ok    cloud lab: signed in (auth_url=" + fake.auth_url)
+    assert lines[1].startswith("ok    cloud lab: compute endpoint http://127.0.0.1:")
+    assert lines[2] == "ok    cloud lab: compute API up to 2.96: consoles through remote-consoles at 2.6"
+    assert lines[3] == "ok    cloud lab: lists servers (first: web-01)"
+    assert "console URLs are accepted from 127.0.0.1" in result.output
+    assert lines[-1] == "no problems found"
+    assert fake.counts["console"] == 0
+
+
+def test_a_cloud_that_refuses_the_credentials_fails_the_check(runner, fake):
+    fake.password = "rotated-password-1"
+    result = runner.invoke(args=["check"])
+    assert result.exit_code == 1
+    assert "FAIL  Signing in: cloud lab: the credentials (or their project scope) were refused" in result.output
+    assert "lists servers" not in result.output and "1 problem found" in result.output
+
+
+def test_rules_on_clouds_that_are_not_configured_fail_the_check(runner, app):
+    with app.app_context():
+        # Written before the cloud was renamed in BROKER_CLOUDS (add_rule itself refuses unknown clouds).
+        db.session.add(policy.AccessRule(cloud="old-lab", name_pattern="*", user_id=users.find("agent").id))
+        db.session.commit()
+        rule_id = policy.rules_on_unknown_clouds(["lab"])[0].id
+    result = runner.invoke(args=["check"])
+    assert result.exit_code == 1
+    assert f"FAIL  rule {rule_id} (user agent may open * on cloud old-lab) names a cloud that is not configured" in (
+        result.output
+    )
+    assert f"remove it with 'rules remove {rule_id}'" in result.output
+
+
+def test_users_without_rules_are_noted(runner, app):
+    with app.app_context():
+        users.add("newbie", "newbie-password-1")
+        policy.add_group("ops")
+        users.add("grouped", "grouped-password-1")
+        policy.add_member("ops", "grouped")
+        policy.add_rule(group="ops", cloud="lab", clouds=["lab"])
+    result = runner.invoke(args=["check"])
+    assert result.exit_code == 0
+    assert "note  user newbie has no rule" in result.output
+    assert "user grouped" not in result.output and "user agent" not in result.output
+
+
+def test_check_as_the_operator_runs_it(tmp_path, fake):
+    """A shell with the OS_* variables of the cloud and a database without users."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "OS_"))}
+    env.update(
+        BROKER_SECRET_KEY="k" * 32,
+        BROKER_DATABASE_URL=f"sqlite:///{tmp_path}/b.sqlite3",
+        OS_AUTH_URL=fake.auth_url,
+        OS_USERNAME=fake.username,
+        OS_PASSWORD=fake.password,
+        OS_PROJECT_ID=fake.project_id,
+        OS_USER_DOMAIN_ID="default",
+        OS_REGION_NAME=fake.region,
+    )
+    argv = [sys.executable, "-m", "flask", "--app", "app", "check"]
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "ok    cloud envvars: lists servers (first: web-01)" in done.stdout
+    assert "FAIL  no users: create the first admin with 'flask --app app users add NAME --admin'" in done.stdout
+    assert "Error: 1 problem found" in done.stderr
+    assert fake.password not in done.stdout + done.stderr
