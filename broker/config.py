@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import sys
 from collections.abc import Mapping
@@ -162,7 +163,7 @@ def load_settings(env: Mapping[str, str], instance_path: str) -> Settings:
         demo_explicit=demo_explicit,
         console_ttl=ttl,
         refresh_margin=_int(env, "BROKER_REFRESH_MARGIN", 60, minimum=1),
-        console_hosts=tuple(h.lower() for h in _list(env, "BROKER_CONSOLE_HOSTS")),
+        console_hosts=_hosts(env, "BROKER_CONSOLE_HOSTS"),
         server_cache_ttl=_int(env, "BROKER_SERVER_CACHE_TTL", 30),
         idle_swap_after=_int(env, "BROKER_IDLE_SWAP_AFTER", 20),
         pause_after=_int(env, "BROKER_PAUSE_AFTER", 8 * 3600, minimum=60),
@@ -218,3 +219,19 @@ def _database_url(env: Mapping[str, str], name: str, default: str) -> str:
     except ImportError as exc:
         raise ConfigError(f"{name}: the driver for {url.drivername} is not installed ({exc.name or exc})") from None
     return raw
+
+
+LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+HOST = re.compile(rf"^(?:{LABEL}\.)*{LABEL}$|^\[[0-9a-f:.]+\]$")
+
+
+def _hosts(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Host names only (the CSP's frame-src adds schemes and ports): ``novnc.example.com,10.0.0.5``."""
+    hosts = tuple(host.lower() for host in _list(env, name))
+    for host in hosts:
+        if not HOST.match(host):
+            raise ConfigError(
+                f"{name}: {host!r} is not a host name; give host names only, comma-separated, "
+                "without scheme, port or path (e.g. novnc.example.com)"
+            )
+    return hosts

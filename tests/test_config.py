@@ -54,6 +54,10 @@ def test_app_refuses_to_start_without_a_key(tmp_path):
         ("BROKER_LOGIN_LIMIT", "5/minute;10/hour"),
         ("BROKER_RATELIMIT_STORAGE_URL", "redis//x"),
         ("BROKER_RATELIMIT_STORAGE_URL", "nosuch://host"),
+        ("BROKER_CONSOLE_HOSTS", "https://novnc.example.com"),
+        ("BROKER_CONSOLE_HOSTS", "novnc.example.com:6080"),
+        ("BROKER_CONSOLE_HOSTS", "good.example.com,bad host"),
+        ("BROKER_DATABASE_URL", "postgres://u@db/broker"),
     ],
 )
 def test_bad_values_name_the_variable(tmp_path, name, value):
