@@ -130,10 +130,14 @@ def take_attempt(name: str) -> Ticket:
     return throttle.take(limit, f"login-account:{name.lower()}", f"login-address:{request.remote_addr}")
 
 
-def check_password(name: str, password: str) -> users.User | None | bool:
-    """The user, None for a wrong password, or False when every password-check slot stayed busy."""
+class SignInBusy(Exception):
+    """Every password-check slot stayed busy for PASSWORD_WAIT seconds."""
+
+
+def check_password(name: str, password: str) -> users.User | None:
+    """The user, or None for a wrong password; SignInBusy when no slot frees up in time."""
     if not _password_slots.acquire(timeout=PASSWORD_WAIT):
-        return False
+        raise SignInBusy
     try:
         return users.authenticate(name, password)
     finally:
@@ -165,8 +169,9 @@ def attempt(form: LoginForm, wanted: str | None, target: str):
         minutes = max(1, round(ticket.retry_after / 60))
         message = f"Too many failed sign-ins. Try again in about {minutes} minute{'s' if minutes > 1 else ''}."
         return refused(form, wanted, name, 429, ticket.retry_after, "too many failed sign-ins", message)
-    user = check_password(name, form.password.data)
-    if user is False:
+    try:
+        user = check_password(name, form.password.data)
+    except SignInBusy:
         current_app.extensions["throttle"].refund(ticket)
         return refused(form, wanted, name, 503, 1, "sign-in busy", "Sign-in is busy. Try again in a moment.")
     if user is None:

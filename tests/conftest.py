@@ -116,6 +116,15 @@ def app(fake, tmp_path, env_overrides, cloud_names):
 
 
 @pytest.fixture
+def web_only_agent(app):
+    """The agent may open web-* on the test cloud, nothing else."""
+    with app.app_context():
+        for rule in policy.all_rules():
+            policy.remove_rule(rule.id)
+        policy.add_rule(user=AGENT[0], cloud="lab", clouds=["lab"], name_pattern="web-*")
+
+
+@pytest.fixture
 def client(app):
     return app.test_client()
 

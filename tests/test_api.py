@@ -6,7 +6,6 @@ import pytest
 from conftest import server_id
 from sqlalchemy import select
 
-from broker import policy
 from broker.audit import AuditRecord
 from broker.consoles import NOT_FOUND
 from broker.demo.cloud import OTHER_PROJECT_SERVER_ID
@@ -183,17 +182,11 @@ def fail_lookups(app, fake):
     fake.faults.fail_next["show"] = [503] * 3
 
 
+@pytest.mark.usefixtures("web_only_agent")
 class TestEveryMissAnswersAlike:
     """The agent may open web-* only: nothing in an answer tells why a server cannot be opened."""
 
     MISS = {"error": {"code": "server_not_found", "message": NOT_FOUND}}
-
-    @pytest.fixture(autouse=True)
-    def narrow(self, app):
-        with app.app_context():
-            for rule in policy.all_rules():
-                policy.remove_rule(rule.id)
-            policy.add_rule(user="agent", cloud="lab", clouds=["lab"], name_pattern="web-*")
 
     @pytest.mark.parametrize(
         ("target", "setup", "outcome"),

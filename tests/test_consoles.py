@@ -86,6 +86,17 @@ def build(app, clock, budget, *clouds: Cloud) -> ConsoleService:
     return service
 
 
+def two_clouds(app, clock, budget, fake, far) -> ConsoleService:
+    """A service on two clouds: ``lab`` and ``far``."""
+    return build(
+        app,
+        clock,
+        budget,
+        Cloud("lab", make_client(fake), 600, "idle"),
+        Cloud("far", make_client(far, "far"), 600, "idle"),
+    )
+
+
 @pytest.fixture
 def service(app, fake, clock, budget) -> ConsoleService:
     return build(app, clock, budget, Cloud("lab", make_client(fake), 600, "idle"))
@@ -262,13 +273,7 @@ def test_a_new_server_is_found_by_id_before_the_list_knows_it(service, fake, bud
 
 
 def test_an_unknown_id_asks_every_cloud_at_once(app, fake, far, clock, budget, ctx):
-    service = build(
-        app,
-        clock,
-        budget,
-        Cloud("lab", make_client(fake), 600, "idle"),
-        Cloud("far", make_client(far, "far"), 600, "idle"),
-    )
+    service = two_clouds(app, clock, budget, fake, far)
     grant("agent", "*", "web-*")
     service.overview(agent())
     far.faults.hang["show"] = HANG
@@ -299,13 +304,7 @@ def test_a_mistyped_name_costs_no_lookup(service, fake, budget, ctx):
     ],
 )
 def test_cloud_trouble_is_shown_only_to_users_of_that_cloud(app, fake, far, clock, budget, ctx, rule, failures, stale):
-    service = build(
-        app,
-        clock,
-        budget,
-        Cloud("lab", make_client(fake), 600, "idle"),
-        Cloud("far", make_client(far, "far"), 600, "idle"),
-    )
+    service = two_clouds(app, clock, budget, fake, far)
     service.inventory.overview(cloud="lab")  # lab is listed, far never; then both go wrong
     clock.now = 100
     fake.faults.fail_next["list"] = [500] * 3

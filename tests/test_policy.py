@@ -100,15 +100,9 @@ def test_every_configured_cloud_name_can_get_a_rule(app, cloud):
         assert rule.describe() == f"user zoe may open * on cloud {cloud}"
 
 
+@pytest.mark.usefixtures("web_only_agent")
 class TestNarrowAgent:
     """The agent may open web-* only."""
-
-    @pytest.fixture(autouse=True)
-    def narrow(self, app):
-        with app.app_context():
-            for rule in policy.all_rules():
-                policy.remove_rule(rule.id)
-            policy.add_rule(user="agent", cloud="lab", clouds=["lab"], name_pattern="web-*")
 
     @pytest.fixture
     def signed_in(self, client, auth):
