@@ -14,37 +14,37 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import OperationalError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from broker import admin
-from broker import api
-from broker import audit
-from broker import auth
 from broker import demo
-from broker import policy
-from broker import sessions
-from broker import users
-from broker import views
 from broker.cli import register_commands
-from broker.cloud.client import Timeouts
 from broker.cloud.registry import CloudConfigError
 from broker.cloud.registry import learned_hosts
 from broker.cloud.registry import load_clouds
+from broker.cloud.types import Timeouts
 from broker.config import ConfigError
 from broker.config import Settings
 from broker.config import load_settings
 from broker.config import stop
-from broker.consoles import ConsoleService
-from broker.errors import register_errorhandlers
-from broker.errors import unauthorized
 from broker.extensions import csrf
 from broker.extensions import db
 from broker.extensions import limiter
 from broker.extensions import login_manager
-from broker.inventory import Inventory
 from broker.logs import configure_logging
-from broker.security import register_security_headers
-from broker.sessions import register_session_limits
+from broker.services import audit
+from broker.services import policy
+from broker.services import users
+from broker.services.consoles import ConsoleService
+from broker.services.inventory import Inventory
 from broker.throttle import Throttle
 from broker.throttle import parse_limit
+from broker.web import admin
+from broker.web import api
+from broker.web import auth
+from broker.web import sessions
+from broker.web import views
+from broker.web.errors import register_errorhandlers
+from broker.web.errors import unauthorized
+from broker.web.security import register_security_headers
+from broker.web.sessions import register_session_limits
 
 log = logging.getLogger(__name__)
 

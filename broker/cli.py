@@ -11,10 +11,10 @@ from flask import current_app
 from flask.cli import AppGroup
 from flask.cli import with_appcontext
 
-from broker import checks
-from broker import management
-from broker import policy
-from broker import users
+from broker.services import checks
+from broker.services import management
+from broker.services import policy
+from broker.services import users
 
 users_cli = AppGroup("users", help="Manage who may sign in to the broker.")
 groups_cli = AppGroup("groups", help="Manage groups of users.")

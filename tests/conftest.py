@@ -6,17 +6,17 @@ import pytest
 from bs4 import BeautifulSoup
 
 from broker import create_app
-from broker import policy
-from broker import users
 from broker.cloud.client import ComputeClient
-from broker.cloud.client import Timeouts
 from broker.cloud.registry import Cloud
 from broker.cloud.resilience import RetryPolicy
+from broker.cloud.types import Timeouts
 from broker.demo import keystone_session
 from broker.demo import serve
 from broker.demo.cloud import FakeCloud
 from broker.demo.cloud import Server
 from broker.extensions import limiter
+from broker.services import policy
+from broker.services import users
 
 AGENT = ("agent", "agent-password-1")
 # What a browser sends on a navigation that started on one of the broker's own pages.

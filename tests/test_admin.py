@@ -9,11 +9,14 @@ import pytest
 from bs4 import BeautifulSoup
 from conftest import ADMIN
 
-from broker import audit
-from broker import policy
-from broker import users
-from broker.audit import AuditRecord
 from broker.extensions import db
+from broker.models import AccessRule
+from broker.models import AuditRecord
+from broker.models import Group
+from broker.models import User
+from broker.services import audit
+from broker.services import policy
+from broker.services import users
 
 
 @pytest.fixture
@@ -166,8 +169,8 @@ def test_rows_are_reached_by_number_whatever_their_name(admin, auth, app):
     """A name a URL path would rewrite (. or .., from before names were checked) can still be removed."""
     with app.app_context():
         for name in (".", ".."):
-            db.session.add(users.User(username=name, password_hash="x", role="agent"))
-            db.session.add(policy.Group(name=name))
+            db.session.add(User(username=name, password_hash="x", role="agent"))
+            db.session.add(Group(name=name))
         db.session.commit()
         ids = [(u.id, u.username) for u in users.all_users() if u.username in (".", "..")]
         group_ids = [g.id for g in policy.all_groups() if g.name in (".", "..")]
@@ -339,7 +342,7 @@ def test_admin_page_shows_each_clouds_health(admin, app, fake):
 
 def test_rules_on_clouds_no_longer_configured_are_flagged(admin, app):
     with app.app_context():
-        db.session.add(policy.AccessRule(cloud="old-lab", name_pattern="*", user_id=users.find("agent").id))
+        db.session.add(AccessRule(cloud="old-lab", name_pattern="*", user_id=users.find("agent").id))
         db.session.commit()
     page = BeautifulSoup(admin.get("/admin/").get_data(as_text=True), "html.parser")
     [flagged] = page.select("#rules li.orphan")

@@ -6,10 +6,10 @@ import pytest
 from conftest import server_id
 from sqlalchemy import select
 
-from broker.audit import AuditRecord
-from broker.consoles import NOT_FOUND
 from broker.demo.cloud import OTHER_PROJECT_SERVER_ID
 from broker.extensions import db
+from broker.models import AuditRecord
+from broker.services.consoles import NOT_FOUND
 
 
 @pytest.fixture

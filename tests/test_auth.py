@@ -12,11 +12,11 @@ from conftest import csrf_from
 from conftest import server_id
 from sqlalchemy import select
 
-from broker import auth as auth_module
-from broker import users
-from broker.audit import AuditRecord
-from broker.auth import safe_next
 from broker.extensions import db
+from broker.models import AuditRecord
+from broker.services import users
+from broker.web import auth as auth_module
+from broker.web.auth import safe_next
 
 
 def records(app, action):

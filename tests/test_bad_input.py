@@ -14,10 +14,10 @@ from conftest import server_id
 from sqlalchemy import func
 from sqlalchemy import select
 
-from broker import policy
-from broker import users
-from broker.audit import AuditRecord
 from broker.extensions import db
+from broker.models import AuditRecord
+from broker.services import policy
+from broker.services import users
 
 XSS = "<img src=x onerror=alert(1)>\"'><script>alert(2)</script>"
 

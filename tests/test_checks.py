@@ -7,9 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from broker import policy
-from broker import users
 from broker.extensions import db
+from broker.models import AccessRule
+from broker.services import policy
+from broker.services import users
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +39,7 @@ def test_a_cloud_that_refuses_the_credentials_fails_the_check(runner, fake):
 def test_rules_on_clouds_that_are_not_configured_fail_the_check(runner, app):
     with app.app_context():
         # Written before the cloud was renamed in BROKER_CLOUDS (add_rule itself refuses unknown clouds).
-        db.session.add(policy.AccessRule(cloud="old-lab", name_pattern="*", user_id=users.find("agent").id))
+        db.session.add(AccessRule(cloud="old-lab", name_pattern="*", user_id=users.find("agent").id))
         db.session.commit()
         rule_id = policy.rules_on_unknown_clouds(["lab"])[0].id
     result = runner.invoke(args=["check"])

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from broker import users
 from broker.extensions import db
+from broker.models import User
+from broker.services import users
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,7 +111,7 @@ def test_interactive_password_prompt(runner, app):
     result = runner.invoke(args=["users", "add", "erin"], input="erin-pass-12\nerin-pass-12\n")
     assert result.exit_code == 0, result.output
     with app.app_context():
-        assert db.session.get(users.User, users.find("erin").id).role == "agent"
+        assert db.session.get(User, users.find("erin").id).role == "agent"
 
 
 def test_commands_print_results_on_stdout_and_logs_on_stderr(tmp_path):

@@ -10,10 +10,10 @@ from conftest import make_client
 from conftest import server_id
 
 from broker.cloud import errors
-from broker.cloud.client import Timeouts
 from broker.cloud.client import owned
 from broker.cloud.client import parse_version
 from broker.cloud.client import safe_text
+from broker.cloud.types import Timeouts
 from broker.demo.cloud import OTHER_PROJECT_ID
 from broker.demo.cloud import OTHER_PROJECT_SERVER_ID
 

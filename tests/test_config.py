@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from broker import create_app
-from broker import users
 from broker.config import ConfigError
 from broker.config import load_settings
+from broker.models import AccessRule
+from broker.services import users
 
 
 def test_defaults_outside_demo(tmp_path):
@@ -145,7 +146,6 @@ def test_no_users_yet_says_how_to_create_the_first_admin(tmp_path, caplog):
 def test_rules_naming_unconfigured_clouds_are_reported_at_start_up(tmp_path, caplog, fake):
     from conftest import make_client
 
-    from broker import policy
     from broker.cloud.registry import Cloud
     from broker.extensions import db
 
@@ -154,7 +154,7 @@ def test_rules_naming_unconfigured_clouds_are_reported_at_start_up(tmp_path, cap
     app = create_app({"ENV": env, "CLOUDS": lab, "INSTANCE_PATH": str(tmp_path)})
     with app.app_context():
         user = users.add("olga", "olga-password-1")
-        db.session.add(policy.AccessRule(cloud="old-lab", name_pattern="web-*", user_id=user.id))
+        db.session.add(AccessRule(cloud="old-lab", name_pattern="web-*", user_id=user.id))
         db.session.commit()
     broker_log = logging.getLogger("broker")
     broker_log.addHandler(caplog.handler)

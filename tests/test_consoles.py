@@ -11,22 +11,22 @@ from conftest import make_client
 from conftest import server_id
 from sqlalchemy import select
 
-from broker import policy
-from broker import users
-from broker.audit import AuditRecord
 from broker.cloud import errors
-from broker.cloud.client import Timeouts
 from broker.cloud.registry import Cloud
 from broker.cloud.registry import load_clouds
-from broker.consoles import NOT_FOUND
-from broker.consoles import ConsoleService
-from broker.consoles import NoSuchServer
+from broker.cloud.types import Timeouts
 from broker.demo import serve
 from broker.demo.cloud import OTHER_PROJECT_SERVER_ID
 from broker.demo.cloud import FakeCloud
 from broker.demo.cloud import Server
 from broker.extensions import db
-from broker.inventory import Inventory
+from broker.models import AuditRecord
+from broker.services import policy
+from broker.services import users
+from broker.services.consoles import NOT_FOUND
+from broker.services.consoles import ConsoleService
+from broker.services.consoles import NoSuchServer
+from broker.services.inventory import Inventory
 
 HANG = 30.0
 UNKNOWN = server_id(99)

@@ -8,9 +8,9 @@ import pytest
 from bs4 import BeautifulSoup
 from conftest import AuthActions
 
-from broker import audit
 from broker import create_app
-from broker import users
+from broker.services import audit
+from broker.services import users
 
 
 @pytest.fixture

@@ -12,11 +12,11 @@ from keystoneauth1.identity import v3
 
 from broker.cloud import errors
 from broker.cloud.client import ComputeClient
-from broker.cloud.client import Timeouts
 from broker.cloud.health import Health
 from broker.cloud.health import describe_identity
 from broker.cloud.resilience import CircuitBreaker
 from broker.cloud.resilience import RetryPolicy
+from broker.cloud.types import Timeouts
 
 
 def client_as(fake, *, password: str | None = None, region: str | None = None, **kwargs) -> ComputeClient:

@@ -11,14 +11,14 @@ from conftest import make_client
 from conftest import server_id
 
 from broker.cloud.client import ComputeClient
-from broker.cloud.client import Timeouts
 from broker.cloud.registry import Cloud
 from broker.cloud.resilience import RetryPolicy
+from broker.cloud.types import Timeouts
 from broker.demo import keystone_session
 from broker.demo import serve
 from broker.demo.cloud import FakeCloud
 from broker.demo.cloud import Server
-from broker.inventory import Inventory
+from broker.services.inventory import Inventory
 
 # Longer than any test may take: a call into a hung cloud ends only when the test releases it.
 HANG = 30.0

@@ -9,11 +9,11 @@ from conftest import FROM_THIS_SITE
 from conftest import server_id
 from sqlalchemy import select
 
-from broker import policy
-from broker import users
-from broker.audit import AuditRecord
-from broker.cloud.client import ServerInfo
+from broker.cloud.types import ServerInfo
 from broker.extensions import db
+from broker.models import AuditRecord
+from broker.services import policy
+from broker.services import users
 
 
 def server(name: str, cloud: str = "lab", **metadata) -> ServerInfo:

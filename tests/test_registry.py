@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.cloud.client import Timeouts
 from broker.cloud.registry import CloudConfigError
 from broker.cloud.registry import load_clouds
+from broker.cloud.types import Timeouts
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ from broker.cloud.registry import Cloud
 from broker.cloud.resilience import Bulkhead
 from broker.cloud.resilience import CircuitBreaker
 from broker.cloud.resilience import RetryPolicy
-from broker.inventory import Inventory
+from broker.services.inventory import Inventory
 
 
 @pytest.mark.parametrize("status", [429, 413, 503])
@@ -174,7 +174,7 @@ def test_list_page_shows_the_stale_list_and_its_age(client, auth, app, fake):
 
 
 def test_mint_failure_is_still_audited(client, auth, app, fake):
-    from broker import audit
+    from broker.services import audit
 
     auth.login()
     token = auth.csrf()
@@ -188,7 +188,7 @@ def test_mint_failure_is_still_audited(client, auth, app, fake):
 
 
 def test_mint_failing_on_the_server_lookup_is_audited(client, auth, app, fake):
-    from broker import audit
+    from broker.services import audit
 
     auth.login()
     token = auth.csrf()

@@ -7,8 +7,8 @@ from conftest import AuthActions
 from conftest import csrf_from
 from conftest import server_id
 
-from broker import audit
-from broker import sessions
+from broker.services import audit
+from broker.web import sessions
 
 HOUR = 3600
 

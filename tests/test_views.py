@@ -9,7 +9,7 @@ from bs4 import BeautifulSoup
 from conftest import FROM_THIS_SITE
 from conftest import server_id
 
-from broker import audit
+from broker.services import audit
 
 
 @pytest.fixture
@@ -180,7 +180,7 @@ def test_cloud_down_shows_a_warning_not_an_error(signed_in, fake):
 
 
 def test_long_lists_are_capped_with_a_hint(signed_in, monkeypatch):
-    from broker import views
+    from broker.web import views
 
     monkeypatch.setattr(views, "LIST_ROWS", 3)
     soup = soup_of(signed_in.get("/"))
@@ -190,7 +190,7 @@ def test_long_lists_are_capped_with_a_hint(signed_in, monkeypatch):
 
 
 def test_agent_without_rules_is_told_why(client, auth, app):
-    from broker import policy
+    from broker.services import policy
 
     with app.app_context():
         for rule in policy.all_rules():

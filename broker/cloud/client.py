@@ -18,8 +18,6 @@ import unicodedata
 from collections.abc import Callable
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from dataclasses import field
 from urllib.parse import parse_qs
 from urllib.parse import urlsplit
 
@@ -35,6 +33,9 @@ from broker.cloud.health import describe_identity
 from broker.cloud.resilience import Bulkhead
 from broker.cloud.resilience import CircuitBreaker
 from broker.cloud.resilience import RetryPolicy
+from broker.cloud.types import Console
+from broker.cloud.types import ServerInfo
+from broker.cloud.types import Timeouts
 
 log = logging.getLogger(__name__)
 # What the clouds said, redacted, for the operator: people are shown only a safe summary.
@@ -62,49 +63,6 @@ USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)\S*@")
 QUERY_STRING = re.compile(r"(?<=\S)\?(?=\S)[^\s\"'<>]*")
 SECRET_PAIR = re.compile(r"(?i)\b([\w-]*(?:token|passw|secret|api_?key|signature|credential)[\w-]*)=[^\s&;,]+")
 FAULT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    """What the broker shows of a server."""
-
-    id: str
-    name: str
-    status: str
-    cloud: str
-    addresses: tuple[str, ...] = ()
-    az: str = ""
-    metadata: dict = field(default_factory=dict, hash=False, compare=False)
-
-    def to_json(self) -> dict:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "status": self.status,
-            "cloud": self.cloud,
-            "addresses": list(self.addresses),
-            "availability_zone": self.az,
-        }
-
-
-@dataclass(frozen=True)
-class Console:
-    """A console URL as the cloud returned it (opaque; never rewritten)."""
-
-    url: str
-    type: str = "novnc"
-    protocol: str = "vnc"
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """Seconds to wait for a connection and for an answer."""
-
-    connect: float = 5.0
-    read: float = 30.0
-
-    def as_requests(self) -> tuple[float, float]:
-        return (self.connect, self.read)
 
 
 def parse_version(value: str) -> tuple[int, int]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from broker.cloud.client import ComputeClient
-from broker.cloud.client import Timeouts
+from broker.cloud.types import Timeouts
 
 SWAP_POLICIES = ("idle", "always")
 

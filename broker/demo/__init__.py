@@ -16,8 +16,8 @@ from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import v3
 
 from broker.cloud.client import ComputeClient
-from broker.cloud.client import Timeouts
 from broker.cloud.registry import Cloud
+from broker.cloud.types import Timeouts
 from broker.demo.cloud import FakeCloud
 from broker.demo.cloud import make_servers
 from broker.demo.transport import WSGITransport

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from broker import policy
-from broker import users
 from broker.cloud.health import Finding
-from broker.consoles import ConsoleService
+from broker.services import policy
+from broker.services import users
+from broker.services.consoles import ConsoleService
 
 
 def check_clouds(service: ConsoleService) -> list[Finding]:

@@ -16,8 +16,8 @@ from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
-from broker import audit
 from broker.cloud.errors import CloudError
+from broker.services import audit
 
 log = logging.getLogger(__name__)
 

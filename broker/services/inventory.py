@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from dataclasses import field
 
 from broker.cloud import errors
-from broker.cloud.client import ServerInfo
 from broker.cloud.registry import Cloud
+from broker.cloud.types import ServerInfo
 
 log = logging.getLogger(__name__)
 

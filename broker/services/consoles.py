@@ -12,19 +12,19 @@ from datetime import datetime
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-from broker import audit
 from broker.cloud import errors
-from broker.cloud.client import Console
-from broker.cloud.client import ServerInfo
 from broker.cloud.client import check_console_url
+from broker.cloud.types import Console
+from broker.cloud.types import ServerInfo
 from broker.extensions import db
-from broker.inventory import Inventory
-from broker.inventory import Overview
-from broker.inventory import Recent
-from broker.inventory import Sighting
-from broker.policy import Access
-from broker.policy import access_for
-from broker.users import User
+from broker.services import audit
+from broker.services.inventory import Inventory
+from broker.services.inventory import Overview
+from broker.services.inventory import Recent
+from broker.services.inventory import Sighting
+from broker.services.policy import Access
+from broker.services.policy import access_for
+from broker.services.users import User
 
 # Nova and Huawei ECS server IDs are UUIDs; nothing else may reach an upstream URL path.
 SERVER_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z-]{0,63}$")

@@ -12,7 +12,7 @@ from flask import url_for
 from flask_login import current_user
 from flask_login import login_required
 
-from broker.consoles import ConsoleService
+from broker.services.consoles import ConsoleService
 
 bp = Blueprint("views", __name__)
 

@@ -1,61 +1,34 @@
-"""Broker users: the model, names and passwords that are safe to accept, and the sign-in check."""
+"""Broker users: names and passwords that are safe to accept, adding and changing users, the sign-in check."""
 
 from __future__ import annotations
 
 import functools
 import re
 import secrets
-from datetime import UTC
-from datetime import datetime
 from pathlib import Path
 
-from flask_login import UserMixin
-from sqlalchemy import Index
-from sqlalchemy import String
 from sqlalchemy import func
 from sqlalchemy import select
-from sqlalchemy.orm import Mapped
-from sqlalchemy.orm import mapped_column
 from werkzeug.security import check_password_hash
 from werkzeug.security import generate_password_hash
 
 from broker.extensions import db
+from broker.models import ROLES
+from broker.models import User
 
-ROLES = ("admin", "agent")
 # User and group names: ASCII letters, digits and . _ - @, starting with a letter or
 # digit. No look-alikes from other scripts, nothing a URL path would rewrite (. or ..),
 # and names are unique regardless of case (Admin is admin).
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 NAME_RULE = "1-64 ASCII letters, digits or . _ - @, starting with a letter or digit"
 MIN_PASSWORD = 12
-COMMON_PASSWORDS = Path(__file__).parent / "data" / "common-passwords.txt"
+COMMON_PASSWORDS = Path(__file__).resolve().parents[1] / "data" / "common-passwords.txt"
 # Checked against when the user is unknown, so both paths cost one hash.
 _DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
 
 
 class UserError(Exception):
     """A user operation that cannot be done (duplicate name, bad password...)."""
-
-
-class User(UserMixin, db.Model):
-    __tablename__ = "users"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    username: Mapped[str] = mapped_column(String(64), unique=True)
-    password_hash: Mapped[str] = mapped_column(String(255))
-    role: Mapped[str] = mapped_column(String(16), default="agent")
-    # Changes whenever the password changes; sessions carry it, so old ones end.
-    session_token: Mapped[str] = mapped_column(String(64), default=lambda: secrets.token_hex(16))
-    created_at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(UTC))
-
-    __table_args__ = (Index("ix_users_username_folded", func.lower(username), unique=True),)
-
-    def get_id(self) -> str:
-        return f"{self.id}:{self.session_token}"
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
 
 
 def check_name(name: str, what: str = "user name") -> str:

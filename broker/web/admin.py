@@ -18,11 +18,11 @@ from flask import url_for
 from flask_login import current_user
 from flask_login import login_required
 
-from broker import audit
-from broker import management
-from broker import policy
-from broker import users
 from broker.extensions import db
+from broker.services import audit
+from broker.services import management
+from broker.services import policy
+from broker.services import users
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 

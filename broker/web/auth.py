@@ -34,12 +34,12 @@ from wtforms import StringField
 from wtforms.validators import DataRequired
 from wtforms.validators import Length
 
-from broker import audit
-from broker import sessions
-from broker import users
 from broker.extensions import limiter
+from broker.services import audit
+from broker.services import users
 from broker.throttle import Throttle
 from broker.throttle import Ticket
+from broker.web import sessions
 
 bp = Blueprint("auth", __name__)
 

@@ -12,8 +12,8 @@ from flask import request
 from flask_login import current_user
 from flask_login import login_required
 
-from broker.consoles import MINT_DETAILS
-from broker.consoles import ConsoleService
+from broker.services.consoles import MINT_DETAILS
+from broker.services.consoles import ConsoleService
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 

@@ -18,14 +18,11 @@ from datetime import datetime
 from flask import current_app
 from flask import has_request_context
 from flask import request
-from sqlalchemy import String
-from sqlalchemy import event
 from sqlalchemy import func
 from sqlalchemy import select
-from sqlalchemy.orm import Mapped
-from sqlalchemy.orm import mapped_column
 
 from broker.extensions import db
+from broker.models import AuditRecord
 from broker.throttle import parse_limit
 
 log = logging.getLogger("broker.audit")
@@ -38,45 +35,6 @@ ANONYMOUS_PER_KIND = parse_limit("1 per minute")
 ANONYMOUS_TOTAL = parse_limit("120 per minute")
 ANONYMOUS_NOTE = " (repeats from this address within a minute are logged, not stored)"
 OUTCOMES = ("ok", "failed", "refused", "error")
-
-
-class AuditRecord(db.Model):
-    __tablename__ = "audit"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    at: Mapped[datetime] = mapped_column(index=True, default=lambda: datetime.now(UTC))
-    username: Mapped[str] = mapped_column(String(64), default="", index=True)
-    action: Mapped[str] = mapped_column(String(32), index=True)
-    outcome: Mapped[str] = mapped_column(String(16))
-    cloud: Mapped[str] = mapped_column(String(64), default="")
-    server_id: Mapped[str] = mapped_column(String(64), default="", index=True)
-    server_name: Mapped[str] = mapped_column(String(255), default="")
-    detail: Mapped[str] = mapped_column(String(32), default="")
-    reason: Mapped[str] = mapped_column(String(500), default="")
-    client: Mapped[str] = mapped_column(String(64), default="")
-    user_agent: Mapped[str] = mapped_column(String(255), default="")
-
-    def to_json(self) -> dict:
-        return {
-            "at": self.at.replace(tzinfo=UTC).isoformat(timespec="seconds") if self.at else None,
-            "user": self.username,
-            "action": self.action,
-            "detail": self.detail,
-            "outcome": self.outcome,
-            "cloud": self.cloud,
-            "server_id": self.server_id,
-            "server_name": self.server_name,
-            "reason": self.reason,
-            "client": self.client,
-            "user_agent": self.user_agent,
-        }
-
-
-@event.listens_for(AuditRecord, "before_update")
-@event.listens_for(AuditRecord, "before_delete")
-def _append_only(mapper, connection, target) -> None:
-    """Records are never changed or removed by the application."""
-    raise PermissionError("audit records are append-only")
 
 
 def entry_for(action: str, outcome: str, **fields: str) -> AuditRecord:

@@ -22,17 +22,14 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_login import current_user
 from flask_login import login_user
 from flask_login import logout_user
-from sqlalchemy import ForeignKey
-from sqlalchemy import String
 from sqlalchemy import delete
 from sqlalchemy import select
 from sqlalchemy import update
-from sqlalchemy.orm import Mapped
-from sqlalchemy.orm import mapped_column
 
-from broker import audit
 from broker.extensions import db
-from broker.users import User
+from broker.models import User
+from broker.models import UserSession
+from broker.services import audit
 
 
 def clock() -> float:
@@ -42,17 +39,6 @@ def clock() -> float:
 
 # Writing the last-seen time on every request would re-send the cookie each time.
 SEEN_RESOLUTION = 30
-
-
-class UserSession(db.Model):
-    """One sign-in; ``ended_at`` is set when it is signed out or times out."""
-
-    __tablename__ = "user_sessions"
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    started_at: Mapped[datetime] = mapped_column(index=True, default=lambda: datetime.now(UTC))
-    ended_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class BrokerSessionInterface(SecureCookieSessionInterface):

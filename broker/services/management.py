@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 from flask import current_app
 
-from broker import audit
-from broker import policy
-from broker import users
+from broker.services import audit
+from broker.services import policy
+from broker.services import users
 
 ChangeError = (users.UserError, policy.PolicyError)
 

@@ -1,0 +1,11 @@
+"""Tables only: users, groups and access rules, sign-in sessions, the audit trail."""
+
+from broker.models.access import AccessRule
+from broker.models.access import Group
+from broker.models.access import memberships
+from broker.models.audit import AuditRecord
+from broker.models.session import UserSession
+from broker.models.user import ROLES
+from broker.models.user import User
+
+__all__ = ["ROLES", "AccessRule", "AuditRecord", "Group", "User", "UserSession", "memberships"]

@@ -1,0 +1,24 @@
+"""Sign-in sessions: one row each, named in the session cookie."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from datetime import datetime
+
+from sqlalchemy import ForeignKey
+from sqlalchemy import String
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+
+from broker.extensions import db
+
+
+class UserSession(db.Model):
+    """One sign-in; ``ended_at`` is set when it is signed out or times out."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    started_at: Mapped[datetime] = mapped_column(index=True, default=lambda: datetime.now(UTC))
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)

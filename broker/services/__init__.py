@@ -1,0 +1,1 @@
+"""Services: the operations the web pages and the CLI call (consoles, inventory, users, access, audit)."""

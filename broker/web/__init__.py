@@ -1,0 +1,1 @@
+"""The web layer: blueprints (pages, JSON API, admin), sign-in, sessions, error responses, headers."""
