@@ -15,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from broker import demo
+from broker import state
 from broker.cli import register_commands
 from broker.cloud.registry import CloudConfigError
 from broker.cloud.registry import learned_hosts
@@ -110,9 +111,9 @@ def configure_flask(app: Flask, settings: Settings, overrides: Mapping) -> None:
         RATELIMIT_HEADERS_ENABLED=False,
     )
     app.config.update({k: v for k, v in overrides.items() if k != "CLOUDS"})
-    app.extensions["settings"] = settings
-    app.extensions["throttle"] = Throttle(settings.ratelimit_storage)
-    app.extensions["login_limit"] = parse_limit(settings.login_limit)
+    state.attach(
+        app, state.BrokerState(settings, Throttle(settings.ratelimit_storage), parse_limit(settings.login_limit))
+    )
 
 
 def register_extensions(app: Flask) -> None:
@@ -149,7 +150,7 @@ def register_services(app: Flask, settings: Settings, clouds: list | None) -> Co
         cloud, fake = demo.build_demo_cloud(
             settings.secret_key, servers=settings.demo_servers, console_ttl=settings.console_ttl, timeouts=timeouts
         )
-        app.extensions["demo_cloud"] = fake
+        state.of(app).demo_cloud = fake
         clouds = [cloud]
     elif clouds is None:
         clouds = configured_clouds(settings)
@@ -158,12 +159,12 @@ def register_services(app: Flask, settings: Settings, clouds: list | None) -> Co
     if not hosts and not settings.demo:
         hosts = learned_hosts(clouds)
         log.info("console hosts allowed (set BROKER_CONSOLE_HOSTS to change): %s", ", ".join(hosts) or "any")
-    throttle = app.extensions["throttle"]
+    throttle = state.of(app).throttle
     lookups = parse_limit(LOOKUP_LIMIT)
     service = ConsoleService(
         inventory, hosts, lookup_budget=lambda username: throttle.take(lookups, f"lookup:{username}").granted
     )
-    app.extensions["consoles"] = service
+    state.of(app).consoles = service
     return service
 
 
@@ -217,7 +218,7 @@ def init_database(app: Flask, settings: Settings) -> None:
                 "no users yet, so nobody can sign in: create the first admin with "
                 "'flask --app app users add NAME --admin' (in this server's environment)"
             )
-        warn_about_orphan_rules(list(app.extensions["consoles"].inventory.clouds))
+        warn_about_orphan_rules(list(state.of(app).consoles.inventory.clouds))
         db.engine.dispose()
 
 

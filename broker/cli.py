@@ -7,10 +7,10 @@ import sys
 
 import click
 from flask import Flask
-from flask import current_app
 from flask.cli import AppGroup
 from flask.cli import with_appcontext
 
+from broker import state
 from broker.services import checks
 from broker.services import management
 from broker.services import policy
@@ -151,8 +151,8 @@ MARKS = {"ok": "ok  ", "note": "note", "fail": "FAIL"}
 @with_appcontext
 def check() -> None:
     """Check settings, clouds (sign in, endpoint, one server listed), users and rules; mint nothing."""
-    service = current_app.extensions["consoles"]
-    settings = current_app.extensions["settings"]
+    service = state.consoles()
+    settings = state.settings()
     findings = [
         *checks.check_clouds(service),
         *checks.check_access(list(service.inventory.clouds)),

@@ -9,6 +9,7 @@ import pytest
 from bs4 import BeautifulSoup
 from conftest import ADMIN
 
+from broker import state
 from broker.extensions import db
 from broker.models import AccessRule
 from broker.models import AuditRecord
@@ -330,7 +331,7 @@ def test_admin_page_shows_each_clouds_health(admin, app, fake):
     assert row.select("td")[2].get_text().endswith("UTC")
     fake.password = "rotated-password-1"
     with app.app_context():
-        client = app.extensions["consoles"].inventory.clouds["lab"].client
+        client = state.of(app).consoles.inventory.clouds["lab"].client
     client.adapter.session.invalidate()
     client.probe()
     row = BeautifulSoup(admin.get("/admin/").get_data(as_text=True), "html.parser").select_one(

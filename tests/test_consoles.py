@@ -11,6 +11,7 @@ from conftest import make_client
 from conftest import server_id
 from sqlalchemy import select
 
+from broker import state
 from broker.cloud import errors
 from broker.cloud.registry import Cloud
 from broker.cloud.registry import load_clouds
@@ -82,7 +83,7 @@ def far():
 def build(app, clock, budget, *clouds: Cloud) -> ConsoleService:
     """A service on ``clouds`` with the test's clock and budget, installed in the app."""
     service = ConsoleService(Inventory(list(clouds), ttl=30, clock=clock, cold_wait=0.5), lookup_budget=budget)
-    app.extensions["consoles"] = service
+    state.of(app).consoles = service
     return service
 
 

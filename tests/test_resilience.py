@@ -8,6 +8,7 @@ import pytest
 from conftest import make_client
 from conftest import server_id
 
+from broker import state
 from broker.cloud import errors
 from broker.cloud.registry import Cloud
 from broker.cloud.resilience import Bulkhead
@@ -165,7 +166,7 @@ def test_one_cloud_down_others_listed(fake):
 def test_list_page_shows_the_stale_list_and_its_age(client, auth, app, fake):
     auth.login()
     client.get("/")
-    inventory = app.extensions["consoles"].inventory
+    inventory = state.of(app).consoles.inventory
     inventory.ttl = 0  # everything is due for a refresh
     fake.faults.fail_next["list"] = [500] * 3
     html = client.get("/").get_data(as_text=True)
@@ -194,7 +195,7 @@ def test_mint_failing_on_the_server_lookup_is_audited(client, auth, app, fake):
     token = auth.csrf()
     fake.faults.fail_next["list"] = [500] * 3
     fake.faults.fail_next["show"] = [503] * 3
-    app.extensions["consoles"].inventory.ttl = 0
+    state.of(app).consoles.inventory.ttl = 0
     response = client.post("/api/consoles/00000000-0000-4000-8000-000000000042", headers={"X-CSRFToken": token})
     # Said like any other miss, so a cloud's trouble does not tell which IDs exist.
     assert response.status_code == 404

@@ -15,6 +15,7 @@ from flask import request
 from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import v3
 
+from broker import state
 from broker.cloud.client import ComputeClient
 from broker.cloud.registry import Cloud
 from broker.cloud.types import Timeouts
@@ -75,7 +76,7 @@ def demo_password_file(instance_path: str) -> Path:
 @bp.get("/vnc_auto.html")
 def console_page():
     """The demo cloud's console: refuses an unknown or expired token, as a proxy would."""
-    fake: FakeCloud = current_app.extensions["demo_cloud"]
+    fake = state.of().demo_cloud
     path = request.args.get("path", "")
     token = request.args.get("token") or path.partition("token=")[2].partition("&")[0]
     server = fake.check_console_token(token)

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC
 from datetime import datetime
 
-from flask import current_app
 from flask import has_request_context
 from flask import request
 from sqlalchemy import func
 from sqlalchemy import select
 
+from broker import state
 from broker.extensions import db
 from broker.models import AuditRecord
 from broker.throttle import parse_limit
@@ -68,7 +68,7 @@ def record_anonymous(action: str, outcome: str, **fields: str) -> None:
     each is kept.
     """
     entry = entry_for(action, outcome, **fields)
-    throttle = current_app.extensions["throttle"]
+    throttle = state.throttle()
     kind = f"audit:{entry.client}:{action}:{outcome}:{entry.reason}"
     if throttle.take(ANONYMOUS_PER_KIND, kind).granted and throttle.take(ANONYMOUS_TOTAL, "audit:anonymous").granted:
         entry.reason = (entry.reason + ANONYMOUS_NOTE)[:500]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flask import current_app
-
+from broker import state
 from broker.services import audit
 from broker.services import policy
 from broker.services import users
@@ -76,12 +75,12 @@ def remove_member(actor: str, group: str, user: str) -> str:
 
 def configured_clouds() -> list[str]:
     """The names rules may use: every configured cloud, as configured (``name/Region`` included)."""
-    return list(current_app.extensions["consoles"].inventory.clouds)
+    return list(state.consoles().inventory.clouds)
 
 
 def cloud_health() -> dict:
     """Each configured cloud's health as its client last saw it."""
-    clouds = current_app.extensions["consoles"].inventory.clouds
+    clouds = state.consoles().inventory.clouds
     return {name: cloud.client.health.snapshot() for name, cloud in clouds.items()}
 
 

@@ -6,12 +6,12 @@ import json
 
 from flask import Blueprint
 from flask import abort
-from flask import current_app
 from flask import jsonify
 from flask import request
 from flask_login import current_user
 from flask_login import login_required
 
+from broker import state
 from broker.services.consoles import MINT_DETAILS
 from broker.services.consoles import ConsoleService
 
@@ -19,7 +19,7 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 
 
 def service() -> ConsoleService:
-    return current_app.extensions["consoles"]
+    return state.consoles()
 
 
 # A mint's body is at most {"reason": "..."}; anything bigger is not from our page.

@@ -34,10 +34,10 @@ from wtforms import StringField
 from wtforms.validators import DataRequired
 from wtforms.validators import Length
 
+from broker import state
 from broker.extensions import limiter
 from broker.services import audit
 from broker.services import users
-from broker.throttle import Throttle
 from broker.throttle import Ticket
 from broker.web import sessions
 
@@ -122,8 +122,8 @@ def remember_device(response: Response, name: str) -> None:
 
 def take_attempt(name: str) -> Ticket:
     """One slot for this attempt: from this browser's device budget, else from the account's and the address's."""
-    throttle: Throttle = current_app.extensions["throttle"]
-    limit = current_app.extensions["login_limit"]
+    throttle = state.throttle()
+    limit = state.of().login_limit
     device = device_for(name)
     if device:
         return throttle.take(limit, f"login-device:{device}")
@@ -172,15 +172,15 @@ def attempt(form: LoginForm, wanted: str | None, target: str):
     try:
         user = check_password(name, form.password.data)
     except SignInBusy:
-        current_app.extensions["throttle"].refund(ticket)
+        state.throttle().refund(ticket)
         return refused(form, wanted, name, 503, 1, "sign-in busy", "Sign-in is busy. Try again in a moment.")
     if user is None:
         audit.record("sign_in", "failed", username=audit_name(name), reason="wrong user name or password")
         flash("Wrong user name or password.", "error")
         return form_page(form, wanted, 401)
     # A good password used no guess: hand back only this attempt's own slot.
-    current_app.extensions["throttle"].refund(ticket)
-    sessions.start(user, current_app.extensions["settings"].session_lifetime)
+    state.throttle().refund(ticket)
+    sessions.start(user, state.settings().session_lifetime)
     audit.record("sign_in", "ok", username=user.username)
     response = redirect(target)
     remember_device(response, user.username)

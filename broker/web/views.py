@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flask import Blueprint
 from flask import abort
-from flask import current_app
 from flask import redirect
 from flask import render_template
 from flask import request
@@ -12,13 +11,14 @@ from flask import url_for
 from flask_login import current_user
 from flask_login import login_required
 
+from broker import state
 from broker.services.consoles import ConsoleService
 
 bp = Blueprint("views", __name__)
 
 
 def service() -> ConsoleService:
-    return current_app.extensions["consoles"]
+    return state.consoles()
 
 
 def cloud_arg() -> str | None:
@@ -69,7 +69,7 @@ def console(ref: str):
 def console_page(server, ref: str):
     """The console shell; it mints with its own POST once loaded."""
     cloud = service().inventory.cloud(server.cloud)
-    settings = current_app.extensions["settings"]
+    settings = state.settings()
     page = {
         "server": server.to_json(),
         "mintUrl": url_for("api.mint", server_id=server.id, cloud=server.cloud),
