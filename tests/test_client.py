@@ -11,7 +11,6 @@ from conftest import server_id
 
 from broker.cloud import errors
 from broker.cloud.client import owned
-from broker.cloud.client import parse_version
 from broker.cloud.client import safe_text
 from broker.cloud.types import Timeouts
 from broker.demo.cloud import OTHER_PROJECT_ID
@@ -144,13 +143,10 @@ def test_html_in_server_name_is_kept_as_text(compute):
     assert "<b>bold</b>&<script>alert(1)</script>" in names
 
 
-def test_version_root_strips_project(compute, fake):
-    assert compute.version_root() == f"{fake.public_base}/compute/v2.1/"
-
-
-@pytest.mark.parametrize(("raw", "parsed"), [("2.96", (2, 96)), ("", (2, 0)), ("2.6", (2, 6)), ("x.y", (2, 0))])
-def test_parse_version(raw, parsed):
-    assert parse_version(raw) == parsed
+def test_the_version_range_is_discovered_once_through_keystoneauth(compute, fake):
+    assert compute.max_version() == (2, 96)
+    assert compute.max_version() == (2, 96)
+    assert fake.counts["versions"] == 1
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import functools
 import itertools
 import logging
 import re
-import threading
 import time
 import unicodedata
 from collections.abc import Callable
@@ -63,15 +62,6 @@ USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)\S*@")
 QUERY_STRING = re.compile(r"(?<=\S)\?(?=\S)[^\s\"'<>]*")
 SECRET_PAIR = re.compile(r"(?i)\b([\w-]*(?:token|passw|secret|api_?key|signature|credential)[\w-]*)=[^\s&;,]+")
 FAULT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
-
-
-def parse_version(value: str) -> tuple[int, int]:
-    """``"2.96"`` -> ``(2, 96)``; an empty or odd value counts as 2.0."""
-    major, _, minor = (value or "2.0").partition(".")
-    try:
-        return int(major), int(minor or 0)
-    except ValueError:
-        return (2, 0)
 
 
 def safe_text(text: str, limit: int = SHOWN_CHARS) -> str:
@@ -255,8 +245,6 @@ class ComputeClient:
         self.bulkhead = Bulkhead(max_in_flight)
         self.auth_url = str(getattr(session.auth, "auth_url", "") or "")
         self.health = Health(name, describe_identity(session.auth, region_name))
-        self._max_version: tuple[int, int] | None = None
-        self._lock = threading.Lock()
 
     def api_urls(self) -> list[str]:
         """URLs known without a network call: the identity endpoint and any compute override."""
@@ -417,7 +405,6 @@ class ComputeClient:
         return f"signed in ({self.health.identity})"
 
     def _probe_endpoint(self) -> str:
-        self.version_root()
         return f"compute endpoint {self.adapter.get_endpoint()}"
 
     def _probe_version(self) -> str:
@@ -438,30 +425,19 @@ class ComputeClient:
 
     # -- versions ---------------------------------------------------------------
 
-    @contained("Finding the compute endpoint")
-    def version_root(self) -> str:
-        """``https://nova/v2.1/<project>`` -> ``https://nova/v2.1/`` (the version document)."""
-        with self._translated("Finding the compute endpoint"):
-            endpoint = self.adapter.get_endpoint() or ""
-        parts = urlsplit(endpoint)
-        segments = parts.path.rstrip("/").split("/")
-        for index, segment in enumerate(segments):
-            if segment in ("v2.1", "v2"):
-                path = "/".join(segments[: index + 1]) + "/"
-                return f"{parts.scheme}://{parts.netloc}{path}"
-        return endpoint.rstrip("/") + "/"
-
     @contained("Reading the API version")
     def max_version(self) -> tuple[int, int]:
-        """The cloud's highest compute microversion, read once from its version document."""
-        with self._lock:
-            if self._max_version is None:
-                response = self._request("GET", self.version_root(), "Reading the API version")
-                version = self._json(response, "Reading the API version").get("version")
-                if not isinstance(version, dict):
-                    raise errors.CloudBadResponse("The cloud's version document has no 'version'.")
-                self._max_version = parse_version(str(version.get("version") or ""))
-            return self._max_version
+        """The cloud's highest compute microversion, from keystoneauth1's discovery of its version document.
+
+        keystoneauth1 caches what it discovered on the session, so this costs one call per
+        cloud, and no lock of ours is held while it is made.
+        """
+        with self._translated("Reading the API version"):
+            found = self.adapter.get_endpoint_data()
+        if found is None or not found.max_microversion:
+            raise errors.CloudBadResponse(f"Reading the API version: cloud {self.name} advertises no microversions.")
+        major, minor = found.max_microversion[:2]
+        return int(major), int(minor)
 
     # -- servers ----------------------------------------------------------------
 

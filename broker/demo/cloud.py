@@ -256,6 +256,7 @@ class FakeCloud:
         app.add_url_rule("/identity/v3", view_func=self._identity_version)
         app.add_url_rule("/identity/v3/", view_func=self._identity_version)
         app.add_url_rule("/identity/v3/auth/tokens", view_func=self._tokens, methods=["POST"])
+        app.add_url_rule("/compute/v2.1", view_func=self._versions)
         app.add_url_rule("/compute/v2.1/", view_func=self._versions)
         app.add_url_rule("/compute/v2.1/<project>/servers/detail", view_func=self._list)
         app.add_url_rule("/compute/v2.1/<project>/servers/<server_id>", view_func=self._show)
