@@ -14,6 +14,7 @@ from broker.demo import keystone_session
 from broker.demo import serve
 from broker.demo.cloud import FakeCloud
 from broker.demo.cloud import Server
+from broker.extensions import db
 from broker.extensions import limiter
 from broker.services import policy
 from broker.services import users
@@ -112,6 +113,7 @@ def app(fake, tmp_path, env_overrides, cloud_names):
         users.add(*ADMIN, role="admin")
         # Deny by default: the agent gets the whole test cloud unless a test narrows it.
         policy.add_rule(user=AGENT[0], cloud="lab", clouds=["lab"])
+        db.session.commit()  # services stage their changes; whoever calls them commits
     return app
 
 
@@ -122,6 +124,7 @@ def web_only_agent(app):
         for rule in policy.all_rules():
             policy.remove_rule(rule.id)
         policy.add_rule(user=AGENT[0], cloud="lab", clouds=["lab"], name_pattern="web-*")
+        db.session.commit()
 
 
 @pytest.fixture

@@ -231,6 +231,7 @@ def test_removing_anything_asks_first(admin, auth, app, kind):
     with app.app_context():
         group = policy.find_group("night-shift")
         policy.add_member("night-shift", "agent")
+        db.session.commit()
         agent = users.find("agent")
         rule_id = policy.all_rules()[0].id
         path = {
@@ -348,3 +349,18 @@ def test_rules_on_clouds_no_longer_configured_are_flagged(admin, app):
     page = BeautifulSoup(admin.get("/admin/").get_data(as_text=True), "html.parser")
     [flagged] = page.select("#rules li.orphan")
     assert "no cloud old-lab is configured: this rule grants nothing" in flagged.get_text()
+
+
+def test_a_change_and_its_audit_record_are_stored_together_or_not_at_all(app, monkeypatch):
+    from broker.services import audit as audit_service
+    from broker.services import management
+
+    def unstorable(action, outcome, **fields):
+        return AuditRecord(action=None, outcome=outcome)  # NOT NULL: its insert fails
+
+    monkeypatch.setattr(audit_service, "entry_for", unstorable)
+    with app.test_request_context(), pytest.raises(Exception, match="NOT NULL"):
+        management.add_user("admin", "newbie", "newbie-password-1", "agent")
+    with app.app_context():
+        assert users.find("newbie") is None
+        assert audit.count(audit.Filter(action="admin")) == 0

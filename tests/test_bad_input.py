@@ -163,6 +163,7 @@ def test_bad_input(case, client, auth, app, fake):
     if case.name == "group named like another":
         with app.app_context():
             policy.add_group("X")
+            db.session.commit()
     headers = dict(case.headers)
     data = dict(case.data) if case.data is not None else None
     if case.csrf:

@@ -57,6 +57,7 @@ def test_users_without_rules_are_noted(runner, app):
         users.add("grouped", "grouped-password-1")
         policy.add_member("ops", "grouped")
         policy.add_rule(group="ops", cloud="lab", clouds=["lab"])
+        db.session.commit()
     result = runner.invoke(args=["check"])
     assert result.exit_code == 0
     assert "note  user newbie has no rule" in result.output

@@ -13,6 +13,7 @@ import pytest
 from broker import create_app
 from broker.config import ConfigError
 from broker.config import load_settings
+from broker.extensions import db
 from broker.models import AccessRule
 from broker.services import users
 
@@ -136,6 +137,7 @@ def test_no_users_yet_says_how_to_create_the_first_admin(tmp_path, caplog):
         assert "create the first admin with 'flask --app app users add NAME --admin'" in caplog.text
         with app.app_context():
             users.add("olga", "olga-password-1", "admin")
+            db.session.commit()
         caplog.clear()
         create_app({"ENV": env, "CLOUDS": [], "INSTANCE_PATH": str(tmp_path)})
         assert "first admin" not in caplog.text

@@ -115,6 +115,7 @@ def grant(username: str, cloud: str, pattern: str = "*", clouds: tuple[str, ...]
         if rule.user and rule.user.username == username:
             policy.remove_rule(rule.id)
     policy.add_rule(user=username, cloud=cloud, clouds=list(clouds), name_pattern=pattern)
+    db.session.commit()
 
 
 def agent():
@@ -246,6 +247,7 @@ def test_a_repeated_miss_is_answered_from_memory(service, fake, budget, clock, c
 @pytest.mark.parametrize("ref", [UNKNOWN, FORBIDDEN])
 def test_one_users_lookup_spares_the_next_user_the_call(app, service, fake, budget, ctx, ref):
     users.add("bea", "bea-password-long-1")
+    db.session.commit()
     grant("agent", "lab", "web-*")
     grant("bea", "lab", "web-*")
     service.overview(agent())

@@ -9,6 +9,7 @@ from bs4 import BeautifulSoup
 from conftest import AuthActions
 
 from broker import create_app
+from broker.extensions import db
 from broker.services import audit
 from broker.services import users
 
@@ -111,6 +112,7 @@ def test_demo_refuses_a_database_with_real_users(tmp_path):
     prod = create_app({"ENV": env, "CLOUDS": [], "INSTANCE_PATH": str(tmp_path / "i")})
     with prod.app_context():
         users.add("olga", "olga-password-1", "admin")
+        db.session.commit()
     with pytest.raises(SystemExit, match="BROKER_DATABASE_URL names a database with real users"):
         create_app({"ENV": {"BROKER_DEMO": "1", "BROKER_DATABASE_URL": database}, "INSTANCE_PATH": str(tmp_path / "i")})
     assert user_names(prod) == ["olga"]
@@ -125,5 +127,6 @@ def test_demo_keeps_its_own_database(tmp_path):
     # Restarting the demo after playing with it (adding users) works.
     with app.app_context():
         users.add("trainee", "trainee-password-1")
+        db.session.commit()
     again = create_app({"ENV": {"BROKER_DEMO": "1"}, "INSTANCE_PATH": str(tmp_path / "i")})
     assert user_names(again) == ["demo", "trainee"]

@@ -145,4 +145,5 @@ class TestNarrowAgent:
     def test_chooser_lists_only_permitted(self, signed_in, app):
         with app.app_context():
             policy.add_rule(user="agent", cloud="lab", clouds=["lab"], name_pattern="worker", metadata="")
+            db.session.commit()
         assert signed_in.get("/console/worker").status_code == 200  # chooser of 2

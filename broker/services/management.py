@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from broker import state
+from broker.extensions import db
 from broker.services import audit
 from broker.services import policy
 from broker.services import users
@@ -13,10 +14,15 @@ ChangeError = (users.UserError, policy.PolicyError)
 
 
 def apply(actor: str, detail: str, change: Callable[[], str]) -> str:
-    """Run ``change`` (which returns a description) and audit it, success or failure."""
+    """Run ``change`` (which returns a description) and audit it: one unit of work.
+
+    The services only stage their changes; the audit record's commit writes the change
+    and its record together, or neither. A refused change is rolled back, then recorded.
+    """
     try:
         text = change()
     except ChangeError as exc:
+        db.session.rollback()
         audit.record("admin", "failed", username=actor, detail=detail, reason=str(exc))
         raise
     audit.record("admin", "ok", username=actor, detail=detail, reason=text)

@@ -121,7 +121,7 @@ def add_group(name: str) -> Group:
         raise PolicyError(f"group {existing.name} already exists (names are the same whatever their case)")
     group = Group(name=name)
     db.session.add(group)
-    db.session.commit()
+    db.session.flush()
     return group
 
 
@@ -141,7 +141,7 @@ def require_user(name: str) -> User:
 
 def remove_group(name: str) -> None:
     db.session.delete(require_group(name))
-    db.session.commit()
+    db.session.flush()
 
 
 def add_member(group_name: str, username: str) -> None:
@@ -149,7 +149,7 @@ def add_member(group_name: str, username: str) -> None:
     if user in group.members:
         raise PolicyError(f"{username} is already in {group_name}")
     group.members.append(user)
-    db.session.commit()
+    db.session.flush()
 
 
 def remove_member(group_name: str, username: str) -> None:
@@ -157,7 +157,7 @@ def remove_member(group_name: str, username: str) -> None:
     if user not in group.members:
         raise PolicyError(f"{username} is not in {group_name}")
     group.members.remove(user)
-    db.session.commit()
+    db.session.flush()
 
 
 def check_cloud(cloud: str, clouds: Collection[str]) -> str:
@@ -195,7 +195,7 @@ def add_rule(
     if twin:
         raise PolicyError(f"rule {twin.id} already grants this: {twin.describe()}")
     db.session.add(rule)
-    db.session.commit()
+    db.session.flush()
     return rule
 
 
@@ -205,5 +205,5 @@ def remove_rule(rule_id: int) -> str:
         raise PolicyError(f"no rule {rule_id}")
     text = rule.describe()
     db.session.delete(rule)
-    db.session.commit()
+    db.session.flush()
     return text

@@ -75,7 +75,7 @@ def add(username: str, password: str, role: str = "agent") -> User:
         raise UserError(f"user {existing.username} already exists (names are the same whatever their case)")
     user = User(username=username, password_hash=generate_password_hash(check_password(password)), role=role)
     db.session.add(user)
-    db.session.commit()
+    db.session.flush()
     return user
 
 
@@ -83,12 +83,12 @@ def set_password(user: User, password: str) -> None:
     """New password; every session of this user ends."""
     user.password_hash = generate_password_hash(check_password(password))
     user.session_token = secrets.token_hex(16)
-    db.session.commit()
+    db.session.flush()
 
 
 def remove(user: User) -> None:
     db.session.delete(user)
-    db.session.commit()
+    db.session.flush()
 
 
 def authenticate(username: str, password: str) -> User | None:
@@ -104,7 +104,7 @@ def set_role(user: User, role: str) -> None:
     if role not in ROLES:
         raise UserError(f"role must be one of {', '.join(ROLES)}")
     user.role = role
-    db.session.commit()
+    db.session.flush()
 
 
 def any_users() -> bool:

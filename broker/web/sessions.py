@@ -73,8 +73,7 @@ def start(user: User, lifetime: int) -> None:
     sid = secrets.token_urlsafe(32)
     cutoff = datetime.now(UTC) - timedelta(seconds=lifetime)
     db.session.execute(delete(UserSession).where(UserSession.started_at < cutoff))
-    db.session.add(UserSession(id=sid, user_id=user.id))
-    db.session.commit()
+    db.session.add(UserSession(id=sid, user_id=user.id))  # committed with the sign-in's audit record
     login_user(user)
     now = int(clock())
     session.update(sid=sid, signed_in_at=now, seen_at=now)
@@ -83,10 +82,12 @@ def start(user: User, lifetime: int) -> None:
 def end(reason: str) -> None:
     """End the current session here and on the server, with an audit record."""
     sid = session.get("sid")
-    if current_user.is_authenticated:
-        audit.record("sign_out", "ok", username=current_user.username, reason=reason)
     if isinstance(sid, str):
         db.session.execute(update(UserSession).where(UserSession.id == sid).values(ended_at=datetime.now(UTC)))
+    # The session's end and its record are one unit of work.
+    if current_user.is_authenticated:
+        audit.record("sign_out", "ok", username=current_user.username, reason=reason)
+    else:
         db.session.commit()
     logout_user()
     session.clear()

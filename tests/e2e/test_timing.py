@@ -47,4 +47,7 @@ def test_click_to_connected_time(page: Page, lab: Lab, artefacts: Path) -> None:
     )
     (artefacts / "timing.txt").write_text(report)
     print("\n" + report)
-    assert all(ms > 0 for ms in broker + bare)
+    # Each run is a real measurement: the click was recorded, and "connected" came after it,
+    # within the time wait_connected allows. (Speed itself is judged by the benchmark, not here.)
+    assert len(broker) == len(bare) == RUNS
+    assert all(0 < ms < 30_000 for ms in broker + bare), report
