@@ -16,6 +16,7 @@ from broker.config import load_settings
 from broker.extensions import db
 from broker.models import AccessRule
 from broker.services import users
+from tests.support import ROOT
 
 
 def test_defaults_outside_demo(tmp_path):
@@ -88,7 +89,6 @@ def test_app_refuses_to_start_with_an_unparsable_login_limit(tmp_path):
         create_app({"ENV": env, "INSTANCE_PATH": str(tmp_path)})
 
 
-ROOT = Path(__file__).resolve().parent.parent
 BAD_STARTS = [
     ({"OS_CLOUD": "prod"}, "BROKER_SECRET_KEY is not set"),
     ({"BROKER_DEMO": "1", "BROKER_LOGIN_LIMIT": "five per minute"}, "BROKER_LOGIN_LIMIT"),
@@ -146,10 +146,9 @@ def test_no_users_yet_says_how_to_create_the_first_admin(tmp_path, caplog):
 
 
 def test_rules_naming_unconfigured_clouds_are_reported_at_start_up(tmp_path, caplog, fake):
-    from conftest import make_client
-
     from broker.cloud.registry import Cloud
     from broker.extensions import db
+    from tests.support import make_client
 
     env = {"BROKER_SECRET_KEY": "k" * 32, "BROKER_DATABASE_URL": f"sqlite:///{tmp_path}/b.sqlite3", "OS_CLOUD": "x"}
     lab = [Cloud("lab", make_client(fake), console_ttl=600, console_swap="idle")]

@@ -6,12 +6,12 @@ import time
 
 import pytest
 from bs4 import BeautifulSoup
-from conftest import AuthActions
 
 from broker import create_app
 from broker.extensions import db
 from broker.services import audit
 from broker.services import users
+from tests.support import AuthActions
 
 
 @pytest.fixture

@@ -5,9 +5,8 @@ from __future__ import annotations
 import io
 import logging
 
-from conftest import server_id
-
 from broker.logs import RedactQueryStrings
+from tests.support import server_id
 
 
 def test_request_lines_lose_their_query_string():

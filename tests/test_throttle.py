@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
@@ -18,8 +17,8 @@ import requests
 from broker.throttle import Throttle
 from broker.throttle import ThrottleConfigError
 from broker.throttle import parse_limit
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("BROKER_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import server_id
 from sqlalchemy import select
 
 from broker import state
@@ -13,6 +12,7 @@ from broker.demo.cloud import OTHER_PROJECT_SERVER_ID
 from broker.extensions import db
 from broker.models import AuditRecord
 from broker.services.consoles import NOT_FOUND
+from tests.support import server_id
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import make_client
-from conftest import server_id
 
 from broker import state
 from broker.cloud import errors
@@ -15,6 +13,8 @@ from broker.cloud.resilience import Bulkhead
 from broker.cloud.resilience import CircuitBreaker
 from broker.cloud.resilience import RetryPolicy
 from broker.services.inventory import Inventory
+from tests.support import make_client
+from tests.support import server_id
 
 
 @pytest.mark.parametrize("status", [429, 413, 503])

@@ -6,8 +6,6 @@ import io
 import logging
 
 import pytest
-from conftest import make_client
-from conftest import server_id
 
 from broker.cloud import errors
 from broker.cloud.client import owned
@@ -15,6 +13,8 @@ from broker.cloud.client import safe_text
 from broker.cloud.types import Timeouts
 from broker.demo.cloud import OTHER_PROJECT_ID
 from broker.demo.cloud import OTHER_PROJECT_SERVER_ID
+from tests.support import make_client
+from tests.support import server_id
 
 
 def test_lists_every_server_across_pages(fake):

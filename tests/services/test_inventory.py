@@ -7,8 +7,6 @@ import threading
 import time
 
 import pytest
-from conftest import make_client
-from conftest import server_id
 
 from broker.cloud.client import ComputeClient
 from broker.cloud.registry import Cloud
@@ -19,6 +17,8 @@ from broker.demo import serve
 from broker.demo.cloud import FakeCloud
 from broker.demo.cloud import Server
 from broker.services.inventory import Inventory
+from tests.support import make_client
+from tests.support import server_id
 
 # Longer than any test may take: a call into a hung cloud ends only when the test releases it.
 HANG = 30.0

@@ -7,8 +7,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import make_client
-from conftest import server_id
 from sqlalchemy import select
 
 from broker import state
@@ -28,6 +26,8 @@ from broker.services.consoles import NOT_FOUND
 from broker.services.consoles import ConsoleService
 from broker.services.consoles import NoSuchServer
 from broker.services.inventory import Inventory
+from tests.support import make_client
+from tests.support import server_id
 
 HANG = 30.0
 UNKNOWN = server_id(99)

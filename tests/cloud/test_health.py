@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import make_client
-from conftest import server_id
 from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import v3
 
@@ -17,6 +15,8 @@ from broker.cloud.health import describe_identity
 from broker.cloud.resilience import CircuitBreaker
 from broker.cloud.resilience import RetryPolicy
 from broker.cloud.types import Timeouts
+from tests.support import make_client
+from tests.support import server_id
 
 
 def client_as(fake, *, password: str | None = None, region: str | None = None, **kwargs) -> ComputeClient:

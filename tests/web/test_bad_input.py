@@ -8,9 +8,6 @@ from dataclasses import field
 
 import pytest
 from bs4 import BeautifulSoup
-from conftest import ADMIN
-from conftest import FROM_THIS_SITE
-from conftest import server_id
 from sqlalchemy import func
 from sqlalchemy import select
 
@@ -18,6 +15,9 @@ from broker.extensions import db
 from broker.models import AuditRecord
 from broker.services import policy
 from broker.services import users
+from tests.support import ADMIN
+from tests.support import FROM_THIS_SITE
+from tests.support import server_id
 
 XSS = "<img src=x onerror=alert(1)>\"'><script>alert(2)</script>"
 

@@ -6,10 +6,6 @@ import threading
 import time
 
 import pytest
-from conftest import ADMIN
-from conftest import AuthActions
-from conftest import csrf_from
-from conftest import server_id
 from sqlalchemy import select
 
 from broker.extensions import db
@@ -17,6 +13,10 @@ from broker.models import AuditRecord
 from broker.services import users
 from broker.web import auth as auth_module
 from broker.web.auth import safe_next
+from tests.support import ADMIN
+from tests.support import AuthActions
+from tests.support import csrf_from
+from tests.support import server_id
 
 
 def records(app, action):

@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import FROM_THIS_SITE
-from conftest import server_id
 from sqlalchemy import select
 
 from broker.cloud.types import ServerInfo
@@ -14,6 +12,8 @@ from broker.extensions import db
 from broker.models import AuditRecord
 from broker.services import policy
 from broker.services import users
+from tests.support import FROM_THIS_SITE
+from tests.support import server_id
 
 
 def server(name: str, cloud: str = "lab", **metadata) -> ServerInfo:

@@ -7,7 +7,6 @@ import io
 
 import pytest
 from bs4 import BeautifulSoup
-from conftest import ADMIN
 
 from broker import state
 from broker.extensions import db
@@ -18,6 +17,7 @@ from broker.models import User
 from broker.services import audit
 from broker.services import policy
 from broker.services import users
+from tests.support import ADMIN
 
 
 @pytest.fixture
@@ -286,7 +286,7 @@ def test_admin_cannot_demote_themselves(admin, auth, app):
 
 def test_password_reset_from_the_page_ends_their_sessions(admin, auth, app):
     agent_browser = app.test_client()
-    from conftest import AuthActions
+    from tests.support import AuthActions
 
     AuthActions(agent_browser).login()
     assert agent_browser.get("/").status_code == 200

@@ -6,10 +6,10 @@ import json
 
 import pytest
 from bs4 import BeautifulSoup
-from conftest import FROM_THIS_SITE
-from conftest import server_id
 
 from broker.services import audit
+from tests.support import FROM_THIS_SITE
+from tests.support import server_id
 
 
 @pytest.fixture

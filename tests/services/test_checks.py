@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from broker.extensions import db
 from broker.models import AccessRule
 from broker.services import policy
 from broker.services import users
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
 
 
 def test_a_healthy_setup_passes_and_mints_nothing(runner, fake):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from conftest import AuthActions
-from conftest import csrf_from
-from conftest import server_id
 
 from broker.services import audit
 from broker.web import sessions
+from tests.support import AuthActions
+from tests.support import csrf_from
+from tests.support import server_id
 
 HOUR = 3600
 
@@ -103,7 +103,7 @@ class TestBehindOneProxy:
     def test_client_address_and_https_come_from_the_proxy(self, client, app):
         headers = {"X-Forwarded-For": "198.51.100.7", "X-Forwarded-Proto": "https"}
         token_page = client.get("/login", headers=headers)
-        from conftest import csrf_from
+        from tests.support import csrf_from
 
         response = client.post(
             "/login",

@@ -5,15 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from broker.cloud.registry import CloudConfigError
 from broker.cloud.registry import load_clouds
 from broker.cloud.types import Timeouts
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
 
 GOOD = """clouds:
   prod:

@@ -1,0 +1,94 @@
+"""What tests share besides fixtures: the test fleet, users, and small helpers a browser would use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bs4 import BeautifulSoup
+
+from broker.cloud.client import ComputeClient
+from broker.cloud.resilience import RetryPolicy
+from broker.cloud.types import Timeouts
+from broker.demo import keystone_session
+from broker.demo.cloud import FakeCloud
+from broker.demo.cloud import Server
+
+# The checkout: where app.py, the Procfile and gunicorn.conf.py are.
+ROOT = Path(__file__).resolve().parent.parent
+AGENT = ("agent", "agent-password-1")
+# What a browser sends on a navigation that started on one of the broker's own pages.
+FROM_THIS_SITE = {"Sec-Fetch-Site": "same-origin"}
+ADMIN = ("admin", "admin-password-1")
+
+
+def fleet() -> list[Server]:
+    """Servers covering the cases the tests need: running, stopped, shared and hostile names."""
+
+    def server(n: int, name: str, status: str = "ACTIVE") -> Server:
+        return Server(
+            id=f"00000000-0000-4000-8000-{n:012d}",
+            name=name,
+            status=status,
+            addresses={"private": [{"addr": f"10.1.0.{n}", "version": 4}]},
+            az="az-1",
+        )
+
+    return [
+        server(1, "web-01"),
+        server(2, "web-02"),
+        server(3, "db-01", "SHUTOFF"),
+        server(4, "worker"),
+        server(5, "worker"),
+        server(6, "<b>bold</b>&<script>alert(1)</script>"),
+        server(7, "build-01", "BUILD"),
+    ]
+
+
+def server_id(n: int) -> str:
+    return f"00000000-0000-4000-8000-{n:012d}"
+
+
+def make_client(fake: FakeCloud, name: str = "lab", **kwargs) -> ComputeClient:
+    session = keystone_session(fake, timeout=2)
+    kwargs.setdefault("timeouts", Timeouts(connect=1, read=1))
+    kwargs.setdefault("retry", RetryPolicy(attempts=3, base=0.01, cap=0.5))
+    return ComputeClient(name, session, region_name=fake.region, **kwargs)
+
+
+def broker_env(tmp_path, **extra) -> dict:
+    env = {
+        "BROKER_SECRET_KEY": "test-secret-key-0123456789",
+        "BROKER_DATABASE_URL": f"sqlite:///{tmp_path}/broker.sqlite3",
+        "BROKER_DEMO": "false",
+    }
+    env.update(extra)
+    return env
+
+
+def csrf_from(html: str) -> str:
+    soup = BeautifulSoup(html, "html.parser")
+    field = soup.find("input", {"name": "csrf_token"})
+    if field:
+        return field["value"]
+    return soup.find("meta", {"name": "csrf-token"})["content"]
+
+
+class AuthActions:
+    """Sign in and out the way a browser does, CSRF token included."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def login(self, username: str = AGENT[0], password: str = AGENT[1], next: str | None = None):
+        token = csrf_from(self.client.get("/login").get_data(as_text=True))
+        data = {"username": username, "password": password, "csrf_token": token}
+        if next is not None:
+            data["next"] = next
+        return self.client.post("/login", data=data)
+
+    def csrf(self) -> str:
+        """The CSRF token a page would carry (the list page once signed in)."""
+        return csrf_from(self.client.get("/login", follow_redirects=True).get_data(as_text=True))
+
+    def logout(self):
+        return self.client.post("/logout", data={"csrf_token": self.csrf()})
