@@ -23,6 +23,7 @@ from broker.services import audit
 from broker.services import management
 from broker.services import policy
 from broker.services import users
+from broker.web import forms
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -47,13 +48,17 @@ def admin_required(view):
     return wrapped
 
 
+def back():
+    return redirect(url_for("admin.index"))
+
+
 def change(action, *args, **kwargs):
     """Apply one admin change from a form and come back to the admin page."""
     try:
         flash(action(current_user.username, *args, **kwargs), "info")
     except management.ChangeError as exc:
         flash(str(exc), "error")
-    return redirect(url_for("admin.index"))
+    return back()
 
 
 @bp.get("/")
@@ -98,20 +103,28 @@ def group_named(group_id: int) -> str:
 @bp.post("/users")
 @admin_required
 def add_user():
-    role = "admin" if request.form.get("role") == "admin" else "agent"
-    return change(management.add_user, request.form.get("username", ""), request.form.get("password", ""), role)
+    form = forms.AddUserForm()
+    if not forms.valid(form):
+        return back()
+    return change(management.add_user, form.username.data or "", form.password.data or "", form.role.data)
 
 
 @bp.post("/users/<int:user_id>/role")
 @admin_required
 def set_role(user_id: int):
-    return change(management.set_role, user_named(user_id), request.form.get("role", ""))
+    name, form = user_named(user_id), forms.RoleForm()
+    if not forms.valid(form):
+        return back()
+    return change(management.set_role, name, form.role.data)
 
 
 @bp.post("/users/<int:user_id>/password")
 @admin_required
 def set_password(user_id: int):
-    return change(management.set_password, user_named(user_id), request.form.get("password", ""))
+    name, form = user_named(user_id), forms.PasswordForm()
+    if not forms.valid(form):
+        return back()
+    return change(management.set_password, name, form.password.data or "")
 
 
 def confirm(question: str, consequence: str):
@@ -131,7 +144,10 @@ def remove_user(user_id: int):
 @bp.post("/groups")
 @admin_required
 def add_group():
-    return change(management.add_group, request.form.get("name", ""))
+    form = forms.GroupForm()
+    if not forms.valid(form):
+        return back()
+    return change(management.add_group, form.name.data or "")
 
 
 @bp.route("/groups/<int:group_id>/remove", methods=["GET", "POST"])
@@ -146,7 +162,10 @@ def remove_group(group_id: int):
 @bp.post("/groups/<int:group_id>/members")
 @admin_required
 def add_member(group_id: int):
-    return change(management.add_member, group_named(group_id), request.form.get("username", ""))
+    group, form = group_named(group_id), forms.MemberForm()
+    if not forms.valid(form):
+        return back()
+    return change(management.add_member, group, form.username.data or "")
 
 
 @bp.route("/groups/<int:group_id>/members/<int:user_id>/remove", methods=["GET", "POST"])
@@ -161,17 +180,10 @@ def remove_member(group_id: int, user_id: int):
 @bp.post("/rules")
 @admin_required
 def add_rule():
-    form = request.form
-    subject = form.get("subject", "")
-    kind, _, name = subject.partition(":")
-    return change(
-        management.add_rule,
-        user=name if kind == "user" else None,
-        group=name if kind == "group" else None,
-        cloud=form.get("cloud", "").strip(),
-        name_pattern=form.get("name_pattern", "").strip() or "*",
-        metadata=form.get("metadata", "").strip(),
-    )
+    form = forms.RuleForm()
+    if not forms.valid(form):
+        return back()
+    return change(management.add_rule, **form.grant())
 
 
 @bp.route("/rules/<int:rule_id>/remove", methods=["GET", "POST"])

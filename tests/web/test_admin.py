@@ -364,3 +364,23 @@ def test_a_change_and_its_audit_record_are_stored_together_or_not_at_all(app, mo
     with app.app_context():
         assert users.find("newbie") is None
         assert audit.count(audit.Filter(action="admin")) == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "data", "message"),
+    [
+        ("/admin/users/{agent}/role", {"role": "root"}, "Role: Not a valid choice"),
+        ("/admin/users", {"username": "newbie", "password": "long-enough-pass", "role": "root"}, "Not a valid choice"),
+        ("/admin/rules", {"subject": "everyone", "cloud": "lab"}, "Who: choose a user or a group"),
+        ("/admin/groups", {"name": "g" * 65}, "Group name: Field cannot be longer than 64 characters"),
+    ],
+)
+def test_admin_forms_bound_and_type_their_fields(admin, auth, app, path, data, message):
+    with app.app_context():
+        agent_id = users.find("agent").id
+        before = (users.find("agent").role, len(policy.all_rules()), len(policy.all_groups()))
+    assert post(admin, auth, path.format(agent=agent_id), **data).status_code == 302
+    assert message in admin.get("/admin/").get_data(as_text=True)
+    with app.app_context():
+        assert (users.find("agent").role, len(policy.all_rules()), len(policy.all_groups())) == before
+        assert users.find("newbie") is None
