@@ -106,10 +106,19 @@ class ConsoleService:
         # (user, cloud, id) -> Denial: a repeated probe is answered at once, whatever the reason.
         self._denied = Recent(inventory.clock)
 
+    def _access(self, user: User) -> Access:
+        """What ``user`` may open; then the pooled DB connection goes back before any cloud is waited for.
+
+        Every path here reads the database first (the rules) and then may wait seconds on
+        a cloud: a connection held through that wait would starve every other request.
+        """
+        access = access_for(user)
+        db.session.close()
+        return access
+
     def overview(self, user: User, query: str = "", cloud: str | None = None) -> Overview:
         """The servers ``user`` may open, matching ``query``, and trouble only of clouds they may use."""
-        access = access_for(user)
-        db.session.close()  # no pooled DB connection held while the clouds answer
+        access = self._access(user)
         # Clouds the user has no rule on are neither waited for nor reported: their trouble
         # (and its text) is none of this user's business.
         usable = [name for name in self.inventory.names(cloud) if access.may_use_cloud(name)]
@@ -119,9 +128,8 @@ class ConsoleService:
 
     def resolve(self, user: User, ref: str, cloud: str | None = None) -> list[ServerInfo]:
         """Servers ``ref`` names that ``user`` may open: an ID, else every server with exactly that name."""
-        access = access_for(user)
+        access = self._access(user)
         note = {"username": user.username, "cloud": cloud or "", "server_id": ref[:64], "detail": "view"}
-        db.session.close()  # no pooled DB connection held while the clouds answer
         seen = self.inventory.sightings(ref, cloud) if looks_like_id(ref) else []
         if not any(access.allows(s.server) for s in seen):
             named = self.inventory.by_name(ref, cloud)
@@ -220,8 +228,7 @@ class ConsoleService:
         """A fresh console URL for one server, with an audit record whatever happens."""
         detail = detail if detail in MINT_DETAILS else "load"
         note = {"username": user.username, "cloud": cloud or "", "server_id": server_id[:64], "detail": detail}
-        access = access_for(user)
-        db.session.close()  # no pooled DB connection held while the clouds answer
+        access = self._access(user)
         try:
             found = self._find(user, access, server_id, cloud)
         except errors.CloudError as exc:
@@ -231,7 +238,6 @@ class ConsoleService:
             self._record(found, note)
             raise NoSuchServer(NOT_FOUND)
         note.update(cloud=found.cloud, server_name=found.name)
-        db.session.close()
         try:
             minted = self._mint(found)
         except errors.CloudError as exc:
