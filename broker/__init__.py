@@ -218,7 +218,7 @@ def init_database(app: Flask, settings: Settings) -> None:
                 "no users yet, so nobody can sign in: create the first admin with "
                 "'flask --app app users add NAME --admin' (in this server's environment)"
             )
-        warn_about_orphan_rules(list(state.of(app).consoles.inventory.clouds))
+        warn_about_orphan_rules(state.of(app).consoles.inventory.names())
         db.engine.dispose()
 
 

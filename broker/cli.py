@@ -155,7 +155,7 @@ def check() -> None:
     settings = state.settings()
     findings = [
         *checks.check_clouds(service),
-        *checks.check_access(list(service.inventory.clouds)),
+        *checks.check_access(service.inventory.names()),
         *checks.check_console_hosts(service, bool(settings.console_hosts)),
     ]
     for finding in findings:

@@ -81,7 +81,7 @@ def remove_member(actor: str, group: str, user: str) -> str:
 
 def configured_clouds() -> list[str]:
     """The names rules may use: every configured cloud, as configured (``name/Region`` included)."""
-    return list(state.consoles().inventory.clouds)
+    return state.consoles().inventory.names()
 
 
 def cloud_health() -> dict:

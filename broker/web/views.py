@@ -42,7 +42,7 @@ def index():
         stale=overview.stale,
         query=query,
         cloud=cloud_arg() or "",
-        clouds=list(service().inventory.clouds),
+        clouds=service().inventory.names(),
         list_rows=LIST_ROWS,
     )
 
