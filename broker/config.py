@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -10,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -74,6 +76,12 @@ class Settings:
     trusted_proxies: int = 0
     ratelimit_storage: str = "memory://"
     login_limit: str = "5 per 5 minutes"
+    # Shared throttling and server-list cache across workers and instances; None keeps them per process.
+    redis_url: str | None = None
+    metrics_token: str | None = None
+    # Addresses or networks (CIDR) that may read /metrics without the token.
+    metrics_allow: tuple[str, ...] = ()
+    log_format: str = "text"
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -176,8 +184,12 @@ def load_settings(env: Mapping[str, str], instance_path: str) -> Settings:
         session_idle=_int(env, "BROKER_SESSION_IDLE", 3600, minimum=60),
         secure_cookies=_bool(env, "BROKER_SECURE_COOKIES", False),
         trusted_proxies=_int(env, "BROKER_TRUSTED_PROXIES", 0),
-        ratelimit_storage=_storage_url(env, "BROKER_RATELIMIT_STORAGE_URL"),
+        ratelimit_storage=_storage_url(env, "BROKER_RATELIMIT_STORAGE_URL", env.get("BROKER_REDIS_URL") or "memory://"),
         login_limit=_limit(env, "BROKER_LOGIN_LIMIT", "5 per 5 minutes"),
+        redis_url=_redis_url(env, "BROKER_REDIS_URL"),
+        metrics_token=_metrics_token(env, "BROKER_METRICS_TOKEN"),
+        metrics_allow=_networks(env, "BROKER_METRICS_ALLOW"),
+        log_format=_choice(env, "BROKER_LOG_FORMAT", ("text", "json")),
     )
 
 
@@ -191,9 +203,9 @@ def _limit(env: Mapping[str, str], name: str, default: str) -> str:
     return raw
 
 
-def _storage_url(env: Mapping[str, str], name: str) -> str:
+def _storage_url(env: Mapping[str, str], name: str, default: str) -> str:
     """``memory://`` or a storage URL of the ``limits`` library, such as ``redis://host:6379``."""
-    raw = env.get(name) or "memory://"
+    raw = env.get(name) or default
     try:
         Throttle(raw)
     except ThrottleConfigError as exc:
@@ -218,6 +230,45 @@ def _database_url(env: Mapping[str, str], name: str, default: str) -> str:
         ) from None
     except ImportError as exc:
         raise ConfigError(f"{name}: the driver for {url.drivername} is not installed ({exc.name or exc})") from None
+    return raw
+
+
+def _redis_url(env: Mapping[str, str], name: str) -> str | None:
+    """``redis://[:password@]host[:port][/db]``, ``rediss://`` (TLS) or ``unix://``; unset: per-process state."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        raise ConfigError(
+            f"{name} must look like redis://host:6379/0 (or rediss:// for TLS), "
+            f"got a {parts.scheme or 'schemeless'} URL"
+        )
+    return raw
+
+
+def _metrics_token(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name, "").strip()
+    if raw and len(raw) < 16:
+        raise ConfigError(f"{name} is too short; use at least 16 random characters")
+    return raw or None
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Addresses or CIDR networks, e.g. ``127.0.0.1,10.0.0.0/8``."""
+    networks = _list(env, name)
+    for item in networks:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(f"{name}: {item!r} is not an address or network (e.g. 10.0.0.0/8)") from None
+    return networks
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower() or choices[0]
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
     return raw
 
 
