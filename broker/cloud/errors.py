@@ -1,13 +1,14 @@
-"""Errors the cloud client raises; each carries what a person may be shown."""
+"""Errors the cloud client raises; each carries what a person may be shown and the upstream status.
+
+How each kind reaches a person over HTTP (status and error slug) is the web layer's choice
+(``broker.web.errors``), not the client's.
+"""
 
 from __future__ import annotations
 
 
 class CloudError(Exception):
     """A call to the cloud failed. ``message`` is safe to show; it never holds a token."""
-
-    status = 502
-    code = "cloud_error"
 
     def __init__(self, message: str, *, upstream_status: int | None = None, retry_after: float | None = None):
         super().__init__(message)
@@ -19,36 +20,21 @@ class CloudError(Exception):
 class ServerNotFound(CloudError):
     """404: no such server in this project."""
 
-    status = 404
-    code = "server_not_found"
-
 
 class ServerNotReady(CloudError):
     """409: the server exists but cannot give a console (stopped, building, shelved)."""
-
-    status = 409
-    code = "server_not_running"
 
 
 class ConsoleUnavailable(CloudError):
     """400/501: the cloud has no noVNC console for this server (VNC off, type unsupported)."""
 
-    status = 502
-    code = "console_unavailable"
-
 
 class CloudRefused(CloudError):
     """401/403 after re-authentication: the service credentials are wrong or lack rights."""
 
-    status = 502
-    code = "cloud_refused"
-
 
 class CloudUnreachable(CloudError):
     """Connection refused or reset, DNS failure, Keystone down."""
-
-    status = 503
-    code = "cloud_unreachable"
 
 
 class CircuitOpen(CloudUnreachable):
@@ -58,15 +44,9 @@ class CircuitOpen(CloudUnreachable):
 class CloudTimeout(CloudError):
     """The cloud did not answer within the configured timeout."""
 
-    status = 504
-    code = "cloud_timeout"
-
 
 class CloudBusy(CloudError):
     """413/429/503 from the cloud: try again later (``retry_after`` seconds when given)."""
-
-    status = 503
-    code = "cloud_busy"
 
 
 class CloudBusyHere(CloudBusy):
@@ -76,19 +56,10 @@ class CloudBusyHere(CloudBusy):
 class CloudBadResponse(CloudError):
     """The cloud answered with something that is not what its API promises."""
 
-    status = 502
-    code = "cloud_bad_response"
-
 
 class CloudPending(CloudError):
     """The cloud has not answered within the broker's wait; its call goes on in the background."""
 
-    status = 504
-    code = "cloud_pending"
-
 
 class ServerUnconfirmed(CloudError):
     """The broker's details of a server are out of date and the cloud could not confirm them."""
-
-    status = 503
-    code = "server_unconfirmed"

@@ -16,6 +16,7 @@ from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
+from broker.cloud import errors
 from broker.cloud.errors import CloudError
 from broker.services import audit
 
@@ -31,6 +32,28 @@ SLUGS = {
     429: "too_many_requests",
     500: "internal_error",
 }
+
+
+# How each kind of cloud trouble answers: HTTP status and the API's error slug. A subclass
+# answers as its nearest listed ancestor (CircuitOpen as CloudUnreachable).
+CLOUD_ANSWERS: dict[type[CloudError], tuple[int, str]] = {
+    errors.ServerNotFound: (404, "server_not_found"),
+    errors.ServerNotReady: (409, "server_not_running"),
+    errors.ConsoleUnavailable: (502, "console_unavailable"),
+    errors.CloudRefused: (502, "cloud_refused"),
+    errors.CloudUnreachable: (503, "cloud_unreachable"),
+    errors.CloudTimeout: (504, "cloud_timeout"),
+    errors.CloudBusy: (503, "cloud_busy"),
+    errors.CloudBadResponse: (502, "cloud_bad_response"),
+    errors.CloudPending: (504, "cloud_pending"),
+    errors.ServerUnconfirmed: (503, "server_unconfirmed"),
+    CloudError: (502, "cloud_error"),
+}
+
+
+def cloud_answer(exc: CloudError) -> tuple[int, str]:
+    """The HTTP status and error slug for ``exc``."""
+    return next(CLOUD_ANSWERS[kind] for kind in type(exc).__mro__ if kind in CLOUD_ANSWERS)
 
 
 def wants_json() -> bool:
@@ -92,7 +115,8 @@ def handle_cloud(exc: CloudError):
         extra["server_status"] = exc.server_status
     if exc.retry_after is not None:
         extra["retry_after"] = exc.retry_after
-    return error_response(exc.status, exc.code, exc.message, **extra)
+    status, code = cloud_answer(exc)
+    return error_response(status, code, exc.message, **extra)
 
 
 def handle_unexpected(exc: Exception):

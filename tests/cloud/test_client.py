@@ -13,6 +13,7 @@ from broker.cloud.client import safe_text
 from broker.cloud.types import Timeouts
 from broker.demo.cloud import OTHER_PROJECT_ID
 from broker.demo.cloud import OTHER_PROJECT_SERVER_ID
+from broker.web.errors import cloud_answer
 from tests.support import make_client
 from tests.support import server_id
 
@@ -81,7 +82,7 @@ def test_error_statuses_become_typed_errors_with_a_safe_message(compute, fake, s
     fake.faults.fail_next["console"] = [status] * 3  # more than the retries, for the transient ones
     with pytest.raises(kind) as caught:
         compute.create_console(server_id(1))
-    assert caught.value.code == code
+    assert cloud_answer(caught.value)[1] == code  # the slug a person's API client gets
     assert caught.value.upstream_status == status
     assert caught.value.message == f"Opening the console: {shown}"
 
