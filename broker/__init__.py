@@ -35,6 +35,7 @@ from broker.services import policy
 from broker.services import users
 from broker.services.consoles import ConsoleService
 from broker.services.inventory import Inventory
+from broker.shared import SharedRedis
 from broker.throttle import Throttle
 from broker.throttle import parse_limit
 from broker.web import admin
@@ -111,9 +112,9 @@ def configure_flask(app: Flask, settings: Settings, overrides: Mapping) -> None:
         RATELIMIT_HEADERS_ENABLED=False,
     )
     app.config.update({k: v for k, v in overrides.items() if k != "CLOUDS"})
-    state.attach(
-        app, state.BrokerState(settings, Throttle(settings.ratelimit_storage), parse_limit(settings.login_limit))
-    )
+    shared = SharedRedis(settings.redis_url) if settings.redis_url else None
+    throttle = Throttle(settings.ratelimit_storage)
+    state.attach(app, state.BrokerState(settings, throttle, parse_limit(settings.login_limit), redis=shared))
 
 
 def register_extensions(app: Flask) -> None:

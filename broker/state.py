@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from broker.config import Settings
     from broker.demo.cloud import FakeCloud
     from broker.services.consoles import ConsoleService
+    from broker.shared import SharedRedis
     from broker.throttle import Throttle
 
 KEY = "broker"
@@ -28,6 +29,8 @@ class BrokerState:
     login_limit: RateLimitItem
     consoles: ConsoleService | None = None
     demo_cloud: FakeCloud | None = None
+    # The deployment's Redis, when BROKER_REDIS_URL is set.
+    redis: SharedRedis | None = None
 
 
 def attach(app: Flask, state: BrokerState) -> BrokerState:
@@ -50,3 +53,7 @@ def consoles() -> ConsoleService:
 
 def throttle() -> Throttle:
     return of().throttle
+
+
+def redis() -> SharedRedis | None:
+    return of().redis
