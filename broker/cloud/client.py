@@ -22,9 +22,11 @@ from urllib.parse import urlsplit
 
 import requests
 from keystoneauth1 import adapter as ks_adapter
+from keystoneauth1 import discover
 from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import session as ks_session
 
+from broker import metrics
 from broker.cloud import errors
 from broker.cloud.health import Finding
 from broker.cloud.health import Health
@@ -55,6 +57,23 @@ ORDINARY_STATUSES = frozenset({404, 409})
 # Answers about one server, not about the cloud: the cloud is fine when it gives them.
 PER_SERVER_STATUSES = frozenset({400, 404, 409, 501})
 PER_SERVER_ERRORS = (errors.ServerNotFound, errors.ServerNotReady, errors.ConsoleUnavailable)
+# What each error status becomes; also the outcome recorded for the call's metrics.
+STATUS_ERRORS: dict[int, type[errors.CloudError]] = {
+    404: errors.ServerNotFound,
+    409: errors.ServerNotReady,
+    400: errors.ConsoleUnavailable,
+    501: errors.ConsoleUnavailable,
+    401: errors.CloudRefused,
+    403: errors.CloudRefused,
+    413: errors.CloudBusy,
+    429: errors.CloudBusy,
+    503: errors.CloudBusy,
+}
+# Each cloud has one breaker per kind of call: a failing console service must not stop the
+# lists, nor failing lists the consoles. Reads by ID go with the lists: they are the same
+# servers API (nova-api and its database), so when one fails the other most likely does too.
+LISTS = "lists"
+CONSOLES = "consoles"
 URL = re.compile(r"https?://[^\s:/]+(?::\d+)?[^\s:]*")
 
 # Greedy to the last "@" of the word: a password may hold "@" or "/" itself.
@@ -119,18 +138,7 @@ def error_for(response: requests.Response, what: str, cloud: str) -> errors.Clou
         shown = f"cloud {cloud} answered HTTP {status}" + (f" ({fault})." if fault else ".")
     else:
         shown = safe_text(text)
-    kinds = {
-        404: errors.ServerNotFound,
-        409: errors.ServerNotReady,
-        400: errors.ConsoleUnavailable,
-        501: errors.ConsoleUnavailable,
-        401: errors.CloudRefused,
-        403: errors.CloudRefused,
-        413: errors.CloudBusy,
-        429: errors.CloudBusy,
-        503: errors.CloudBusy,
-    }
-    kind = kinds.get(status, errors.CloudError)
+    kind = STATUS_ERRORS.get(status, errors.CloudError)
     return kind(f"{what}: {shown}", upstream_status=status, retry_after=retry_after(response))
 
 
@@ -226,6 +234,7 @@ class ComputeClient:
         page_size: int = 1000,
         retry: RetryPolicy | None = None,
         breaker: CircuitBreaker | None = None,
+        console_breaker: CircuitBreaker | None = None,
         max_in_flight: int = 80,
     ) -> None:
         self.name = name
@@ -241,10 +250,19 @@ class ComputeClient:
         )
         self.region_name = region_name
         self.retry = retry or RetryPolicy()
-        self.breaker = breaker or CircuitBreaker()
+        self.breakers = {LISTS: breaker or CircuitBreaker(), CONSOLES: console_breaker or CircuitBreaker()}
+        for circuit, watched in self.breakers.items():
+            watched.listener = functools.partial(metrics.circuit, name, circuit)
+            metrics.circuit(name, circuit, watched.is_open)
         self.bulkhead = Bulkhead(max_in_flight)
+        self._version_known = False
         self.auth_url = str(getattr(session.auth, "auth_url", "") or "")
         self.health = Health(name, describe_identity(session.auth, region_name))
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The lists' breaker (lists and reads by ID); ``breakers`` holds the consoles' one too."""
+        return self.breakers[LISTS]
 
     def api_urls(self) -> list[str]:
         """URLs known without a network call: the identity endpoint and any compute override."""
@@ -322,31 +340,49 @@ class ComputeClient:
             "in its clouds.yaml entry (Huawei Cloud ECS: https://ecs.<region>.myhuaweicloud.com/v2.1/<project_id>)."
         )
 
-    def _request(self, method: str, path: str, what: str, **kwargs) -> requests.Response:
-        """One call, retried while safe and worth it, behind the bulkhead and the breaker."""
+    def _request(
+        self, method: str, path: str, what: str, *, operation: str, circuit: str = LISTS, **kwargs
+    ) -> requests.Response:
+        """One call, retried while safe and worth it, behind the bulkhead and the breaker of ``circuit``."""
         kwargs.setdefault("timeout", self.timeouts.as_requests())
+        breaker = self.breakers[circuit]
         with self.bulkhead:
-            self.breaker.before(self.name, what)
+            breaker.before(self.name, what)
             try:
-                response = self._with_retries(method, path, what, **kwargs)
+                response = self._with_retries(method, path, what, operation, **kwargs)
             except BaseException as exc:
                 # Every way out reports to the breaker, or a half-open probe would never end.
-                self.breaker.failed(exc.message if isinstance(exc, errors.CloudError) else type(exc).__name__)
+                breaker.failed(exc.message if isinstance(exc, errors.CloudError) else type(exc).__name__)
                 raise
             status = response.status_code
             if status >= 500 or status in RETRY_STATUSES:
-                self.breaker.failed(f"{what}: HTTP {status}")
+                breaker.failed(f"{what}: HTTP {status}")
             else:
-                self.breaker.succeeded()
+                breaker.succeeded()
             if status < 400 or status in PER_SERVER_STATUSES:
                 self.health.succeeded()
             return response
 
-    def _with_retries(self, method: str, path: str, what: str, **kwargs) -> requests.Response:
+    def _attempt(self, method: str, path: str, what: str, operation: str, **kwargs) -> requests.Response:
+        """One HTTP call, recorded in the metrics with its time and outcome ("ok" or the error's class)."""
+        began = time.monotonic()
+        outcome = "ok"
+        try:
+            with self._translated(what):
+                response = self.adapter.request(path, method, raise_exc=False, **kwargs)
+            if response.status_code >= 400:
+                outcome = STATUS_ERRORS.get(response.status_code, errors.CloudError).__name__
+            return response
+        except BaseException as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            metrics.upstream(self.name, operation, outcome, time.monotonic() - began)
+
+    def _with_retries(self, method: str, path: str, what: str, operation: str, **kwargs) -> requests.Response:
         for attempt in itertools.count(1):
             try:
-                with self._translated(what):
-                    response = self.adapter.request(path, method, raise_exc=False, **kwargs)
+                response = self._attempt(method, path, what, operation, **kwargs)
             except errors.CloudUnreachable:
                 # Nothing was answered (refused, reset, Keystone failing): repeating is safe.
                 delay = self.retry.delay(attempt)
@@ -414,7 +450,9 @@ class ComputeClient:
         return f"compute API up to {major}.{minor}: consoles through remote-consoles at {CONSOLE_MICROVERSION}"
 
     def _probe_list(self) -> str:
-        response = self._request("GET", "/servers/detail", "Listing one server", params={"limit": 1})
+        response = self._request(
+            "GET", "/servers/detail", "Listing one server", operation="list_servers", params={"limit": 1}
+        )
         page = self._json(response, "Listing one server").get("servers")
         if not isinstance(page, list):
             raise errors.CloudBadResponse(f"Listing one server: cloud {self.name} sent no server list.")
@@ -432,12 +470,28 @@ class ComputeClient:
         keystoneauth1 caches what it discovered on the session, so this costs one call per
         cloud, and no lock of ours is held while it is made.
         """
-        with self._translated("Reading the API version"):
-            found = self.adapter.get_endpoint_data()
+        found = self._discover()
         if found is None or not found.max_microversion:
             raise errors.CloudBadResponse(f"Reading the API version: cloud {self.name} advertises no microversions.")
         major, minor = found.max_microversion[:2]
         return int(major), int(minor)
+
+    def _discover(self) -> discover.EndpointData | None:
+        """keystoneauth1's endpoint data, timed for the metrics until known (then its cache answers, no call)."""
+        known = self._version_known
+        began = time.monotonic()
+        outcome = "ok"
+        try:
+            with self._translated("Reading the API version"):
+                found = self.adapter.get_endpoint_data()
+        except BaseException as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            if not known:
+                metrics.upstream(self.name, "version", outcome, time.monotonic() - began)
+        self._version_known = found is not None
+        return found
 
     # -- servers ----------------------------------------------------------------
 
@@ -459,7 +513,9 @@ class ComputeClient:
             params = {"limit": self.page_size}
             if marker:
                 params["marker"] = marker
-            response = self._request("GET", "/servers/detail", "Listing servers", params=params)
+            response = self._request(
+                "GET", "/servers/detail", "Listing servers", operation="list_servers", params=params
+            )
             body = self._json(response, "Listing servers")
             page = body.get("servers")
             if not isinstance(page, list):
@@ -482,7 +538,7 @@ class ComputeClient:
     def get_server(self, server_id: str) -> ServerInfo:
         """One server of the broker's project by ID (404, or another project's server -> ServerNotFound)."""
         what = "Looking up the server"
-        response = self._request("GET", f"/servers/{server_id}", what)
+        response = self._request("GET", f"/servers/{server_id}", what, operation="get_server")
         body = self._json(response, what).get("server")
         if not owned(body, self.project_id()):
             upstream_log.info("cloud %s: server %s is not in the broker's project: not found", self.name, server_id)
@@ -500,6 +556,8 @@ class ComputeClient:
             "POST",
             f"/servers/{server_id}/remote-consoles",
             "Opening the console",
+            operation="create_console",
+            circuit=CONSOLES,
             json=CONSOLE_BODY,
             microversion=CONSOLE_MICROVERSION,
         )
@@ -511,6 +569,8 @@ class ComputeClient:
             "POST",
             f"/servers/{server_id}/action",
             "Opening the console",
+            operation="create_console",
+            circuit=CONSOLES,
             json={"os-getVNCConsole": {"type": "novnc"}},
         )
         return self._console_from(self._json(response, "Opening the console").get("console"))

@@ -39,6 +39,8 @@ class CircuitBreaker:
         self.opened_at: float | None = None
         self.probing = False
         self.reason = ""
+        # Told True when the breaker opens and False when it closes (metrics); called outside the lock.
+        self.listener: Callable[[bool], None] | None = None
         self._lock = threading.Lock()
 
     def before(self, cloud: str, what: str) -> None:
@@ -59,15 +61,25 @@ class CircuitBreaker:
 
     def succeeded(self) -> None:
         with self._lock:
+            closing = self.opened_at is not None
             self.failures, self.opened_at, self.probing = 0, None, False
+        if closing:
+            self._tell(False)
 
     def failed(self, reason: str = "") -> None:
         with self._lock:
             self.reason = reason or self.reason
             self.failures += 1
             self.probing = False
+            opening = self.opened_at is None and self.failures >= self.threshold
             if self.failures >= self.threshold:
                 self.opened_at = self.clock()
+        if opening:
+            self._tell(True)
+
+    def _tell(self, is_open: bool) -> None:
+        if self.listener is not None:
+            self.listener(is_open)
 
     @property
     def is_open(self) -> bool:

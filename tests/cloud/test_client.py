@@ -284,7 +284,8 @@ def test_any_failure_becomes_the_clouds_error(fake, monkeypatch, cloud_log, fail
         getattr(compute, call)(*args)
     assert "cloud lab failed in the broker" in caught.value.message
     assert type(failure).__name__ in caught.value.message and "s3cr3t" not in caught.value.message
-    assert compute.breaker.failures == 1  # reported to the breaker
+    circuit = "consoles" if call == "create_console" else "lists"
+    assert compute.breakers[circuit].failures == 1  # reported to that call's breaker
     with compute.bulkhead:  # and its slot handed back
         pass
     logged = cloud_log.getvalue()

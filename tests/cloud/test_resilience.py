@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from prometheus_client import REGISTRY
 
 from broker import state
 from broker.cloud import errors
@@ -88,6 +89,82 @@ def test_open_breaker_spares_the_cloud(fake):
     with pytest.raises(errors.CloudUnreachable, match="is failing"):
         compute.list_servers()
     assert fake.counts["list"] == calls
+
+
+def circuit_gauge(cloud: str, circuit: str) -> float | None:
+    return REGISTRY.get_sample_value("broker_circuit_open", {"cloud": cloud, "circuit": circuit})
+
+
+def test_failing_mints_open_only_the_consoles_breaker(fake):
+    compute = make_client(fake, "mints-fail", console_breaker=CircuitBreaker(threshold=2, cooldown=60))
+    assert circuit_gauge("mints-fail", "consoles") == 0
+    fake.faults.fail_next["console"] = [500] * 2
+    for _ in range(2):
+        with pytest.raises(errors.CloudError, match="HTTP 500"):
+            compute.create_console(server_id(1))
+    assert compute.breakers["consoles"].is_open and not compute.breakers["lists"].is_open
+    assert circuit_gauge("mints-fail", "consoles") == 1 and circuit_gauge("mints-fail", "lists") == 0
+    with pytest.raises(errors.CircuitOpen):
+        compute.create_console(server_id(1))
+    assert fake.counts["console"] == 2  # the open circuit spared the cloud
+    # Lists and reads by ID go on: their breaker is another.
+    assert len(compute.list_servers()) == 7
+    assert compute.get_server(server_id(1)).name == "web-01"
+
+
+def test_failing_lists_open_only_the_lists_breaker_and_closing_is_reported(fake):
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=2, cooldown=10, clock=lambda: now[0])
+    compute = make_client(fake, "lists-fail", retry=RetryPolicy(attempts=1), breaker=breaker)
+    fake.faults.fail_next["list"] = [500] * 2
+    for _ in range(2):
+        with pytest.raises(errors.CloudError, match="HTTP 500"):
+            compute.list_servers()
+    assert circuit_gauge("lists-fail", "lists") == 1 and circuit_gauge("lists-fail", "consoles") == 0
+    with pytest.raises(errors.CircuitOpen):
+        compute.list_servers()
+    assert compute.create_console(server_id(1)).url.startswith("http://127.0.0.1:6080/")
+    now[0] = 11  # the cooldown is over: the next list is the probe, and it answers
+    assert len(compute.list_servers()) == 7
+    assert not breaker.is_open and circuit_gauge("lists-fail", "lists") == 0
+
+
+def test_a_failing_console_service_is_still_shown_in_the_clouds_health(fake):
+    compute = make_client(fake, "mints-health", console_breaker=CircuitBreaker(threshold=1, cooldown=60))
+    fake.faults.fail_next["console"] = [500]
+    with pytest.raises(errors.CloudError):
+        compute.create_console(server_id(1))
+    assert compute.health.snapshot().state == "failing"
+    with pytest.raises(errors.CircuitOpen):
+        compute.create_console(server_id(1))
+    assert "HTTP 500" in compute.health.snapshot().last_error  # the open circuit does not hide the cause
+
+
+def calls_counted(cloud: str, operation: str, outcome: str) -> float:
+    labels = {"cloud": cloud, "operation": operation, "outcome": outcome}
+    return REGISTRY.get_sample_value("broker_upstream_call_seconds_count", labels) or 0.0
+
+
+def test_every_upstream_call_is_measured_with_its_outcome(fake):
+    compute = make_client(fake, "measured", retry=RetryPolicy(attempts=1))
+    compute.list_servers()
+    compute.get_server(server_id(1))
+    with pytest.raises(errors.ServerNotFound):
+        compute.get_server(server_id(99))
+    compute.create_console(server_id(1))
+    compute.create_console(server_id(2))
+    fake.faults.fail_next["console"] = [500]
+    with pytest.raises(errors.CloudError):
+        compute.create_console(server_id(1))
+    counted = {
+        ("list_servers", "ok"): 1,
+        ("get_server", "ok"): 1,
+        ("get_server", "ServerNotFound"): 1,
+        ("create_console", "ok"): 2,
+        ("create_console", "CloudError"): 1,
+        ("version", "ok"): 1,  # discovered once, then keystoneauth1's cache answers
+    }
+    assert {key: calls_counted("measured", *key) for key in counted} == counted
 
 
 def test_bulkhead_refuses_beyond_its_limit():
