@@ -1,8 +1,68 @@
-"""gunicorn settings read by the Procfile's line: check the configuration once, before any worker starts."""
+"""gunicorn settings read by the Procfile's line: check the configuration once, before any worker starts.
+
+Metrics: every worker keeps its values in files under ``PROMETHEUS_MULTIPROC_DIR`` and
+``/metrics`` adds them up, whichever worker answers. The variable is set here, when the
+master reads this file and before anything imports prometheus_client; unless the operator
+chose a directory, each start gets a fresh private one, removed again at exit.
+"""
+
+import glob
+import os
+import shutil
+import tempfile
+
+MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
+# Names the directory this start created, so that exit removes it (a reload reads this file again).
+CREATED = "CONSOLE_BROKER_CREATED_METRICS_DIR"
+if not os.environ.get(MULTIPROC):
+    os.environ[MULTIPROC] = os.environ[CREATED] = tempfile.mkdtemp(prefix="console-broker-metrics-")  # 0700
 
 
 def on_starting(server) -> None:
+    forget_earlier_runs(os.environ[MULTIPROC])
     # Imported here so that gunicorn's own start-up stays independent of the app.
     from broker import check_configuration
 
-    check_configuration()
+    settings = check_configuration()
+    if settings.log_format == "json":
+        json_logs()
+
+
+def on_reload(server) -> None:
+    # A reload sets gunicorn's log handlers up again, in text.
+    if os.environ.get("BROKER_LOG_FORMAT", "").strip().lower() == "json":
+        json_logs()
+
+
+def json_logs() -> None:
+    """gunicorn's error and access logs in the broker's JSON lines (the master's own lines too)."""
+    import logging
+
+    from broker.logs import RedactQueryStrings
+    from broker.logs import use_json
+
+    use_json(logging.getLogger("gunicorn.error"))
+    access = logging.getLogger("gunicorn.access")
+    use_json(access)
+    if not any(isinstance(f, RedactQueryStrings) for f in access.filters):
+        access.addFilter(RedactQueryStrings())
+
+
+def child_exit(server, worker) -> None:
+    """A worker is gone: its live gauges (open circuits, list ages) stop counting."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def forget_earlier_runs(directory: str) -> None:
+    """prometheus_client's files left by an earlier run of a directory the operator chose (its workers are gone)."""
+    for kind in ("counter", "gauge", "histogram", "summary"):
+        for path in glob.glob(os.path.join(directory, f"{kind}_*.db")):
+            os.remove(path)
+
+
+def on_exit(server) -> None:
+    created = os.environ.get(CREATED)
+    if created and created == os.environ.get(MULTIPROC):
+        shutil.rmtree(created, ignore_errors=True)

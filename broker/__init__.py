@@ -45,6 +45,7 @@ from broker.web import sessions
 from broker.web import views
 from broker.web.errors import register_errorhandlers
 from broker.web.errors import unauthorized
+from broker.web.observability import register_observability
 from broker.web.security import register_security_headers
 from broker.web.sessions import register_session_limits
 
@@ -68,7 +69,7 @@ def create_app(test_config: Mapping | None = None) -> Flask:
     except ConfigError as exc:
         stop(str(exc))
     # A command's output is its stdout (users list | cut -f1); its log lines go to stderr.
-    configure_logging(sys.stderr if in_command() else sys.stdout)
+    configure_logging(sys.stderr if in_command() else sys.stdout, settings.log_format)
     configure_flask(app, settings, test_config)
     register_proxies(app, settings.trusted_proxies)
     register_extensions(app)
@@ -135,6 +136,7 @@ def register_blueprints(app: Flask, settings: Settings) -> None:
     app.register_blueprint(admin.bp)
     if settings.demo:
         app.register_blueprint(demo.bp)
+    register_observability(app)
 
     @app.get("/healthz")
     def healthz():

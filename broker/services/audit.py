@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from datetime import UTC
 from datetime import datetime
 
+from flask import g
 from flask import has_request_context
 from flask import request
 from sqlalchemy import func
 from sqlalchemy import select
 
+from broker import metrics
 from broker import state
 from broker.extensions import db
 from broker.models import AuditRecord
@@ -45,7 +47,25 @@ def entry_for(action: str, outcome: str, **fields: str) -> AuditRecord:
     if has_request_context():
         entry.client = (request.remote_addr or "")[:64]
         entry.user_agent = (request.user_agent.string or "")[:255]
+        # Until the lead's migration adds the column, the model has no such attribute.
+        if hasattr(AuditRecord, "request_id"):
+            entry.request_id = g.get("request_id", "")[:64]
     return entry
+
+
+def cloud_label(name: str) -> str:
+    """A configured cloud's name, else "none": anyone signed in can put any text in ``?cloud=``."""
+    consoles = state.of().consoles
+    return name if consoles is not None and consoles.inventory.cloud(name) is not None else "none"
+
+
+def measure(entry: AuditRecord) -> None:
+    """Mints and sign-ins also count in the metrics, stored or not: every one passes through here."""
+    if entry.action == "console" and entry.detail != "view":
+        metrics.mint(cloud_label(entry.cloud), entry.outcome)
+    elif entry.action == "sign_in":
+        # Only local passwords so far; other methods will pass their own name.
+        metrics.sign_in("local", entry.outcome)
 
 
 def record(action: str, outcome: str, **fields: str) -> AuditRecord:
@@ -54,6 +74,7 @@ def record(action: str, outcome: str, **fields: str) -> AuditRecord:
     ``fields``: username, cloud, server_id, server_name, detail, reason.
     """
     entry = entry_for(action, outcome, **fields)
+    measure(entry)
     db.session.add(entry)
     db.session.commit()
     log.info(json.dumps(entry.to_json(), sort_keys=True))
@@ -68,6 +89,7 @@ def record_anonymous(action: str, outcome: str, **fields: str) -> None:
     each is kept.
     """
     entry = entry_for(action, outcome, **fields)
+    measure(entry)
     throttle = state.throttle()
     kind = f"audit:{entry.client}:{action}:{outcome}:{entry.reason}"
     if throttle.take(ANONYMOUS_PER_KIND, kind).granted and throttle.take(ANONYMOUS_TOTAL, "audit:anonymous").granted:

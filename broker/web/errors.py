@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 from broker.cloud import errors
 from broker.cloud.errors import CloudError
 from broker.services import audit
+from broker.web.observability import request_id
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +63,13 @@ def wants_json() -> bool:
 
 def error_response(status: int, code: str, message: str, **extra):
     """The one way any error leaves the broker."""
+    reference = request_id()
     if wants_json():
-        response = jsonify({"error": {"code": code, "message": message, **extra}})
+        response = jsonify({"error": {"code": code, "message": message, **extra, "request_id": reference}})
         response.status_code = status
     else:
-        response = render_template("error.html", status=status, code=code, message=message), status
+        page = render_template("error.html", status=status, code=code, message=message, reference=reference)
+        response = page, status
     return response
 
 

@@ -79,6 +79,7 @@ def test_stopped_server_gets_409_with_status(api, app):
     response = api(server_id(3))
     assert response.status_code == 409
     error = response.get_json()["error"]
+    assert error.pop("request_id") == response.headers["X-Request-ID"]
     assert error == {
         "code": "server_not_running",
         "message": "The server db-01 is not running (SHUTOFF).",
@@ -208,7 +209,10 @@ class TestEveryMissAnswersAlike:
         if setup:
             setup(app, fake)
         response = api(target)
-        assert (response.status_code, response.get_json()) == (404, self.MISS)
+        body = response.get_json()
+        # Each answer names its own request, and only that differs.
+        assert body["error"].pop("request_id") == response.headers["X-Request-ID"]
+        assert (response.status_code, body) == (404, self.MISS)
         assert fake.counts["console"] == 1
         assert audit_rows(app)[-1]["outcome"] == outcome
 
@@ -220,7 +224,7 @@ class TestEveryMissAnswersAlike:
 
         def page(response, ref: str) -> str:
             # The CSRF token is signed with a timestamp: two pages a second apart differ there only.
-            html = response.get_data(as_text=True).replace(ref, "X")
+            html = response.get_data(as_text=True).replace(ref, "X").replace(response.headers["X-Request-ID"], "R")
             return re.sub(r'name="csrf-token" content="[^"]*"', "", html)
 
         assert page(forbidden, server_id(3)) == page(unknown, server_id(99))

@@ -1,0 +1,202 @@
+"""What operators watch: ``/metrics`` (Prometheus), ``/readyz`` (load balancers) and a request ID on every request.
+
+``/metrics`` is never public. It answers a ``Bearer`` token (``BROKER_METRICS_TOKEN``) or an
+address in ``BROKER_METRICS_ALLOW``; everyone else gets the same 404 as any unknown path,
+so the endpoint is not advertised, and with neither setting it is off.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import re
+import time
+import uuid
+from functools import lru_cache
+
+from flask import Blueprint
+from flask import Flask
+from flask import Response
+from flask import abort
+from flask import g
+from flask import jsonify
+from flask import request
+from flask import request_started
+from sqlalchemy import text
+
+from broker import metrics
+from broker import state
+from broker.cloud.resilience import CircuitBreaker
+from broker.extensions import db
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("observability", __name__)
+
+# What a proxy's X-Request-ID may look like to be kept: short, and nothing a log line could trip on.
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+# -- request IDs -------------------------------------------------------------------
+
+
+def incoming_request_id() -> str | None:
+    """The X-Request-ID a trusted proxy sent, if it looks sane; a client's own is never believed."""
+    if state.settings().trusted_proxies <= 0:
+        return None
+    value = request.headers.get("X-Request-ID", "")
+    return value if SANE_REQUEST_ID.fullmatch(value) else None
+
+
+def request_id() -> str:
+    """This request's ID, chosen on first use (``g.request_id``)."""
+    if "request_id" not in g:
+        g.request_id = incoming_request_id() or uuid.uuid4().hex
+    return g.request_id
+
+
+def assign_request_id(sender: Flask, **extra) -> None:
+    """Choose the ID before any other hook runs, so every log line of the request carries it."""
+    request_id()
+
+
+@bp.after_app_request
+def send_request_id(response: Response) -> Response:
+    response.headers["X-Request-ID"] = request_id()
+    return response
+
+
+# -- mint latency ------------------------------------------------------------------
+
+
+@bp.before_app_request
+def start_mint_clock() -> None:
+    if request.endpoint == "api.mint":
+        g.mint_started = time.perf_counter()
+
+
+@bp.after_app_request
+def stop_mint_clock(response: Response) -> Response:
+    started = g.pop("mint_started", None)
+    if started is not None:
+        metrics.mint_time(time.perf_counter() - started, response.status_code)
+    return response
+
+
+# -- /metrics ----------------------------------------------------------------------
+
+
+@lru_cache(maxsize=8)
+def networks(allowed: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """``BROKER_METRICS_ALLOW`` parsed once (the settings checked the syntax at start-up)."""
+    return tuple(ipaddress.ip_network(item, strict=False) for item in allowed)
+
+
+def address_allowed(address: str | None, allowed: tuple[str, ...]) -> bool:
+    """True when ``address`` (the client, ProxyFix-corrected) is in one of the ``allowed`` networks."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    # A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d.
+    ip = getattr(ip, "ipv4_mapped", None) or ip
+    return any(ip in network for network in networks(allowed))
+
+
+def token_presented(token: str) -> bool:
+    """True when the request carries ``Authorization: Bearer <token>`` (compared in constant time)."""
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        return False
+    return hmac.compare_digest(presented.strip().encode(), token.encode())
+
+
+def may_read_metrics() -> bool:
+    """The token or an allowed address; with neither configured, nobody."""
+    settings = state.settings()
+    if settings.metrics_token and token_presented(settings.metrics_token):
+        return True
+    if settings.metrics_allow and address_allowed(request.remote_addr, settings.metrics_allow):
+        return True
+    if request.headers.get("Authorization") and (settings.metrics_token or settings.metrics_allow):
+        # Strangers get a plain 404; an operator with a wrong token finds out why here.
+        log.warning("refused /metrics to %s: wrong token", request.remote_addr)
+    return False
+
+
+@bp.get("/metrics")
+def prometheus_metrics():
+    if not may_read_metrics():
+        abort(404)
+    body, content_type = metrics.exposition()
+    return Response(body, content_type=content_type, headers={"Cache-Control": "no-store"})
+
+
+# -- /readyz -----------------------------------------------------------------------
+
+
+def database_check() -> dict:
+    """``SELECT 1`` on a pooled connection."""
+    try:
+        with db.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        # The type only: a driver's message can name hosts, users or the URL.
+        return {"ok": False, "reason": f"the database did not answer SELECT 1 ({type(exc).__name__})"}
+    return {"ok": True, "reason": "answers SELECT 1"}
+
+
+def redis_check() -> dict | None:
+    """A PING of the shared Redis (0.5 s at most), or None when none is configured."""
+    shared = state.redis()
+    if shared is None:
+        return None
+    up, reason = shared.status()
+    return {"ok": up, "reason": reason}
+
+
+def clouds_check() -> dict:
+    """Each cloud's circuit as this worker's breaker holds it; never makes the broker unready.
+
+    An instance taken out of the load balancer gets no requests, so its open circuit would
+    never see the probe that closes it; and a broker that is up tells people which cloud is
+    failing, which a proxy's error page does not.
+    """
+    inventory = state.consoles().inventory
+    circuits = {name: circuit_state(inventory.clouds[name].client.breaker) for name in inventory.names()}
+    failing = sorted(name for name, circuit in circuits.items() if circuit != "closed")
+    reason = (
+        f"circuit open for {', '.join(failing)} (this worker); other clouds are served, so the broker stays ready"
+        if failing
+        else "all circuits closed"
+    )
+    return {"ok": True, "reason": reason, "circuits": circuits}
+
+
+def circuit_state(breaker: CircuitBreaker) -> str:
+    """``closed``; ``open`` while the breaker fails calls fast; ``half-open`` when the next call probes."""
+    if breaker.opened_at is None:
+        return "closed"
+    return "open" if breaker.clock() - breaker.opened_at < breaker.cooldown else "half-open"
+
+
+@bp.get("/readyz")
+def readyz():
+    """200 when this instance can serve (database, Redis when configured), else 503 with each check's reason."""
+    checks = {"database": database_check()}
+    shared = redis_check()
+    if shared is not None:
+        checks["redis"] = shared
+    checks["clouds"] = clouds_check()
+    ready = all(check["ok"] for check in checks.values())
+    response = jsonify({"status": "ready" if ready else "not ready", "checks": checks})
+    response.status_code = 200 if ready else 503
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def register_observability(app: Flask) -> None:
+    """The blueprint, and the request ID chosen before any other hook of a request."""
+    app.register_blueprint(bp)
+    request_started.connect(assign_request_id, app)

@@ -1,0 +1,309 @@
+"""/metrics (never public), /readyz (no upstream call, no secret) and a request ID on every request."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+
+import pytest
+from bs4 import BeautifulSoup
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
+
+from broker import state
+from broker.extensions import db
+from broker.logs import broker_handler
+from broker.models import AuditRecord
+from tests.support import server_id
+
+TOKEN = "metrics-token-0123456789abcdef"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+REDIS_URL = os.environ.get("BROKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+HEX_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@pytest.fixture
+def env_overrides() -> dict:
+    return {"BROKER_METRICS_TOKEN": TOKEN, "BROKER_METRICS_ALLOW": "10.9.8.0/24"}
+
+
+def sample(client, name: str, **labels: str) -> float:
+    """One sample's value as /metrics shows it (0 when not there yet)."""
+    response = client.get("/metrics", headers=BEARER)
+    assert response.status_code == 200
+    for family in text_string_to_metric_families(response.get_data(as_text=True)):
+        for found in family.samples:
+            if found.name == name and found.labels == labels:
+                return found.value
+    return 0.0
+
+
+def mint(client, auth, target: str):
+    auth.login()
+    return client.post(f"/api/consoles/{target}", headers={"X-CSRFToken": auth.csrf()})
+
+
+# -- /metrics: who may read it -------------------------------------------------------
+
+
+def test_metrics_with_the_token(client):
+    response = client.get("/metrics", headers=BEARER)
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/plain; version=")
+    assert "# TYPE broker_console_mints_total counter" in response.get_data(as_text=True)
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong-token-0123456789abcdef"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+        {"Authorization": f"Bearer {TOKEN[:-1]}"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": TOKEN},
+    ],
+    ids=["none", "wrong", "longer", "shorter", "basic", "no-scheme"],
+)
+def test_metrics_refused_looks_like_any_unknown_path(client, headers):
+    response = client.get("/metrics", headers=headers)
+    unknown = client.get("/no-such-page", headers=headers)
+    assert response.status_code == unknown.status_code == 404
+    assert "broker_" not in response.get_data(as_text=True)
+
+
+def test_metrics_from_an_allowed_address_without_token(client):
+    assert client.get("/metrics", environ_base={"REMOTE_ADDR": "10.9.8.7"}).status_code == 200
+    assert client.get("/metrics", environ_base={"REMOTE_ADDR": "10.9.9.7"}).status_code == 404
+
+
+def test_a_forwarded_address_counts_only_behind_a_trusted_proxy(client):
+    # BROKER_TRUSTED_PROXIES is 0 here: anyone can write X-Forwarded-For.
+    assert client.get("/metrics", headers={"X-Forwarded-For": "10.9.8.7"}).status_code == 404
+
+
+class TestBehindAProxy:
+    @pytest.fixture
+    def env_overrides(self) -> dict:
+        return {"BROKER_METRICS_ALLOW": "10.9.8.0/24", "BROKER_TRUSTED_PROXIES": "1"}
+
+    def test_the_client_address_the_proxy_names_is_allowed(self, client):
+        assert client.get("/metrics", headers={"X-Forwarded-For": "10.9.8.7"}).status_code == 200
+        assert client.get("/metrics", headers={"X-Forwarded-For": "192.0.2.1"}).status_code == 404
+
+
+class TestMetricsOff:
+    @pytest.fixture
+    def env_overrides(self) -> dict:
+        return {}
+
+    def test_neither_setting_means_no_metrics(self, client):
+        assert client.get("/metrics").status_code == 404
+        assert client.get("/metrics", headers=BEARER).status_code == 404
+
+
+# -- what is counted -----------------------------------------------------------------
+
+
+def test_a_mint_counts_once_and_is_timed(client, auth):
+    before = sample(client, "broker_console_mints_total", cloud="lab", outcome="ok")
+    timed = sample(client, "broker_console_mint_seconds_count", status="200")
+    assert mint(client, auth, server_id(1)).status_code == 200
+    assert sample(client, "broker_console_mints_total", cloud="lab", outcome="ok") == before + 1
+    assert sample(client, "broker_console_mint_seconds_count", status="200") == timed + 1
+
+
+def test_a_failed_mint_counts_as_failed_with_its_status(client, auth):
+    before = sample(client, "broker_console_mints_total", cloud="lab", outcome="failed")
+    timed = sample(client, "broker_console_mint_seconds_count", status="409")
+    ok = sample(client, "broker_console_mints_total", cloud="lab", outcome="ok")
+    assert mint(client, auth, server_id(3)).status_code == 409  # db-01 is SHUTOFF
+    assert sample(client, "broker_console_mints_total", cloud="lab", outcome="failed") == before + 1
+    assert sample(client, "broker_console_mint_seconds_count", status="409") == timed + 1
+    assert sample(client, "broker_console_mints_total", cloud="lab", outcome="ok") == ok
+
+
+def test_a_cloud_name_nobody_configured_is_not_a_label(client, auth):
+    auth.login()
+    client.post(f"/api/consoles/{server_id(1)}?cloud=made-up-{os.getpid()}", headers={"X-CSRFToken": auth.csrf()})
+    assert f"made-up-{os.getpid()}" not in client.get("/metrics", headers=BEARER).get_data(as_text=True)
+
+
+def test_a_failed_sign_in_counts_once(client, auth):
+    before = sample(client, "broker_sign_ins_total", method="local", outcome="failed")
+    ok = sample(client, "broker_sign_ins_total", method="local", outcome="ok")
+    assert auth.login(password="wrong-password-zz").status_code == 401
+    assert sample(client, "broker_sign_ins_total", method="local", outcome="failed") == before + 1
+    assert sample(client, "broker_sign_ins_total", method="local", outcome="ok") == ok
+
+
+# -- /readyz -------------------------------------------------------------------------
+
+
+def test_ready(client, fake):
+    calls = dict(fake.counts)
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "ready"
+    assert body["checks"]["database"]["ok"] is True
+    assert body["checks"]["clouds"] == {"ok": True, "reason": "all circuits closed", "circuits": {"lab": "closed"}}
+    assert "redis" not in body["checks"]
+    assert dict(fake.counts) == calls  # no upstream call
+    assert TOKEN not in response.get_data(as_text=True)
+
+
+def test_liveness_stays_as_it_was(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+class TestDatabaseGone:
+    @pytest.fixture
+    def env_overrides(self, tmp_path) -> dict:
+        (tmp_path / "db").mkdir()
+        return {"BROKER_DATABASE_URL": f"sqlite:///{tmp_path}/db/broker.sqlite3"}
+
+    def test_not_ready_names_the_database(self, app, client, tmp_path):
+        with app.app_context():
+            db.engine.dispose()
+        shutil.rmtree(tmp_path / "db")  # SQLite cannot open a file in a folder that is gone
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        body = response.get_json()
+        assert body["status"] == "not ready"
+        assert body["checks"]["database"] == {
+            "ok": False,
+            "reason": "the database did not answer SELECT 1 (OperationalError)",
+        }
+        assert str(tmp_path) not in response.get_data(as_text=True)
+
+
+def redis_reachable() -> bool:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError:
+        return False
+    return True
+
+
+class TestRedis:
+    @pytest.fixture
+    def env_overrides(self) -> dict:
+        if not redis_reachable():
+            reason = f"needs Redis at {REDIS_URL} (BROKER_TEST_REDIS_URL)"
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(reason + " (CI=true: the CI machine runs Redis)", pytrace=False)
+            pytest.skip(reason)
+        return {"BROKER_REDIS_URL": REDIS_URL}
+
+    def test_redis_is_checked_when_configured(self, client):
+        response = client.get("/readyz")
+        assert response.status_code == 200
+        assert response.get_json()["checks"]["redis"]["ok"] is True
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class TestRedisDown:
+    @pytest.fixture
+    def env_overrides(self) -> dict:
+        # Flask-Limiter's storage would follow BROKER_REDIS_URL, and the fixture resets it.
+        url = f"redis://:hunter2-redis-secret@127.0.0.1:{closed_port()}/0"
+        return {"BROKER_REDIS_URL": url, "BROKER_RATELIMIT_STORAGE_URL": "memory://"}
+
+    def test_not_ready_names_redis_not_its_password(self, client):
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        redis_check = response.get_json()["checks"]["redis"]
+        assert redis_check["ok"] is False
+        assert redis_check["reason"].startswith("redis 127.0.0.1:")
+        assert "unreachable" in redis_check["reason"]
+        assert response.get_json()["checks"]["database"]["ok"] is True
+        assert "hunter2" not in response.get_data(as_text=True)
+
+
+class TestOneCircuitOpen:
+    @pytest.fixture
+    def cloud_names(self) -> list[str]:
+        return ["lab", "beta"]
+
+    def test_one_open_circuit_is_reported_and_the_broker_stays_ready(self, app, client):
+        breaker = state.of(app).consoles.inventory.clouds["beta"].client.breaker
+        breaker.reason = "Listing servers: cloud beta answered HTTP 500 (secret-ish detail)"
+        breaker.opened_at = breaker.clock()
+        response = client.get("/readyz")
+        assert response.status_code == 200
+        clouds = response.get_json()["checks"]["clouds"]
+        assert clouds["circuits"] == {"lab": "closed", "beta": "open"}
+        assert clouds["reason"].startswith("circuit open for beta")
+        assert "secret-ish" not in response.get_data(as_text=True)
+
+
+# -- request IDs ---------------------------------------------------------------------
+
+
+def test_a_request_id_is_generated_when_absent(client):
+    first = client.get("/healthz").headers["X-Request-ID"]
+    second = client.get("/healthz").headers["X-Request-ID"]
+    assert HEX_ID.fullmatch(first) and HEX_ID.fullmatch(second) and first != second
+
+
+def test_a_clients_own_request_id_is_not_believed_without_a_proxy(client):
+    response = client.get("/healthz", headers={"X-Request-ID": "chosen-by-client"})
+    assert HEX_ID.fullmatch(response.headers["X-Request-ID"])
+
+
+class TestRequestIdBehindAProxy:
+    @pytest.fixture
+    def env_overrides(self) -> dict:
+        return {"BROKER_TRUSTED_PROXIES": "1"}
+
+    def test_the_proxys_request_id_is_kept(self, client):
+        assert (
+            client.get("/healthz", headers={"X-Request-ID": "lb-1.2_3-abc"}).headers["X-Request-ID"] == "lb-1.2_3-abc"
+        )
+
+    @pytest.mark.parametrize(
+        "hostile",
+        ["x" * 65, "has space", "line\nbreak", "line\r\nX-Injected: 1", "", "<script>", "caf\u00e9", "a;b"],
+        ids=["too-long", "space", "newline", "crlf", "empty", "markup", "non-ascii", "semicolon"],
+    )
+    def test_a_hostile_request_id_is_replaced(self, client, hostile):
+        # Through the WSGI environ: the test client's header checks would refuse a newline.
+        response = client.get("/healthz", environ_overrides={"HTTP_X_REQUEST_ID": hostile})
+        assert HEX_ID.fullmatch(response.headers["X-Request-ID"])
+
+    def test_the_id_reaches_the_error_body_the_audit_record_and_the_log(self, app, client, auth, monkeypatch):
+        stream = io.StringIO()
+        monkeypatch.setattr(broker_handler(logging.getLogger("broker")), "stream", stream)
+        auth.login()
+        response = client.post(
+            f"/api/consoles/{server_id(99)}", headers={"X-CSRFToken": auth.csrf(), "X-Request-ID": "req-404-abc"}
+        )
+        assert response.status_code == 404
+        assert response.headers["X-Request-ID"] == "req-404-abc"
+        assert response.get_json()["error"]["request_id"] == "req-404-abc"
+        audit_lines = [line for line in stream.getvalue().splitlines() if " broker.audit [req-404-abc]: " in line]
+        assert len(audit_lines) == 1 and json.loads(audit_lines[0].partition("]: ")[2])["action"] == "console"
+        if hasattr(AuditRecord, "request_id"):
+            with app.app_context():
+                row = db.session.scalars(select(AuditRecord).order_by(AuditRecord.id.desc())).first()
+                assert (row.action, row.request_id) == ("console", "req-404-abc")
+
+
+def test_the_error_page_shows_the_reference(client):
+    response = client.get("/no-such-page")
+    reference = BeautifulSoup(response.get_data(as_text=True), "html.parser").find(id="error-reference")
+    assert reference.get_text(strip=True) == f"Reference: {response.headers['X-Request-ID']}"
