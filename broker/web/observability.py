@@ -27,6 +27,7 @@ from sqlalchemy import text
 
 from broker import metrics
 from broker import state
+from broker.cloud.client import ComputeClient
 from broker.cloud.resilience import CircuitBreaker
 from broker.extensions import db
 
@@ -157,21 +158,29 @@ def redis_check() -> dict | None:
 
 
 def clouds_check() -> dict:
-    """Each cloud's circuit as this worker's breaker holds it; never makes the broker unready.
+    """Each cloud's circuits (lists, consoles) as this worker's breakers hold them; never makes the broker unready.
 
     An instance taken out of the load balancer gets no requests, so its open circuit would
     never see the probe that closes it; and a broker that is up tells people which cloud is
     failing, which a proxy's error page does not.
     """
     inventory = state.consoles().inventory
-    circuits = {name: circuit_state(inventory.clouds[name].client.breaker) for name in inventory.names()}
-    failing = sorted(name for name, circuit in circuits.items() if circuit != "closed")
+    circuits = {name: breaker_states(inventory.clouds[name].client) for name in inventory.names()}
+    failing = [
+        f"{name} {circuit}" for name, states in circuits.items() for circuit, now in states.items() if now != "closed"
+    ]
     reason = (
-        f"circuit open for {', '.join(failing)} (this worker); other clouds are served, so the broker stays ready"
+        f"circuit open for {', '.join(failing)} (this worker); still ready: out of the load balancer, "
+        "an instance would never get the call that probes a circuit closed"
         if failing
         else "all circuits closed"
     )
     return {"ok": True, "reason": reason, "circuits": circuits}
+
+
+def breaker_states(client: ComputeClient) -> dict[str, str]:
+    """The state of each of a cloud client's breakers, by circuit."""
+    return {circuit: circuit_state(breaker) for circuit, breaker in client.breakers.items()}
 
 
 def circuit_state(breaker: CircuitBreaker) -> str:

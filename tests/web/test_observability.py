@@ -153,7 +153,8 @@ def test_ready(client, fake):
     body = response.get_json()
     assert body["status"] == "ready"
     assert body["checks"]["database"]["ok"] is True
-    assert body["checks"]["clouds"] == {"ok": True, "reason": "all circuits closed", "circuits": {"lab": "closed"}}
+    circuits = {"lab": {"lists": "closed", "consoles": "closed"}}
+    assert body["checks"]["clouds"] == {"ok": True, "reason": "all circuits closed", "circuits": circuits}
     assert "redis" not in body["checks"]
     assert dict(fake.counts) == calls  # no upstream call
     assert TOKEN not in response.get_data(as_text=True)
@@ -240,14 +241,17 @@ class TestOneCircuitOpen:
         return ["lab", "beta"]
 
     def test_one_open_circuit_is_reported_and_the_broker_stays_ready(self, app, client):
-        breaker = state.of(app).consoles.inventory.clouds["beta"].client.breaker
-        breaker.reason = "Listing servers: cloud beta answered HTTP 500 (secret-ish detail)"
+        breaker = state.of(app).consoles.inventory.clouds["beta"].client.breakers["consoles"]
+        breaker.reason = "Opening the console: cloud beta answered HTTP 500 (secret-ish detail)"
         breaker.opened_at = breaker.clock()
         response = client.get("/readyz")
         assert response.status_code == 200
         clouds = response.get_json()["checks"]["clouds"]
-        assert clouds["circuits"] == {"lab": "closed", "beta": "open"}
-        assert clouds["reason"].startswith("circuit open for beta")
+        assert clouds["circuits"] == {
+            "lab": {"lists": "closed", "consoles": "closed"},
+            "beta": {"lists": "closed", "consoles": "open"},
+        }
+        assert clouds["reason"].startswith("circuit open for beta consoles (this worker)")
         assert "secret-ish" not in response.get_data(as_text=True)
 
 
