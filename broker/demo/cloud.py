@@ -16,6 +16,7 @@ import json
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
@@ -192,6 +193,8 @@ class FakeCloud:
         self._unhang = threading.Event()
         self.token_generation = 0
         self.counts: dict[str, int] = {kind: 0 for kind in KINDS}
+        # The kinds of the latest calls in the order they arrived (tests check what came first).
+        self.calls: deque[str] = deque(maxlen=10_000)
         self._lock = threading.Lock()
         self.public_base = "http://cloud.invalid"
 
@@ -247,6 +250,7 @@ class FakeCloud:
     def count(self, kind: str) -> None:
         with self._lock:
             self.counts[kind] += 1
+            self.calls.append(kind)
 
     # -- HTTP -------------------------------------------------------------------
 

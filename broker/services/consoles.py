@@ -130,9 +130,10 @@ class ConsoleService:
         """Servers ``ref`` names that ``user`` may open: an ID, else every server with exactly that name."""
         access = self._access(user)
         note = {"username": user.username, "cloud": cloud or "", "server_id": ref[:64], "detail": "view"}
-        seen = self.inventory.sightings(ref, cloud) if looks_like_id(ref) else []
+        seen = self._sightings(ref, cloud) if looks_like_id(ref) else []
         if not any(access.allows(s.server) for s in seen):
-            named = self.inventory.by_name(ref, cloud)
+            # A UUID is looked for by name only in the lists at hand: a cold worker asks for the ID instead.
+            named = self.inventory.by_name(ref, cloud, wait=not UUID.match(ref))
             # A mistyped name is not worth a call to every cloud: only a UUID or a cached ID is looked up.
             if named or not (seen or UUID.match(ref)):
                 return self._named(access, named, note)
@@ -150,14 +151,17 @@ class ConsoleService:
             self._record(refusal, {**note, "server_id": named[0].id})
         return allowed
 
+    def _sightings(self, server_id: str, cloud: str | None) -> list[Sighting]:
+        """Where the cache has seen an ID; a cloud with no list yet is not waited for when a UUID can be asked for."""
+        return self.inventory.sightings(server_id, cloud, wait=not UUID.match(server_id))
+
     def _by_id(
         self, user: User, access: Access, server_id: str, cloud: str | None, seen: list[Sighting]
     ) -> ServerInfo | Denial:
         """The one path for a server ID: granted from a fresh cache, re-read when old, else looked up."""
-        granted = sorted((s for s in seen if access.allows(s.server)), key=lambda s: not s.fresh)
-        if granted:
-            sighting = granted[0]
-            return sighting.server if sighting.fresh else self._current(sighting.server, access)
+        cached = self._granted(access, seen)
+        if cached is not None:
+            return cached
         key = (user.username, cloud or "", server_id)
         remembered = self._denied.get(key, self.inventory.ttl)
         if isinstance(remembered, Denial):
@@ -166,6 +170,14 @@ class ConsoleService:
         if isinstance(found, Denial):
             self._denied.put(key, found)
         return found
+
+    def _granted(self, access: Access, seen: list[Sighting]) -> ServerInfo | Denial | None:
+        """A sighting ``access`` grants: as seen when fresh, re-read when old; None when none is granted."""
+        granted = sorted((s for s in seen if access.allows(s.server)), key=lambda s: not s.fresh)
+        if not granted:
+            return None
+        sighting = granted[0]
+        return sighting.server if sighting.fresh else self._current(sighting.server, access)
 
     def _current(self, server: ServerInfo, access: Access) -> ServerInfo | Denial:
         """A server known only from an out-of-date list, re-read so the rules judge what it is now."""
@@ -190,12 +202,28 @@ class ConsoleService:
 
         Unknown and forbidden IDs take this same path (a GET on the owning cloud, or on
         every cloud at once), so neither the answer nor its time tells them apart.
+
+        A worker with no list of a cloud yet (cold) sends IDs the user may open here too.
+        That GET costs one lookup like any other, taken before the call whatever it finds:
+        the budget bounds calls made before their answer is known, so it cannot wait to
+        see whether the server is granted, and no kind of ID gets cheaper to try. The
+        charge is once per ID and cloud (the answer is remembered) and only while the
+        worker is cold, which ends when the list fetch the lookup starts has landed. With
+        the budget spent, the cold clouds' lists judge the ID instead (waited for at most
+        ``cold_wait``, one walk shared by everyone), as they did before: nobody loses a
+        console to a cold worker, and a prober learns nothing a warm list would not tell.
         """
         if not seen and not UUID.match(server_id):
             return Denial("failed", "no such server")
         owner = seen[0].server if seen else None
         names = [owner.cloud] if owner else self.inventory.names(cloud)
         lookup = self.inventory.look_up(server_id, names, lambda: self.lookup_budget(user.username))
+        if lookup.budget_spent and not owner and len(self.inventory.listed(names)) < len(names):
+            listed = self.inventory.sightings(server_id, cloud)
+            found = self._granted(access, listed)
+            if found is not None:
+                return found
+            owner = listed[0].server if listed else None
         allowed = [server for server in lookup.servers if access.allows(server)]
         if allowed:
             return allowed[0]
@@ -250,7 +278,7 @@ class ConsoleService:
         """The server a mint names, or why there is none for this user."""
         if not looks_like_id(server_id):
             return Denial("failed", "not a server ID")
-        return self._by_id(user, access, server_id, cloud, self.inventory.sightings(server_id, cloud))
+        return self._by_id(user, access, server_id, cloud, self._sightings(server_id, cloud))
 
     def _mint(self, server: ServerInfo) -> Minted:
         cloud = self.inventory.cloud(server.cloud)
@@ -263,11 +291,10 @@ class ConsoleService:
         return Minted(console, server, cloud.console_ttl, expires_at, cloud.console_swap)
 
     def _not_running(self, server: ServerInfo) -> errors.ServerNotReady:
-        """A 409 says little; name the server's current status."""
+        """A 409 says little; name the server's current status (the inventory keeps it, the rest of its list stays)."""
         status = server.status
         with contextlib.suppress(errors.CloudError):
-            status = self.inventory.cloud(server.cloud).client.get_server(server.id).status
-        self.inventory.forget(server.cloud)
+            status = self.inventory.current(server).status
         error = errors.ServerNotReady(f"The server {server.name} is not running ({status}).")
         error.server_status = status
         return error

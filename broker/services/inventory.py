@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import field
 
+from broker import metrics
 from broker.cloud import errors
 from broker.cloud.registry import Cloud
 from broker.cloud.types import ServerInfo
@@ -49,8 +50,20 @@ class Listing:
 
     @classmethod
     def build(cls, servers: list[ServerInfo], fetched_at: float) -> Listing:
-        haystacks = tuple("\n".join((s.name, s.id, *s.addresses)).lower() for s in servers)
-        return cls(tuple(servers), haystacks, {s.id: s for s in servers}, fetched_at)
+        by_id = {s.id: s for s in servers}
+        return cls(tuple(servers), tuple(haystack(s) for s in servers), by_id, fetched_at)
+
+    def patched(self, server: ServerInfo) -> Listing:
+        """This list with ``server``'s entry as the cloud gave it since (same age: the rest is as old)."""
+        index = self.servers.index(self.by_id[server.id])
+        servers = (*self.servers[:index], server, *self.servers[index + 1 :])
+        haystacks = (*self.haystacks[:index], haystack(server), *self.haystacks[index + 1 :])
+        return Listing(servers, haystacks, {**self.by_id, server.id: server}, self.fetched_at)
+
+
+def haystack(server: ServerInfo) -> str:
+    """What a search matches in: name, ID and addresses."""
+    return "\n".join((server.name, server.id, *server.addresses)).lower()
 
 
 @dataclass(frozen=True)
@@ -250,6 +263,7 @@ class Inventory:
             if isinstance(found, errors.CloudError):
                 overview.failures[name] = found.message
                 continue
+            self._answered_from(name, found)
             stale = self.staleness(name)
             if stale:
                 overview.stale[name] = stale
@@ -260,27 +274,48 @@ class Inventory:
             overview.servers.extend(s for s, hay in pairs if needle in hay)
         return overview
 
-    def by_name(self, name: str, cloud: str | None = None) -> list[ServerInfo]:
-        """Every listed server whose name is exactly ``name``."""
+    def by_name(self, name: str, cloud: str | None = None, wait: bool = True) -> list[ServerInfo]:
+        """Every listed server whose name is exactly ``name`` (with ``wait`` False: in the lists at hand)."""
         matches = []
-        for found in self._gather(self.names(cloud)).values():
+        names = self.names(cloud) if wait else self.listed(self.names(cloud))
+        for cloud_name, found in self._gather(names).items():
             if isinstance(found, Listing):
+                self._answered_from(cloud_name, found)
                 matches.extend(s for s in found.servers if s.name == name)
         return matches
 
+    def listed(self, names: Iterable[str]) -> list[str]:
+        """Those of ``names`` this process has a list of (fresh or not)."""
+        return [name for name in names if self._states[name].listing is not None]
+
+    def warm(self, names: Iterable[str]) -> None:
+        """Start fetching the lists of ``names`` that this process has none of yet; wait for none."""
+        for name in names:
+            if self._states[name].listing is None:
+                self._due(name)
+
+    def _answered_from(self, name: str, listing: Listing) -> None:
+        metrics.list_age(name, max(0.0, self.clock() - listing.fetched_at))
+
     # -- single servers ---------------------------------------------------------
 
-    def sightings(self, server_id: str, cloud: str | None = None) -> list[Sighting]:
-        """Where the broker has seen ``server_id``: its own lookups, then the lists (no call but listing)."""
+    def sightings(self, server_id: str, cloud: str | None = None, wait: bool = True) -> list[Sighting]:
+        """Where the broker has seen ``server_id``: its own lookups, then the lists (no call but listing).
+
+        With ``wait`` False a cloud this process has no list of yet is not waited for: whoever
+        asks looks the ID up instead (one GET) rather than walking every page first.
+        """
         names = self.names(cloud)
         known = {name: self._known.get((name, server_id), self.ttl) for name in names}
-        listings = self._gather([name for name in names if known[name] is None])
+        unknown = [name for name in names if known[name] is None]
+        listings = self._gather(unknown if wait else self.listed(unknown))
         seen = []
         for name in names:
             listing = listings.get(name)
             if isinstance(known[name], ServerInfo):
                 seen.append(Sighting(known[name], fresh=True))
             elif isinstance(listing, Listing) and server_id in listing.by_id:
+                self._answered_from(name, listing)
                 seen.append(Sighting(listing.by_id[server_id], self.fresh(listing)))
         return seen
 
@@ -310,6 +345,8 @@ class Inventory:
                 servers.append(outcome)
             elif not isinstance(outcome, errors.ServerNotFound):
                 trouble[name] = outcome.message
+        # Only now: a cold cloud's list walk must not compete with the lookup it would have delayed.
+        self.warm(ask)
         return Lookup(tuple(servers), trouble)
 
     def current(self, server: ServerInfo) -> ServerInfo:
@@ -337,11 +374,23 @@ class Inventory:
             return exc
         except Exception as exc:  # the client contains its failures; this keeps the pool's answer typed
             return uncontained("Looking up the server", name, exc)
-        self._known.put((name, server_id), server)
+        self.saw(server)
         return server
 
+    def saw(self, server: ServerInfo) -> None:
+        """The cloud's answer for one server now: remembered, and its entry in the cached list brought up to date.
+
+        One server's change (a 409 said it stopped) is no reason to drop the whole list: a
+        list fetched again would make every request of this process wait for a full walk.
+        """
+        self._known.put((server.cloud, server.id), server)
+        with self._lock:
+            state = self._states[server.cloud]
+            if state.listing is not None and server.id in state.listing.by_id:
+                state.listing = state.listing.patched(server)
+
     def forget(self, cloud: str) -> None:
-        """Drop what is cached of a cloud (a server changed state under us)."""
+        """Drop what is cached of a cloud."""
         with self._lock:
             self._states[cloud].listing = None
         self._known.drop(lambda key: key[0] == cloud)

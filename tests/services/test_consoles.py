@@ -18,6 +18,7 @@ from broker.demo import serve
 from broker.demo.cloud import OTHER_PROJECT_SERVER_ID
 from broker.demo.cloud import FakeCloud
 from broker.demo.cloud import Server
+from broker.demo.cloud import make_servers
 from broker.extensions import db
 from broker.models import AuditRecord
 from broker.services import policy
@@ -360,3 +361,117 @@ def test_a_broken_clouds_yaml_entry_is_only_that_clouds_trouble(app, fake, tmp_p
     assert fake.password not in message
     assert service.mint(admin, server_id(1)).server.cloud == "good"
     assert [s.cloud for s in service.resolve(admin, "web-02")] == ["good"]
+
+
+# -- a cold worker: one GET by ID, never a walk of the whole list first ---------------------
+
+
+@pytest.fixture
+def big():
+    """A cloud of 2,500 servers: three pages of 1,000."""
+    cloud = FakeCloud(secret="big", servers=make_servers(2500), console_base="http://127.0.0.1:6080")
+    running = serve.start(cloud)
+    yield cloud
+    cloud.release_hangs()
+    running.stop()
+
+
+def test_a_cold_mint_by_id_costs_one_lookup_and_the_mint(app, big, clock, budget, ctx):
+    service = build(app, clock, budget, Cloud("lab", make_client(big), 600, "idle"))
+    wanted = make_servers(2500)[0]
+    big.faults.hang["list"] = HANG  # a list walk, if one started first, would hold the mint up
+    began = time.monotonic()
+    minted = service.mint(agent(), wanted.id)
+    assert time.monotonic() - began < 2
+    assert (minted.server.name, minted.server.status) == (wanted.name, "ACTIVE")
+    assert (big.counts["show"], big.counts["console"]) == (1, 1)
+    calls = [kind for kind in big.calls if kind in ("show", "list", "console")]
+    assert calls[0] == "show" and calls.count("list") <= 1  # the list walk starts only after the lookup
+    assert budget.asked == ["agent"]  # a lookup like any other (see ConsoleService._look_up)
+    assert console_records()[-1].outcome == "ok"
+    # The walk it started in the background warms this worker for the next requests.
+    big.release_hangs()
+    deadline = time.monotonic() + 10
+    while big.counts["list"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(service.overview(agent()).servers) == 2500
+    assert big.counts["list"] == 3
+    service.mint(agent(), make_servers(2500)[1].id)
+    assert (big.counts["show"], budget.asked) == (1, ["agent"])  # now from the list: no lookup
+
+
+def test_a_cold_console_page_by_id_costs_one_lookup(app, big, clock, budget, ctx):
+    service = build(app, clock, budget, Cloud("lab", make_client(big), 600, "idle"))
+    big.faults.hang["list"] = HANG
+    wanted = make_servers(2500)[0]
+    began = time.monotonic()
+    assert [s.name for s in service.resolve(agent(), wanted.id)] == [wanted.name]
+    service.mint(agent(), wanted.id)  # the page's mint: the lookup's answer is reused
+    assert time.monotonic() - began < 2
+    assert (big.counts["show"], big.counts["console"]) == (1, 1)
+
+
+@pytest.mark.parametrize("call", ["mint", "resolve"])
+@pytest.mark.parametrize(
+    ("ref", "outcome", "reason"),
+    [(UNKNOWN, "failed", "no such server"), (FORBIDDEN, "refused", "no access rule grants this server")],
+    ids=["unknown", "forbidden"],
+)
+def test_a_cold_worker_answers_unknown_and_forbidden_ids_alike(service, fake, budget, ctx, call, ref, outcome, reason):
+    grant("agent", "lab", "web-*")
+    fake.faults.hang["list"] = HANG  # no list arrives while the ID is judged
+    began = time.monotonic()
+    if call == "mint":
+        with pytest.raises(NoSuchServer) as caught:
+            service.mint(agent(), ref)
+        assert caught.value.message == NOT_FOUND
+        assert cloud_answer(caught.value) == (404, "server_not_found")
+    else:
+        assert service.resolve(agent(), ref) == []
+    assert time.monotonic() - began < 2
+    assert (fake.counts["show"], fake.counts["console"], budget.asked) == (1, 0, ["agent"])
+    [record] = console_records()
+    assert (record.outcome, record.server_id, record.reason) == (outcome, ref, reason)
+    assert record.server_name == ("db-01" if outcome == "refused" else "")
+
+
+@pytest.mark.parametrize(
+    ("ref", "outcome", "reason"),
+    [
+        (server_id(1), "ok", ""),
+        (UNKNOWN, "failed", "no such server (the user's server lookups are spent for now)"),
+        (FORBIDDEN, "refused", "no access rule grants this server as last listed"),
+    ],
+    ids=["granted", "unknown", "forbidden"],
+)
+def test_a_cold_worker_with_lookups_spent_judges_by_the_list(service, fake, budget, ctx, ref, outcome, reason):
+    grant("agent", "lab", "web-*")
+    budget.allow = 0
+    if outcome == "ok":
+        assert service.mint(agent(), ref).server.name == "web-01"
+    else:
+        with pytest.raises(NoSuchServer, match=NOT_FOUND):
+            service.mint(agent(), ref)
+    assert (fake.counts["show"], fake.counts["list"]) == (0, 1)  # no GET: one list walk judged it
+    record = console_records()[-1]
+    assert record.outcome == outcome and reason in record.reason
+
+
+# -- a 409 keeps the list ---------------------------------------------------------------------
+
+
+def test_a_stopped_server_updates_its_entry_and_keeps_the_list(service, fake, ctx):
+    assert service.overview(agent()).servers  # the list is cached and fresh
+    fake.servers[server_id(1)].status = "SHUTOFF"  # stopped since it was listed
+    with pytest.raises(errors.ServerNotReady, match=r"web-01 is not running \(SHUTOFF\)") as caught:
+        service.mint(agent(), server_id(1))
+    assert caught.value.server_status == "SHUTOFF"
+    assert [r.outcome for r in console_records()] == ["failed"]
+    lists = fake.counts["list"]
+    fake.faults.latency = 1.0  # a walk now would show in the time
+    began = time.monotonic()
+    listed = {s.id: s.status for s in service.overview(agent()).servers}
+    assert time.monotonic() - began < 0.5
+    assert fake.counts["list"] == lists  # the list was not thrown away
+    assert listed[server_id(1)] == "SHUTOFF" and len(listed) == 7
+    assert [s.status for s in service.overview(agent(), "web-01").servers] == ["SHUTOFF"]  # search too

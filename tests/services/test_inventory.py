@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 
 from broker.cloud.client import ComputeClient
 from broker.cloud.registry import Cloud
@@ -191,3 +192,15 @@ def test_a_refresh_that_answers_in_time_is_shown_at_once(fake):
     fake.servers[server_id(1)].name = "web-01-renamed"
     clock.now = 100
     assert "web-01-renamed" in [s.name for s in inventory.overview().servers]
+
+
+def test_the_age_of_the_list_a_request_was_answered_from_is_measured(fake):
+    clock = FakeClock()
+    inventory = Inventory([Cloud("aged", make_client(fake, "aged"), 600, "idle")], ttl=30, clock=clock)
+    inventory.overview()
+    clock.now = 12
+    inventory.overview()
+    assert REGISTRY.get_sample_value("broker_server_list_age_seconds", {"cloud": "aged"}) == 12
+    clock.now = 20
+    inventory.sightings(server_id(1))
+    assert REGISTRY.get_sample_value("broker_server_list_age_seconds", {"cloud": "aged"}) == 20
