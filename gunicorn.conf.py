@@ -23,7 +23,12 @@ def on_starting(server) -> None:
     # Imported here so that gunicorn's own start-up stays independent of the app.
     from broker import check_configuration
 
-    settings = check_configuration()
+    try:
+        settings = check_configuration()
+    except SystemExit:
+        # A configuration error stops the master before it starts: on_exit will not run.
+        remove_created_dir()
+        raise
     if settings.log_format == "json":
         json_logs()
 
@@ -63,6 +68,11 @@ def forget_earlier_runs(directory: str) -> None:
 
 
 def on_exit(server) -> None:
+    remove_created_dir()
+
+
+def remove_created_dir() -> None:
+    """The metrics directory this start made, if it did (never one the operator chose)."""
     created = os.environ.get(CREATED)
     if created and created == os.environ.get(MULTIPROC):
         shutil.rmtree(created, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -81,16 +82,42 @@ def gunicorn(tmp_path):
         for _ in range(300):
             assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
             try:
-                if requests.get(url + "/healthz", timeout=2).ok and len(children(proc.pid)) == 2:
+                if requests.get(url + "/healthz", timeout=2).ok:
                     break
             except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        yield url, proc.pid
+                time.sleep(0.1)
+        yield url, proc.pid, settle(url, proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=20)
         log.close()
+
+
+def settle(url: str, master: int) -> list[int]:
+    """The two workers, once each answers on its own (one that failed to boot has been replaced)."""
+    for _ in range(60):
+        workers = children(master)
+        try:
+            answered = len(workers) == 2 and all(answers_alone(url, worker, workers) for worker in workers)
+            # A replacement may have answered for a worker that died meanwhile.
+            if answered and sorted(children(master)) == sorted(workers):
+                return workers
+        except ProcessLookupError:
+            pass  # a worker died meanwhile: read them again
+        time.sleep(0.2)
+    raise AssertionError(f"gunicorn's two workers did not both answer: {children(master)}")
+
+
+def answers_alone(url: str, worker: int, workers: list[int]) -> bool:
+    only(worker, workers)
+    try:
+        return requests.get(url + "/healthz", timeout=5).ok
+    except requests.RequestException:
+        return False
+    finally:
+        for other in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(other, signal.SIGCONT)
 
 
 def metrics_dir_of(workers: list[int]) -> str | None:
@@ -144,9 +171,7 @@ def only(worker: int, workers: list[int]) -> None:
 
 
 def test_metrics_add_up_every_worker(gunicorn):
-    url, master = gunicorn
-    workers = children(master)
-    assert len(workers) == 2
+    url, master, workers = gunicorn
     statuses: list[int] = []
     try:
         for worker in workers:
@@ -171,3 +196,22 @@ def test_metrics_add_up_every_worker(gunicorn):
             break
         time.sleep(0.1)
     assert not os.path.exists(directory), "gunicorn.conf.py removes the directory it made when the server stops"
+
+
+def test_a_start_stopped_by_bad_configuration_leaves_no_metrics_directory(tmp_path):
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "OS_", "PROMETHEUS_"))}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        TMPDIR=str(private_tmp),  # where tempfile.mkdtemp puts the directory
+        BIND="127.0.0.1:0",
+        BROKER_SECRET_KEY="k" * 32,
+        BROKER_DATABASE_URL=f"sqlite:///{tmp_path}/b.sqlite3",
+        BROKER_LOG_FORMAT="yaml",  # not a format: the master stops before it forks
+    )
+    done = subprocess.run(
+        ["/bin/sh", "-c", "exec " + procfile_web_line()], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 3 and "BROKER_LOG_FORMAT" in done.stderr
+    assert list(private_tmp.iterdir()) == []
