@@ -14,6 +14,8 @@ from flask_login import login_required
 from broker import state
 from broker.services.consoles import MINT_DETAILS
 from broker.services.consoles import ConsoleService
+from broker.web.views import console_links
+from broker.web.views import notices
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -54,17 +56,22 @@ def mint(server_id: str):
 @bp.get("/servers")
 @login_required
 def servers():
+    """The list page's rows as JSON; ``console_page``, ``cloud`` and ``notices`` give what the page shows."""
     args = request.args
-    overview = service().overview(current_user, args.get("q", "")[:200], args.get("cloud") or None)
+    cloud = args.get("cloud") or None
+    overview = service().overview(current_user, args.get("q", "")[:200], cloud)
     limit = args.get("limit", type=int)
     shown = overview.servers[:limit] if limit and limit > 0 else overview.servers
+    links = console_links(shown)
     return jsonify(
         {
-            "servers": [s.to_json() for s in shown],
+            "servers": [{**s.to_json(), "console_page": link} for s, link in zip(shown, links, strict=True)],
             "total": len(overview.servers),
+            "cloud": cloud,
             "unavailable": [{"cloud": name, "message": msg} for name, msg in overview.failures.items()],
             "stale": [
                 {"cloud": name, "age_seconds": round(s.age), "message": s.message} for name, s in overview.stale.items()
             ],
+            "notices": notices(overview),
         }
     )

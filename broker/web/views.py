@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from flask import Blueprint
 from flask import abort
+from flask import current_app
 from flask import redirect
 from flask import render_template
 from flask import request
 from flask import url_for
 from flask_login import current_user
 from flask_login import login_required
+from werkzeug.routing import PathConverter
 
 from broker import state
+from broker.cloud.types import ServerInfo
 from broker.services.consoles import ConsoleService
+from broker.services.inventory import Overview
 
 bp = Blueprint("views", __name__)
 
@@ -29,17 +33,47 @@ def cloud_arg() -> str | None:
 LIST_ROWS = 200
 
 
+def notices(overview: Overview) -> list[dict]:
+    """What the list says about clouds it could not list or shows from memory; the page and the API share it."""
+    failed = [
+        {"kind": "failure", "cloud": name, "text": f"Cloud {name} could not be listed: {message}"}
+        for name, message in overview.failures.items()
+    ]
+    stale = [
+        {
+            "kind": "stale",
+            "cloud": name,
+            "text": f"Showing the list of cloud {name} from {int(s.age // 60)} min ago; "
+            f"refreshing it failed: {s.message}",
+        }
+        for name, s in overview.stale.items()
+    ]
+    return failed + stale
+
+
+def console_links(servers: list[ServerInfo]) -> list[str]:
+    """Each server's console page as url_for writes it, with one url_for per cloud (a list may hold 10,000)."""
+    path = PathConverter(current_app.url_map)  # what <path:ref> quotes the ID with
+    base = url_for("views.console", ref="")
+    queries: dict[str, str] = {}
+    for server in servers:
+        if server.cloud not in queries:
+            queries[server.cloud] = url_for("views.console", ref="-", cloud=server.cloud).partition("?")[2]
+    return [f"{base}{path.to_url(s.id)}?{queries[s.cloud]}" for s in servers]
+
+
 @bp.get("/")
 @login_required
 def index():
     query = request.args.get("q", "")[:200]
     overview = service().overview(current_user, query, cloud_arg())
+    servers = overview.servers[:LIST_ROWS]
     return render_template(
         "servers/list.html",
-        servers=overview.servers[:LIST_ROWS],
+        rows=zip(servers, console_links(servers), strict=True),
+        shown=len(servers),
         total=len(overview.servers),
-        failures=overview.failures,
-        stale=overview.stale,
+        notices=notices(overview),
         query=query,
         cloud=cloud_arg() or "",
         clouds=service().inventory.names(),

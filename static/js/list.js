@@ -1,58 +1,79 @@
 // Instant search on the server list: asks /api/servers as you type (the broker
-// holds the list in memory, so an answer takes milliseconds), renders the rows
-// with textContent only, and keeps ?q= in the address for bookmarks.
+// holds the list in memory, so an answer takes milliseconds) and rebuilds what
+// templates/servers/list.html renders (cloud notices, counts, rows, the empty-state
+// line) with textContent only. Keeps ?q= and ?cloud= in the address for bookmarks.
 
 const section = document.getElementById("server-list");
 const input = document.getElementById("q");
 const cloudSelect = document.getElementById("cloud-filter");
+const notices = document.getElementById("cloud-notices");
 const tbody = document.querySelector("#servers tbody");
 const shown = document.getElementById("shown-count");
 const total = document.getElementById("total-count");
 const moreHint = document.getElementById("more-hint");
 const noMatch = document.getElementById("no-match");
 const rows = Number(section.dataset.rows);
+// The page's ?cloud= narrowing, until the cloud chooser changes it.
+let cloud = section.dataset.cloud;
 let controller = null;
 let timer = 0;
 
-function cell(text, className) {
-  const td = document.createElement("td");
-  if (className) td.className = className;
-  td.textContent = text;
-  return td;
+function element(tag, text, className) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text) node.textContent = text;
+  return node;
 }
 
-function row(server) {
+function serverRow(server) {
   const tr = document.createElement("tr");
   tr.dataset.status = server.status;
-  const link = document.createElement("a");
-  link.className = "server-link";
-  const params = new URLSearchParams({ cloud: server.cloud });
-  link.href = `${section.dataset.console}${encodeURIComponent(server.id)}?${params}`;
-  link.textContent = server.name;
+  const link = element("a", server.name, "server-link");
+  link.setAttribute("href", server.console_page);
   const name = document.createElement("td");
   name.append(link);
-  const status = document.createElement("span");
-  status.className = `status status-${server.status.toLowerCase()}`;
-  status.textContent = server.status;
-  const statusCell = document.createElement("td");
-  statusCell.append(status);
-  tr.append(name, statusCell, cell(server.addresses.join(", ")), cell(server.availability_zone),
-    cell(server.cloud), cell(server.id, "id"));
+  const status = document.createElement("td");
+  status.append(element("span", server.status, `status status-${server.status.toLowerCase()}`));
+  tr.append(
+    name,
+    status,
+    element("td", server.addresses.join(", ")),
+    element("td", server.availability_zone),
+    element("td", server.cloud),
+    element("td", server.id, "id"),
+  );
   return tr;
 }
 
-function render(body) {
-  tbody.replaceChildren(...body.servers.map(row));
+function cloudNotice(notice) {
+  const p = element("p", notice.text, `warning cloud-${notice.kind}`);
+  p.dataset.cloud = notice.cloud;
+  return p;
+}
+
+function render(body, query) {
+  notices.replaceChildren(...body.notices.map(cloudNotice));
+  tbody.replaceChildren(...body.servers.map(serverRow));
   shown.textContent = String(body.servers.length);
   total.textContent = String(body.total);
   moreHint.hidden = body.total <= body.servers.length;
   noMatch.hidden = body.servers.length > 0;
-  noMatch.textContent = "No servers match this search.";
+  noMatch.textContent = query ? noMatch.dataset.noMatch : noMatch.dataset.none;
+}
+
+function remember(query) {
+  const url = new URL(window.location.href);
+  for (const [name, value] of [["q", query], ["cloud", cloud]]) {
+    if (value) url.searchParams.set(name, value);
+    else url.searchParams.delete(name);
+  }
+  window.history.replaceState(null, "", url);
 }
 
 async function search() {
-  const params = new URLSearchParams({ q: input.value.trim(), limit: String(rows) });
-  if (cloudSelect && cloudSelect.value) params.set("cloud", cloudSelect.value);
+  const query = input.value.trim();
+  const params = new URLSearchParams({ q: query, limit: String(rows) });
+  if (cloud) params.set("cloud", cloud);
   controller?.abort();
   controller = new AbortController();
   try {
@@ -64,18 +85,20 @@ async function search() {
       window.location.reload();
       return;
     }
-    if (response.ok) render(await response.json());
+    if (!response.ok) return;
+    render(await response.json(), query);
   } catch (error) {
-    if (error.name !== "AbortError") throw error;
+    if (error.name === "AbortError") return; // a newer search took over
+    throw error;
   }
-  const url = new URL(window.location.href);
-  if (input.value.trim()) url.searchParams.set("q", input.value.trim());
-  else url.searchParams.delete("q");
-  window.history.replaceState(null, "", url);
+  remember(query);
 }
 
 input.addEventListener("input", () => {
   clearTimeout(timer);
   timer = setTimeout(search, 60);
 });
-cloudSelect?.addEventListener("change", search);
+cloudSelect?.addEventListener("change", () => {
+  cloud = cloudSelect.value;
+  search();
+});

@@ -12,6 +12,7 @@ from broker.demo.cloud import OTHER_PROJECT_SERVER_ID
 from broker.extensions import db
 from broker.models import AuditRecord
 from broker.services.consoles import NOT_FOUND
+from tests.support import ADMIN
 from tests.support import server_id
 
 
@@ -149,11 +150,108 @@ def test_list_api(client, auth):
         "cloud": "lab",
         "addresses": ["10.1.0.1"],
         "availability_zone": "az-1",
+        "console_page": f"/console/{server_id(1)}?cloud=lab",
     }
-    assert body["unavailable"] == [] and body["stale"] == []
+    assert body["unavailable"] == [] and body["stale"] == [] and body["notices"] == []
+    assert body["cloud"] is None
     assert body["total"] == 2
     limited = client.get("/api/servers?limit=3").get_json()
     assert len(limited["servers"]) == 3 and limited["total"] == 7
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def list_clock(app) -> FakeClock:
+    """The inventory's clock, so a test can age the cached lists."""
+    clock = FakeClock()
+    state.of(app).consoles.inventory.clock = clock
+    return clock
+
+
+def test_list_api_reports_a_cloud_that_failed_to_list(client, auth, fake):
+    auth.login()
+    fake.faults.fail_next["list"] = [500] * 3
+    body = client.get("/api/servers").get_json()
+    message = "Listing servers: cloud lab answered HTTP 500 (computeFault)."
+    assert body["servers"] == [] and body["total"] == 0
+    assert body["unavailable"] == [{"cloud": "lab", "message": message}]
+    assert body["notices"] == [{"kind": "failure", "cloud": "lab", "text": f"Cloud lab could not be listed: {message}"}]
+
+
+def test_list_api_reports_a_cloud_that_has_not_answered_yet(client, auth, app, fake):
+    auth.login()
+    state.of(app).consoles.inventory.cold_wait = 0.2
+    fake.faults.hang["list"] = 30
+    try:
+        body = client.get("/api/servers").get_json()
+    finally:
+        fake.release_hangs()
+    [notice] = body["notices"]
+    assert notice["kind"] == "failure"
+    assert (
+        notice["text"]
+        == "Cloud lab could not be listed: cloud lab has not answered yet; its servers will appear when it does."
+    )
+
+
+@pytest.mark.parametrize(("age", "minutes"), [(59.4, 0), (119.6, 1), (3600, 60)])
+def test_list_api_reports_a_stale_list_with_its_age_and_reason(client, auth, fake, list_clock, age, minutes):
+    auth.login()
+    client.get("/api/servers")
+    list_clock.now = age  # older than the cache lifetime: due for a refresh, which fails
+    fake.faults.fail_next["list"] = [500] * 3
+    body = client.get("/api/servers?q=web").get_json()
+    reason = "Listing servers: cloud lab answered HTTP 500 (computeFault)."
+    assert [s["name"] for s in body["servers"]] == ["web-01", "web-02"]
+    assert body["unavailable"] == []
+    assert body["stale"] == [{"cloud": "lab", "age_seconds": round(age), "message": reason}]
+    # Whole minutes, rounded down, as the page says it.
+    text = f"Showing the list of cloud lab from {minutes} min ago; refreshing it failed: {reason}"
+    assert body["notices"] == [{"kind": "stale", "cloud": "lab", "text": text}]
+
+
+class TestCloudNarrowing:
+    @pytest.fixture
+    def cloud_names(self):
+        return ["lab", "beta/RegionOne"]
+
+    def test_narrowed_list_names_its_cloud_and_links_with_it(self, client, auth):
+        auth.login(*ADMIN)
+        body = client.get("/api/servers", query_string={"cloud": "beta/RegionOne", "q": "web"}).get_json()
+        assert body["cloud"] == "beta/RegionOne"
+        assert [(s["name"], s["cloud"]) for s in body["servers"]] == [
+            ("web-01", "beta/RegionOne"),
+            ("web-02", "beta/RegionOne"),
+        ]
+        assert body["servers"][0]["console_page"] == f"/console/{server_id(1)}?cloud=beta/RegionOne"
+
+    def test_without_narrowing_every_cloud_is_listed(self, client, auth):
+        auth.login(*ADMIN)
+        body = client.get("/api/servers?q=web-01").get_json()
+        assert body["cloud"] is None
+        assert [s["console_page"] for s in body["servers"]] == [
+            f"/console/{server_id(1)}?cloud=lab",
+            f"/console/{server_id(1)}?cloud=beta/RegionOne",
+        ]
+
+    def test_trouble_of_clouds_outside_the_narrowing_is_not_reported(self, client, auth, fake):
+        auth.login(*ADMIN)
+        fake.faults.fail_next["list"] = [500] * 3  # the first cloud asked fails
+        body = client.get("/api/servers?cloud=lab").get_json()
+        assert [n["cloud"] for n in body["notices"]] == ["lab"]
+        assert client.get("/api/servers?cloud=beta/RegionOne").get_json()["notices"] == []
+
+    def test_an_unknown_cloud_lists_nothing(self, client, auth):
+        auth.login(*ADMIN)
+        body = client.get("/api/servers?cloud=nowhere").get_json()
+        assert (body["cloud"], body["servers"], body["total"], body["notices"]) == ("nowhere", [], 0, [])
 
 
 def test_server_list_is_cached_and_the_mint_is_not(client, auth, fake):

@@ -6,8 +6,13 @@ import json
 
 import pytest
 from bs4 import BeautifulSoup
+from flask import url_for
 
+from broker import state
+from broker.cloud.types import ServerInfo
 from broker.services import audit
+from broker.services import policy
+from broker.web.views import console_links
 from tests.support import FROM_THIS_SITE
 from tests.support import server_id
 
@@ -190,8 +195,6 @@ def test_long_lists_are_capped_with_a_hint(signed_in, monkeypatch):
 
 
 def test_agent_without_rules_is_told_why(client, auth, app):
-    from broker.services import policy
-
     with app.app_context():
         for rule in policy.all_rules():
             policy.remove_rule(rule.id)
@@ -202,3 +205,104 @@ def test_agent_without_rules_is_told_why(client, auth, app):
 def test_healthz_needs_no_sign_in_and_no_cloud(client, fake):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     assert fake.counts["list"] == 0 and fake.counts["token"] == 0
+
+
+# -- the list page and /api/servers say the same (static/js/list.js renders the latter) ----
+
+
+def page_and_api(client, query_string: dict) -> tuple[BeautifulSoup, dict]:
+    soup = soup_of(client.get("/", query_string=query_string))
+    return soup, client.get("/api/servers", query_string={**query_string, "limit": 200}).get_json()
+
+
+def page_notices(soup) -> list[dict]:
+    return [
+        {"kind": p["class"][1].removeprefix("cloud-"), "cloud": p["data-cloud"], "text": p.get_text()}
+        for p in soup.select("#cloud-notices p")
+    ]
+
+
+def test_the_page_shows_the_apis_rows_and_links(signed_in):
+    soup, body = page_and_api(signed_in, {"q": "0"})
+    links = [(a.get_text(), a["href"]) for a in soup.select("#servers tbody a.server-link")]
+    assert links == [(s["name"], s["console_page"]) for s in body["servers"]]
+    assert len(links) == 7
+    assert soup.select_one("#shown-count").get_text() == str(len(body["servers"]))
+
+
+def test_a_failed_cloud_reads_the_same_on_the_page_and_in_the_api(signed_in, fake):
+    fake.faults.fail_next["list"] = [500] * 3
+    soup, body = page_and_api(signed_in, {})
+    assert page_notices(soup) == body["notices"]
+    assert [n["kind"] for n in body["notices"]] == ["failure"]
+
+
+def test_a_stale_list_reads_the_same_on_the_page_and_in_the_api(signed_in, app, fake):
+    inventory = state.of(app).consoles.inventory
+    signed_in.get("/")
+    real = inventory.clock
+    inventory.clock = lambda: real() + 150  # the list is two and a half minutes old
+    fake.faults.fail_next["list"] = [500] * 3
+    soup, body = page_and_api(signed_in, {"q": "web"})
+    assert page_notices(soup) == body["notices"]
+    [notice] = page_notices(soup)
+    assert notice["kind"] == "stale"
+    assert notice["text"].startswith(
+        "Showing the list of cloud lab from 2 min ago; refreshing it failed: Listing servers"
+    )
+    assert visible_names(soup) == ["web-01", "web-02"]
+
+
+def test_a_page_opened_with_a_cloud_keeps_it_for_the_search(signed_in):
+    soup = soup_of(signed_in.get("/?cloud=lab"))
+    assert soup.select_one("#server-list")["data-cloud"] == "lab"
+    # One cloud: no chooser, so the form carries the narrowing itself.
+    assert soup.select_one("#cloud-filter") is None
+    assert soup.select_one('form.search input[type="hidden"][name="cloud"]')["value"] == "lab"
+    unnarrowed = soup_of(signed_in.get("/"))
+    assert unnarrowed.select_one("#server-list")["data-cloud"] == ""
+    assert unnarrowed.select_one('form.search input[name="cloud"]') is None
+
+
+class TestSeveralClouds:
+    @pytest.fixture
+    def cloud_names(self):
+        return ["lab", "beta/RegionOne"]
+
+    def test_narrowed_page_links_with_its_cloud(self, client, auth):
+        auth.login("admin", "admin-password-1")
+        soup, body = page_and_api(client, {"cloud": "beta/RegionOne"})
+        hrefs = [a["href"] for a in soup.select("#servers tbody a.server-link")]
+        assert hrefs == [s["console_page"] for s in body["servers"]]
+        assert hrefs[0] == f"/console/{server_id(1)}?cloud=beta/RegionOne"
+        assert soup.select_one("#cloud-filter option[selected]")["value"] == "beta/RegionOne"
+        assert soup.select_one('form.search input[type="hidden"]') is None  # the chooser carries it
+
+
+@pytest.mark.parametrize(
+    ("user", "query", "shown"),
+    [
+        ("agent", "zzz", "No servers match this search."),
+        ("agent", "  ", "No servers to show: ask an admin for access."),
+        ("admin", "", "No servers to show."),
+    ],
+)
+def test_the_empty_state_gives_the_script_both_messages(client, auth, app, user, query, shown):
+    with app.app_context():
+        for rule in policy.all_rules():
+            policy.remove_rule(rule.id)
+    auth.login(user, f"{user}-password-1")
+    empty = soup_of(client.get("/", query_string={"q": query, "cloud": "nowhere"})).select_one("#no-match")
+    assert empty.get_text() == shown and not empty.has_attr("hidden")
+    assert empty["data-no-match"] == "No servers match this search."
+    hint = ": ask an admin for access" if user == "agent" else ""
+    assert empty["data-none"] == f"No servers to show{hint}."
+
+
+@pytest.mark.parametrize("server", ["a b", "ü/x", "/lead", "x?y#z", "%41&b=c+d", "semi;colon:@!$'()*,="])
+@pytest.mark.parametrize("cloud", ["lab", "beta/RegionOne", "odd cloud&x=1#"])
+def test_console_links_are_what_url_for_writes(app, server, cloud):
+    servers = [ServerInfo(server, "n", "ACTIVE", cloud), ServerInfo("plain", "n", "ACTIVE", "lab")]
+    with app.test_request_context("/"):
+        expected = [url_for("views.console", ref=s.id, cloud=s.cloud) for s in servers]
+        assert console_links(servers) == expected
