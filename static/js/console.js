@@ -15,44 +15,72 @@ const resumeButton = document.getElementById("resume");
 const csrfToken = document.querySelector('meta[name="csrf-token"]').content;
 
 const now = () => performance.now();
+
+// Everything the page knows, in one place; times are performance.now() milliseconds.
 const state = {
-  held: null, // {url, fetchedAt, expiresIn}
-  applied: null,
-  timer: null,
-  attempts: 0,
-  inFlight: false,
-  paused: false,
-  stopped: false,
-  pointerInside: false,
-  lastInside: -Infinity,
-  lastActivity: now(),
+  // Shown as #console[data-state]: loading, live, pending, retrying, live-retrying,
+  // signin, not-running or refused.
+  phase: "loading",
+  held: null, // the freshest URL: {url, refreshAt, expiresAt}
+  applied: null, // the URL the frame shows
   swaps: 0,
+  timer: null, // the one refresh or retry waiting to run
+  inFlight: false,
+  attempts: 0, // failed mints in a row, for the backoff
+  paused: false, // refreshing paused after a long idle time, until Resume
+  stopped: false, // nothing more to do until the person acts (sign in, retry)
+  hidden: document.hidden,
+  use: { pointerInside: false, lastInside: -Infinity, lastActivity: now() },
 };
 
-function setState(name) {
-  root.dataset.state = name;
+function enter(phase) {
+  state.phase = phase;
+  root.dataset.state = phase;
 }
 
 function focusInside() {
   return document.hasFocus() && document.activeElement === frame;
 }
 
+function usingConsole() {
+  return focusInside() || state.use.pointerInside;
+}
+
 // Idle: no focus or pointer inside the console for idleSwapAfter seconds.
 function isIdle() {
-  if (focusInside() || state.pointerInside) return false;
-  return now() - state.lastInside >= page.idleSwapAfter * 1000;
+  return !usingConsole() && now() - state.use.lastInside >= page.idleSwapAfter * 1000;
 }
 
 function refreshDelayMs(expiresIn) {
   return Math.max(expiresIn - page.margin, expiresIn / 2) * 1000;
 }
 
+function hold(url, expiresIn) {
+  const fetchedAt = now();
+  state.held = {
+    url,
+    refreshAt: fetchedAt + refreshDelayMs(expiresIn),
+    expiresAt: fetchedAt + expiresIn * 1000,
+  };
+  state.attempts = 0;
+}
+
 function remainingMs() {
-  return state.held ? state.held.expiresIn * 1000 - (now() - state.held.fetchedAt) : 0;
+  return state.held ? state.held.expiresAt - now() : 0;
 }
 
 function isStale() {
-  return !state.held || now() - state.held.fetchedAt >= refreshDelayMs(state.held.expiresIn);
+  return !state.held || now() >= state.held.refreshAt;
+}
+
+function clearTimer() {
+  clearTimeout(state.timer);
+  state.timer = null;
+}
+
+function setTimer(run, delayMs) {
+  clearTimeout(state.timer);
+  state.timer = setTimeout(run, delayMs);
 }
 
 function showNotice(text, { signin = false, retry = false, resume = false } = {}) {
@@ -82,15 +110,13 @@ function apply(url) {
   state.applied = url;
   state.swaps += 1;
   root.dataset.swaps = String(state.swaps);
-  setState("live");
+  enter("live");
 }
 
 function schedule() {
-  clearTimeout(state.timer);
-  state.timer = null;
-  if (document.hidden || state.paused || state.stopped || !state.held) return;
-  const due = state.held.fetchedAt + refreshDelayMs(state.held.expiresIn) - now();
-  state.timer = setTimeout(() => mint("refresh"), Math.max(0, due));
+  clearTimer();
+  if (state.hidden || state.paused || state.stopped || !state.held) return;
+  setTimer(() => mint("refresh"), Math.max(0, state.held.refreshAt - now()));
 }
 
 function backoff(message, retryAfter) {
@@ -98,15 +124,61 @@ function backoff(message, retryAfter) {
   const base = Math.min(60, 2 ** state.attempts);
   const delay = Math.max(retryAfter || 0, base * (0.5 + Math.random() / 2));
   showNotice(`${message} Retrying in ${Math.round(delay)} s.`, { retry: true });
-  setState(state.applied ? "live-retrying" : "retrying");
-  clearTimeout(state.timer);
-  state.timer = setTimeout(() => mint(state.applied ? "refresh" : "load"), delay * 1000);
+  enter(state.applied ? "live-retrying" : "retrying");
+  setTimer(() => mint(state.applied ? "refresh" : "load"), delay * 1000);
 }
 
-function stop(stateName) {
+// The person asked to try again: the backoff starts over.
+function retryNow() {
+  state.attempts = 0;
+  mint(state.applied ? "reconnect" : "load");
+}
+
+function stop(phase) {
   state.stopped = true;
-  clearTimeout(state.timer);
-  setState(stateName);
+  clearTimer();
+  enter(phase);
+}
+
+function pause() {
+  state.paused = true;
+  clearTimer();
+  showNotice("Refreshing is paused after a long idle time.", { resume: true });
+}
+
+function resume() {
+  state.paused = false;
+  activity();
+  hideNotice();
+  mint("resume");
+}
+
+function activity() {
+  state.use.lastActivity = now();
+}
+
+function pointerEntered() {
+  state.use.pointerInside = true;
+  activity();
+}
+
+function pointerLeft() {
+  state.use.pointerInside = false;
+  state.use.lastInside = now();
+  activity();
+}
+
+function becameHidden() {
+  state.hidden = true;
+  clearTimer();
+}
+
+// Shown again: fetch at once if the held URL is stale, else wait for its refresh time.
+function becameVisible() {
+  state.hidden = false;
+  if (state.paused || state.stopped) return;
+  if (isStale()) mint("refresh");
+  else schedule();
 }
 
 async function failure(response) {
@@ -139,13 +211,12 @@ function received(data, reason) {
     backoff("The cloud returned an unusable console address.");
     return;
   }
-  state.held = { url: data.url, fetchedAt: now(), expiresIn: Number(data.expires_in) };
-  state.attempts = 0;
+  hold(data.url, Number(data.expires_in));
   statusEl.textContent = data.server.status;
   hideNotice();
   const swapNow = !state.applied || reason !== "refresh" || page.swap === "always" || isIdle();
   if (swapNow) apply(data.url);
-  else setState("pending");
+  else enter("pending");
   schedule();
   render();
 }
@@ -179,7 +250,7 @@ function formatSeconds(ms) {
 function render() {
   if (!state.held) return;
   const left = remainingMs();
-  if (root.dataset.state === "pending") {
+  if (state.phase === "pending") {
     freshness.textContent = "Fresh link ready: applies when you pause, or press Reconnect";
   } else if (left <= 0) {
     freshness.textContent = "Link expired; a connected session stays open";
@@ -192,18 +263,10 @@ function render() {
 // Once a second: follow focus, swap a waiting URL at the first idle moment,
 // pause refreshing after a long idle time, and update the freshness label.
 function tick() {
-  if (focusInside() || state.pointerInside) state.lastInside = now();
-  if (root.dataset.state === "pending" && isIdle()) apply(state.held.url);
-  if (!state.paused && !state.stopped && now() - state.lastActivity > page.pauseAfter * 1000) {
-    state.paused = true;
-    clearTimeout(state.timer);
-    showNotice("Refreshing is paused after a long idle time.", { resume: true });
-  }
+  if (usingConsole()) state.use.lastInside = now();
+  if (state.phase === "pending" && isIdle()) apply(state.held.url);
+  if (!state.paused && !state.stopped && now() - state.use.lastActivity > page.pauseAfter * 1000) pause();
   render();
-}
-
-function activity() {
-  state.lastActivity = now();
 }
 
 function reconnect() {
@@ -231,41 +294,19 @@ async function copyLink() {
   setTimeout(() => (button.textContent = "Copy link"), 2000);
 }
 
-frame.addEventListener("mouseenter", () => {
-  state.pointerInside = true;
-  activity();
-});
-frame.addEventListener("mouseleave", () => {
-  state.pointerInside = false;
-  state.lastInside = now();
-  activity();
-});
+frame.addEventListener("mouseenter", pointerEntered);
+frame.addEventListener("mouseleave", pointerLeft);
 window.addEventListener("blur", () => setTimeout(tick, 0));
 for (const type of ["pointermove", "pointerdown", "keydown", "focus"]) {
   window.addEventListener(type, activity, { passive: true });
 }
-document.addEventListener("visibilitychange", () => {
-  if (document.hidden) {
-    clearTimeout(state.timer);
-  } else if (!state.paused && !state.stopped) {
-    if (isStale()) mint("refresh");
-    else schedule();
-  }
-});
+document.addEventListener("visibilitychange", () => (document.hidden ? becameHidden() : becameVisible()));
 document.getElementById("reconnect").addEventListener("click", reconnect);
 document.getElementById("fullscreen").addEventListener("click", () => frame.requestFullscreen?.());
 document.getElementById("copy-link").addEventListener("click", copyLink);
-retryButton.addEventListener("click", () => {
-  state.attempts = 0;
-  mint(state.applied ? "reconnect" : "load");
-});
-resumeButton.addEventListener("click", () => {
-  state.paused = false;
-  activity();
-  hideNotice();
-  mint("resume");
-});
+retryButton.addEventListener("click", retryNow);
+resumeButton.addEventListener("click", resume);
 
-setState("loading");
+enter("loading");
 setInterval(tick, 1000);
 mint("load");
