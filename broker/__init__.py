@@ -157,7 +157,8 @@ def register_services(app: Flask, settings: Settings, clouds: list | None) -> Co
         clouds = [cloud]
     elif clouds is None:
         clouds = configured_clouds(settings)
-    inventory = Inventory(clouds, settings.server_cache_ttl)
+    # With Redis, one walk per cloud and cache lifetime serves every worker and instance.
+    inventory = Inventory(clouds, settings.server_cache_ttl, shared=state.of(app).redis)
     hosts = settings.console_hosts
     if not hosts and not settings.demo:
         hosts = learned_hosts(clouds)

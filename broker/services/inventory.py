@@ -4,11 +4,19 @@ Each cloud is called from its own small thread pools, so a slow cloud holds only
 threads. A cloud's list is fetched by one call at a time; everyone who needs it meanwhile
 shares that call's outcome, waiting for it at most ``cold_wait`` seconds. A call that
 outlives its waiters still fills the cache for the next request.
+
+With the deployment's Redis, that one call per process first looks there: the lists are
+shared by every worker and instance, and one of them (holding a lock in Redis) walks a
+cloud once per cache lifetime for all. Each process keeps its own copy, so a request
+answered within the lifetime asks Redis nothing. Without Redis, or while it is down, each
+process fetches for itself as before.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -24,6 +32,7 @@ from broker import metrics
 from broker.cloud import errors
 from broker.cloud.registry import Cloud
 from broker.cloud.types import ServerInfo
+from broker.shared import SharedRedis
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +46,18 @@ LOOKUP_THREADS = 4
 MAX_REMEMBERED = 10_000
 # A cloud's answer to GET /servers/{id}: 404, or a server of another project.
 GONE = "gone"
+# Keys in the deployment's Redis: the list, its fetch time, the refresher's lock, a failure.
+SHARED_PREFIX = "broker:servers:"
+# How long the refresher's lock lives: a walk that takes longer may be done twice.
+LOCK_TTL = 60.0
+# How often a process waiting for another's walk looks whether it has landed (seconds).
+POLL = 0.1
+# A shared list is kept long past its cache lifetime: it is the stale copy shown meanwhile.
+KEEP_FOR = 24 * 3600
+# Delete the lock only if it still holds our token: an expired lock may be someone else's now.
+RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+# What a Redis step returns when Redis cannot be used: the process then fetches for itself.
+DOWN = object()
 
 
 @dataclass(frozen=True)
@@ -47,18 +68,20 @@ class Listing:
     haystacks: tuple[str, ...]
     by_id: dict
     fetched_at: float
+    # The same moment by the wall clock, which instances share (their monotonic clocks differ).
+    wall: float = 0.0
 
     @classmethod
-    def build(cls, servers: list[ServerInfo], fetched_at: float) -> Listing:
+    def build(cls, servers: list[ServerInfo], fetched_at: float, wall: float = 0.0) -> Listing:
         by_id = {s.id: s for s in servers}
-        return cls(tuple(servers), tuple(haystack(s) for s in servers), by_id, fetched_at)
+        return cls(tuple(servers), tuple(haystack(s) for s in servers), by_id, fetched_at, wall)
 
     def patched(self, server: ServerInfo) -> Listing:
         """This list with ``server``'s entry as the cloud gave it since (same age: the rest is as old)."""
         index = self.servers.index(self.by_id[server.id])
         servers = (*self.servers[:index], server, *self.servers[index + 1 :])
         haystacks = (*self.haystacks[:index], haystack(server), *self.haystacks[index + 1 :])
-        return Listing(servers, haystacks, {**self.by_id, server.id: server}, self.fetched_at)
+        return Listing(servers, haystacks, {**self.by_id, server.id: server}, self.fetched_at, self.wall)
 
 
 def haystack(server: ServerInfo) -> str:
@@ -142,6 +165,78 @@ class _State:
     failed_at: float = 0.0
 
 
+class SharedLists:
+    """Each cloud's list in the deployment's Redis: its copy and fetch time, the refresher's lock, a failure.
+
+    Every step returns ``DOWN`` (after SharedRedis noted why) when Redis cannot be used now.
+    """
+
+    def __init__(self, redis: SharedRedis, lock_ttl: float = LOCK_TTL):
+        self.redis = redis
+        self.lock_ttl = lock_ttl
+
+    def stamp(self, cloud: str) -> tuple[float | None, str | None] | object:
+        """When the shared list was fetched (wall clock), and a failure remembered for everyone."""
+
+        def work(client) -> tuple[float | None, str | None]:
+            at, failure = client.mget(f"{SHARED_PREFIX}{cloud}:at", f"{SHARED_PREFIX}{cloud}:error")
+            return (float(at) if at else None), (failure.decode() if failure else None)
+
+        return self.redis.run(work, lambda: DOWN)
+
+    def read(self, cloud: str) -> tuple[float, list[ServerInfo]] | None | object:
+        """The shared list and its fetch time, or None when there is none (or it does not parse)."""
+        raw = self.redis.run(lambda client: client.get(f"{SHARED_PREFIX}{cloud}"), lambda: DOWN)
+        if raw is DOWN or raw is None:
+            return raw
+        try:
+            body = json.loads(raw)
+            return float(body["at"]), [server_from_json(item, cloud) for item in body["servers"]]
+        except (ValueError, TypeError, KeyError, IndexError):
+            log.warning("cloud %s: the shared server list in Redis does not parse; fetching it again", cloud)
+            return None
+
+    def write(self, cloud: str, listing: Listing) -> None:
+        """Publish a fresh list; its fetch time last, so whoever sees the time finds the list."""
+        body = json.dumps({"at": listing.wall, "servers": [server_to_json(s) for s in listing.servers]})
+
+        def work(client) -> None:
+            with client.pipeline(transaction=True) as pipe:
+                pipe.set(f"{SHARED_PREFIX}{cloud}", body, ex=KEEP_FOR)
+                pipe.set(f"{SHARED_PREFIX}{cloud}:at", repr(listing.wall), ex=KEEP_FOR)
+                pipe.delete(f"{SHARED_PREFIX}{cloud}:error")
+                pipe.execute()
+
+        self.redis.run(work, lambda: None)
+
+    def fail(self, cloud: str, message: str, memory: float) -> None:
+        """Remember a failed walk for everyone, ``memory`` seconds."""
+        key = f"{SHARED_PREFIX}{cloud}:error"
+        self.redis.run(lambda client: client.set(key, message, px=max(1, int(memory * 1000))), lambda: None)
+
+    def lock(self, cloud: str, token: str) -> bool | object:
+        """Take the cloud's refresh lock (True), or learn someone holds it (False)."""
+        key = f"{SHARED_PREFIX}{cloud}:lock"
+        ms = int(self.lock_ttl * 1000)
+        return self.redis.run(lambda client: bool(client.set(key, token, nx=True, px=ms)), lambda: DOWN)
+
+    def release(self, cloud: str, token: str) -> None:
+        """Give the lock back if it is still ours (after its lifetime it may be another's)."""
+        key = f"{SHARED_PREFIX}{cloud}:lock"
+        self.redis.run(lambda client: client.eval(RELEASE, 1, key, token), lambda: None)
+
+
+def server_to_json(server: ServerInfo) -> list:
+    return [server.id, server.name, server.status, list(server.addresses), server.az, server.metadata]
+
+
+def server_from_json(item: list, cloud: str) -> ServerInfo:
+    server_id, name, status, addresses, az, metadata = item
+    return ServerInfo(
+        str(server_id), str(name), str(status), cloud, tuple(map(str, addresses)), str(az), dict(metadata)
+    )
+
+
 def pending(name: str) -> errors.CloudPending:
     return errors.CloudPending(f"cloud {name} has not answered yet; its servers will appear when it does.")
 
@@ -161,11 +256,15 @@ class Inventory:
         ttl: float,
         clock: Callable[[], float] = time.monotonic,
         cold_wait: float = COLD_WAIT,
+        shared: SharedRedis | None = None,
+        wall: Callable[[], float] = time.time,
     ):
         self.clouds = {cloud.name: cloud for cloud in clouds}
         self.ttl = ttl
         self.clock = clock
+        self.wall = wall
         self.cold_wait = cold_wait
+        self.shared = SharedLists(shared) if shared is not None else None
         self._states = {name: _State() for name in self.clouds}
         self._lock = threading.Lock()  # guards _states; never held across a call to a cloud
         # Answers of GET /servers/{id}: a ServerInfo or GONE, per (cloud, id).
@@ -228,12 +327,13 @@ class Inventory:
 
     def _fetch(self, name: str) -> Listing | errors.CloudError:
         """List one cloud (in its pool) and record the outcome; returned, never raised, to every waiter."""
+        outcome = None
         try:
-            outcome: Listing | errors.CloudError = Listing.build(self.clouds[name].client.list_servers(), self.clock())
-        except errors.CloudError as exc:
-            outcome = exc
-        except Exception as exc:  # the client contains its failures; this guards the single-flight
-            outcome = uncontained("Listing servers", name, exc)
+            outcome = self._fetch_shared(name) if self.shared else None
+        except Exception as exc:  # a bug here must not cost the list: fetch it as without Redis
+            log.error("cloud %s: the shared server list failed", name, exc_info=exc)
+        if outcome is None:
+            outcome = self._walk(name)
         with self._lock:
             state = self._states[name]
             if isinstance(outcome, Listing):
@@ -242,6 +342,84 @@ class Inventory:
                 state.error, state.failed_at = outcome, self.clock()
             state.fetch = None
         return outcome
+
+    def _walk(self, name: str) -> Listing | errors.CloudError:
+        """List one cloud upstream, every page; a failure is returned, not raised."""
+        try:
+            return Listing.build(self.clouds[name].client.list_servers(), self.clock(), self.wall())
+        except errors.CloudError as exc:
+            return exc
+        except Exception as exc:  # the client contains its failures; this guards the single-flight
+            return uncontained("Listing servers", name, exc)
+
+    def _fetch_shared(self, name: str) -> Listing | errors.CloudError | None:
+        """The deployment's list of a cloud, walked by whoever takes the lock; None when Redis is unusable.
+
+        Runs in the cloud's list pool (the process's one fetch of it); waits for another
+        process's walk at most the lock's lifetime, and shows the shared stale copy meanwhile.
+        """
+        token = secrets.token_hex(16)
+        deadline = time.monotonic() + self.shared.lock_ttl + 1
+        while True:
+            stamp = self.shared.stamp(name)
+            if stamp is DOWN:
+                return None
+            at, failure = stamp
+            if at is not None and self._newer(name, at):
+                copy = self._load(name)
+                if copy is DOWN:
+                    return None
+                if copy is not None and self.fresh(copy):
+                    return copy
+                if copy is not None:
+                    self._offer(name, copy)  # stale, but shown while the refresh runs
+            if failure is not None:
+                return errors.CloudError(failure)  # another process's walk failed a moment ago
+            won = self.shared.lock(name, token)
+            if won is DOWN:
+                return None
+            if won:
+                return self._refresh(name, token)
+            if time.monotonic() >= deadline:
+                return pending(name)
+            time.sleep(POLL)
+
+    def _newer(self, name: str, at: float) -> bool:
+        """True when the shared list fetched at ``at`` is newer than this process's copy."""
+        listing = self._states[name].listing
+        return listing is None or at > listing.wall
+
+    def _load(self, name: str) -> Listing | None | object:
+        """The shared list as a Listing whose age is the same for every process that loads it."""
+        found = self.shared.read(name)
+        if found is DOWN or found is None:
+            return found
+        at, servers = found
+        return Listing.build(servers, self.clock() - max(0.0, self.wall() - at), at)
+
+    def _offer(self, name: str, listing: Listing) -> None:
+        """Keep ``listing`` as the one to show if it is newer than this process's copy."""
+        with self._lock:
+            state = self._states[name]
+            if state.listing is None or listing.wall > state.listing.wall:
+                state.listing = listing
+
+    def _refresh(self, name: str, token: str) -> Listing | errors.CloudError:
+        """Holding the lock: walk the cloud and publish the outcome, unless someone just did."""
+        try:
+            stamp = self.shared.stamp(name)
+            if stamp is not DOWN and stamp[0] is not None and self.wall() - stamp[0] < self.ttl:
+                copy = self._load(name)  # published between our look and our lock
+                if isinstance(copy, Listing):
+                    return copy
+            outcome = self._walk(name)
+            if isinstance(outcome, Listing):
+                self.shared.write(name, outcome)
+            else:
+                self.shared.fail(name, outcome.message, self.failure_memory)
+            return outcome
+        finally:
+            self.shared.release(name, token)
 
     def staleness(self, name: str) -> Stale | None:
         """Why and how old a cloud's list is, when its last refresh failed."""

@@ -1,0 +1,233 @@
+"""The server lists shared through Redis: one walk per cloud and cache lifetime for the whole
+deployment, a lock only its owner releases, failures remembered for everyone, and per-process
+lists exactly as without Redis while Redis is down."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+
+import pytest
+import redis
+
+from broker.cloud.registry import Cloud
+from broker.demo import serve
+from broker.demo.cloud import FakeCloud
+from broker.demo.cloud import make_servers
+from broker.services.inventory import SHARED_PREFIX
+from broker.services.inventory import Inventory
+from broker.services.inventory import SharedLists
+from broker.shared import SharedRedis
+from tests.support import make_client
+from tests.support import server_id
+
+REDIS_URL = os.environ.get("BROKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+class FakeClock:
+    """Monotonic and wall clock at once: the cache lifetime passes when a test says so."""
+
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+class CountingRedis(SharedRedis):
+    """A SharedRedis that counts how often the inventory used it."""
+
+    def __init__(self, url: str, **kwargs):
+        super().__init__(url, **kwargs)
+        self.runs = 0
+
+    def run(self, work, fallback):
+        self.runs += 1
+        return super().run(work, fallback)
+
+
+@pytest.fixture
+def shared_redis():
+    """A SharedRedis on the test database, flushed first; skipped without Redis (failed under CI=true)."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).flushdb()
+    except redis.RedisError:
+        reason = f"needs Redis at {REDIS_URL} (BROKER_TEST_REDIS_URL)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason + " (CI=true: the CI machine runs Redis)", pytrace=False)
+        pytest.skip(reason)
+    return lambda: CountingRedis(REDIS_URL, retry_after=0.2)
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+def inventory_on(fake: FakeCloud, shared: SharedRedis | None, clock: FakeClock, ttl: float = 30, **kwargs) -> Inventory:
+    """One worker's inventory (its own client, as each process has) on the shared Redis."""
+    cloud = Cloud("lab", make_client(fake), 600, "idle")
+    return Inventory([cloud], ttl=ttl, clock=clock, wall=clock, shared=shared, **kwargs)
+
+
+def all_at_once(calls: list) -> list:
+    """Run every call in its own thread at the same moment; their results in order."""
+    results: list = [None] * len(calls)
+    start = threading.Barrier(len(calls))
+
+    def run(index: int) -> None:
+        start.wait()
+        results[index] = calls[index]()
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    return results
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_one_walk_per_cache_lifetime_for_every_worker(fake, shared_redis, clock):
+    workers = [inventory_on(fake, shared_redis(), clock) for _ in range(2)]
+    fake.faults.latency = 0.2  # everyone asks while the one walk is under way
+    results = all_at_once([worker.overview for worker in workers for _ in range(8)])
+    assert {len(r.servers) for r in results} == {7} and not any(r.failures for r in results)
+    assert fake.counts["list"] == 1
+    clock.now += 20  # still within the lifetime: nobody walks
+    all_at_once([worker.overview for worker in workers for _ in range(4)])
+    assert fake.counts["list"] == 1
+    # Past it: one refresh in total, and both workers show what it found.
+    clock.now += 11
+    fake.servers[server_id(1)].name = "web-01-renamed"
+    results = all_at_once([worker.overview for worker in workers for _ in range(8)])
+    assert fake.counts["list"] == 2
+    assert all(w.overview("renamed").servers for w in workers)
+    assert fake.counts["list"] == 2
+
+
+def test_a_worker_answers_from_its_own_copy_without_asking_redis(fake, shared_redis, clock):
+    first, second = shared_redis(), shared_redis()
+    inventory_on(fake, first, clock).overview()
+    worker = inventory_on(fake, second, clock)
+    clock.now += 10
+    assert len(worker.overview().servers) == 7  # loaded from Redis: no walk
+    assert fake.counts["list"] == 1
+    assert worker.overview().stale == {}  # the shared list's age is the deployment's, not the load's
+    runs = second.runs
+    for query in ("", "web", "10.1.0.4"):
+        worker.overview(query)
+    worker.sightings(server_id(1))
+    assert second.runs == runs  # warm: Redis is not asked
+
+
+def test_a_failed_walk_is_remembered_for_every_worker(fake, shared_redis, clock):
+    # A lifetime of 2 s keeps the failure memory (at most the lifetime) short for the test.
+    first, second = (inventory_on(fake, shared_redis(), clock, ttl=2) for _ in range(2))
+    fake.faults.fail_next["list"] = [500] * 3  # one walk's three tries
+    assert "answered HTTP 500" in first.overview().failures["lab"]
+    assert "answered HTTP 500" in second.overview().failures["lab"]
+    assert fake.counts["list"] == 3  # the second worker did not walk
+    time.sleep(2.1)  # the failure memory is Redis's own expiry (real time)
+    clock.now += 3  # and each worker's memory of it
+    assert len(second.overview().servers) == 7
+    assert len(first.overview().servers) == 7
+    assert fake.counts["list"] == 4
+
+
+def test_a_cold_worker_waits_for_the_walk_another_holds_the_lock_for(fake, shared_redis, clock):
+    holder, waiter = inventory_on(fake, shared_redis(), clock), inventory_on(fake, shared_redis(), clock, cold_wait=5)
+    fake.faults.latency = 0.5
+    walking = threading.Thread(target=holder.overview)
+    walking.start()
+    deadline = time.monotonic() + 5
+    while fake.counts["list"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    began = time.monotonic()
+    assert len(waiter.overview().servers) == 7  # the holder's list, as soon as it landed
+    assert time.monotonic() - began < 2
+    walking.join(5)
+    assert fake.counts["list"] == 1
+
+
+def test_a_stale_shared_list_is_shown_while_another_worker_refreshes(fake, shared_redis, clock):
+    inventory_on(fake, shared_redis(), clock).overview()
+    clock.now += 40  # the shared list is stale now
+    client = redis.Redis.from_url(REDIS_URL)
+    client.set(f"{SHARED_PREFIX}lab:lock", "someone-else", px=5000)  # another worker is refreshing
+    newcomer = inventory_on(fake, shared_redis(), clock, cold_wait=0.3)
+    began = time.monotonic()
+    overview = newcomer.overview()
+    assert time.monotonic() - began < 1
+    assert len(overview.servers) == 7 and fake.counts["list"] == 1  # the stale copy, no second walk
+    assert client.get(f"{SHARED_PREFIX}lab:lock") == b"someone-else"  # not ours to take or release
+    client.delete(f"{SHARED_PREFIX}lab:lock")  # the other worker gave up: this one refreshes
+    deadline = time.monotonic() + 5
+    while fake.counts["list"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fake.counts["list"] == 2
+
+
+def test_the_lock_is_released_only_by_its_owner(shared_redis):
+    lists = SharedLists(shared_redis(), lock_ttl=5)
+    assert lists.lock("lab", "mine") is True
+    assert lists.lock("lab", "theirs") is False
+    lists.release("lab", "theirs")
+    assert lists.lock("lab", "theirs") is False  # still mine
+    lists.release("lab", "mine")
+    assert lists.lock("lab", "theirs") is True
+
+
+def test_redis_down_means_lists_per_process_until_it_is_back(fake, shared_redis, clock):
+    shared = shared_redis()
+    worker = inventory_on(fake, shared, clock)
+    assert len(worker.overview().servers) == 7
+    reachable = shared.client
+    shared.client = SharedRedis(f"redis://127.0.0.1:{closed_port()}/15").client  # Redis stops
+    clock.now += 31
+    fake.servers[server_id(1)].name = "web-01-renamed"
+    began = time.monotonic()
+    assert worker.overview("renamed").servers  # walked by this process itself
+    assert time.monotonic() - began < 2
+    assert fake.counts["list"] == 2 and not shared.usable()
+    assert worker.overview("renamed").servers and fake.counts["list"] == 2  # and cached as before
+    shared.client = reachable
+    time.sleep(0.25)  # SharedRedis tries again after retry_after
+    clock.now += 31
+    fake.servers[server_id(1)].name = "web-01-again"
+    assert worker.overview("again").servers
+    assert fake.counts["list"] == 3 and shared.usable()
+    stored = json.loads(redis.Redis.from_url(REDIS_URL).get(f"{SHARED_PREFIX}lab"))
+    assert "web-01-again" in [item[1] for item in stored["servers"]]  # shared again
+    other = inventory_on(fake, shared_redis(), clock)
+    assert other.overview("again").servers and fake.counts["list"] == 3
+
+
+def test_a_warm_list_of_10000_servers_stays_fast(shared_redis, clock):
+    big = FakeCloud(secret="big", servers=make_servers(10_000))
+    running = serve.start(big)
+    try:
+        inventory_on(big, shared_redis(), clock).overview()
+        worker = inventory_on(big, shared_redis(), clock)
+        began = time.monotonic()
+        assert len(worker.overview().servers) == 10_000
+        loaded = time.monotonic() - began
+        timings = []
+        for n in range(40):
+            began = time.monotonic()
+            worker.overview(("web-1", "10.3.", "")[n % 3])
+            timings.append(time.monotonic() - began)
+        p95 = sorted(timings)[int(len(timings) * 0.95) - 1]
+        print(f"10,000 servers: loaded from Redis in {loaded * 1000:.0f} ms; warm list/search p95 {p95 * 1000:.1f} ms")
+        assert big.counts["list"] == 10  # one walk of ten pages for both workers
+        assert p95 < 0.05
+    finally:
+        running.stop()
