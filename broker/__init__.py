@@ -5,16 +5,20 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from collections.abc import Mapping
+from contextlib import contextmanager
 from datetime import timedelta
 
 import click
 from flask import Flask
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from broker import demo
+from broker import schema
 from broker import state
 from broker.cli import register_commands
 from broker.cloud.registry import CloudConfigError
@@ -29,6 +33,7 @@ from broker.extensions import csrf
 from broker.extensions import db
 from broker.extensions import limiter
 from broker.extensions import login_manager
+from broker.extensions import migrate
 from broker.logs import configure_logging
 from broker.services import audit
 from broker.services import policy
@@ -54,6 +59,8 @@ log = logging.getLogger(__name__)
 # Upstream lookups of server IDs missing from the cache, per user: enough for a person
 # following new links, far too few to probe IDs.
 LOOKUP_LIMIT = "30 per 10 minutes"
+# Alembic's scripts, found wherever the server or a command is started from.
+MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
 
 
 def create_app(test_config: Mapping | None = None) -> Flask:
@@ -98,6 +105,7 @@ def configure_flask(app: Flask, settings: Settings, overrides: Mapping) -> None:
     app.config.update(
         SECRET_KEY=settings.secret_key,
         SQLALCHEMY_DATABASE_URI=settings.database_url,
+        SQLALCHEMY_ENGINE_OPTIONS=engine_options(settings.database_url),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.secure_cookies,
@@ -118,8 +126,16 @@ def configure_flask(app: Flask, settings: Settings, overrides: Mapping) -> None:
     state.attach(app, state.BrokerState(settings, throttle, parse_limit(settings.login_limit), redis=shared))
 
 
+def engine_options(url: str) -> dict:
+    """PostgreSQL: stored times are UTC whatever the server's zone, and a restarted server is survived."""
+    if not url.startswith("postgresql"):
+        return {}
+    return {"pool_pre_ping": True, "connect_args": {"options": "-c timezone=UTC"}}
+
+
 def register_extensions(app: Flask) -> None:
     db.init_app(app)
+    migrate.init_app(app, db, directory=MIGRATIONS)
     csrf.init_app(app)
     limiter.init_app(app)
     login_manager.init_app(app)
@@ -198,17 +214,52 @@ def check_configuration(env: Mapping[str, str] = os.environ) -> Settings:
         stop(str(exc))
     if not settings.demo:
         configured_clouds(settings)
+    prepare_schema(settings)
     return settings
 
 
-def init_database(app: Flask, settings: Settings) -> None:
-    """Create tables; in demo mode asked for by name, also the demo account, whose password is printed."""
-    with app.app_context():
+def prepare_schema(settings: Settings) -> None:
+    """Make an empty database's schema (or stop on an old one) once, before workers race to."""
+    app = Flask(__name__)
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=settings.database_url,
+        SQLALCHEMY_ENGINE_OPTIONS=engine_options(settings.database_url),
+    )
+    db.init_app(app)
+    migrate.init_app(app, db, directory=MIGRATIONS)
+    with app.app_context(), database_errors(settings):
         try:
-            db.create_all()
-        except OperationalError:
-            # Another worker created them at the same moment.
-            db.session.rollback()
+            problem = schema.prepare(auto_upgrade=owns_schema(settings)).problem()
+        finally:
+            db.engine.dispose()
+    if problem:
+        stop(problem)
+
+
+@contextmanager
+def database_errors(settings: Settings) -> Iterator[None]:
+    """A database that cannot be reached stops start-up with its address (never its password)."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        where = make_url(settings.database_url).render_as_string(hide_password=True)
+        stop(
+            f"cannot use the database {where} ({type(getattr(exc, 'orig', None) or exc).__name__}): "
+            "check BROKER_DATABASE_URL and that the database server is up"
+        )
+
+
+def init_database(app: Flask, settings: Settings) -> None:
+    """Bring an empty database's schema up; stop on an old one; in demo mode asked for by name, the demo account."""
+    with app.app_context(), database_errors(settings):
+        if in_command():
+            # Commands never change the schema as a side effect ('db upgrade --sql' only prints SQL);
+            # users/groups/rules prepare it themselves.
+            if not schema.inspect_state().up_to_date:
+                db.engine.dispose()
+                return
+        elif problem := schema.prepare(auto_upgrade=owns_schema(settings)).problem():
+            stop(problem)
         if settings.demo_explicit:
             ensure_demo_user(app, settings)
         elif settings.demo:
@@ -224,6 +275,11 @@ def init_database(app: Flask, settings: Settings) -> None:
             )
         warn_about_orphan_rules(state.of(app).consoles.inventory.names())
         db.engine.dispose()
+
+
+def owns_schema(settings: Settings) -> bool:
+    """The demo's own database is the demo's to upgrade; an operator's waits for the operator."""
+    return settings.demo and not settings.database_url_set
 
 
 def warn_about_orphan_rules(clouds: list[str]) -> None:

@@ -8,17 +8,29 @@ import sys
 import click
 from flask import Flask
 from flask.cli import AppGroup
+from flask.cli import ScriptInfo
 from flask.cli import with_appcontext
 
+from broker import schema
 from broker import state
 from broker.services import checks
 from broker.services import management
 from broker.services import policy
 from broker.services import users
 
-users_cli = AppGroup("users", help="Manage who may sign in to the broker.")
-groups_cli = AppGroup("groups", help="Manage groups of users.")
-rules_cli = AppGroup("rules", help="Manage who may open which consoles.")
+
+def require_current_schema() -> None:
+    """Before any users/groups/rules command: an empty database gets its schema (as a server start gives
+    it); one that is not the code's stops the command, naming the fix."""
+    app = click.get_current_context().ensure_object(ScriptInfo).load_app()
+    with app.app_context():
+        if problem := schema.prepare(auto_upgrade=False).problem():
+            raise click.ClickException(problem)
+
+
+users_cli = AppGroup("users", help="Manage who may sign in to the broker.", callback=require_current_schema)
+groups_cli = AppGroup("groups", help="Manage groups of users.", callback=require_current_schema)
+rules_cli = AppGroup("rules", help="Manage who may open which consoles.", callback=require_current_schema)
 
 
 def actor() -> str:
@@ -153,9 +165,13 @@ def check() -> None:
     """Check settings, clouds (sign in, endpoint, one server listed), users and rules; mint nothing."""
     service = state.consoles()
     settings = state.settings()
+    database = checks.check_database()
     findings = [
+        *database,
+        *checks.check_redis(state.redis()),
         *checks.check_clouds(service),
-        *checks.check_access(service.inventory.names()),
+        # Users and rules can only be read from a schema this code knows.
+        *(checks.check_access(service.inventory.names()) if database[0].level == "ok" else []),
         *checks.check_console_hosts(service, bool(settings.console_hosts)),
     ]
     for finding in findings:

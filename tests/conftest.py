@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy import inspect
+from sqlalchemy import text
 
 from broker import create_app
 from broker.cloud.client import ComputeClient
@@ -15,10 +18,54 @@ from broker.services import policy
 from broker.services import users
 from tests.support import ADMIN
 from tests.support import AGENT
+from tests.support import POSTGRES_URL
+from tests.support import SUITE_DATABASE
 from tests.support import AuthActions
 from tests.support import broker_env
 from tests.support import fleet
 from tests.support import make_client
+from tests.support import require_postgres
+from tests.support import require_redis
+
+
+@pytest.fixture(scope="session")
+def suite_engine():
+    """On a PostgreSQL run, the shared database, wiped once so the first app migrates it from empty."""
+    if SUITE_DATABASE != "postgresql":
+        yield None
+        return
+    require_postgres()
+    engine = create_engine(POSTGRES_URL)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def empty_suite_database(suite_engine):
+    """Every test starts on empty tables, as it does on its own SQLite file."""
+    if suite_engine is None:
+        return
+    with suite_engine.begin() as connection:
+        # A connection some test left inside a transaction would make TRUNCATE wait forever.
+        connection.execute(text("SET LOCAL lock_timeout = '10s'"))
+        tables = [name for name in inspect(connection).get_table_names() if name != "alembic_version"]
+        if tables:
+            connection.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The test Redis database, emptied (BROKER_TEST_REDIS_URL); skips without Redis, fails under CI=true."""
+    return require_redis()
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The test PostgreSQL (BROKER_TEST_DATABASE_URL); skips without it, fails under CI=true."""
+    return require_postgres()
 
 
 @pytest.fixture
@@ -66,7 +113,9 @@ def app(fake, tmp_path, env_overrides, cloud_names):
         # Deny by default: the agent gets the whole test cloud unless a test narrows it.
         policy.add_rule(user=AGENT[0], cloud="lab", clouds=["lab"])
         db.session.commit()  # services stage their changes; whoever calls them commits
-    return app
+    yield app
+    with app.app_context():
+        db.engine.dispose()  # one app per test: give its connections back at once
 
 
 @pytest.fixture

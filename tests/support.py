@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pytest
 from bs4 import BeautifulSoup
 
 from broker.cloud.client import ComputeClient
@@ -19,6 +21,54 @@ AGENT = ("agent", "agent-password-1")
 # What a browser sends on a navigation that started on one of the broker's own pages.
 FROM_THIS_SITE = {"Sec-Fetch-Site": "same-origin"}
 ADMIN = ("admin", "admin-password-1")
+
+# The machines run PostgreSQL and Redis; a laptop may not (then those tests skip, except under CI=true).
+POSTGRES_URL = os.environ.get("BROKER_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("BROKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# The database the whole suite runs on: sqlite (a file per test) or postgresql (POSTGRES_URL, emptied per test).
+SUITE_DATABASE = os.environ.get("BROKER_TEST_DB", "sqlite")
+
+
+def needs(reason: str) -> None:
+    """Skip for want of a service, or fail under CI=true, where the service is part of the machine."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason + " (CI=true: the CI machine provides it)", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_redis() -> str:
+    """REDIS_URL, reachable and emptied, or skip/fail."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+        client.flushdb()
+    except redis.RedisError as exc:
+        needs(f"needs Redis at {REDIS_URL} (BROKER_TEST_REDIS_URL): {type(exc).__name__}")
+    return REDIS_URL
+
+
+def require_postgres() -> str:
+    """POSTGRES_URL when it answers, or skip/fail."""
+    from sqlalchemy import create_engine
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    engine = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 2})
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        needs(f"needs PostgreSQL at {POSTGRES_URL} (BROKER_TEST_DATABASE_URL): {type(exc.orig or exc).__name__}")
+    finally:
+        engine.dispose()
+    return POSTGRES_URL
+
+
+def suite_database_url(tmp_path) -> str:
+    if SUITE_DATABASE == "postgresql":
+        return POSTGRES_URL
+    return f"sqlite:///{tmp_path}/broker.sqlite3"
 
 
 def fleet() -> list[Server]:
@@ -58,7 +108,7 @@ def make_client(fake: FakeCloud, name: str = "lab", **kwargs) -> ComputeClient:
 def broker_env(tmp_path, **extra) -> dict:
     env = {
         "BROKER_SECRET_KEY": "test-secret-key-0123456789",
-        "BROKER_DATABASE_URL": f"sqlite:///{tmp_path}/broker.sqlite3",
+        "BROKER_DATABASE_URL": suite_database_url(tmp_path),
         "BROKER_DEMO": "false",
     }
     env.update(extra)

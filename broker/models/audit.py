@@ -28,6 +28,8 @@ class AuditRecord(db.Model):
     reason: Mapped[str] = mapped_column(String(500), default="")
     client: Mapped[str] = mapped_column(String(64), default="")
     user_agent: Mapped[str] = mapped_column(String(255), default="")
+    # The request that made the record (X-Request-ID), so a complaint can be traced through the logs.
+    request_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
     def to_json(self) -> dict:
         return {
@@ -42,6 +44,7 @@ class AuditRecord(db.Model):
             "reason": self.reason,
             "client": self.client,
             "user_agent": self.user_agent,
+            "request_id": self.request_id,
         }
 
 

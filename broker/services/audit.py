@@ -43,14 +43,17 @@ def entry_for(action: str, outcome: str, **fields: str) -> AuditRecord:
     """A record of this request (client address and agent filled in), not yet stored."""
     entry = AuditRecord(at=datetime.now(UTC), action=action, outcome=outcome)
     for name, limit in LIMITS.items():
-        setattr(entry, name, fields.get(name, "")[:limit])
+        setattr(entry, name, storable(fields.get(name, ""), limit))
     if has_request_context():
-        entry.client = (request.remote_addr or "")[:64]
-        entry.user_agent = (request.user_agent.string or "")[:255]
-        # Until the lead's migration adds the column, the model has no such attribute.
-        if hasattr(AuditRecord, "request_id"):
-            entry.request_id = g.get("request_id", "")[:64]
+        entry.client = storable(request.remote_addr or "", 64)
+        entry.user_agent = storable(request.user_agent.string or "", 255)
+        entry.request_id = g.get("request_id", "")[:64]
     return entry
+
+
+def storable(text: str, limit: int) -> str:
+    """``text`` cut to its column; a NUL (which PostgreSQL refuses in text) shown as U+FFFD, so the record is kept."""
+    return text.replace("\x00", "\ufffd")[:limit]
 
 
 def cloud_label(name: str) -> str:

@@ -2,10 +2,37 @@
 
 from __future__ import annotations
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from broker import schema
 from broker.cloud.health import Finding
 from broker.services import policy
 from broker.services import users
 from broker.services.consoles import ConsoleService
+from broker.shared import SharedRedis
+
+
+def check_database() -> list[Finding]:
+    """The database answers and its schema is the one this code needs."""
+    try:
+        found = schema.inspect_state()
+    except SQLAlchemyError as exc:
+        return [Finding("fail", f"database unreachable ({type(exc.orig or exc).__name__}): check BROKER_DATABASE_URL")]
+    if problem := found.problem():
+        return [Finding("fail", problem)]
+    if found.empty:
+        return [Finding("fail", f"the database is empty: create its tables with '{schema.UPGRADE_COMMAND}'")]
+    return [Finding("ok", f"database schema is current (revision {found.head})")]
+
+
+def check_redis(shared: SharedRedis | None) -> list[Finding]:
+    """Redis, when configured: shared sign-in limits and server lists need it."""
+    if shared is None:
+        return [Finding("note", "no BROKER_REDIS_URL: sign-in limits and server lists are per process")]
+    up, reason = shared.status()
+    if up:
+        return [Finding("ok", reason)]
+    return [Finding("fail", f"{reason}: the broker runs on per-process state until it answers; check BROKER_REDIS_URL")]
 
 
 def check_clouds(service: ConsoleService) -> list[Finding]:

@@ -63,6 +63,8 @@ def check_password(password: str) -> str:
 
 def find(username: str) -> User | None:
     """The user called ``username``, whatever its case."""
+    if not username or len(username) > 64 or "\x00" in username:
+        return None  # no stored name is like that (and PostgreSQL refuses NUL in a query)
     return db.session.scalar(select(User).where(func.lower(User.username) == (username or "").lower()))
 
 

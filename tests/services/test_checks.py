@@ -6,6 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+
+from broker import state
 from broker.extensions import db
 from broker.models import AccessRule
 from broker.services import policy
@@ -17,13 +22,45 @@ def test_a_healthy_setup_passes_and_mints_nothing(runner, fake):
     result = runner.invoke(args=["check"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].startswith("ok    cloud lab: signed in (auth_url=" + fake.auth_url)
-    assert lines[1].startswith("ok    cloud lab: compute endpoint http://127.0.0.1:")
-    assert lines[2] == "ok    cloud lab: compute API up to 2.96: consoles through remote-consoles at 2.6"
-    assert lines[3] == "ok    cloud lab: lists servers (first: web-01)"
+    assert lines[0] == f"ok    database schema is current (revision {schema_head()})"
+    assert lines[1] == "note  no BROKER_REDIS_URL: sign-in limits and server lists are per process"
+    assert lines[2].startswith("ok    cloud lab: signed in (auth_url=" + fake.auth_url)
+    assert lines[3].startswith("ok    cloud lab: compute endpoint http://127.0.0.1:")
+    assert lines[4] == "ok    cloud lab: compute API up to 2.96: consoles through remote-consoles at 2.6"
+    assert lines[5] == "ok    cloud lab: lists servers (first: web-01)"
     assert "console URLs are accepted from 127.0.0.1" in result.output
     assert lines[-1] == "no problems found"
     assert fake.counts["console"] == 0
+
+
+def schema_head() -> str:
+    return ScriptDirectory(str(ROOT / "migrations")).get_current_head()
+
+
+def test_a_database_behind_the_code_fails_the_check_and_reads_no_users(runner, app):
+    with app.app_context(), db.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+    result = runner.invoke(args=["check"])
+    assert result.exit_code == 1
+    assert f"FAIL  the database schema is behind this broker (at 0001, needs {schema_head()})" in result.output
+    assert "run 'flask --app app db upgrade'" in result.output
+    assert "no users" not in result.output and "has no rule" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("url", "line"),
+    [
+        (None, "ok    redis "),
+        ("redis://127.0.0.1:1/0", "FAIL  redis 127.0.0.1:1/0 unreachable (ConnectionError)"),
+    ],
+)
+def test_redis_is_checked_when_configured(app, redis_url, url, line):
+    from broker.shared import SharedRedis
+
+    state.of(app).redis = SharedRedis(url or redis_url)
+    result = app.test_cli_runner().invoke(args=["check"])
+    assert line in result.output
+    assert (result.exit_code == 0) == (url is None)
 
 
 def test_a_cloud_that_refuses_the_credentials_fails_the_check(runner, fake):

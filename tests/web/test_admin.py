@@ -7,6 +7,7 @@ import io
 
 import pytest
 from bs4 import BeautifulSoup
+from sqlalchemy.exc import IntegrityError
 
 from broker import state
 from broker.extensions import db
@@ -359,7 +360,7 @@ def test_a_change_and_its_audit_record_are_stored_together_or_not_at_all(app, mo
         return AuditRecord(action=None, outcome=outcome)  # NOT NULL: its insert fails
 
     monkeypatch.setattr(audit_service, "entry_for", unstorable)
-    with app.test_request_context(), pytest.raises(Exception, match="NOT NULL"):
+    with app.test_request_context(), pytest.raises(IntegrityError, match="(?i)not.null"):
         management.add_user("admin", "newbie", "newbie-password-1", "agent")
     with app.app_context():
         assert users.find("newbie") is None

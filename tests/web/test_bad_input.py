@@ -83,6 +83,17 @@ CASES = [
         data={"username": "u" * 10_000, "password": "p"},
         signed_in=False,
     ),
+    # NUL bytes: PostgreSQL refuses them in text, so they must never reach a query or a record unchanged.
+    Case(
+        "user name with NUL",
+        "POST",
+        "/login",
+        401,
+        ("sign_in", "failed"),
+        data={"username": "agent\x00", "password": "agent-password-1"},
+        signed_in=False,
+    ),
+    Case("mint reason with NUL", "POST", MINT, 400, body='{"reason": "load\\u0000x"}'),
     Case(
         "100 kB password",
         "POST",

@@ -301,10 +301,9 @@ class TestRequestIdBehindAProxy:
         assert response.get_json()["error"]["request_id"] == "req-404-abc"
         audit_lines = [line for line in stream.getvalue().splitlines() if " broker.audit [req-404-abc]: " in line]
         assert len(audit_lines) == 1 and json.loads(audit_lines[0].partition("]: ")[2])["action"] == "console"
-        if hasattr(AuditRecord, "request_id"):
-            with app.app_context():
-                row = db.session.scalars(select(AuditRecord).order_by(AuditRecord.id.desc())).first()
-                assert (row.action, row.request_id) == ("console", "req-404-abc")
+        with app.app_context():
+            row = db.session.scalars(select(AuditRecord).order_by(AuditRecord.id.desc())).first()
+            assert (row.action, row.request_id) == ("console", "req-404-abc")
 
 
 def test_the_error_page_shows_the_reference(client):

@@ -1,0 +1,244 @@
+"""Migrations: an empty database gets the schema, an old one is upgraded in place with its data, and a
+server never starts on a schema that is not the code's. On SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from datetime import UTC
+from datetime import datetime
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from werkzeug.security import generate_password_hash
+
+from broker import create_app
+from broker.config import StartupStopped
+from broker.extensions import db
+from broker.services import audit
+from broker.services import users
+from tests.support import ROOT
+from tests.support import require_postgres
+
+HEAD = "0002"
+UPGRADE = "run 'flask --app app db upgrade' with the server's environment"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    """An empty database of each kind, dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/broker.sqlite3"
+        return
+    server = make_url(require_postgres())
+    name = f"broker_schema_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    yield server.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def operator_env(url: str) -> dict:
+    """What a server or a command of a real deployment reads (the cloud is never called here)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "OS_"))}
+    env.update(
+        BROKER_SECRET_KEY="k" * 32,
+        BROKER_DATABASE_URL=url,
+        OS_AUTH_URL="http://127.0.0.1:9/identity/v3",
+        OS_USERNAME="svc",
+        OS_PASSWORD="svc-password",
+        OS_PROJECT_ID="p",
+        OS_USER_DOMAIN_ID="default",
+    )
+    return env
+
+
+def start(url: str, tmp_path):
+    """Build the app as a worker does; StartupStopped when it refuses."""
+    return create_app({"ENV": operator_env(url), "CLOUDS": [], "INSTANCE_PATH": str(tmp_path / "instance")})
+
+
+def flask(url: str, *args: str) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "flask", "--app", "app", *args]
+    return subprocess.run(argv, cwd=ROOT, env=operator_env(url), capture_output=True, text=True, timeout=120)
+
+
+def load_old_schema(url: str) -> None:
+    """The tables the broker's create_all made before migrations existed, exactly."""
+    engine = create_engine(url)
+    script = (ROOT / "tests" / "data" / f"schema-0-create_all.{engine.dialect.name}.sql").read_text()
+    with engine.begin() as connection:
+        raw = connection.connection.driver_connection
+        if engine.dialect.name == "sqlite":
+            raw.executescript(script)
+        else:
+            raw.execute(script)
+    engine.dispose()
+
+
+def add_old_rows(url: str) -> None:
+    """A user, a group with a rule, a session and an audit record, written as the old broker wrote them."""
+    engine = create_engine(url)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO users (id, username, password_hash, role, session_token, created_at) "
+                "VALUES (1, 'olga', :hash, 'admin', 'tok', :now)"
+            ),
+            {"hash": generate_password_hash("olga-password-1"), "now": now},
+        )
+        connection.execute(text("INSERT INTO groups (id, name) VALUES (1, 'ops')"))
+        connection.execute(text("INSERT INTO group_members (group_id, user_id) VALUES (1, 1)"))
+        connection.execute(
+            text(
+                "INSERT INTO access_rules (id, group_id, cloud, name_pattern, meta_key, meta_value) "
+                "VALUES (7, 1, 'prod', 'web-*', '', '')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO audit (at, username, action, outcome, cloud, server_id, server_name, detail, reason, "
+                "client, user_agent) VALUES (:now, 'olga', 'console', 'ok', 'prod', 's1', 'web-01', 'load', '', "
+                "'10.0.0.1', 'Firefox')"
+            ),
+            {"now": now},
+        )
+    engine.dispose()
+
+
+def revision(url: str) -> str | None:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    engine.dispose()
+    return current
+
+
+def test_an_empty_database_gets_the_schema_of_the_models_at_start(database, tmp_path):
+    app = start(database, tmp_path)
+    assert revision(database) == HEAD
+    with app.app_context(), db.engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), db.metadata)
+    assert differences == []
+
+
+def test_flask_db_upgrade_creates_the_schema_from_empty(database):
+    done = flask(database, "db", "upgrade")
+    assert done.returncode == 0, done.stderr
+    assert "Running upgrade  -> 0001" in done.stderr and "Running upgrade 0001 -> 0002" in done.stderr
+    assert revision(database) == HEAD
+
+
+def test_a_database_made_before_migrations_is_refused_then_upgraded_with_its_data(database, tmp_path):
+    load_old_schema(database)
+    add_old_rows(database)
+    with pytest.raises(StartupStopped, match="made by a broker older than its migrations") as stopped:
+        start(database, tmp_path)
+    assert UPGRADE in str(stopped.value)
+    refused = flask(database, "users", "list")
+    assert refused.returncode == 1 and UPGRADE in refused.stderr
+
+    done = flask(database, "db", "upgrade")
+    assert done.returncode == 0, done.stderr
+    assert revision(database) == HEAD
+    app = start(database, tmp_path)
+    with app.app_context():
+        assert users.authenticate("OLGA", "olga-password-1").role == "admin"
+        [record] = audit.page(audit.Filter())
+        assert (record.username, record.server_name, record.request_id) == ("olga", "web-01", "")
+    listed = flask(database, "rules", "list")
+    assert listed.returncode == 0 and "7\tgroup ops may open web-* on cloud prod" in listed.stdout
+
+
+def test_an_old_database_with_names_differing_in_case_stops_the_upgrade_naming_them(database, tmp_path):
+    load_old_schema(database)
+    engine = create_engine(database)
+    with engine.begin() as connection:
+        # The old broker made the unique lower(username) index only on new databases.
+        connection.execute(text("DROP INDEX ix_users_username_folded"))
+        for n, name in enumerate(["Alice", "alice", "bob"], start=1):
+            connection.execute(
+                text(
+                    "INSERT INTO users (id, username, password_hash, role, session_token, created_at) "
+                    "VALUES (:id, :name, 'x', 'agent', 't', :now)"
+                ),
+                {"id": n, "name": name, "now": datetime.now(UTC).replace(tzinfo=None)},
+            )
+    done = flask(database, "db", "upgrade")
+    assert done.returncode == 1
+    assert "user names that differ only in case must be made unique first" in done.stderr
+    assert "alice" in done.stderr and "bob" not in done.stderr
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM users WHERE username = 'Alice'"))
+    engine.dispose()
+    assert flask(database, "db", "upgrade").returncode == 0
+    assert revision(database) == HEAD
+
+
+def test_an_unreachable_database_stops_start_up_naming_it_without_its_password(tmp_path):
+    url = "postgresql+psycopg://broker:s3cret-pw@127.0.0.1:9/broker"
+    with pytest.raises(StartupStopped) as stopped:
+        start(url, tmp_path)
+    message = str(stopped.value)
+    assert "cannot use the database postgresql+psycopg://broker:***@127.0.0.1:9/broker (OperationalError)" in message
+    assert "check BROKER_DATABASE_URL" in message and "s3cret-pw" not in message
+
+
+def test_a_server_on_a_schema_behind_the_code_refuses_to_start(database, tmp_path):
+    assert flask(database, "db", "upgrade", "0001").returncode == 0
+    with pytest.raises(StartupStopped, match=f"behind this broker \\(at 0001, needs {HEAD}\\)") as stopped:
+        start(database, tmp_path)
+    assert UPGRADE in str(stopped.value)
+
+
+def test_a_schema_from_a_newer_broker_is_refused(database, tmp_path):
+    start(database, tmp_path)
+    engine = create_engine(database)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    engine.dispose()
+    with pytest.raises(StartupStopped, match="at schema revision 0099, which this broker does not know"):
+        start(database, tmp_path)
+
+
+def test_the_first_schema_refuses_a_database_that_is_not_the_brokers(database, tmp_path):
+    engine = create_engine(database)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE users (id INTEGER PRIMARY KEY)"))
+    engine.dispose()
+    done = flask(database, "db", "upgrade")
+    assert done.returncode == 1
+    assert "has some of the broker's tables (users) but not all" in done.stderr
+
+
+def test_two_instances_starting_together_on_an_empty_postgresql_both_come_up(postgres_url, tmp_path):
+    server = make_url(postgres_url)
+    name = f"broker_schema_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = server.set(database=name).render_as_string(hide_password=False)
+    try:
+        argv = [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"]
+        runs = [
+            subprocess.Popen(argv, cwd=ROOT, env=operator_env(url), stderr=subprocess.PIPE, text=True) for _ in range(3)
+        ]
+        outcomes = [(run.wait(timeout=120), run.stderr.read()) for run in runs]
+        assert [code for code, _ in outcomes] == [0, 0, 0], outcomes
+        # The advisory lock made them take turns: the schema was made once.
+        assert sum("Running upgrade  -> 0001" in err for _, err in outcomes) == 1
+        assert revision(url) == HEAD
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
