@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 # Upstream lookups of server IDs missing from the cache, per user: enough for a person
 # following new links, far too few to probe IDs.
 LOOKUP_LIMIT = "30 per 10 minutes"
+# Set by check_configuration in gunicorn's master; the workers it forks inherit it and leave
+# to the master what is done once (the schema, announcing the demo sign-in).
+checked_by_master = False
 # Alembic's scripts, found wherever the server or a command is started from.
 MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
 
@@ -117,13 +120,21 @@ def configure_flask(app: Flask, settings: Settings, overrides: Mapping) -> None:
         WTF_CSRF_SSL_STRICT=False,
         MAX_CONTENT_LENGTH=64 * 1024,
         RATELIMIT_STORAGE_URI=settings.ratelimit_storage,
+        # Redis down: the flood limit counts per process meanwhile instead of failing every request.
+        RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
+        RATELIMIT_STORAGE_OPTIONS=limiter_storage_options(settings.ratelimit_storage),
         # Our own responses say Retry-After where it helps; Flask-Limiter's headers would overwrite them.
         RATELIMIT_HEADERS_ENABLED=False,
     )
     app.config.update({k: v for k, v in overrides.items() if k != "CLOUDS"})
     shared = SharedRedis(settings.redis_url) if settings.redis_url else None
-    throttle = Throttle(settings.ratelimit_storage)
+    throttle = Throttle(settings.ratelimit_storage, shared=shared)
     state.attach(app, state.BrokerState(settings, throttle, parse_limit(settings.login_limit), redis=shared))
+
+
+def limiter_storage_options(url: str) -> dict:
+    """A Redis that does not answer within half a second counts as down."""
+    return {"socket_timeout": 0.5, "socket_connect_timeout": 0.5} if url.startswith("redis") else {}
 
 
 def engine_options(url: str) -> dict:
@@ -214,13 +225,16 @@ def check_configuration(env: Mapping[str, str] = os.environ) -> Settings:
         stop(str(exc))
     if not settings.demo:
         configured_clouds(settings)
-    prepare_schema(settings)
+    prepare_schema(settings, instance)
+    global checked_by_master
+    checked_by_master = True
     return settings
 
 
-def prepare_schema(settings: Settings) -> None:
-    """Make an empty database's schema (or stop on an old one) once, before workers race to."""
-    app = Flask(__name__)
+def prepare_schema(settings: Settings, instance: str) -> None:
+    """Make an empty database's schema (or stop on an old one) once, before workers race to;
+    in demo mode asked for by name, also the demo account, announced once."""
+    app = Flask(__name__, instance_path=instance)
     app.config.update(
         SQLALCHEMY_DATABASE_URI=settings.database_url,
         SQLALCHEMY_ENGINE_OPTIONS=engine_options(settings.database_url),
@@ -229,11 +243,12 @@ def prepare_schema(settings: Settings) -> None:
     migrate.init_app(app, db, directory=MIGRATIONS)
     with app.app_context(), database_errors(settings):
         try:
-            problem = schema.prepare(auto_upgrade=owns_schema(settings)).problem()
+            if problem := schema.prepare(auto_upgrade=owns_schema(settings)).problem():
+                stop(problem)
+            if settings.demo_explicit:
+                ensure_demo_user(app, settings, announce=True)
         finally:
             db.engine.dispose()
-    if problem:
-        stop(problem)
 
 
 @contextmanager
@@ -261,7 +276,7 @@ def init_database(app: Flask, settings: Settings) -> None:
         elif problem := schema.prepare(auto_upgrade=owns_schema(settings)).problem():
             stop(problem)
         if settings.demo_explicit:
-            ensure_demo_user(app, settings)
+            ensure_demo_user(app, settings, announce=not checked_by_master)
         elif settings.demo:
             print(
                 "console-broker: no cloud is configured, so this runs on the demo cloud. It creates no account: "
@@ -295,7 +310,7 @@ def warn_about_orphan_rules(clouds: list[str]) -> None:
         )
 
 
-def ensure_demo_user(app: Flask, settings: Settings) -> None:
+def ensure_demo_user(app: Flask, settings: Settings, announce: bool) -> None:
     """The demo admin, created only in a database that holds no one else (never a real one)."""
     others = [user.username for user in users.all_users() if user.username != "demo"]
     if others and settings.database_url_set:
@@ -319,6 +334,8 @@ def ensure_demo_user(app: Flask, settings: Settings) -> None:
             )
         except (IntegrityError, users.UserError):
             db.session.rollback()
+    if not announce:
+        return
     print(
         "console-broker: DEMO MODE (no cloud configured). Sign in as 'demo' with password "
         f"'{password}' (kept in {path}).",

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import re
+import socket
+import subprocess
 import time
 
 import pytest
+import requests
 from bs4 import BeautifulSoup
 
 from broker import create_app
 from broker.extensions import db
 from broker.services import audit
 from broker.services import users
+from tests.support import ROOT
 from tests.support import AuthActions
 
 
@@ -130,3 +136,37 @@ def test_demo_keeps_its_own_database(tmp_path):
         db.session.commit()
     again = create_app({"ENV": {"BROKER_DEMO": "1"}, "INSTANCE_PATH": str(tmp_path / "i")})
     assert user_names(again) == ["demo", "trainee"]
+
+
+def test_dev_demo_serves_with_the_procfiles_gunicorn_and_prints_the_sign_in_once(tmp_path):
+    """The first impression: ./dev demo runs production's server line, not Flask's development server."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "OS_"))}
+    env["PORT"] = str(port)
+    log = tmp_path / "demo.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(["./dev", "demo"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            assert proc.poll() is None, log.read_text()
+            try:
+                if requests.get(url + "/healthz", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.1)
+        session = requests.Session()
+        page = session.get(url + "/login", timeout=10).text
+        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+        password = (ROOT / "instance" / "demo-credentials").read_text().strip()
+        signed_in = session.post(url + "/login", data={"username": "demo", "password": password, "csrf_token": token})
+        assert signed_in.ok and "Sign out" in signed_in.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    output = log.read_text()
+    assert "Starting gunicorn" in output and "gthread" in output
+    assert "development server" not in output
+    assert output.count(f"Sign in as 'demo' with password '{password}'") == 1

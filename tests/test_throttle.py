@@ -14,12 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from broker.shared import SharedRedis
 from broker.throttle import Throttle
 from broker.throttle import ThrottleConfigError
 from broker.throttle import parse_limit
 from tests.support import ROOT
-
-REDIS_URL = os.environ.get("BROKER_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+from tests.support import require_redis
 
 
 def test_take_is_atomic_under_many_threads():
@@ -56,25 +56,6 @@ def test_limits_that_do_not_parse_are_refused(text):
         parse_limit(text)
 
 
-def redis_available() -> bool:
-    try:
-        import redis
-
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except Exception:
-        return False
-    return True
-
-
-def require_redis() -> None:
-    if redis_available():
-        return
-    reason = f"needs Redis at {REDIS_URL} (BROKER_TEST_REDIS_URL)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(reason + " (CI=true: the CI machine runs Redis)", pytrace=False)
-    pytest.skip(reason)
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -84,18 +65,14 @@ def free_port() -> int:
 @pytest.fixture
 def two_workers(tmp_path):
     """The Procfile's gunicorn line (2 workers x 100 threads) on the demo cloud, throttled through Redis."""
-    require_redis()
-    import redis
-
-    database = 15  # a database of the machine's Redis that only this test uses
-    redis.Redis.from_url(f"{REDIS_URL}/{database}").flushdb()
+    redis_url = require_redis()
     port = free_port()
     env = {
         **os.environ,
         "BROKER_DEMO": "1",
         "BROKER_SECRET_KEY": "gunicorn-test-secret-key-0123456789",
         "BROKER_DATABASE_URL": f"sqlite:///{tmp_path}/broker.sqlite3",
-        "BROKER_RATELIMIT_STORAGE_URL": f"{REDIS_URL}/{database}",
+        "BROKER_RATELIMIT_STORAGE_URL": redis_url,
     }
     argv = [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--workers", "2", "--threads", "100"]
     argv += ["--bind", f"127.0.0.1:{port}", "app:app"]
@@ -115,7 +92,6 @@ def two_workers(tmp_path):
         proc.terminate()
         proc.wait(timeout=20)
         log.close()
-        redis.Redis.from_url(f"{REDIS_URL}/{database}").flushdb()
 
 
 def test_parallel_guesses_across_two_workers_get_at_most_the_limit(two_workers):
@@ -137,3 +113,28 @@ def test_parallel_guesses_across_two_workers_get_at_most_the_limit(two_workers):
     assert statuses.count(401) <= 5, statuses  # 401: a password was checked and was wrong
     assert set(statuses) <= {401, 429, 503}
     assert statuses.count(429) >= 30
+
+
+def test_with_redis_down_each_process_still_limits_on_its_own():
+    down = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    shared = SharedRedis(down)
+    throttle = Throttle(down, shared=shared)
+    limit = parse_limit("2 per minute")
+    tickets = [throttle.take(limit, "account") for _ in range(3)]
+    assert [ticket.granted for ticket in tickets] == [True, True, False]
+    assert all(ticket.local for ticket in tickets) and not shared.usable()
+    throttle.refund(tickets[0])
+    assert throttle.take(limit, "account").granted
+
+
+def test_counting_goes_back_to_redis_when_it_answers_again(redis_url):
+    shared = SharedRedis(redis_url, retry_after=0.2)
+    throttle = Throttle(redis_url, shared=shared)
+    limit = parse_limit("5 per minute")
+    shared.failed(ConnectionError("the test cut it"))
+    assert throttle.take(limit, "account").local
+    time.sleep(0.25)
+    assert not throttle.take(limit, "account").local
+    # Another instance on the same Redis sees that one shared slot, not the local one.
+    other = Throttle(redis_url)
+    assert other.strategy.get_window_stats(limit, "broker", "account").remaining == 4

@@ -161,6 +161,7 @@ CSV_FIELDS = (
     "reason",
     "client",
     "user_agent",
+    "request_id",
 )
 
 

@@ -112,8 +112,11 @@ def test_check_as_the_operator_runs_it(tmp_path, fake):
         OS_USER_DOMAIN_ID="default",
         OS_REGION_NAME=fake.region,
     )
-    argv = [sys.executable, "-m", "flask", "--app", "app", "check"]
-    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    flask = [sys.executable, "-m", "flask", "--app", "app"]
+    fresh = subprocess.run([*flask, "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert "FAIL  the database is empty: create its tables with 'flask --app app db upgrade'" in fresh.stdout
+    assert subprocess.run([*flask, "db", "upgrade"], cwd=ROOT, env=env, capture_output=True, timeout=60).returncode == 0
+    done = subprocess.run([*flask, "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "ok    cloud envvars: lists servers (first: web-01)" in done.stdout
     assert "FAIL  no users: create the first admin with 'flask --app app users add NAME --admin'" in done.stdout

@@ -8,6 +8,7 @@ import time
 import pytest
 from sqlalchemy import select
 
+from broker import state
 from broker.extensions import db
 from broker.models import AuditRecord
 from broker.services import users
@@ -287,3 +288,18 @@ def test_a_flood_of_sign_in_requests_is_cut_off_per_address(client, auth, app):
     assert last.headers["Retry-After"] == "60"
     refusals = [r for r in records(app, "sign_in") if r.outcome == "refused"]
     assert len(refusals) <= 2  # one per kind of refusal and minute, not one per request
+
+
+class TestRedisDown:
+    """BROKER_REDIS_URL set but Redis not answering: sign-in works and is limited, per process."""
+
+    @pytest.fixture
+    def env_overrides(self):
+        return {"BROKER_REDIS_URL": "redis://127.0.0.1:1/0"}
+
+    def test_sign_in_works_and_failures_are_still_limited(self, auth, app):
+        assert auth.login().status_code == 302
+        auth.logout()
+        statuses = [auth.login(password="wrong-password-1").status_code for _ in range(6)]
+        assert statuses == [401] * 5 + [429]
+        assert not state.of(app).redis.usable()

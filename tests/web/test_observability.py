@@ -19,11 +19,11 @@ from broker import state
 from broker.extensions import db
 from broker.logs import broker_handler
 from broker.models import AuditRecord
+from tests.support import require_redis
 from tests.support import server_id
 
 TOKEN = "metrics-token-0123456789abcdef"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
-REDIS_URL = os.environ.get("BROKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 HEX_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -185,25 +185,10 @@ class TestDatabaseGone:
         assert str(tmp_path) not in response.get_data(as_text=True)
 
 
-def redis_reachable() -> bool:
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except redis.RedisError:
-        return False
-    return True
-
-
 class TestRedis:
     @pytest.fixture
     def env_overrides(self) -> dict:
-        if not redis_reachable():
-            reason = f"needs Redis at {REDIS_URL} (BROKER_TEST_REDIS_URL)"
-            if os.environ.get("CI", "").lower() == "true":
-                pytest.fail(reason + " (CI=true: the CI machine runs Redis)", pytrace=False)
-            pytest.skip(reason)
-        return {"BROKER_REDIS_URL": REDIS_URL}
+        return {"BROKER_REDIS_URL": require_redis()}
 
     def test_redis_is_checked_when_configured(self, client):
         response = client.get("/readyz")
