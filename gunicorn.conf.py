@@ -11,6 +11,10 @@ import os
 import shutil
 import tempfile
 
+# gunicorn's control socket has one default path per user, so two instances on a host would take
+# it from each other; the broker does not use it.
+control_socket_disable = True
+
 MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
 # Names the directory this start created, so that exit removes it (a reload reads this file again).
 CREATED = "CONSOLE_BROKER_CREATED_METRICS_DIR"

@@ -192,14 +192,21 @@ def circuit_state(breaker: CircuitBreaker) -> str:
 
 @bp.get("/readyz")
 def readyz():
-    """200 when this instance can serve (database, Redis when configured), else 503 with each check's reason."""
+    """200 when this instance can serve, else 503: only the database decides.
+
+    A Redis that is down is reported ("degraded") but keeps the instance in the pool: every
+    instance shares it, so 503 would take them all out at once, while each can go on with
+    per-process state. Open circuits are reported likewise (see clouds_check).
+    """
     checks = {"database": database_check()}
     shared = redis_check()
     if shared is not None:
         checks["redis"] = shared
     checks["clouds"] = clouds_check()
-    ready = all(check["ok"] for check in checks.values())
-    response = jsonify({"status": "ready" if ready else "not ready", "checks": checks})
+    ready = checks["database"]["ok"]
+    degraded = not all(check["ok"] for check in checks.values())
+    status = "not ready" if not ready else "degraded" if degraded else "ready"
+    response = jsonify({"status": status, "checks": checks})
     response.status_code = 200 if ready else 503
     response.headers["Cache-Control"] = "no-store"
     return response
