@@ -63,10 +63,11 @@ def add_user(name: str, admin: bool, password_stdin: bool) -> None:
 
 @users_cli.command("list")
 def list_users() -> None:
-    """List users, their roles and groups."""
+    """List users: name, role, source (local, oidc, ldap, header), created, last sign-in, groups."""
     for user in users.all_users():
         groups = ",".join(g.name for g in policy.all_groups() if user in g.members)
-        click.echo(f"{user.username}\t{user.role}\t{user.created_at:%Y-%m-%d}\t{groups}")
+        last = f"{user.last_sign_in_at:%Y-%m-%d %H:%M}" if user.last_sign_in_at else "-"
+        click.echo(f"{user.username}\t{user.role}\t{user.source}\t{user.created_at:%Y-%m-%d}\t{last}\t{groups}")
 
 
 @users_cli.command("set-password")

@@ -9,6 +9,7 @@ import secrets
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit
@@ -48,6 +49,46 @@ def stop(message: str) -> NoReturn:
     raise StartupStopped(text)
 
 
+AUTH_METHODS = ("local", "oidc", "ldap", "header")
+
+
+@dataclass(frozen=True)
+class OidcSettings:
+    """OpenID Connect (authorization code flow with PKCE) against ``issuer``'s discovery document."""
+
+    issuer: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    name: str = "single sign-on"
+    scopes: str = "openid profile email"
+    username_claim: str = "preferred_username"
+    groups_claim: str = "groups"
+
+
+@dataclass(frozen=True)
+class LdapSettings:
+    """Search-then-bind with a service account; TLS (ldaps:// or StartTLS) unless explicitly disabled."""
+
+    url: str
+    bind_dn: str
+    bind_password: str = field(repr=False)
+    user_base: str = ""
+    user_filter: str = "(uid={username})"
+    group_base: str = ""
+    group_filter: str = "(member={dn})"
+    start_tls: bool = False
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class HeaderSettings:
+    """A user name (and groups) set by an authenticating proxy, believed only from ``trusted`` addresses."""
+
+    header: str
+    trusted: tuple[str, ...]
+    groups_header: str | None = None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the broker reads from its environment, validated."""
@@ -82,6 +123,12 @@ class Settings:
     # Addresses or networks (CIDR) that may read /metrics without the token.
     metrics_allow: tuple[str, ...] = ()
     log_format: str = "text"
+    # Identity: sign-in methods in the order the login page offers them, and each one's settings.
+    auth_methods: tuple[str, ...] = ("local",)
+    admin_groups: tuple[str, ...] = ()
+    oidc: OidcSettings | None = None
+    ldap: LdapSettings | None = None
+    header: HeaderSettings | None = None
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -190,6 +237,85 @@ def load_settings(env: Mapping[str, str], instance_path: str) -> Settings:
         metrics_token=_metrics_token(env, "BROKER_METRICS_TOKEN"),
         metrics_allow=_networks(env, "BROKER_METRICS_ALLOW"),
         log_format=_choice(env, "BROKER_LOG_FORMAT", ("text", "json")),
+        **identity_settings(env),
+    )
+
+
+def identity_settings(env: Mapping[str, str]) -> dict:
+    """``BROKER_AUTH`` and the settings of each method it names; a named method missing one stops start-up."""
+    methods = _list(env, "BROKER_AUTH") or ("local",)
+    for method in methods:
+        if method not in AUTH_METHODS:
+            raise ConfigError(f"BROKER_AUTH: {method!r} is not a sign-in method; use some of {', '.join(AUTH_METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise ConfigError("BROKER_AUTH names a method twice")
+    return {
+        "auth_methods": methods,
+        "admin_groups": _list(env, "BROKER_ADMIN_GROUPS"),
+        "oidc": _oidc(env) if "oidc" in methods else None,
+        "ldap": _ldap(env) if "ldap" in methods else None,
+        "header": _header(env) if "header" in methods else None,
+    }
+
+
+def _required(env: Mapping[str, str], name: str, method: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{name} is not set; BROKER_AUTH includes {method}, which needs it")
+    return value
+
+
+def _oidc(env: Mapping[str, str]) -> OidcSettings:
+    issuer = _required(env, "BROKER_OIDC_ISSUER", "oidc").rstrip("/")
+    if urlsplit(issuer).scheme not in ("https", "http") or not urlsplit(issuer).hostname:
+        raise ConfigError(f"BROKER_OIDC_ISSUER must be the provider's https:// issuer URL, got {issuer!r}")
+    return OidcSettings(
+        issuer=issuer,
+        client_id=_required(env, "BROKER_OIDC_CLIENT_ID", "oidc"),
+        client_secret=_required(env, "BROKER_OIDC_CLIENT_SECRET", "oidc"),
+        name=env.get("BROKER_OIDC_NAME", "").strip() or "single sign-on",
+        scopes=env.get("BROKER_OIDC_SCOPES", "").strip() or "openid profile email",
+        username_claim=env.get("BROKER_OIDC_USERNAME_CLAIM", "").strip() or "preferred_username",
+        groups_claim=env.get("BROKER_OIDC_GROUPS_CLAIM", "").strip() or "groups",
+    )
+
+
+def _ldap(env: Mapping[str, str]) -> LdapSettings:
+    url = _required(env, "BROKER_LDAP_URL", "ldap")
+    if urlsplit(url).scheme not in ("ldap", "ldaps"):
+        raise ConfigError(
+            f"BROKER_LDAP_URL must be ldaps://host or ldap://host (with BROKER_LDAP_START_TLS), got {url!r}"
+        )
+    start_tls = _bool(env, "BROKER_LDAP_START_TLS", False)
+    ca_file = env.get("BROKER_LDAP_CA_FILE", "").strip() or None
+    if ca_file and not Path(ca_file).is_file():
+        raise ConfigError(f"BROKER_LDAP_CA_FILE: no such file {ca_file!r}")
+    user_filter = env.get("BROKER_LDAP_USER_FILTER", "").strip() or "(uid={username})"
+    if "{username}" not in user_filter:
+        raise ConfigError("BROKER_LDAP_USER_FILTER must contain {username}, e.g. (uid={username})")
+    return LdapSettings(
+        url=url,
+        bind_dn=env.get("BROKER_LDAP_BIND_DN", "").strip(),
+        bind_password=env.get("BROKER_LDAP_BIND_PASSWORD", ""),
+        user_base=_required(env, "BROKER_LDAP_USER_BASE", "ldap"),
+        user_filter=user_filter,
+        group_base=env.get("BROKER_LDAP_GROUP_BASE", "").strip(),
+        group_filter=env.get("BROKER_LDAP_GROUP_FILTER", "").strip() or "(member={dn})",
+        start_tls=start_tls,
+        ca_file=ca_file,
+    )
+
+
+def _header(env: Mapping[str, str]) -> HeaderSettings:
+    header = _required(env, "BROKER_AUTH_HEADER", "header")
+    trusted = _networks(env, "BROKER_AUTH_HEADER_FROM")
+    if not trusted:
+        raise ConfigError(
+            "BROKER_AUTH_HEADER_FROM is not set; BROKER_AUTH includes header, which is believed only from "
+            "the authenticating proxy's addresses (e.g. 127.0.0.1 or 10.0.0.0/24)"
+        )
+    return HeaderSettings(
+        header=header, trusted=trusted, groups_header=env.get("BROKER_AUTH_GROUPS_HEADER", "").strip() or None
     )
 
 

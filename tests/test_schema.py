@@ -26,7 +26,7 @@ from broker.services import users
 from tests.support import ROOT
 from tests.support import require_postgres
 
-HEAD = "0002"
+HEAD = "0003"
 UPGRADE = "run 'flask --app app db upgrade' with the server's environment"
 
 
@@ -135,7 +135,7 @@ def test_an_empty_database_gets_the_schema_of_the_models_at_start(database, tmp_
 def test_flask_db_upgrade_creates_the_schema_from_empty(database):
     done = flask(database, "db", "upgrade")
     assert done.returncode == 0, done.stderr
-    assert "Running upgrade  -> 0001" in done.stderr and "Running upgrade 0001 -> 0002" in done.stderr
+    assert "Running upgrade  -> 0001" in done.stderr and "Running upgrade 0002 -> 0003" in done.stderr
     assert revision(database) == HEAD
 
 
@@ -242,3 +242,26 @@ def test_two_instances_starting_together_on_an_empty_postgresql_both_come_up(pos
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_identity_sources_upgrade_keeps_accounts_local_and_downgrade_removes_them(database, tmp_path):
+    assert flask(database, "db", "upgrade", "0002").returncode == 0
+    add_old_rows(database)
+    assert flask(database, "db", "upgrade").returncode == 0
+    engine = create_engine(database)
+    with engine.connect() as connection:
+        row = connection.execute(text("SELECT username, source, external_id FROM users")).one()
+    assert tuple(row) == ("olga", "local", None)
+    done = flask(database, "db", "downgrade", "0002")
+    assert done.returncode == 0, done.stderr
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT username FROM users")).scalar_one() == "olga"
+        # The expression index survived: names still clash whatever their case.
+        with pytest.raises(Exception, match="(?i)unique"):
+            connection.execute(
+                text(
+                    "INSERT INTO users (username, password_hash, role, session_token, created_at) "
+                    "VALUES ('OLGA', 'x', 'agent', 't', '2026-01-01')"
+                )
+            )
+    engine.dispose()

@@ -5,7 +5,19 @@ from broker.models.access import Group
 from broker.models.access import memberships
 from broker.models.audit import AuditRecord
 from broker.models.session import UserSession
+from broker.models.user import NO_PASSWORD
 from broker.models.user import ROLES
+from broker.models.user import SOURCES
 from broker.models.user import User
 
-__all__ = ["ROLES", "AccessRule", "AuditRecord", "Group", "User", "UserSession", "memberships"]
+__all__ = [
+    "NO_PASSWORD",
+    "ROLES",
+    "SOURCES",
+    "AccessRule",
+    "AuditRecord",
+    "Group",
+    "User",
+    "UserSession",
+    "memberships",
+]

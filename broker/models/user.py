@@ -16,6 +16,11 @@ from sqlalchemy.orm import mapped_column
 from broker.extensions import db
 
 ROLES = ("admin", "agent")
+# Where an account comes from. Only local accounts have a password here; the others are
+# kept in step with their directory at every sign-in.
+SOURCES = ("local", "oidc", "ldap", "header")
+# The password hash of an account that signs in elsewhere: no password ever matches it.
+NO_PASSWORD = "!"
 
 
 class User(UserMixin, db.Model):
@@ -28,11 +33,22 @@ class User(UserMixin, db.Model):
     # Changes whenever the password changes; sessions carry it, so old ones end.
     session_token: Mapped[str] = mapped_column(String(64), default=lambda: secrets.token_hex(16))
     created_at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(UTC))
+    source: Mapped[str] = mapped_column(String(16), default="local", server_default="local")
+    # The directory's own key for the account (OIDC issuer and sub, LDAP DN, the header's name).
+    external_id: Mapped[str | None] = mapped_column(String(512), default=None)
+    last_sign_in_at: Mapped[datetime | None] = mapped_column(default=None)
 
-    __table_args__ = (Index("ix_users_username_folded", func.lower(username), unique=True),)
+    __table_args__ = (
+        Index("ix_users_username_folded", func.lower(username), unique=True),
+        Index("ix_users_external", source, external_id, unique=True),
+    )
 
     def get_id(self) -> str:
         return f"{self.id}:{self.session_token}"
+
+    @property
+    def is_external(self) -> bool:
+        return self.source != "local"
 
     @property
     def is_admin(self) -> bool:

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from broker import metrics
 from broker import state
 from broker.extensions import db
+from broker.models import SOURCES
 from broker.models import AuditRecord
 from broker.throttle import parse_limit
 
@@ -67,8 +68,7 @@ def measure(entry: AuditRecord) -> None:
     if entry.action == "console" and entry.detail != "view":
         metrics.mint(cloud_label(entry.cloud), entry.outcome)
     elif entry.action == "sign_in":
-        # Only local passwords so far; other methods will pass their own name.
-        metrics.sign_in("local", entry.outcome)
+        metrics.sign_in(entry.detail if entry.detail in SOURCES else "local", entry.outcome)
 
 
 def record(action: str, outcome: str, **fields: str) -> AuditRecord:

@@ -146,6 +146,8 @@ def remove_group(name: str) -> None:
 
 def add_member(group_name: str, username: str) -> None:
     group, user = require_group(group_name), require_user(username)
+    if user.is_external:
+        raise PolicyError(f"{username} signs in with {user.source}: their groups come from there, at each sign-in")
     if user in group.members:
         raise PolicyError(f"{username} is already in {group_name}")
     group.members.append(user)
@@ -154,6 +156,8 @@ def add_member(group_name: str, username: str) -> None:
 
 def remove_member(group_name: str, username: str) -> None:
     group, user = require_group(group_name), require_user(username)
+    if user.is_external:
+        raise PolicyError(f"{username} signs in with {user.source}: their groups come from there, at each sign-in")
     if user not in group.members:
         raise PolicyError(f"{username} is not in {group_name}")
     group.members.remove(user)

@@ -83,6 +83,7 @@ def add(username: str, password: str, role: str = "agent") -> User:
 
 def set_password(user: User, password: str) -> None:
     """New password; every session of this user ends."""
+    require_local(user, "their password")
     user.password_hash = generate_password_hash(check_password(password))
     user.session_token = secrets.token_hex(16)
     db.session.flush()
@@ -94,15 +95,23 @@ def remove(user: User) -> None:
 
 
 def authenticate(username: str, password: str) -> User | None:
-    """The user if the password matches; the same work is done for unknown names."""
+    """The local user if the password matches; the same work is done for unknown names (and external ones)."""
     user = find(username) if username else None
-    if user is None:
+    if user is None or user.is_external:
         check_password_hash(_DUMMY_HASH, password or "")
         return None
     return user if check_password_hash(user.password_hash, password or "") else None
 
 
+def require_local(user: User, what: str) -> User:
+    """An external account's password, role and groups are its directory's: refuse to edit them here."""
+    if user.is_external:
+        raise UserError(f"{user.username} signs in with {user.source}: {what} comes from there, not from the broker")
+    return user
+
+
 def set_role(user: User, role: str) -> None:
+    require_local(user, "their role")
     if role not in ROLES:
         raise UserError(f"role must be one of {', '.join(ROLES)}")
     user.role = role

@@ -86,6 +86,12 @@ def utc(epoch: float | None) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if epoch else "\u2014"
 
 
+@bp.app_template_filter("when")
+def when(moment: datetime | None) -> str:
+    """A stored UTC time for the admin page; never: a dash."""
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "\u2014"
+
+
 def user_named(user_id: int) -> str:
     user = db.session.get(users.User, user_id)
     if user is None:

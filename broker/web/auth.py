@@ -14,10 +14,13 @@ import hashlib
 import hmac
 import secrets
 import threading
+from datetime import UTC
+from datetime import datetime
 from urllib.parse import urlsplit
 
 from flask import Blueprint
 from flask import Response
+from flask import abort
 from flask import current_app
 from flask import flash
 from flask import redirect
@@ -35,8 +38,10 @@ from wtforms.validators import DataRequired
 from wtforms.validators import Length
 
 from broker import state
+from broker.extensions import db
 from broker.extensions import limiter
 from broker.services import audit
+from broker.services import identity
 from broker.services import users
 from broker.throttle import Ticket
 from broker.web import sessions
@@ -147,9 +152,24 @@ def check_password(name: str, password: str) -> users.User | None:
 # -- pages -----------------------------------------------------------------------
 
 
+# Methods that sign in with the page's user name and password form.
+PASSWORD_METHODS = ("local", "ldap")
+
+
 def form_page(form: LoginForm, wanted: str | None, status: int, retry_after: int | None = None):
     form.next.data = wanted or ""
-    response = current_app.make_response((render_template("auth/login.html", form=form), status))
+    settings = state.settings()
+    methods = settings.auth_methods
+    # One form serves every password method, shown where the first of them is listed.
+    password_at = next((n for n, method in enumerate(methods) if method in PASSWORD_METHODS), None)
+    page = render_template(
+        "auth/login.html",
+        form=form,
+        methods=methods,
+        password_at=password_at,
+        oidc_name=settings.oidc.name if settings.oidc else "",
+    )
+    response = current_app.make_response((page, status))
     if retry_after:
         response.headers["Retry-After"] = str(retry_after)
     return response
@@ -180,11 +200,26 @@ def attempt(form: LoginForm, wanted: str | None, target: str):
         return form_page(form, wanted, 401)
     # A good password used no guess: hand back only this attempt's own slot.
     state.throttle().refund(ticket)
+    user.last_sign_in_at = datetime.now(UTC)
     sessions.start(user, state.settings().session_lifetime)
-    audit.record("sign_in", "ok", username=user.username)
+    audit.record("sign_in", "ok", username=user.username, detail="local")
     response = redirect(target)
     remember_device(response, user.username)
     return response
+
+
+def external_sign_in(found: identity.ExternalIdentity, target: str):
+    """Start a session for someone a directory vouched for; refused (and audited) when their name is taken."""
+    try:
+        synced = identity.sign_in(found, state.settings().admin_groups)
+    except identity.IdentityRefused as exc:
+        db.session.rollback()
+        audit.record("sign_in", "refused", username=found.username[:64], detail=found.source, reason=exc.reason)
+        flash(exc.message, "error")
+        return redirect(url_for("auth.login", stay=1))
+    sessions.start(synced.user, state.settings().session_lifetime, method=found.source, external_sid=found.sid)
+    audit.record("sign_in", "ok", username=synced.user.username, detail=found.source, reason=synced.describe())
+    return redirect(target)
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -193,10 +228,16 @@ def login():
     form = LoginForm()
     wanted = safe_next(request.values.get("next"))
     target = wanted or url_for("views.index")
+    methods = state.settings().auth_methods
     if request.method == "GET":
         if current_user.is_authenticated:
             return redirect(target)
+        if methods == ("oidc",) and not request.args.get("stay"):
+            # Single sign-on only: a bookmark opened while signed out goes straight to the provider.
+            return redirect(url_for("oidc.login", next=wanted))
         return form_page(form, wanted, 200)
+    if not set(methods) & set(PASSWORD_METHODS):
+        abort(404)
     if form.validate_on_submit():
         return attempt(form, wanted, target)
     audit.record_anonymous(

@@ -67,16 +67,41 @@ def load_user(user_id: str) -> User | None:
     return user if valid else None
 
 
-def start(user: User, lifetime: int) -> None:
+def start(user: User, lifetime: int, method: str = "local", external_sid: str | None = None) -> None:
     """A new session for ``user``: nothing of the signed-out one is kept (CSRF token included)."""
     session.clear()
     sid = secrets.token_urlsafe(32)
     cutoff = datetime.now(UTC) - timedelta(seconds=lifetime)
     db.session.execute(delete(UserSession).where(UserSession.started_at < cutoff))
-    db.session.add(UserSession(id=sid, user_id=user.id))  # committed with the sign-in's audit record
+    # Committed with the sign-in's audit record.
+    db.session.add(UserSession(id=sid, user_id=user.id, method=method, external_sid=external_sid))
     login_user(user)
     now = int(clock())
-    session.update(sid=sid, signed_in_at=now, seen_at=now)
+    session.update(sid=sid, signed_in_at=now, seen_at=now, method=method)
+
+
+def method() -> str:
+    """How the current session was signed in to."""
+    return session.get("method") or "local"
+
+
+def end_external(source: str, subject: str | None, external_sid: str | None) -> list[str]:
+    """End the live sessions a provider's logout names (by its session ID, else all of the account's); staged.
+
+    Returns the names of the users whose sessions ended.
+    """
+    query = select(UserSession, User).join(User, User.id == UserSession.user_id)
+    query = query.where(UserSession.ended_at.is_(None), User.source == source)
+    if external_sid:
+        query = query.where(UserSession.external_sid == external_sid)
+    if subject:
+        query = query.where(User.external_id == subject)
+    ended = []
+    for row, user in db.session.execute(query).all():
+        row.ended_at = datetime.now(UTC)
+        ended.append(user.username)
+    db.session.flush()
+    return ended
 
 
 def end(reason: str) -> None:
@@ -86,7 +111,7 @@ def end(reason: str) -> None:
         db.session.execute(update(UserSession).where(UserSession.id == sid).values(ended_at=datetime.now(UTC)))
     # The session's end and its record are one unit of work.
     if current_user.is_authenticated:
-        audit.record("sign_out", "ok", username=current_user.username, reason=reason)
+        audit.record("sign_out", "ok", username=current_user.username, detail=method(), reason=reason)
     else:
         db.session.commit()
     logout_user()
