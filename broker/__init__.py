@@ -46,6 +46,7 @@ from broker.throttle import parse_limit
 from broker.web import admin
 from broker.web import api
 from broker.web import auth
+from broker.web import header
 from broker.web import sessions
 from broker.web import views
 from broker.web.errors import register_errorhandlers
@@ -164,6 +165,8 @@ def register_blueprints(app: Flask, settings: Settings) -> None:
     if settings.demo:
         app.register_blueprint(demo.bp)
     register_observability(app)
+    if "header" in settings.auth_methods:
+        header.register_header_sign_in(app, settings.header)
 
     @app.get("/healthz")
     def healthz():
