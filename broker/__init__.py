@@ -47,6 +47,7 @@ from broker.web import admin
 from broker.web import api
 from broker.web import auth
 from broker.web import header
+from broker.web import oidc
 from broker.web import sessions
 from broker.web import views
 from broker.web.errors import register_errorhandlers
@@ -162,6 +163,10 @@ def register_blueprints(app: Flask, settings: Settings) -> None:
     app.register_blueprint(views.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)
+    if "oidc" in settings.auth_methods:
+        oidc.register(app, settings.oidc)
+        # The provider posts logout tokens from its own servers, with no CSRF token to give.
+        csrf.exempt(oidc.backchannel_logout)
     if settings.demo:
         app.register_blueprint(demo.bp)
     register_observability(app)

@@ -44,6 +44,7 @@ from broker.services import audit
 from broker.services import identity
 from broker.services import users
 from broker.throttle import Ticket
+from broker.web import oidc
 from broker.web import sessions
 
 bp = Blueprint("auth", __name__)
@@ -249,6 +250,8 @@ def login():
 
 @bp.post("/logout")
 def logout():
+    # Signed in at the provider too: sign out there as well (RP-initiated logout), when it offers it.
+    provider_logout = oidc.end_session_redirect()
     sessions.end("signed out")
     flash("You are signed out.", "info")
-    return redirect(url_for("auth.login"))
+    return redirect(provider_logout or url_for("auth.login"))
