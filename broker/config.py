@@ -78,6 +78,8 @@ class LdapSettings:
     group_filter: str = "(member={dn})"
     start_tls: bool = False
     ca_file: str | None = None
+    # False only by BROKER_LDAP_VERIFY=false: the certificate is then not checked (logged at start).
+    verify: bool = True
 
 
 @dataclass(frozen=True)
@@ -287,6 +289,9 @@ def _ldap(env: Mapping[str, str]) -> LdapSettings:
             f"BROKER_LDAP_URL must be ldaps://host or ldap://host (with BROKER_LDAP_START_TLS), got {url!r}"
         )
     start_tls = _bool(env, "BROKER_LDAP_START_TLS", False)
+    if urlsplit(url).scheme == "ldap" and not start_tls:
+        # Passwords would cross the network in the clear.
+        raise ConfigError("BROKER_LDAP_URL is ldap:// without TLS: use ldaps:// or set BROKER_LDAP_START_TLS=true")
     ca_file = env.get("BROKER_LDAP_CA_FILE", "").strip() or None
     if ca_file and not Path(ca_file).is_file():
         raise ConfigError(f"BROKER_LDAP_CA_FILE: no such file {ca_file!r}")
@@ -303,6 +308,7 @@ def _ldap(env: Mapping[str, str]) -> LdapSettings:
         group_filter=env.get("BROKER_LDAP_GROUP_FILTER", "").strip() or "(member={dn})",
         start_tls=start_tls,
         ca_file=ca_file,
+        verify=_bool(env, "BROKER_LDAP_VERIFY", True),
     )
 
 

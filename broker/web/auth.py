@@ -6,12 +6,20 @@ to an account before carries a signed device cookie for it; its attempts count a
 that device instead, so strangers guessing an account's password cannot lock its owner
 out (OWASP's "device cookies"). Password checks are memory-hungry on purpose, so only
 a few run at once; the rest are told to retry.
+
+The password form is checked against each password method in ``BROKER_AUTH``'s order
+(``local``, ``ldap``); the first that accepts wins, so with ``local,ldap`` a break-glass
+admin's right password never leaves the broker. A directory that cannot answer is no
+"wrong password": its sign-in fails with "directory unreachable" (503), and the local
+accounts, checked anyway, keep working.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 from datetime import UTC
@@ -38,6 +46,10 @@ from wtforms.validators import DataRequired
 from wtforms.validators import Length
 
 from broker import state
+from broker.config import LdapSettings
+from broker.directory import Directory
+from broker.directory import DirectoryUnreachable
+from broker.directory import DirectoryUser
 from broker.extensions import db
 from broker.extensions import limiter
 from broker.services import audit
@@ -48,6 +60,7 @@ from broker.web import oidc
 from broker.web import sessions
 
 bp = Blueprint("auth", __name__)
+log = logging.getLogger(__name__)
 
 DEVICE_COOKIE = "broker_device"
 DEVICE_DAYS = 30
@@ -56,6 +69,10 @@ DEVICE_DAYS = 30
 PASSWORD_CHECKS = 4
 PASSWORD_WAIT = 0.5
 _password_slots = threading.BoundedSemaphore(PASSWORD_CHECKS)
+# LDAP binds wait on the network, not on memory: they have slots of their own, so a
+# directory that hangs (up to its timeouts) never takes the break-glass checks' slots.
+DIRECTORY_CHECKS = 8
+_directory_slots = threading.BoundedSemaphore(DIRECTORY_CHECKS)
 # Requests of any kind to POST /login per address, counted before anything else runs:
 # a flood guard well above what a helpdesk behind one NAT needs.
 FLOOD_LIMIT = "60 per minute"
@@ -150,6 +167,41 @@ def check_password(name: str, password: str) -> users.User | None:
         _password_slots.release()
 
 
+@functools.cache
+def directory_for(settings: LdapSettings) -> Directory:
+    """One client per LDAP configuration (it keeps no connection; BROKER_LDAP_VERIFY=false is logged once)."""
+    return Directory(settings)
+
+
+def check_directory(name: str, password: str) -> DirectoryUser | None:
+    """The directory's user, or None; SignInBusy when no slot frees up, DirectoryUnreachable when it cannot answer."""
+    if not _directory_slots.acquire(timeout=PASSWORD_WAIT):
+        raise SignInBusy
+    try:
+        return directory_for(state.settings().ldap).authenticate(name, password)
+    finally:
+        _directory_slots.release()
+
+
+def check_methods(name: str, password: str) -> tuple[users.User | DirectoryUser | None, DirectoryUnreachable | None]:
+    """Each password method in BROKER_AUTH's order until one accepts; and the directory's failure, if it had one."""
+    down = None
+    for method in state.settings().auth_methods:
+        if method == "local":
+            found = check_password(name, password)
+        elif method == "ldap":
+            try:
+                found = check_directory(name, password)
+            except DirectoryUnreachable as exc:
+                log.warning("sign-in: the LDAP directory is unreachable: %s", exc)
+                down, found = exc, None
+        else:
+            continue
+        if found is not None:
+            return found, None
+    return None, down
+
+
 # -- pages -----------------------------------------------------------------------
 
 
@@ -191,10 +243,16 @@ def attempt(form: LoginForm, wanted: str | None, target: str):
         message = f"Too many failed sign-ins. Try again in about {minutes} minute{'s' if minutes > 1 else ''}."
         return refused(form, wanted, name, 429, ticket.retry_after, "too many failed sign-ins", message)
     try:
-        user = check_password(name, form.password.data)
+        user, down = check_methods(name, form.password.data)
     except SignInBusy:
         state.throttle().refund(ticket)
         return refused(form, wanted, name, 503, 1, "sign-in busy", "Sign-in is busy. Try again in a moment.")
+    if isinstance(user, DirectoryUser):
+        state.throttle().refund(ticket)
+        found = identity.ExternalIdentity(source="ldap", subject=user.dn, username=user.username, groups=user.groups)
+        return external_sign_in(found, target)
+    if down is not None:
+        return directory_down(form, wanted, name, ticket, down)
     if user is None:
         audit.record("sign_in", "failed", username=audit_name(name), reason="wrong user name or password")
         flash("Wrong user name or password.", "error")
@@ -207,6 +265,21 @@ def attempt(form: LoginForm, wanted: str | None, target: str):
     response = redirect(target)
     remember_device(response, user.username)
     return response
+
+
+def directory_down(form: LoginForm, wanted: str | None, name: str, ticket: Ticket, down: DirectoryUnreachable):
+    """The directory could not say yes or no: a 503 that says so, not a wrong password."""
+    local = "local" in state.settings().auth_methods
+    account = users.find(name) if local and users.NAME.match(name) else None
+    if account is None or account.is_external:
+        # No password was checked here, so none was guessed: an outage must not lock people out.
+        state.throttle().refund(ticket)
+    audit.record_anonymous(
+        "sign_in", "failed", username=audit_name(name), detail="ldap", reason=f"directory unreachable: {down}"
+    )
+    message = "The directory is unreachable; local accounts can still sign in."
+    flash(message if local else "The directory is unreachable. Try again in a few minutes.", "error")
+    return form_page(form, wanted, 503, 30)
 
 
 def external_sign_in(found: identity.ExternalIdentity, target: str):
