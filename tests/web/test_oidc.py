@@ -8,6 +8,8 @@ checks that refuse them are Authlib's, on the provider's real metadata and JWKS.
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 from urllib.parse import parse_qs
@@ -17,17 +19,20 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from bs4 import BeautifulSoup
+from joserfc import jwt
 from joserfc.jwk import RSAKey
 from sqlalchemy import func
 from sqlalchemy import select
 from werkzeug.serving import make_server
 
+from broker import state
 from broker.extensions import db
 from broker.models import AuditRecord
 from broker.models import User
 from broker.models import UserSession
 from broker.services import policy
 from broker.services import users
+from broker.web import oidc
 from tests.oidc import ACCOUNTS
 from tests.oidc import CLIENT_ID
 from tests.oidc import CLIENT_SECRET
@@ -212,8 +217,6 @@ def test_with_oidc_only_a_bookmark_goes_to_the_provider_and_back(app, live, http
 
 
 def http_issuer(app) -> str:
-    from broker import state
-
     with app.app_context():
         return state.of(app).settings.oidc.issuer
 
@@ -267,8 +270,7 @@ OTHER_KEY = RSAKey.generate_key(2048, parameters={"kid": "test-key"})
 
 
 def unsigned(claims: dict) -> str:
-    import base64
-    import json
+    """A JWT with ``alg: none`` and no signature."""
 
     def part(value: dict) -> str:
         return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
@@ -294,7 +296,7 @@ BAD_LOGOUT_TOKENS = {
             "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
         }
     ),  # fmt: skip
-    "signed by another key": lambda p: __import__("joserfc").jwt.encode(
+    "signed by another key": lambda p: jwt.encode(
         {"alg": "RS256", "kid": "test-key"},
         {
             "iss": p.issuer,
@@ -360,8 +362,6 @@ def start(client) -> tuple[str, str]:
 def answer_with(app, monkeypatch, id_token: str | None) -> None:
     """The token endpoint's answer, replaced by one carrying ``id_token`` (the code exchange is not under test here)."""
     with app.app_context():
-        from broker.web import oidc
-
         authlib_client = oidc.client()
 
     def fetch_access_token(**params):
@@ -414,7 +414,7 @@ BAD_ID_TOKENS = {
     "missing nonce": lambda p, nonce: p.sign(id_claims(p, nonce, nonce=None)),
     "mismatched nonce": lambda p, nonce: p.sign(id_claims(p, "another-nonce")),
     "unsigned (alg none)": lambda p, nonce: unsigned(id_claims(p, nonce)),
-    "signed by another key": lambda p, nonce: __import__("joserfc").jwt.encode(
+    "signed by another key": lambda p, nonce: jwt.encode(
         {"alg": "RS256", "kid": "test-key"}, id_claims(p, nonce), OTHER_KEY
     ),
     "no ID token at all": lambda p, nonce: None,
