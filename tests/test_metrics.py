@@ -161,7 +161,7 @@ def test_metrics_add_up_every_worker(gunicorn):
     assert os.stat(directory).st_mode & 0o077 == 0  # private to the server's user
     assert requests.get(url + "/metrics", timeout=10).status_code == 404
     os.kill(master, signal.SIGTERM)
-    for _ in range(100):
+    for _ in range(300):  # gunicorn takes seconds to stop, more on a loaded machine
         if not os.path.exists(directory):
             break
         time.sleep(0.1)
