@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import requests
 from bs4 import BeautifulSoup
 
 from broker.cloud.client import ComputeClient
@@ -142,3 +146,46 @@ class AuthActions:
 
     def logout(self):
         return self.client.post("/logout", data={"csrf_token": self.csrf()})
+
+
+# -- servers started by tests --------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def procfile_web_line() -> str:
+    """The Procfile's ``web:`` command, as an operator's process manager runs it."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith("web:"):
+            return line.partition(":")[2].strip()
+    raise AssertionError("the Procfile has no web: line")
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (gunicorn's workers)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def wait_for_health(url: str, process: subprocess.Popen, log: Path, timeout: float = 30) -> None:
+    """Until ``url``/healthz answers; fails with the server's log if it exits or never answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()[-3000:]
+        try:
+            if requests.get(url + "/healthz", timeout=2).ok:
+                return
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} never answered:\n{log.read_text()[-3000:]}")

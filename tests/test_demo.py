@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import time
 
@@ -18,6 +17,8 @@ from broker.services import audit
 from broker.services import users
 from tests.support import ROOT
 from tests.support import AuthActions
+from tests.support import free_port
+from tests.support import wait_for_health
 
 
 @pytest.fixture
@@ -140,9 +141,7 @@ def test_demo_keeps_its_own_database(tmp_path):
 
 def test_dev_demo_serves_with_the_procfiles_gunicorn_and_prints_the_sign_in_once(tmp_path):
     """The first impression: ./dev demo runs production's server line, not Flask's development server."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "OS_"))}
     env["PORT"] = str(port)
     log = tmp_path / "demo.log"
@@ -150,13 +149,7 @@ def test_dev_demo_serves_with_the_procfiles_gunicorn_and_prints_the_sign_in_once
         proc = subprocess.Popen(["./dev", "demo"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            assert proc.poll() is None, log.read_text()
-            try:
-                if requests.get(url + "/healthz", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
+        wait_for_health(url, proc, log)
         session = requests.Session()
         page = session.get(url + "/login", timeout=10).text
         token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)

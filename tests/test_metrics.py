@@ -7,7 +7,6 @@ import glob
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,35 +20,12 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import ROOT
+from tests.support import children
+from tests.support import free_port
+from tests.support import procfile_web_line
+from tests.support import wait_for_health
 
 TOKEN = "metrics-token-0123456789abcdef"
-
-
-def procfile_web_line() -> str:
-    """The Procfile's ``web:`` command, as an operator's process manager runs it."""
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.startswith("web:"):
-            return line.partition(":")[2].strip()
-    raise AssertionError("the Procfile has no web: line")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def children(pid: int) -> list[int]:
-    """The worker processes of gunicorn's master ``pid``."""
-    found = []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            fields = Path(stat).read_text().rpartition(")")[2].split()
-        except OSError:
-            continue  # gone meanwhile
-        if int(fields[1]) == pid:
-            found.append(int(Path(stat).parent.name))
-    return found
 
 
 @pytest.fixture
@@ -79,13 +55,7 @@ def gunicorn(tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
-            try:
-                if requests.get(url + "/healthz", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
+        wait_for_health(url, proc, tmp_path / "gunicorn.log")
         yield url, proc.pid, settle(url, proc.pid)
     finally:
         proc.terminate()
@@ -191,7 +161,7 @@ def test_metrics_add_up_every_worker(gunicorn):
     assert os.stat(directory).st_mode & 0o077 == 0  # private to the server's user
     assert requests.get(url + "/metrics", timeout=10).status_code == 404
     os.kill(master, signal.SIGTERM)
-    for _ in range(100):
+    for _ in range(300):  # gunicorn takes seconds to stop, more on a loaded machine
         if not os.path.exists(directory):
             break
         time.sleep(0.1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +18,9 @@ from broker.throttle import Throttle
 from broker.throttle import ThrottleConfigError
 from broker.throttle import parse_limit
 from tests.support import ROOT
+from tests.support import free_port
 from tests.support import require_redis
+from tests.support import wait_for_health
 
 
 def test_take_is_atomic_under_many_threads():
@@ -56,12 +57,6 @@ def test_limits_that_do_not_parse_are_refused(text):
         parse_limit(text)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def two_workers(tmp_path):
     """The Procfile's gunicorn line (2 workers x 100 threads) on the demo cloud, throttled through Redis."""
@@ -80,13 +75,7 @@ def two_workers(tmp_path):
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
-            try:
-                if requests.get(url + "/healthz", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
+        wait_for_health(url, proc, tmp_path / "gunicorn.log")
         yield url, tmp_path
     finally:
         proc.terminate()

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -41,8 +40,11 @@ from broker.demo.cloud import make_servers
 from tests.support import ADMIN
 from tests.support import AGENT
 from tests.support import ROOT
+from tests.support import children
 from tests.support import csrf_from
+from tests.support import free_port
 from tests.support import needs
+from tests.support import procfile_web_line
 from tests.support import require_postgres
 
 DEPLOY = ROOT / "deploy"
@@ -59,14 +61,6 @@ GUESSER = "127.0.0.66"
 METRICS_TOKEN = "deploy-test-metrics-token-0123456789"
 # A client's own X-Request-ID and X-Forwarded-For, which nginx must replace with what it knows.
 FORGED = {"X-Request-ID": "chosen-by-the-client", "X-Forwarded-For": "203.0.113.9"}
-
-
-def procfile_web_line() -> str:
-    """The Procfile's ``web:`` command, as an operator's process manager runs it."""
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.startswith("web:"):
-            return line.partition(":")[2].strip()
-    raise AssertionError("the Procfile has no web: line")
 
 
 def substitute(template: str, replacements: dict[str, str]) -> str:
@@ -100,25 +94,6 @@ def shell_environment(path: Path) -> dict[str, str]:
     )
     pairs = (item.partition("=") for item in done.stdout.decode().split("\0") if item)
     return {name: value for name, _, value in pairs if name not in ("PATH", "PWD", "SHLVL", "_", "OLDPWD")}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (gunicorn's workers)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue  # gone meanwhile
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def clean_environment() -> dict[str, str]:
