@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from collections.abc import Mapping
 from contextlib import contextmanager
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import click
 from flask import Flask
@@ -90,9 +91,17 @@ def create_app(test_config: Mapping | None = None) -> Flask:
     register_errorhandlers(app)
     register_commands(app)
     service = register_services(app, settings, test_config.get("CLOUDS"))
-    register_security_headers(app, service.console_hosts, settings.demo)
+    register_security_headers(app, service.console_hosts, settings.demo, form_origins(settings))
     init_database(app, settings)
     return app
+
+
+def form_origins(settings: Settings) -> tuple[str, ...]:
+    """Where forms may lead besides this site: the OpenID provider (sign-out ends there)."""
+    if settings.oidc is None:
+        return ()
+    parts = urlsplit(settings.oidc.issuer)
+    return (f"{parts.scheme}://{parts.netloc}",)
 
 
 def in_command() -> bool:

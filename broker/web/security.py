@@ -16,7 +16,7 @@ def frame_sources(console_hosts: tuple[str, ...], demo: bool) -> str:
     return "http: https:"
 
 
-def content_security_policy(frame_src: str) -> str:
+def content_security_policy(frame_src: str, form_origins: tuple[str, ...] = ()) -> str:
     return "; ".join(
         (
             "default-src 'self'",
@@ -26,15 +26,18 @@ def content_security_policy(frame_src: str) -> str:
             "connect-src 'self'",
             f"frame-src {frame_src}",
             "frame-ancestors 'self'",
-            "form-action 'self'",
+            # A form's redirect counts too: signing out of an OIDC session ends at the provider.
+            " ".join(("form-action 'self'", *form_origins)),
             "base-uri 'none'",
             "object-src 'none'",
         )
     )
 
 
-def register_security_headers(app: Flask, console_hosts: tuple[str, ...], demo: bool) -> None:
-    policy = content_security_policy(frame_sources(console_hosts, demo))
+def register_security_headers(
+    app: Flask, console_hosts: tuple[str, ...], demo: bool, form_origins: tuple[str, ...] = ()
+) -> None:
+    policy = content_security_policy(frame_sources(console_hosts, demo), form_origins)
 
     @app.after_request
     def add_headers(response: Response) -> Response:

@@ -241,6 +241,9 @@ def test_signing_out_also_signs_out_at_the_provider(app, live, http, oidc_provid
     sign_in(http, live, "alice")
     page = http.get(live + "/", timeout=10)
     token = BeautifulSoup(page.text, "html.parser").find("meta", {"name": "csrf-token"})["content"]
+    # A browser follows the sign-out form's redirect only where the CSP's form-action allows.
+    form_action = next(d for d in page.headers["Content-Security-Policy"].split("; ") if d.startswith("form-action"))
+    assert form_action == f"form-action 'self' {oidc_provider.issuer}"
     out = http.post(live + "/logout", data={"csrf_token": token}, allow_redirects=False, timeout=10)
     assert out.status_code == 302
     location = out.headers["Location"]
