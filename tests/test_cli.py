@@ -10,6 +10,7 @@ import pytest
 
 from broker.extensions import db
 from broker.models import User
+from broker.services import identity
 from broker.services import users
 from tests.support import ROOT
 
@@ -136,3 +137,14 @@ def test_commands_print_results_on_stdout_and_logs_on_stderr(tmp_path):
     assert '"action": "admin"' in added.stderr  # the audit line, for whoever collects logs
     listed = subprocess.run([*flask, "users", "list"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert [line.split("\t")[0] for line in listed.stdout.splitlines()] == ["olga"]
+
+
+def test_users_list_shows_source_and_last_sign_in(runner, app, auth):
+    auth.login()
+    with app.test_request_context():
+        identity.sign_in(identity.ExternalIdentity("header", "olga", "olga"), ())
+        db.session.commit()
+    rows = {line.split("\t")[0]: line.split("\t") for line in runner.invoke(args=["users", "list"]).output.splitlines()}
+    assert rows["olga"][1:3] == ["agent", "header"] and rows["olga"][4] != "-"
+    assert rows["agent"][1:3] == ["agent", "local"] and rows["agent"][4] != "-"  # signed in just now
+    assert rows["admin"][2] == "local" and rows["admin"][4] == "-"  # never signed in

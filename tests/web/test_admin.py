@@ -16,6 +16,7 @@ from broker.models import AuditRecord
 from broker.models import Group
 from broker.models import User
 from broker.services import audit
+from broker.services import identity
 from broker.services import policy
 from broker.services import users
 from tests.support import ADMIN
@@ -385,3 +386,34 @@ def test_admin_forms_bound_and_type_their_fields(admin, auth, app, path, data, m
     with app.app_context():
         assert (users.find("agent").role, len(policy.all_rules()), len(policy.all_groups())) == before
         assert users.find("newbie") is None
+
+
+def test_each_users_source_and_last_sign_in_are_shown_and_an_external_one_cannot_be_edited(admin, app):
+    with app.test_request_context():
+        policy.add_group("helpdesk")
+        identity.sign_in(identity.ExternalIdentity("oidc", "https://idp|42", "olga", ("helpdesk",)), ())
+        db.session.commit()
+    page = BeautifulSoup(admin.get("/admin/").get_data(as_text=True), "html.parser")
+    olga = page.select_one('#users tr[data-user="olga"]')
+    assert olga.select_one(".source").get_text() == "oidc"
+    assert olga.select_one(".last-sign-in").get_text().endswith("UTC")
+    # No role or password form for an account whose directory decides them.
+    assert olga.select_one('select[name="role"]') is None and olga.select_one('input[name="password"]') is None
+    assert "(from oidc)" in olga.get_text()
+    agent = page.select_one('#users tr[data-user="agent"]')
+    assert (
+        agent.select_one(".source").get_text() == "local" and agent.select_one(".last-sign-in").get_text() == "\u2014"
+    )
+    assert agent.select_one('input[name="password"]') is not None
+
+
+def test_an_external_users_role_cannot_be_posted_into_something_else(admin, auth, app):
+    with app.test_request_context():
+        identity.sign_in(identity.ExternalIdentity("ldap", "uid=olga,ou=people", "olga"), ())
+        db.session.commit()
+        olga_id = users.find("olga").id
+    post(admin, auth, f"/admin/users/{olga_id}/role", role="admin")
+    page = admin.get("/admin/").get_data(as_text=True)
+    assert "olga signs in with ldap: their role comes from there" in page
+    with app.app_context():
+        assert users.find("olga").role == "agent"
