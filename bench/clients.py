@@ -57,6 +57,10 @@ class BrokerClient:
     def close(self) -> None:
         self.http.close()
 
+    def as_job(self) -> dict:
+        """What a load generator process needs to act as this signed-in browser."""
+        return {"url": self.url, "cookies": self.http.cookies.get_dict(), "csrf": self.csrf}
+
     def mint(self, server_id: str, cloud: str) -> str:
         """POST /api/consoles/<id>: the console URL."""
         response = self.http.post(
@@ -103,10 +107,15 @@ def direct_mint(adapter: ks_adapter.Adapter, server_id: str) -> str:
 
 def direct_list(adapter: ks_adapter.Adapter, page_size: int = 1000) -> int:
     """Every server, following Nova's ``servers_links`` next pages; the count."""
-    total, params = 0, {"limit": page_size}
+    return len(direct_servers(adapter, page_size))
+
+
+def direct_servers(adapter: ks_adapter.Adapter, page_size: int = 1000) -> list[dict]:
+    """Every server, following Nova's ``servers_links`` next pages."""
+    servers, params = [], {"limit": page_size}
     while True:
         body = adapter.get("/servers/detail", params=params).json()
-        total += len(body["servers"])
+        servers += body["servers"]
         if not any(link.get("rel") == "next" for link in body.get("servers_links", [])):
-            return total
+            return servers
         params = {"limit": page_size, "marker": body["servers"][-1]["id"]}

@@ -193,19 +193,24 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def broker_env(workdir: Path, clouds_yaml: Path, cloud_names: list[str], port: int) -> dict[str, str]:
-    """Settings for a broker that uses the fake clouds and a fresh database."""
+def broker_env(clouds_yaml: Path, cloud_names: list[str], port: int, backend: dict[str, str]) -> dict[str, str]:
+    """Settings for a broker that uses the fake clouds and ``backend``'s fresh database (and Redis)."""
     env = clean_env()
     env.update(
         BROKER_SECRET_KEY=os.urandom(24).hex(),
-        BROKER_DATABASE_URL=f"sqlite:///{workdir / 'broker.db'}",
         BROKER_SERVER_CACHE_TTL="900",
         BROKER_CLOUDS=",".join(cloud_names),
         OS_CLIENT_CONFIG_FILE=str(clouds_yaml),
         PORT=str(port),
         BIND=f"127.0.0.1:{port}",
     )
+    env.update(backend)
     return env
+
+
+def on_port(env: dict[str, str], port: int, **change: str) -> dict[str, str]:
+    """The same broker settings (secret key and database included) for another instance on ``port``."""
+    return env | {"PORT": str(port), "BIND": f"127.0.0.1:{port}"} | change
 
 
 def add_user(env: dict[str, str], name: str, password: str) -> None:
@@ -216,10 +221,10 @@ def add_user(env: dict[str, str], name: str, password: str) -> None:
         raise RuntimeError(f"users add failed: {done.stderr.strip() or done.stdout.strip()}")
 
 
-def start_broker(env: dict[str, str], logdir: Path) -> Broker:
+def start_broker(env: dict[str, str], logdir: Path, name: str = "broker") -> Broker:
     """Run the Procfile's web line; wait for /healthz."""
     command = procfile_command()
-    proc = spawn("broker", ["sh", "-c", "exec " + command], env, logdir)
+    proc = spawn(name, ["sh", "-c", "exec " + command], env, logdir)
     url = f"http://{env['BIND']}"
 
     def ready() -> bool:

@@ -1,4 +1,4 @@
-"""The results table: one row per figure, with its target and verdict."""
+"""The results table: one row per figure, with its target and verdict; one column set per backend."""
 
 from __future__ import annotations
 
@@ -29,18 +29,38 @@ def verdict(ok: bool, text: str = "") -> str:
     return f"{text}, {mark}" if text else mark
 
 
-def table(rows: list[Row]) -> str:
-    """The rows as a Markdown table."""
-    lines = ["| metric | value | target | ratio / verdict |", "|---|---|---|---|"]
-    lines += [f"| {r.metric} | {r.value} | {r.target} | {r.verdict} |" for r in rows]
+def table(columns: dict[str, list[Row]]) -> str:
+    """Rows of every backend side by side, as a Markdown table (one backend: the classic four columns)."""
+    if len(columns) == 1:
+        rows = next(iter(columns.values()))
+        lines = ["| metric | value | target | ratio / verdict |", "|---|---|---|---|"]
+        return "\n".join(lines + [f"| {r.metric} | {r.value} | {r.target} | {r.verdict} |" for r in rows])
+    head = "| metric | target | " + " | ".join(f"{name} | ratio / verdict" for name in columns) + " |"
+    lines = [head, "|---|---|" + "---|---|" * len(columns)]
+    for metric, target in metrics(columns):
+        cells = []
+        for rows in columns.values():
+            row = next((r for r in rows if r.metric == metric), None)
+            cells += [row.value, row.verdict] if row else ["not measured", ""]
+        lines.append(f"| {metric} | {target} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def document(rows: list[Row], setup: str) -> str:
+def metrics(columns: dict[str, list[Row]]) -> list[tuple[str, str]]:
+    """Every metric in the order first seen, with its target."""
+    seen: dict[str, str] = {}
+    for rows in columns.values():
+        for row in rows:
+            seen.setdefault(row.metric, row.target)
+    return list(seen.items())
+
+
+def document(columns: dict[str, list[Row]], setup: str, notes: list[str] = ()) -> str:
     """The table with a heading saying when, where and how it was measured."""
     when = time.strftime("%Y-%m-%d %H:%M %Z")
     host = f"{platform.python_implementation()} {platform.python_version()}, {platform.machine()}"
-    return f"# Bench results\n\n{when}; {host}; {setup}\n\n{table(rows)}\n"
+    tail = "".join(f"\n{note}\n" for note in notes)
+    return f"# Bench results\n\n{when}; {host}; {setup}\n\n{table(columns)}\n{tail}"
 
 
 def write(path: Path, text: str) -> None:

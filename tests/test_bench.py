@@ -1,0 +1,45 @@
+"""The benchmark still runs end to end and prints its table (a smoke run on tiny samples; no timing is judged).
+
+The sections that start more brokers (cold first mint, two instances) are left to
+``./dev bench --quick``, which runs everything in about three minutes.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = [
+    "--backends=sqlite",
+    "--servers=50",
+    "--mints=5",
+    "--slow-mints=3",
+    "--list-samples=3",
+    "--storm=5",
+    "--storm-latency=0.2",
+    "--cold-servers=50",
+    "--cold-repeats=0",
+    "--lifetimes=0",
+    "--profile-seconds=0",
+    "--sdk-calls=0",
+    "--cli-calls=0",
+]
+
+
+def test_bench_prints_its_table(tmp_path):
+    pytest.importorskip("keystoneauth1")
+    out = tmp_path / "results.md"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *TINY, f"--out={out}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| metric | value | target | ratio / verdict |" in done.stdout
+    for metric in ("mint, 50 ms upstream: broker / direct", "during the storm", "warm list JSON"):
+        assert metric in done.stdout
+    assert out.read_text() in done.stdout
