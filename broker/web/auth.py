@@ -282,17 +282,26 @@ def directory_down(form: LoginForm, wanted: str | None, name: str, ticket: Ticke
     return form_page(form, wanted, 503, 30)
 
 
-def external_sign_in(found: identity.ExternalIdentity, target: str):
-    """Start a session for someone a directory vouched for; refused (and audited) when their name is taken."""
+def begin_external(found: identity.ExternalIdentity) -> identity.Synced:
+    """Provision ``found`` and start its session, audited with the method; IdentityRefused when its name is taken."""
     try:
         synced = identity.sign_in(found, state.settings().admin_groups)
-    except identity.IdentityRefused as exc:
+    except identity.IdentityRefused:
         db.session.rollback()
+        raise
+    sessions.start(synced.user, state.settings().session_lifetime, method=found.source, external_sid=found.sid)
+    audit.record("sign_in", "ok", username=synced.user.username, detail=found.source, reason=synced.describe())
+    return synced
+
+
+def external_sign_in(found: identity.ExternalIdentity, target: str):
+    """Sign in someone a directory vouched for and go on to ``target``; a refusal is audited and shown."""
+    try:
+        begin_external(found)
+    except identity.IdentityRefused as exc:
         audit.record("sign_in", "refused", username=found.username[:64], detail=found.source, reason=exc.reason)
         flash(exc.message, "error")
         return redirect(url_for("auth.login", stay=1))
-    sessions.start(synced.user, state.settings().session_lifetime, method=found.source, external_sid=found.sid)
-    audit.record("sign_in", "ok", username=synced.user.username, detail=found.source, reason=synced.describe())
     return redirect(target)
 
 

@@ -21,12 +21,12 @@ from flask import flash
 from flask import request
 from flask_login import current_user
 
-from broker import state
 from broker.config import HeaderSettings
 from broker.extensions import db
 from broker.services import audit
 from broker.services import identity
 from broker.services import users
+from broker.web import auth
 from broker.web import sessions
 from broker.web.errors import wants_json
 from broker.web.observability import address_allowed
@@ -68,21 +68,16 @@ def refuse_untrusted(settings: HeaderSettings, peer: str) -> None:
 
 def sign_in(found: identity.ExternalIdentity) -> None:
     """Start a header session for ``found`` and let the request go on; a refusal is audited, nobody signed in."""
-    settings = state.settings()
     try:
-        synced = identity.sign_in(found, settings.admin_groups)
+        synced = auth.begin_external(found)
     except identity.IdentityRefused as exc:
-        db.session.rollback()
         # The proxy repeats the name on every request: stored once a minute per address, like other strangers.
         audit.record_anonymous("sign_in", "refused", username=found.username[:64], detail="header", reason=exc.reason)
         if not wants_json():
             flash(exc.message, "error")
         return
-    user = synced.user
-    sessions.start(user, settings.session_lifetime, method="header")
-    audit.record("sign_in", "ok", username=user.username, detail="header", reason=synced.describe())
     # As a loaded session user is: its columns read, its pooled connection handed back before the view runs.
-    db.session.refresh(user)
+    db.session.refresh(synced.user)
     db.session.close()
 
 
