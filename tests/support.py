@@ -189,3 +189,29 @@ def wait_for_health(url: str, process: subprocess.Popen, log: Path, timeout: flo
         except requests.RequestException:
             time.sleep(0.1)
     raise AssertionError(f"{url} never answered:\n{log.read_text()[-3000:]}")
+
+
+def nginx_conf(directory: Path, site: str, connections: int = 512, user: str | None = None) -> Path:
+    """An nginx.conf that serves ``site`` with its pid, logs and temporary files in ``directory``.
+
+    ``user``: the workers' account when nginx runs as root (else they would be nobody).
+    """
+    (directory / "site.conf").write_text(site)
+    temp = "\n".join(
+        f"    {kind}_temp_path {directory / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    who = f"user {user};\n" if user else ""
+    main = f"""daemon off;
+{who}worker_processes 1;
+pid {directory / "nginx.pid"};
+error_log {directory / "error.log"} warn;
+events {{ worker_connections {connections}; }}
+http {{
+{temp}
+    access_log off;
+    include {directory / "site.conf"};
+}}
+"""
+    path = directory / "nginx.conf"
+    path.write_text(main)
+    return path

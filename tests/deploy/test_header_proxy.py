@@ -35,6 +35,7 @@ from tests.deploy.test_two_instances import self_signed_certificate
 from tests.deploy.test_two_instances import stop
 from tests.deploy.test_two_instances import substitute
 from tests.support import ROOT
+from tests.support import nginx_conf
 
 SITE = DEPLOY / "nginx-auth-header.conf"
 ALICE = ("alice", "alice-proxy-password-1")
@@ -80,26 +81,8 @@ def nginx_configuration(directory: Path, broker_port: int, tls: int, cert: Path,
             '    default "";\n': f'    default "";\n    {BOB[0]} "helpdesk, broker-admins";\n',
         },
     )
-    (directory / "site.conf").write_text(site)
-    temp = "\n".join(
-        f"    {kind}_temp_path {directory / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
     # Run as root (a CI container), nginx's workers would be nobody, who cannot read the test's password file.
-    main = f"""daemon off;
-user {getpass.getuser()};
-worker_processes 1;
-pid {directory / "nginx.pid"};
-error_log {directory / "error.log"} warn;
-events {{ worker_connections 64; }}
-http {{
-{temp}
-    access_log off;
-    include {directory / "site.conf"};
-}}
-"""
-    path = directory / "nginx.conf"
-    path.write_text(main)
-    return path
+    return nginx_conf(directory, site, connections=64, user=getpass.getuser())
 
 
 @dataclass

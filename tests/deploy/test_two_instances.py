@@ -44,6 +44,7 @@ from tests.support import children
 from tests.support import csrf_from
 from tests.support import free_port
 from tests.support import needs
+from tests.support import nginx_conf
 from tests.support import procfile_web_line
 from tests.support import require_postgres
 
@@ -187,24 +188,7 @@ def nginx_configuration(directory: Path, ports: list[int], tls: int, plain: int,
             hsts: hsts + "    add_header X-Upstream $upstream_addr always;\n",
         },
     )
-    (directory / "console-broker.conf").write_text(site)
-    temp = "\n".join(
-        f"    {kind}_temp_path {directory / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    main = f"""daemon off;
-worker_processes 1;
-pid {directory / "nginx.pid"};
-error_log {directory / "error.log"} warn;
-events {{ worker_connections 512; }}
-http {{
-{temp}
-    access_log off;
-    include {directory / "console-broker.conf"};
-}}
-"""
-    path = directory / "nginx.conf"
-    path.write_text(main)
-    return path
+    return nginx_conf(directory, site)
 
 
 @dataclass
