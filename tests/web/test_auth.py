@@ -182,7 +182,10 @@ def test_forty_parallel_guesses_get_at_most_the_limit_of_checks(app, password_ch
 def test_parallel_guesses_from_many_addresses_still_hit_the_account_limit(app, password_checks):
     statuses = parallel_attempts(app, 30, address=lambda n: f"198.51.100.{n + 1}")
     assert password_checks["checks"] <= 5
-    assert statuses.count(429) >= 25
+    # Each guess that got a check answered 401; every other one was refused (429), or told
+    # to retry (503) when a loaded machine kept all check slots busy past PASSWORD_WAIT.
+    assert statuses.count(401) == password_checks["checks"]
+    assert set(statuses) <= {401, 429, 503}
 
 
 def test_password_checks_run_a_few_at_a_time(app, password_checks, monkeypatch):
