@@ -101,7 +101,6 @@ def test_parallel_guesses_across_two_workers_get_at_most_the_limit(two_workers):
         statuses = list(pool.map(guess, range(40)))
     assert statuses.count(401) <= 5, statuses  # 401: a password was checked and was wrong
     assert set(statuses) <= {401, 429, 503}
-    assert statuses.count(429) >= 30
 
 
 def test_with_redis_down_each_process_still_limits_on_its_own():
