@@ -91,7 +91,9 @@ def create_app(test_config: Mapping | None = None) -> Flask:
     register_errorhandlers(app)
     register_commands(app)
     service = register_services(app, settings, test_config.get("CLOUDS"))
-    register_security_headers(app, service.console_hosts, settings.demo, form_origins(settings))
+    register_security_headers(
+        app, service.console_hosts, settings.demo, form_origins(settings), relay_url=settings.relay_url
+    )
     init_database(app, settings)
     return app
 
@@ -195,7 +197,11 @@ def register_services(app: Flask, settings: Settings, clouds: list | None) -> Co
     timeouts = Timeouts(settings.connect_timeout, settings.read_timeout)
     if clouds is None and settings.demo:
         cloud, fake = demo.build_demo_cloud(
-            settings.secret_key, servers=settings.demo_servers, console_ttl=settings.console_ttl, timeouts=timeouts
+            settings.secret_key,
+            servers=settings.demo_servers,
+            console_ttl=settings.console_ttl,
+            timeouts=timeouts,
+            console_mode=settings.console_mode,
         )
         state.of(app).demo_cloud = fake
         clouds = [cloud]
@@ -224,6 +230,7 @@ def configured_clouds(settings: Settings) -> list:
             timeouts=Timeouts(settings.connect_timeout, settings.read_timeout),
             default_ttl=settings.console_ttl,
             default_swap=settings.console_swap,
+            default_mode=settings.console_mode,
         )
     except CloudConfigError as exc:
         stop(str(exc))

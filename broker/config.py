@@ -50,6 +50,7 @@ def stop(message: str) -> NoReturn:
 
 
 AUTH_METHODS = ("local", "oidc", "ldap", "header")
+CONSOLE_MODES = ("iframe", "relay")
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,11 @@ class Settings:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     console_swap: str = "idle"
+    # iframe: the page shows the cloud's noVNC URL; relay: the broker's viewer through its relay.
+    console_mode: str = "iframe"
+    relay_path: str = "/relay"
+    # The relay's websocket URL when it is not on the pages' own origin (another port: demo, lab).
+    relay_url: str | None = None
     clouds: tuple[str, ...] = ()
     demo_servers: int = 24
     session_lifetime: int = 12 * 3600
@@ -227,6 +233,7 @@ def load_settings(env: Mapping[str, str], instance_path: str) -> Settings:
         connect_timeout=_float(env, "BROKER_CONNECT_TIMEOUT", 5.0),
         read_timeout=_float(env, "BROKER_READ_TIMEOUT", 30.0),
         console_swap=swap,
+        **relay_settings(env),
         clouds=_list(env, "BROKER_CLOUDS") or _list(env, "OS_CLOUD"),
         demo_servers=_int(env, "BROKER_DEMO_SERVERS", 24, minimum=1),
         session_lifetime=_int(env, "BROKER_SESSION_LIFETIME", 12 * 3600, minimum=60),
@@ -241,6 +248,21 @@ def load_settings(env: Mapping[str, str], instance_path: str) -> Settings:
         log_format=_choice(env, "BROKER_LOG_FORMAT", ("text", "json")),
         **identity_settings(env),
     )
+
+
+def relay_settings(env: Mapping[str, str]) -> dict:
+    """``BROKER_CONSOLE_MODE`` and where the browser finds the relay."""
+    path = env.get("BROKER_RELAY_PATH", "").strip() or "/relay"
+    if not path.startswith("/") or any(c in path for c in "?#\\ "):
+        raise ConfigError(f"BROKER_RELAY_PATH must be a path such as /relay, got {path!r}")
+    url = env.get("BROKER_RELAY_URL", "").strip() or None
+    if url and (urlsplit(url).scheme not in ("ws", "wss") or not urlsplit(url).hostname or urlsplit(url).query):
+        raise ConfigError(f"BROKER_RELAY_URL must be ws(s)://host:port/path with no query, got {url!r}")
+    return {
+        "console_mode": _choice(env, "BROKER_CONSOLE_MODE", CONSOLE_MODES),
+        "relay_path": path,
+        "relay_url": url,
+    }
 
 
 def identity_settings(env: Mapping[str, str]) -> dict:

@@ -99,8 +99,14 @@ def cloud_names() -> list[str]:
 
 
 @pytest.fixture
-def app(fake, tmp_path, env_overrides, cloud_names):
-    clouds = [Cloud(name, make_client(fake, name), console_ttl=600, console_swap="idle") for name in cloud_names]
+def console_mode() -> str:
+    """How the test clouds show consoles (iframe or relay); tests override this fixture."""
+    return "iframe"
+
+
+@pytest.fixture
+def app(fake, tmp_path, env_overrides, cloud_names, console_mode):
+    clouds = [Cloud(name, make_client(fake, name), 600, "idle", console_mode) for name in cloud_names]
     app = create_app(
         {
             "ENV": broker_env(tmp_path, **env_overrides),

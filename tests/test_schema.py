@@ -26,7 +26,7 @@ from broker.services import users
 from tests.support import ROOT
 from tests.support import require_postgres
 
-HEAD = "0003"
+HEAD = "0004"
 UPGRADE = "run 'flask --app app db upgrade' with the server's environment"
 
 

@@ -12,6 +12,7 @@ from broker.cloud.client import ComputeClient
 from broker.cloud.types import Timeouts
 
 SWAP_POLICIES = ("idle", "always")
+CONSOLE_MODES = ("iframe", "relay")
 
 
 class CloudConfigError(Exception):
@@ -26,6 +27,16 @@ class Cloud:
     client: ComputeClient
     console_ttl: int
     console_swap: str
+    # iframe: the page shows the cloud's own console URL; relay: the broker's viewer and relay.
+    console_mode: str = "iframe"
+
+
+def _mode(extra: Mapping, name: str, default: str) -> str:
+    """Per-cloud ``console_mode`` from a clouds.yaml entry."""
+    mode = str(extra.get("console_mode", default)).lower()
+    if mode not in CONSOLE_MODES:
+        raise CloudConfigError(f"cloud {name}: console_mode must be 'iframe' or 'relay', got {mode!r}")
+    return mode
 
 
 def _options(extra: Mapping, name: str, default_ttl: int, default_swap: str) -> tuple[int, str]:
@@ -116,6 +127,7 @@ def load_clouds(
     timeouts: Timeouts,
     default_ttl: int,
     default_swap: str,
+    default_mode: str = "iframe",
     env: Mapping[str, str] = os.environ,
 ) -> list[Cloud]:
     """Build one client per named clouds.yaml entry (``name`` or ``name/region``), or from ``OS_*``."""
@@ -164,7 +176,7 @@ def load_clouds(
             endpoint_override=region.config.get("compute_endpoint_override"),
             timeouts=timeouts,
         )
-        clouds.append(Cloud(label, client, ttl, swap))
+        clouds.append(Cloud(label, client, ttl, swap, _mode(region.config, label, default_mode)))
     if len({c.name for c in clouds}) != len(clouds):
         raise CloudConfigError("BROKER_CLOUDS names the same cloud twice")
     return clouds

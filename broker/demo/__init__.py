@@ -36,7 +36,9 @@ def _console_base() -> dict:
     return {}
 
 
-def build_demo_cloud(secret_key: str, *, servers: int, console_ttl: int, timeouts: Timeouts) -> tuple[Cloud, FakeCloud]:
+def build_demo_cloud(
+    secret_key: str, *, servers: int, console_ttl: int, timeouts: Timeouts, console_mode: str = "iframe"
+) -> tuple[Cloud, FakeCloud]:
     """The demo cloud and a client that reaches it in process over its HTTP API."""
     # Derived from the broker's key so every worker signs and checks the same tokens.
     secret = hashlib.sha256(b"demo-cloud:" + secret_key.encode()).hexdigest()
@@ -52,7 +54,7 @@ def build_demo_cloud(secret_key: str, *, servers: int, console_ttl: int, timeout
     transport.mount(DEMO_BASE + "/", WSGITransport(fake.app(), headers=_console_base))
     session = keystone_session(fake, timeout=timeouts.read, transport=transport)
     client = ComputeClient(DEMO_CLOUD_NAME, session, region_name=fake.region, timeouts=timeouts)
-    return Cloud(DEMO_CLOUD_NAME, client, console_ttl, "idle"), fake
+    return Cloud(DEMO_CLOUD_NAME, client, console_ttl, "idle", console_mode), fake
 
 
 def keystone_session(

@@ -1,9 +1,11 @@
-"""Tables only: users, groups and access rules, sign-in sessions, the audit trail."""
+"""Tables only: users, groups and access rules, sign-in sessions, the audit trail, relay tickets and live consoles."""
 
 from broker.models.access import AccessRule
 from broker.models.access import Group
 from broker.models.access import memberships
 from broker.models.audit import AuditRecord
+from broker.models.relay import LiveConsole
+from broker.models.relay import RelayTicket
 from broker.models.session import UserSession
 from broker.models.user import NO_PASSWORD
 from broker.models.user import ROLES
@@ -17,6 +19,8 @@ __all__ = [
     "AccessRule",
     "AuditRecord",
     "Group",
+    "LiveConsole",
+    "RelayTicket",
     "User",
     "UserSession",
     "memberships",

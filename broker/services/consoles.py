@@ -32,6 +32,8 @@ SERVER_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z-]{0,63}$")
 # name on the console page never costs a call upstream.
 UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 MINT_DETAILS = ("load", "refresh", "reconnect", "popout", "resume")
+# The relay process mints with this detail; only it may mint for a cloud in relay mode.
+RELAY = "relay"
 # "view" marks a console page (not a mint) that was refused.
 
 # The one answer for every ID that ends without a server the user may open, whatever the
@@ -41,6 +43,10 @@ NOT_FOUND = "No server with this ID that you may open."
 
 class NoSuchServer(errors.ServerNotFound):
     """The reference matches no server the user can see."""
+
+
+class ViewerOnly(Exception):
+    """A cloud in relay mode: its console URLs go to the relay, never to a browser."""
 
 
 @dataclass(frozen=True)
@@ -254,8 +260,33 @@ class ConsoleService:
 
     def mint(self, user: User, server_id: str, cloud: str | None = None, detail: str = "load") -> Minted:
         """A fresh console URL for one server, with an audit record whatever happens."""
-        detail = detail if detail in MINT_DETAILS else "load"
+        detail = detail if detail in (*MINT_DETAILS, RELAY) else "load"
         note = {"username": user.username, "cloud": cloud or "", "server_id": server_id[:64], "detail": detail}
+        found = self._permitted(user, server_id, cloud, note)
+        note.update(cloud=found.cloud, server_name=found.name)
+        if detail != RELAY and self.mode(found) == "relay":
+            audit.record("console", "refused", reason="this cloud's consoles open only through the relay", **note)
+            raise ViewerOnly(
+                f"Consoles of cloud {found.cloud} open only in the broker's own viewer, on the console page."
+            )
+        try:
+            minted = self._mint(found)
+        except errors.CloudError as exc:
+            audit.record("console", "failed", reason=exc.message, **note)
+            raise
+        audit.record("console", "ok", **note)
+        return minted
+
+    def permitted(self, user: User, server_id: str, cloud: str | None = None) -> ServerInfo:
+        """The server ``user`` may open by this ID (nothing minted); NoSuchServer, audited, otherwise."""
+        note = {"username": user.username, "cloud": cloud or "", "server_id": server_id[:64], "detail": RELAY}
+        return self._permitted(user, server_id, cloud, note)
+
+    def mode(self, server: ServerInfo) -> str:
+        """How consoles of ``server``'s cloud are shown: iframe or relay."""
+        return self.inventory.cloud(server.cloud).console_mode
+
+    def _permitted(self, user: User, server_id: str, cloud: str | None, note: dict) -> ServerInfo:
         access = self._access(user)
         try:
             found = self._find(user, access, server_id, cloud)
@@ -265,14 +296,7 @@ class ConsoleService:
         if isinstance(found, Denial):
             self._record(found, note)
             raise NoSuchServer(NOT_FOUND)
-        note.update(cloud=found.cloud, server_name=found.name)
-        try:
-            minted = self._mint(found)
-        except errors.CloudError as exc:
-            audit.record("console", "failed", reason=exc.message, **note)
-            raise
-        audit.record("console", "ok", **note)
-        return minted
+        return found
 
     def _find(self, user: User, access: Access, server_id: str, cloud: str | None) -> ServerInfo | Denial:
         """The server a mint names, or why there is none for this user."""

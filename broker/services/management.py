@@ -8,9 +8,10 @@ from broker import state
 from broker.extensions import db
 from broker.services import audit
 from broker.services import policy
+from broker.services import relay
 from broker.services import users
 
-ChangeError = (users.UserError, policy.PolicyError)
+ChangeError = (users.UserError, policy.PolicyError, relay.NoSuchConsole)
 
 
 def apply(actor: str, detail: str, change: Callable[[], str]) -> str:
@@ -100,3 +101,8 @@ def add_rule(actor: str, **fields) -> str:
 
 def remove_rule(actor: str, rule_id: int) -> str:
     return apply(actor, "rule_remove", lambda: f"removed rule {rule_id}: {policy.remove_rule(rule_id)}")
+
+
+def end_console(actor: str, row_id: int) -> str:
+    """Ask a relay to close one live console; the browser hears so within seconds."""
+    return apply(actor, "relay_end", lambda: relay.request_end(row_id, actor))

@@ -5,16 +5,20 @@ from __future__ import annotations
 import functools
 import re
 import secrets
+from datetime import UTC
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import func
 from sqlalchemy import select
+from sqlalchemy import update
 from werkzeug.security import check_password_hash
 from werkzeug.security import generate_password_hash
 
 from broker.extensions import db
 from broker.models import ROLES
 from broker.models import User
+from broker.models import UserSession
 
 # User and group names: ASCII letters, digits and . _ - @, starting with a letter or
 # digit. No look-alikes from other scripts, nothing a URL path would rewrite (. or ..),
@@ -86,6 +90,12 @@ def set_password(user: User, password: str) -> None:
     require_local(user, "their password")
     user.password_hash = generate_password_hash(check_password(password))
     user.session_token = secrets.token_hex(16)
+    # The session rows end too: the relay judges a live console by its session's row.
+    db.session.execute(
+        update(UserSession)
+        .where(UserSession.user_id == user.id, UserSession.ended_at.is_(None))
+        .values(ended_at=datetime.now(UTC))
+    )
     db.session.flush()
 
 

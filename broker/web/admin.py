@@ -22,6 +22,7 @@ from broker.extensions import db
 from broker.services import audit
 from broker.services import management
 from broker.services import policy
+from broker.services import relay
 from broker.services import users
 from broker.web import forms
 
@@ -206,6 +207,23 @@ def remove_rule(rule_id: int):
 # The filters /admin/audit understands; nothing else of the query string is read or echoed.
 FILTER_KEYS = ("user", "server", "action", "outcome", "since", "until")
 PER_PAGE = 50
+
+
+@bp.get("/sessions")
+@admin_required
+def live_sessions():
+    """Consoles connected through the relay right now, on every instance."""
+    return render_template("admin/sessions.html", consoles=relay.listing(), stale_after=relay.STALE_AFTER)
+
+
+@bp.post("/sessions/<int:row_id>/end")
+@admin_required
+def end_session(row_id: int):
+    try:
+        flash(management.end_console(current_user.username, row_id), "info")
+    except management.ChangeError as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("admin.live_sessions"))
 
 
 def parse_time(name: str) -> datetime | None:

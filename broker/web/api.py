@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import urlsplit
 
 from flask import Blueprint
 from flask import abort
@@ -12,8 +13,10 @@ from flask_login import current_user
 from flask_login import login_required
 
 from broker import state
+from broker.services import relay
 from broker.services.consoles import MINT_DETAILS
 from broker.services.consoles import ConsoleService
+from broker.web import sessions
 from broker.web.views import console_links
 from broker.web.views import notices
 
@@ -49,6 +52,37 @@ def mint_reason() -> str:
 def mint(server_id: str):
     minted = service().mint(current_user, server_id, request.args.get("cloud") or None, mint_reason())
     response = jsonify(minted.to_json())
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def page_origin() -> str:
+    """This page's scheme://host[:port] as the browser sees it (behind trusted proxies, as they say)."""
+    parts = urlsplit(request.host_url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def relay_url() -> str:
+    """Where the viewer opens its websocket: BROKER_RELAY_URL, else the relay path on this origin."""
+    settings = state.settings()
+    if settings.relay_url:
+        return settings.relay_url
+    parts = urlsplit(request.host_url)
+    return f"{'wss' if parts.scheme == 'https' else 'ws'}://{parts.netloc}{settings.relay_path}"
+
+
+@bp.post("/relay-tickets/<path:server_id>")
+@login_required
+def relay_ticket(server_id: str):
+    """A single-use ticket for the relay's websocket, after the same authorization as a mint."""
+    server = service().permitted(current_user, server_id, request.args.get("cloud") or None)
+    if service().mode(server) != "relay":
+        abort(400, description=f"Consoles of cloud {server.cloud} open in the cloud's own page, not through the relay.")
+    ticket = relay.issue(current_user, sessions.current_id(), server, page_origin())
+    response = jsonify(
+        {"ticket": ticket, "url": relay_url(), "expires_in": relay.TICKET_TTL, "server": server.to_json()}
+    )
+    response.status_code = 201
     response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 from broker.cloud import errors
 from broker.cloud.errors import CloudError
 from broker.services import audit
+from broker.services.consoles import ViewerOnly
 from broker.web.observability import request_id
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,10 @@ def handle_cloud(exc: CloudError):
     return error_response(status, code, exc.message, **extra)
 
 
+def handle_viewer_only(exc: ViewerOnly):
+    return error_response(403, "viewer_only", str(exc))
+
+
 def handle_unexpected(exc: Exception):
     log.exception("unhandled error on %s %s", request.method, request.path)
     return error_response(500, "internal_error", "Something went wrong in the broker. It has been logged.")
@@ -132,4 +137,5 @@ def register_errorhandlers(app: Flask) -> None:
     app.register_error_handler(RateLimitExceeded, handle_throttled)
     app.register_error_handler(HTTPException, handle_http)
     app.register_error_handler(CloudError, handle_cloud)
+    app.register_error_handler(ViewerOnly, handle_viewer_only)
     app.register_error_handler(Exception, handle_unexpected)

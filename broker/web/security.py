@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from flask import Flask
 from flask import Response
 
@@ -16,14 +18,22 @@ def frame_sources(console_hosts: tuple[str, ...], demo: bool) -> str:
     return "http: https:"
 
 
-def content_security_policy(frame_src: str, form_origins: tuple[str, ...] = ()) -> str:
+def connect_sources(relay_url: str | None) -> str:
+    """``connect-src``: this origin (its ws: and wss: included), and the relay when it listens elsewhere."""
+    if not relay_url:
+        return "'self'"
+    parts = urlsplit(relay_url)
+    return f"'self' {parts.scheme}://{parts.netloc}"
+
+
+def content_security_policy(frame_src: str, form_origins: tuple[str, ...] = (), connect_src: str = "'self'") -> str:
     return "; ".join(
         (
             "default-src 'self'",
             "script-src 'self'",
             "style-src 'self'",
             "img-src 'self' data:",
-            "connect-src 'self'",
+            f"connect-src {connect_src}",
             f"frame-src {frame_src}",
             "frame-ancestors 'self'",
             # A form's redirect counts too: signing out of an OIDC session ends at the provider.
@@ -35,9 +45,13 @@ def content_security_policy(frame_src: str, form_origins: tuple[str, ...] = ()) 
 
 
 def register_security_headers(
-    app: Flask, console_hosts: tuple[str, ...], demo: bool, form_origins: tuple[str, ...] = ()
+    app: Flask,
+    console_hosts: tuple[str, ...],
+    demo: bool,
+    form_origins: tuple[str, ...] = (),
+    relay_url: str | None = None,
 ) -> None:
-    policy = content_security_policy(frame_sources(console_hosts, demo), form_origins)
+    policy = content_security_policy(frame_sources(console_hosts, demo), form_origins, connect_sources(relay_url))
 
     @app.after_request
     def add_headers(response: Response) -> Response:

@@ -80,6 +80,11 @@ def start(user: User, lifetime: int, method: str = "local", external_sid: str | 
     session.update(sid=sid, signed_in_at=now, seen_at=now, method=method)
 
 
+def current_id() -> str:
+    """The current sign-in session's ID (its row in user_sessions)."""
+    return session["sid"]
+
+
 def method() -> str:
     """How the current session was signed in to."""
     return session.get("method") or "local"

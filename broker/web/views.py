@@ -104,6 +104,8 @@ def console_page(server, ref: str):
     """The console shell; it mints with its own POST once loaded."""
     cloud = service().inventory.cloud(server.cloud)
     settings = state.settings()
+    if cloud.console_mode == "relay":
+        return viewer_page(server, ref)
     page = {
         "server": server.to_json(),
         "mintUrl": url_for("api.mint", server_id=server.id, cloud=server.cloud),
@@ -116,6 +118,22 @@ def console_page(server, ref: str):
         "swap": cloud.console_swap,
     }
     return render_template("console/page.html", server=server, page=page)
+
+
+# Type text: more than this is not typing a password or a command, and would take the guest long to take in.
+TYPE_LIMIT = 2000
+
+
+def viewer_page(server, ref: str):
+    """Relay mode: the broker's own viewer, which asks for a websocket ticket with its own POST."""
+    page = {
+        "server": server.to_json(),
+        "ticketUrl": url_for("api.relay_ticket", server_id=server.id, cloud=server.cloud),
+        "brokerLink": url_for("views.console", ref=ref, _external=True),
+        "loginUrl": url_for("auth.login", next=request.full_path.rstrip("?")),
+        "typeLimit": TYPE_LIMIT,
+    }
+    return render_template("console/viewer.html", server=server, page=page)
 
 
 def from_this_site() -> bool:
@@ -133,7 +151,8 @@ def open_console(ref: str):
     server, chooser = resolve_or_choose(ref)
     if chooser:
         return chooser
-    if not from_this_site():
+    # Relay mode never hands the cloud's URL to a browser: the pop-out is the viewer page.
+    if not from_this_site() or service().mode(server) == "relay":
         return console_page(server, server.id)
     minted = service().mint(current_user, server.id, server.cloud, detail="popout")
     response = redirect(minted.console.url, code=303)

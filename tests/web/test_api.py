@@ -334,3 +334,81 @@ def test_a_server_of_another_project_is_never_opened_even_by_an_admin(client, au
     assert response.status_code == 404
     assert client.get(f"/console/{OTHER_PROJECT_SERVER_ID}").status_code == 404
     assert fake.counts["show"] == 1 and fake.counts["console"] == 0
+
+
+# -- relay mode: websocket tickets instead of console URLs --------------------------------
+
+
+@pytest.fixture
+def relay_api(client, auth):
+    auth.login()
+    token = auth.csrf()
+
+    def ticket(target: str, **kwargs):
+        headers = kwargs.pop("headers", {"X-CSRFToken": token})
+        return client.post(f"/api/relay-tickets/{target}", headers=headers, **kwargs)
+
+    return ticket
+
+
+@pytest.mark.parametrize("console_mode", ["relay"])
+def test_a_relay_ticket_names_the_server_and_the_relay_but_mints_nothing(relay_api, fake, console_mode):
+    response = relay_api(server_id(1), query_string={"cloud": "lab"})
+    assert response.status_code == 201
+    assert response.headers["Cache-Control"] == "no-store"
+    body = response.get_json()
+    assert set(body) == {"ticket", "url", "expires_in", "server"}
+    assert body["url"] == "ws://localhost/relay" and body["expires_in"] == 30
+    server = body["server"]
+    assert (server["id"], server["name"], server["status"], server["cloud"]) == (
+        server_id(1),
+        "web-01",
+        "ACTIVE",
+        "lab",
+    )
+    assert len(body["ticket"]) >= 40
+    assert fake.counts["console"] == 0
+
+
+@pytest.mark.parametrize("console_mode", ["relay"])
+@pytest.mark.parametrize("env_overrides", [{"BROKER_RELAY_URL": "ws://127.0.0.1:5001/relay"}])
+def test_a_relay_on_its_own_port_is_named_and_allowed_by_the_csp(relay_api, client, console_mode, env_overrides):
+    assert relay_api(server_id(1)).get_json()["url"] == "ws://127.0.0.1:5001/relay"
+    csp = client.get("/").headers["Content-Security-Policy"]
+    assert "connect-src 'self' ws://127.0.0.1:5001;" in csp
+
+
+@pytest.mark.parametrize("console_mode", ["relay"])
+def test_in_relay_mode_no_console_url_reaches_a_browser(api, app, console_mode, fake):
+    response = api(server_id(1))
+    assert response.status_code == 403
+    assert response.get_json()["error"]["code"] == "viewer_only"
+    assert fake.counts["console"] == 0
+    [row] = audit_rows(app)
+    assert (row["outcome"], row["reason"]) == ("refused", "this cloud's consoles open only through the relay")
+
+
+def test_an_iframe_cloud_gives_no_relay_tickets(relay_api):
+    response = relay_api(server_id(1))
+    assert response.status_code == 400
+    assert "not through the relay" in response.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize("console_mode", ["relay"])
+@pytest.mark.parametrize(
+    ("target", "status"),
+    [(server_id(99), 404), ("../../etc", 404), (OTHER_PROJECT_SERVER_ID, 404)],
+)
+def test_no_ticket_for_a_server_the_user_may_not_open(relay_api, app, console_mode, target, status):
+    response = relay_api(target)
+    assert response.status_code == status
+    assert "ticket" not in response.get_json()
+    [row] = audit_rows(app)
+    assert (row["outcome"], row["detail"]) in {("failed", "relay"), ("refused", "relay")}
+
+
+@pytest.mark.parametrize("console_mode", ["relay"])
+def test_a_ticket_needs_the_session_and_the_csrf_token(client, auth, console_mode):
+    assert client.post(f"/api/relay-tickets/{server_id(1)}").status_code == 401
+    auth.login()
+    assert client.post(f"/api/relay-tickets/{server_id(1)}").status_code == 400  # no X-CSRFToken

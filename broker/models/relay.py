@@ -1,0 +1,61 @@
+"""Relay mode's tables: single-use websocket tickets, and the consoles connected right now."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from datetime import datetime
+
+from sqlalchemy import BigInteger
+from sqlalchemy import ForeignKey
+from sqlalchemy import String
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+
+from broker.extensions import db
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class RelayTicket(db.Model):
+    """What one ticket lets its session open, once, until it expires. Only the ticket's hash is kept."""
+
+    __tablename__ = "relay_tickets"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    session_id: Mapped[str] = mapped_column(String(64))
+    server_id: Mapped[str] = mapped_column(String(64))
+    server_name: Mapped[str] = mapped_column(String(255), default="")
+    cloud: Mapped[str] = mapped_column(String(64))
+    # The page's scheme://host[:port]: the websocket must come from the same origin.
+    origin: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    used_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class LiveConsole(db.Model):
+    """One browser connected through a relay process; the row goes when the connection does."""
+
+    __tablename__ = "live_consoles"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # No foreign keys: the row must outlive a removed user or an ended session until its
+    # relay notices and closes the connection.
+    user_id: Mapped[int] = mapped_column(index=True)
+    username: Mapped[str] = mapped_column(String(64))
+    session_id: Mapped[str] = mapped_column(String(64), index=True)
+    server_id: Mapped[str] = mapped_column(String(64))
+    server_name: Mapped[str] = mapped_column(String(255), default="")
+    cloud: Mapped[str] = mapped_column(String(64))
+    client: Mapped[str] = mapped_column(String(64), default="")
+    # host:pid of the relay process carrying it.
+    instance: Mapped[str] = mapped_column(String(128), index=True)
+    started_at: Mapped[datetime] = mapped_column(default=_now)
+    # Written by the relay every few seconds; a row whose relay died stops being listed.
+    seen_at: Mapped[datetime] = mapped_column(default=_now, index=True)
+    to_cloud: Mapped[int] = mapped_column(BigInteger, default=0)
+    to_browser: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The admin who pressed "End session"; the relay closes the connection when it sees it.
+    end_requested_by: Mapped[str | None] = mapped_column(String(64), default=None)
