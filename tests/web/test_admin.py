@@ -15,9 +15,11 @@ from broker.models import AccessRule
 from broker.models import AuditRecord
 from broker.models import Group
 from broker.models import User
+from broker.models import UserSession
 from broker.services import audit
 from broker.services import identity
 from broker.services import policy
+from broker.services import relay
 from broker.services import users
 from tests.support import ADMIN
 
@@ -32,7 +34,7 @@ def post(client, auth, path, **data):
     return client.post(path, data={"csrf_token": auth.csrf(), **data})
 
 
-@pytest.mark.parametrize("path", ["/admin/", "/admin/audit", "/admin/audit.csv"])
+@pytest.mark.parametrize("path", ["/admin/", "/admin/audit", "/admin/audit.csv", "/admin/sessions"])
 def test_agents_get_403_and_a_record(client, auth, app, path):
     auth.login()
     assert client.get(path).status_code == 403
@@ -417,3 +419,48 @@ def test_an_external_users_role_cannot_be_posted_into_something_else(admin, auth
     assert "olga signs in with ldap: their role comes from there" in page
     with app.app_context():
         assert users.find("olga").role == "agent"
+
+
+# -- live consoles (relay mode) ------------------------------------------------------------
+
+
+def live_console(app, username: str = "agent", server_name: str = "web-<01>") -> int:
+    """A console as a relay would have registered it."""
+    with app.app_context():
+        user = users.find(username)
+        db.session.add(UserSession(id=f"sid-{username}", user_id=user.id))
+        db.session.commit()
+        ticket = relay.Ticket(user.id, username, f"sid-{username}", "srv-1", server_name, "lab", "http://localhost")
+        row_id = relay.opened(ticket, client="192.0.2.9", instance="relay-host:4242")
+        relay.progress({row_id: (2048, 3 * 1024 * 1024)})
+        return row_id
+
+
+def test_live_consoles_are_listed_with_who_where_and_how_much(admin, app):
+    live_console(app)
+    page = BeautifulSoup(admin.get("/admin/sessions").get_data(as_text=True), "html.parser")
+    [row] = page.select("#live-consoles tbody tr")
+    cells = [td.get_text(" ", strip=True) for td in row.find_all("td")]
+    assert cells[:8] == ["agent", "web-<01>", "lab", cells[3], "2.0 kB", "3.1 MB", "192.0.2.9", "relay-host:4242"]
+    assert "<01>" not in str(row).replace("&lt;01&gt;", "")  # escaped, like everything from upstream
+    assert row.select_one("button.end-session")["aria-label"] == "End the console of web-<01> opened by agent"
+
+
+def test_end_session_asks_the_relay_to_close_it_and_is_audited(admin, auth, app):
+    row_id = live_console(app)
+    response = post(admin, auth, f"/admin/sessions/{row_id}/end")
+    assert response.status_code == 302 and response.headers["Location"].endswith("/admin/sessions")
+    with app.app_context():
+        assert relay.to_end([row_id]) == {row_id: relay.ENDED_BY_ADMIN}
+        [row] = audit.search(audit.Filter(action="admin"))[0]
+        assert (row.username, row.detail, row.outcome) == ("admin", "relay_end", "ok")
+    page = BeautifulSoup(admin.get("/admin/sessions").get_data(as_text=True), "html.parser")
+    assert page.select_one("#live-consoles tbody tr").get_text(" ", strip=True).endswith("ending…")
+
+
+def test_ending_a_console_needs_csrf_and_an_admin(admin, client, auth, app):
+    row_id = live_console(app)
+    assert admin.post(f"/admin/sessions/{row_id}/end").status_code == 400
+    auth.logout()
+    auth.login()
+    assert post(client, auth, f"/admin/sessions/{row_id}/end").status_code == 403
