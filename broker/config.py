@@ -115,7 +115,8 @@ class Settings:
     # iframe: the page shows the cloud's noVNC URL; relay: the broker's viewer through its relay.
     console_mode: str = "iframe"
     relay_path: str = "/relay"
-    # The relay's websocket URL when it is not on the pages' own origin (another port: demo, lab).
+    # The relay's websocket URL when it is not on the pages' own origin (another port: demo, lab);
+    # {host} in it stands for the host name the page was opened with.
     relay_url: str | None = None
     clouds: tuple[str, ...] = ()
     demo_servers: int = 24
@@ -256,7 +257,9 @@ def relay_settings(env: Mapping[str, str]) -> dict:
     if not path.startswith("/") or any(c in path for c in "?#\\ "):
         raise ConfigError(f"BROKER_RELAY_PATH must be a path such as /relay, got {path!r}")
     url = env.get("BROKER_RELAY_URL", "").strip() or None
-    if url and (urlsplit(url).scheme not in ("ws", "wss") or not urlsplit(url).hostname or urlsplit(url).query):
+    # {host} stands for the host name the page was opened with (the demo's and lab's relay on its own port).
+    parts = urlsplit((url or "").replace("{host}", "relay.example"))
+    if url and (parts.scheme not in ("ws", "wss") or not parts.hostname or parts.query or "{" in parts.path):
         raise ConfigError(f"BROKER_RELAY_URL must be ws(s)://host:port/path with no query, got {url!r}")
     return {
         "console_mode": _choice(env, "BROKER_CONSOLE_MODE", CONSOLE_MODES),

@@ -17,6 +17,7 @@ from broker.services import relay
 from broker.services.consoles import MINT_DETAILS
 from broker.services.consoles import ConsoleService
 from broker.web import sessions
+from broker.web.security import page_host
 from broker.web.views import console_links
 from broker.web.views import notices
 
@@ -66,7 +67,7 @@ def relay_url() -> str:
     """Where the viewer opens its websocket: BROKER_RELAY_URL, else the relay path on this origin."""
     settings = state.settings()
     if settings.relay_url:
-        return settings.relay_url
+        return settings.relay_url.replace("{host}", page_host())
     parts = urlsplit(request.host_url)
     return f"{'wss' if parts.scheme == 'https' else 'ws'}://{parts.netloc}{settings.relay_path}"
 

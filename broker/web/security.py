@@ -6,6 +6,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask
 from flask import Response
+from flask import request
 
 
 def frame_sources(console_hosts: tuple[str, ...], demo: bool) -> str:
@@ -16,6 +17,12 @@ def frame_sources(console_hosts: tuple[str, ...], demo: bool) -> str:
         return "'self'"
     # No allow-list configured: any http(s) console, never javascript:/data: frames.
     return "http: https:"
+
+
+def page_host() -> str:
+    """The host name (no port) this request was made to, IPv6 in brackets: what {host} stands for."""
+    host = urlsplit("//" + request.host).hostname or ""
+    return f"[{host}]" if ":" in host else host
 
 
 def connect_sources(relay_url: str | None) -> str:
@@ -53,9 +60,13 @@ def register_security_headers(
 ) -> None:
     policy = content_security_policy(frame_sources(console_hosts, demo), form_origins, connect_sources(relay_url))
 
+    def policy_here() -> str:
+        # A relay on another port of whatever host the page was opened with: named per request.
+        return policy.replace("{host}", page_host())
+
     @app.after_request
     def add_headers(response: Response) -> Response:
-        response.headers.setdefault("Content-Security-Policy", policy)
+        response.headers.setdefault("Content-Security-Policy", policy_here())
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")

@@ -412,3 +412,21 @@ def test_a_ticket_needs_the_session_and_the_csrf_token(client, auth, console_mod
     assert client.post(f"/api/relay-tickets/{server_id(1)}").status_code == 401
     auth.login()
     assert client.post(f"/api/relay-tickets/{server_id(1)}").status_code == 400  # no X-CSRFToken
+
+
+@pytest.mark.parametrize("console_mode", ["relay"])
+@pytest.mark.parametrize("env_overrides", [{"BROKER_RELAY_URL": "ws://{host}:5001/relay"}])
+@pytest.mark.parametrize(
+    ("host", "name"),
+    [
+        ("127.0.0.1:5000", "127.0.0.1"),
+        ("localhost:5000", "localhost"),
+        ("[::1]:5000", "[::1]"),
+        ("broker.example", "broker.example"),
+    ],
+)
+def test_a_relay_on_another_port_of_the_pages_host(relay_api, client, console_mode, env_overrides, host, name):
+    """The session cookie reaches another port of the same host name only: the URL follows the page's host."""
+    assert relay_api(server_id(1)).get_json()["url"] == "ws://localhost:5001/relay"
+    csp = client.get("/login", headers={"Host": host}).headers["Content-Security-Policy"]
+    assert f"connect-src 'self' ws://{name}:5001;" in csp
