@@ -61,11 +61,26 @@ def test_app_refuses_to_start_without_a_key(tmp_path):
         ("BROKER_CONSOLE_HOSTS", "novnc.example.com:6080"),
         ("BROKER_CONSOLE_HOSTS", "good.example.com,bad host"),
         ("BROKER_DATABASE_URL", "postgres://u@db/broker"),
+        ("BROKER_CONSOLE_MODE", "popup"),
+        ("BROKER_RELAY_PATH", "relay"),
+        ("BROKER_RELAY_PATH", "/relay?x=1"),
+        ("BROKER_RELAY_URL", "http://127.0.0.1:5001/relay"),
+        ("BROKER_RELAY_URL", "ws://127.0.0.1:5001/relay?ticket=x"),
+        ("BROKER_RELAY_URL", "ws:///relay"),
     ],
 )
 def test_bad_values_name_the_variable(tmp_path, name, value):
     with pytest.raises(ConfigError, match=name):
         load_settings({"BROKER_SECRET_KEY": "k" * 32, name: value}, str(tmp_path))
+
+
+def test_relay_mode_settings(tmp_path):
+    base = {"BROKER_SECRET_KEY": "k" * 32, "OS_CLOUD": "prod"}
+    default = load_settings(base, str(tmp_path))
+    assert (default.console_mode, default.relay_path, default.relay_url) == ("iframe", "/relay", None)
+    chosen = {"BROKER_CONSOLE_MODE": "Relay", "BROKER_RELAY_PATH": "/c/ws", "BROKER_RELAY_URL": "wss://{host}:5001/ws"}
+    relay = load_settings({**base, **chosen}, str(tmp_path))
+    assert (relay.console_mode, relay.relay_path, relay.relay_url) == ("relay", "/c/ws", "wss://{host}:5001/ws")
 
 
 def test_demo_key_is_generated_once_and_kept(tmp_path):

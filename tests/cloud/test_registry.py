@@ -35,6 +35,7 @@ MISTAKES = [
     ("unknown cloud", GOOD, "staging", "cloud 'staging' is not in {file}; the clouds there are: prod."),
     ("cloud name in other case", GOOD, "Prod", "the clouds there are: prod."),
     ("unknown region", GOOD, "prod/RegionTwo", "cloud prod/RegionTwo:"),
+    ("unknown console mode", GOOD + "    console_mode: popup\n", "prod", "cloud prod: console_mode must be"),
 ]
 
 
@@ -45,8 +46,8 @@ def clouds_file(tmp_path, monkeypatch):
     return path
 
 
-def load(*names: str):
-    return load_clouds(names, timeouts=Timeouts(1, 1), default_ttl=600, default_swap="idle")
+def load(*names: str, mode: str = "iframe"):
+    return load_clouds(names, timeouts=Timeouts(1, 1), default_ttl=600, default_swap="idle", default_mode=mode)
 
 
 @pytest.mark.parametrize(("label", "text", "name", "message"), MISTAKES, ids=[m[0] for m in MISTAKES])
@@ -69,7 +70,13 @@ def test_no_clouds_file_lists_where_it_was_looked_for(clouds_file):
 def test_a_good_entry_loads(clouds_file):
     clouds_file.write_text(GOOD)
     [cloud] = load("prod")
-    assert cloud.name == "prod" and cloud.console_ttl == 600
+    assert cloud.name == "prod" and cloud.console_ttl == 600 and cloud.console_mode == "iframe"
+
+
+def test_console_mode_per_cloud_overrides_the_default(clouds_file):
+    clouds_file.write_text(GOOD + GOOD.replace("clouds:\n  prod:", "  lab:") + "    console_mode: relay\n")
+    assert [(c.name, c.console_mode) for c in load("prod", "lab")] == [("prod", "iframe"), ("lab", "relay")]
+    assert [c.console_mode for c in load("prod", mode="relay")] == ["relay"]
 
 
 @pytest.mark.parametrize(("label", "text", "name", "message"), MISTAKES, ids=[m[0] for m in MISTAKES])
