@@ -306,3 +306,22 @@ def test_console_links_are_what_url_for_writes(app, server, cloud):
     with app.test_request_context("/"):
         expected = [url_for("views.console", ref=s.id, cloud=s.cloud) for s in servers]
         assert console_links(servers) == expected
+
+
+# -- relay mode: the broker's own viewer ----------------------------------------------------
+
+
+@pytest.mark.parametrize("console_mode", ["relay"])
+@pytest.mark.parametrize("path", ["/console/web-01", "/console/web-01/open"])
+def test_relay_mode_pages_hold_no_console_url(signed_in, fake, console_mode, path):
+    """The viewer page asks for a ticket itself; even the pop-out never redirects to the cloud."""
+    response = signed_in.get(path, headers=FROM_THIS_SITE)
+    assert response.status_code == 200
+    soup = soup_of(response)
+    assert soup.select_one("iframe") is None
+    page = json.loads(soup.select_one("#console")["data-page"])
+    assert page["ticketUrl"] == f"/api/relay-tickets/{server_id(1)}?cloud=lab"
+    assert page["typeLimit"] == 2000 and page["server"]["name"] == "web-01"
+    assert "mintUrl" not in page and "openUrl" not in page
+    assert fake.counts["console"] == 0
+    assert not [s for s in soup.find_all("script") if s.string and s.string.strip()]  # no inline script
