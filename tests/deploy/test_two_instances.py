@@ -442,7 +442,8 @@ def signed_in(deployment: Deployment, username: str, password: str) -> Browser:
 
 def test_the_docs_show_the_files_this_test_runs():
     doc = (ROOT / "docs" / "deploy.md").read_text()
-    for name in ("nginx.conf", "console-broker@.service", "broker.env.example", "console-broker-flask"):
+    files = ("nginx.conf", "console-broker@.service", "console-broker-relay.service", "broker.env.example")
+    for name in (*files, "console-broker-flask"):
         assert (DEPLOY / name).read_text().strip() in doc, f"docs/deploy.md does not show deploy/{name} as it is"
 
 
