@@ -1,0 +1,1 @@
+"""The relay: the websocket server that carries RFB between viewers and the clouds' console proxies."""
