@@ -5,6 +5,9 @@ by its PID. Use it as a context manager::
 
     with Lab(console_ttl=20) as lab:
         print(lab.broker_url, lab.username, lab.password)
+
+Guests are SeaBIOS boot menus (``LabServer(name)``) or Linux with a shell on the screen
+(``LabServer(name, guest="linux")``); the broker runs in iframe or relay console mode.
 """
 
 from __future__ import annotations
@@ -26,6 +29,12 @@ from pathlib import Path
 from broker.demo import serve
 from broker.demo.cloud import FakeCloud
 from broker.demo.cloud import Server
+from lab.guest import READY
+from lab.guest import default_cache_dir
+from lab.guest import initramfs
+from lab.guest import missing_tools as missing_linux_tools
+from lab.guest import newest_kernel
+from lab.guest import qemu_args as linux_qemu_args
 from lab.processes import Child
 from lab.processes import LabError
 from lab.processes import free_port
@@ -40,22 +49,40 @@ QEMU = "qemu-system-x86_64"
 VNC_BASE = 5900
 # openstack.config names a cloud configured by OS_* variables "envvars".
 CLOUD_NAME = "envvars"
+GUESTS = ("bios", "linux")
+CONSOLE_MODES = ("iframe", "relay")
+# The broker's default BROKER_RELAY_PATH.
+RELAY_PATH = "/relay"
 
 
 @dataclass
 class LabServer:
-    """One server of the lab cloud; an ACTIVE one has a QEMU guest behind it."""
+    """One server of the lab cloud; an ACTIVE one has a QEMU guest behind it.
+
+    ``guest``: "bios" (SeaBIOS's boot menu, no disk) or "linux" (a shell on the screen, serial log).
+    """
 
     name: str
     status: str = "ACTIVE"
     ip: str = "10.0.0.10"
     id: str = ""
+    guest: str = "bios"
     vnc_port: int = 0
     monitor: Path | None = None
-    guest: Child | None = None
+    serial: Path | None = None
+    process: Child | None = None
+    started_at: float = 0.0
+    # Where the serial log stood at the last reset: waits look only at what came after it.
+    serial_mark: int = 0
 
     def __post_init__(self) -> None:
+        if self.guest not in GUESTS:
+            raise ValueError(f"guest must be one of {GUESTS}, got {self.guest!r}")
         self.id = self.id or str(uuid.uuid5(uuid.NAMESPACE_URL, f"console-lab/{self.name}"))
+
+    @property
+    def runs_linux(self) -> bool:
+        return self.status == "ACTIVE" and self.guest == "linux"
 
     def to_cloud(self) -> Server:
         return Server(self.id, self.name, self.status, addresses={"lab-net": [{"addr": self.ip, "version": 4}]})
@@ -70,13 +97,18 @@ def default_servers() -> list[LabServer]:
     ]
 
 
-def missing_tools() -> list[str]:
-    """The system tools the lab needs that this machine lacks (empty when all are there)."""
+def missing_tools(linux: bool = False) -> list[str]:
+    """The system tools the lab needs that this machine lacks (empty when all are there).
+
+    ``linux``: also what a Linux guest needs (a kernel and busybox-static).
+    """
     missing = []
     if shutil.which(QEMU) is None:
         missing.append(f"{QEMU} (Debian package qemu-system-x86)")
     if not (NOVNC / "vnc_lite.html").is_file():
         missing.append(f"{NOVNC}/vnc_lite.html (Debian package novnc)")
+    if linux:
+        missing += missing_linux_tools()
     return missing
 
 
@@ -90,7 +122,12 @@ def free_vnc_display(start: int = 20) -> int:
 
 @dataclass
 class Lab:
-    """The whole lab; ``start()``/``stop()`` or ``with Lab() as lab``."""
+    """The whole lab; ``start()``/``stop()`` or ``with Lab() as lab``.
+
+    ``enforce_session_timeout``: the proxy closes a websocket when its token expires (Nova's
+    ``[consoleauth] enforce_session_timeout``). ``console_mode="relay"``: the broker runs in relay
+    mode and the lab starts its relay (``python -m broker.relay``) too.
+    """
 
     console_ttl: int = 20
     refresh_margin: int = 8
@@ -98,14 +135,21 @@ class Lab:
     with_broker: bool = True
     broker_port: int = 0
     proxy_port: int = 0
+    relay_port: int = 0
     username: str = "helpdesk"
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     allowed_origins: tuple[str, ...] = ()
     servers: list[LabServer] = field(default_factory=default_servers)
+    enforce_session_timeout: bool = False
+    console_mode: str = "iframe"
     workdir: Path | None = None
+    # Where the Linux guest's initramfs is kept between runs (default ~/.cache/console-lab).
+    cache_dir: Path | None = None
     children: list[Child] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.console_mode not in CONSOLE_MODES:
+            raise ValueError(f"console_mode must be one of {CONSOLE_MODES}, got {self.console_mode!r}")
         self._own_workdir = self.workdir is None
         self.workdir = Path(self.workdir or tempfile.mkdtemp(prefix="console-lab-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -125,10 +169,11 @@ class Lab:
 
     def start(self) -> None:
         """Bring up guests, proxy, cloud and (if asked) the broker; undo everything on failure."""
-        missing = missing_tools()
+        missing = missing_tools(linux=any(server.runs_linux for server in self.servers))
         if missing:
             raise LabError("missing: " + ", ".join(missing))
         try:
+            # Guests first: a Linux guest boots while the rest of the lab starts.
             for server in self.servers:
                 if server.status == "ACTIVE":
                     self._start_guest(server)
@@ -162,28 +207,43 @@ class Lab:
             "-display", "none",
             "-vnc", f"127.0.0.1:{display}",
             "-accel", "tcg",
-            "-m", "64",
             "-nic", "none",
-            "-boot", "menu=on,splash-time=10000",
             "-monitor", f"unix:{server.monitor},server=on,wait=off",
+            *(self._linux_args(server) if server.guest == "linux" else self._bios_args()),
         ]  # fmt: skip
-        server.guest = self._spawn(f"qemu {server.name}", argv)
-        wait_for_port(server.guest, server.vnc_port)
+        server.started_at = time.monotonic()
+        server.process = self._spawn(f"qemu {server.name}", argv)
+        wait_for_port(server.process, server.vnc_port)
+
+    @staticmethod
+    def _bios_args() -> list[str]:
+        """No disk: SeaBIOS offers its boot menu for 10 s, then stops at "No bootable device."."""
+        return ["-m", "64", "-boot", "menu=on,splash-time=10000"]
+
+    def _linux_args(self, server: LabServer) -> list[str]:
+        server.serial = self.workdir / f"{server.name}.serial"
+        server.serial_mark = 0
+        try:
+            initrd = initramfs(Path(self.cache_dir or default_cache_dir()))
+        except OSError:
+            # A home without a writable cache (some CI sandboxes): build it for this run only.
+            initrd = initramfs(self.workdir)
+        return linux_qemu_args(newest_kernel(), initrd, server.serial, server.name)
 
     def _start_proxy(self) -> None:
         self.proxy_port = self.proxy_port or free_port()
         argv = [
-            sys.executable, "-m", "websockify",
+            sys.executable, "-m", "lab.novncproxy",
             "--web", str(NOVNC),
-            "--file-only",
-            "--token-plugin", "lab.proxy.TokenDir",
-            "--token-source", str(self.tokens.directory),
-            "--auth-plugin", "lab.proxy.OriginCheck",
-            "--auth-source", ",".join(self.allowed_origins),
+            "--tokens", str(self.tokens.directory),
+            "--allowed-origins", ",".join(self.allowed_origins),
             f"127.0.0.1:{self.proxy_port}",
         ]  # fmt: skip
+        if self.enforce_session_timeout:
+            argv.append("--enforce-session-timeout")
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        wait_for_port(self._spawn("websockify", argv, env=env), self.proxy_port)
+        # From the checkout, so this lab package is the one imported whatever the caller's directory.
+        wait_for_port(self._spawn("websockify", argv, env=env, cwd=REPO), self.proxy_port)
 
     def _start_cloud(self) -> None:
         self.cloud = FakeCloud(
@@ -202,9 +262,13 @@ class Lab:
 
     def _start_broker(self) -> None:
         self.broker_port = self.broker_port or free_port()
+        if self.console_mode == "relay":
+            self.relay_port = self.relay_port or free_port()
         env = self.broker_env()
         self._flask(["users", "add", self.username, "--password-stdin"], env, stdin=self.password)
         self._grant_all(env)
+        if self.console_mode == "relay":
+            self._start_relay(env)
         argv = [
             sys.executable, "-m", "gunicorn",
             "--worker-class", "gthread", "--workers", "2", "--threads", "8",
@@ -214,6 +278,12 @@ class Lab:
         broker = self._spawn("broker", argv, env=env, cwd=REPO)
         wait_for_port(broker, self.broker_port, timeout=30)
         self._wait_healthy(broker)
+
+    def _start_relay(self, env: dict[str, str]) -> None:
+        """The broker's relay process, on the database the setup above has just made."""
+        argv = [sys.executable, "-m", "broker.relay"]
+        relay = self._spawn("relay", argv, env=dict(env, RELAY_BIND=f"127.0.0.1:{self.relay_port}"), cwd=REPO)
+        wait_for_port(relay, self.relay_port, timeout=30)
 
     def _wait_healthy(self, broker: Child, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
@@ -258,6 +328,11 @@ class Lab:
     def broker_url(self) -> str:
         return f"http://127.0.0.1:{self.broker_port}"
 
+    @property
+    def relay_url(self) -> str:
+        """Where the console page opens the relay's websocket (relay mode)."""
+        return f"ws://127.0.0.1:{self.relay_port}{RELAY_PATH}"
+
     def broker_env(self) -> dict[str, str]:
         """The environment a broker needs to run against this lab."""
         env = dict(os.environ)
@@ -270,7 +345,13 @@ class Lab:
             BROKER_IDLE_SWAP_AFTER=str(self.idle_swap_after),
             BROKER_CONSOLE_HOSTS="127.0.0.1",
             BROKER_SERVER_CACHE_TTL="5",
+            # Set either way, so a mode left in the caller's environment does not leak in.
+            BROKER_CONSOLE_MODE=self.console_mode,
         )
+        env.pop("BROKER_RELAY_URL", None)
+        if self.console_mode == "relay":
+            # The relay listens on its own port; the session cookie reaches it (cookies ignore ports).
+            env["BROKER_RELAY_URL"] = self.relay_url
         return env
 
     def server(self, key: str) -> LabServer:
@@ -285,8 +366,47 @@ class Lab:
         return self.cloud.mint_url(self.cloud.servers[self.server(key).id])
 
     def reset_guest(self, key: str) -> None:
-        """Reset a guest through its QEMU monitor; its VNC sessions stay connected."""
+        """Reset a guest through its QEMU monitor; its VNC sessions stay connected.
+
+        A Linux guest boots again: ``wait_for_shell`` then waits for the new boot's shell.
+        """
+        server = self.server(key)
+        if server.serial:
+            server.serial_mark = len(self._serial_bytes(server))
+        server.started_at = time.monotonic()
         self.monitor(key, "system_reset")
+
+    def serial_log(self, key: str) -> str:
+        """All a Linux guest has written to its serial port (ttyS0) since QEMU started."""
+        return self._serial_bytes(self.server(key)).decode(errors="replace")
+
+    def wait_for_serial(self, key: str, text: str, timeout: float = 30.0) -> str:
+        """Wait until ``text`` shows in the serial log after the guest's last reset; return that part."""
+        server = self.server(key)
+        deadline = time.monotonic() + timeout
+        while True:
+            since_reset = self._serial_bytes(server)[server.serial_mark :].decode(errors="replace")
+            if text in since_reset:
+                return since_reset
+            if not server.process.alive():
+                raise LabError(f"{server.process.name} exited; log {server.process.log}:\n{server.process.tail()}")
+            if time.monotonic() >= deadline:
+                raise LabError(f"{text!r} not in {server.name}'s serial log within {timeout:.0f} s:\n{since_reset}")
+            time.sleep(0.05)
+
+    def wait_for_shell(self, key: str, timeout: float = 60.0) -> float:
+        """Wait until a Linux guest's shell is at its prompt; return seconds since QEMU started (or reset)."""
+        self.wait_for_serial(key, READY, timeout)
+        return time.monotonic() - self.server(key).started_at
+
+    @staticmethod
+    def _serial_bytes(server: LabServer) -> bytes:
+        if server.serial is None:
+            raise LabError(f"{server.name} is not a running Linux guest: it has no serial log")
+        try:
+            return server.serial.read_bytes()
+        except FileNotFoundError:
+            return b""
 
     def monitor(self, key: str, command: str) -> str:
         """Send one HMP command to a guest's QEMU monitor and return what it printed."""

@@ -2,7 +2,8 @@
 
 websockify forks a process per connection, so tokens live in files (one JSON file per
 token, named by its hash) rather than in memory. Like nova-novncproxy, a token is
-checked only when a websocket connects, and a websocket from a foreign Origin is refused.
+checked when a websocket connects, and a websocket from a foreign Origin is refused;
+``lab.novncproxy`` can also end a connected websocket when its token expires.
 """
 
 from __future__ import annotations
@@ -42,13 +43,21 @@ class TokenStore:
 
     def lookup(self, token: str) -> tuple[str, int] | None:
         """The target of a token that is known and younger than its TTL, else None."""
-        try:
-            record = json.loads(_token_file(self.directory, token).read_text())
-        except (OSError, ValueError):
-            return None
-        if time.time() - record["created"] >= record["ttl"]:
+        record = self._read(token)
+        if record is None or time.time() >= record["created"] + record["ttl"]:
             return None
         return record["host"], int(record["port"])
+
+    def expires_at(self, token: str) -> float | None:
+        """When a known token expires (epoch seconds, maybe already past), else None."""
+        record = self._read(token)
+        return None if record is None else record["created"] + record["ttl"]
+
+    def _read(self, token: str) -> dict | None:
+        try:
+            return json.loads(_token_file(self.directory, token).read_text())
+        except (OSError, ValueError):
+            return None
 
 
 class TokenDir(TokenPlugin):
