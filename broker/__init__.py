@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -288,8 +289,15 @@ def database_errors(settings: Settings) -> Iterator[None]:
         )
 
 
+# How long a process that does not own the schema (the relay) waits for the web process to make it.
+SCHEMA_WAIT = 60
+
+
 def init_database(app: Flask, settings: Settings) -> None:
     """Bring an empty database's schema up; stop on an old one; in demo mode asked for by name, the demo account."""
+    if not app.config.get("SCHEMA_OWNER", True):
+        wait_for_schema(app, settings)
+        return
     with app.app_context(), database_errors(settings):
         if in_command():
             # Commands never change the schema as a side effect ('db upgrade --sql' only prints SQL);
@@ -314,6 +322,23 @@ def init_database(app: Flask, settings: Settings) -> None:
             )
         warn_about_orphan_rules(state.of(app).consoles.inventory.names())
         db.engine.dispose()
+
+
+def wait_for_schema(app: Flask, settings: Settings) -> None:
+    """The relay: the web process makes the schema (and the demo account); wait for it, change nothing."""
+    deadline = time.monotonic() + SCHEMA_WAIT
+    with app.app_context(), database_errors(settings):
+        found = schema.inspect_state()
+        # Empty: the web process is making it. The demo's own database: it is upgrading it.
+        while not found.up_to_date and (found.empty or owns_schema(settings)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            found = schema.inspect_state()
+        db.engine.dispose()
+    if not found.up_to_date:
+        stop(
+            found.problem()
+            or f"the database has no schema yet: start the web process (it makes it) or run '{schema.UPGRADE_COMMAND}'"
+        )
 
 
 def owns_schema(settings: Settings) -> bool:

@@ -14,11 +14,14 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
+from sqlalchemy import inspect
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from werkzeug.security import generate_password_hash
 
+import broker
 from broker import create_app
+from broker import schema
 from broker.config import StartupStopped
 from broker.extensions import db
 from broker.services import audit
@@ -265,3 +268,15 @@ def test_identity_sources_upgrade_keeps_accounts_local_and_downgrade_removes_the
                 )
             )
     engine.dispose()
+
+
+def test_the_relay_waits_for_the_schema_and_never_makes_it(database, tmp_path, monkeypatch):
+    """The relay process builds the same app, but the schema (and the demo account) are the web process's."""
+    monkeypatch.setattr(broker, "SCHEMA_WAIT", 1)
+    relay = {"ENV": operator_env(database), "CLOUDS": [], "INSTANCE_PATH": str(tmp_path / "i"), "SCHEMA_OWNER": False}
+    with pytest.raises(StartupStopped, match="no schema yet: start the web process"):
+        create_app(relay)
+    assert inspect(create_engine(database)).get_table_names() == []
+    start(database, tmp_path)  # the web process makes it
+    with create_app(relay).app_context():
+        assert schema.inspect_state().up_to_date

@@ -197,6 +197,10 @@ class FakeCloud:
         self.calls: deque[str] = deque(maxlen=10_000)
         self._lock = threading.Lock()
         self.public_base = "http://cloud.invalid"
+        # Where the console's websocket is on console_base's host (Nova's path= parameter), and
+        # whether a request's X-Console-Base may move it.
+        self.console_ws_path = ""
+        self.fixed_console_base = False
 
     # -- tokens -----------------------------------------------------------------
 
@@ -236,6 +240,17 @@ class FakeCloud:
         if not data or data.get("k") != "vnc" or data["exp"] <= time.time():
             return None
         return self.servers.get(data["s"])
+
+    def console_token_expiry(self, token: str) -> float | None:
+        """When a console token this cloud signed expires (epoch seconds), for a proxy that enforces it."""
+        data = self._unsign(token or "")
+        return data["exp"] if data and data.get("k") == "vnc" else None
+
+    def serve_consoles_at(self, base: str, websocket_path: str) -> None:
+        """Console URLs name this proxy (the demo relay's own) whatever request minted them."""
+        self.console_base = base.rstrip("/")
+        self.console_ws_path = websocket_path
+        self.fixed_console_base = True
 
     def revoke_tokens(self) -> None:
         """Invalidate every Keystone token issued so far (a revoked token mid-flight)."""
@@ -465,11 +480,11 @@ class FakeCloud:
         if self.on_console:
             self.on_console(token, server, self.console_ttl)
         base = self.console_base
-        if has_request_context() and request.headers.get("X-Console-Base"):
+        if has_request_context() and request.headers.get("X-Console-Base") and not self.fixed_console_base:
             base = request.headers["X-Console-Base"]
         if self.faults.console_scheme:
             base = self.faults.console_scheme + ":" + base.partition(":")[2]
-        return f"{base}/{self.console_page}?path={quote('?token=' + token, safe='')}"
+        return f"{base}/{self.console_page}?path={quote(self.console_ws_path + '?token=' + token, safe='')}"
 
     def _control(self) -> Response:
         """Read counters, or change faults from another process (tests, bench, lab)."""
