@@ -1,0 +1,69 @@
+"""``python -m broker.relay`` (the Procfile's ``relay:`` line): the relay process, until SIGTERM or SIGINT.
+
+It builds the same app as the web process, from the same environment, for its settings,
+database, services and audit; it serves no pages. It listens on ``RELAY_BIND``, else on
+127.0.0.1:``RELAY_PORT`` (default 5001).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+from broker import create_app
+from broker.config import stop
+from broker.relay.server import Relay
+
+log = logging.getLogger("broker.relay")
+
+DEFAULT_PORT = 5001
+# Worker threads for the synchronous service calls (tickets, mints, live-console rows). asyncio's
+# default (CPUs + 4) would make a burst of resumes (a cloud's proxy restarting under many
+# consoles) wait for each other's mints; more than the database pool holds would only queue there.
+SERVICE_THREADS = 16
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def bind_address(env: Mapping[str, str]) -> tuple[str, int]:
+    """(host, port) from ``RELAY_BIND`` (``host:port``, ``[::1]:port``) or ``RELAY_PORT``; a bad one stops start-up."""
+    name = "RELAY_BIND" if env.get("RELAY_BIND") else "RELAY_PORT"
+    bind = env.get("RELAY_BIND") or f"127.0.0.1:{env.get('RELAY_PORT') or DEFAULT_PORT}"
+    host, _, port = bind.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        stop(f"{name} must give a host and a port such as 127.0.0.1:{DEFAULT_PORT}, got {bind!r}")
+    return host.strip("[]"), int(port)
+
+
+async def serve(relay: Relay, host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT, then close every browser (1001) and wait for their records."""
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(SERVICE_THREADS, thread_name_prefix="relay-service"))
+    await relay.start(host, port)
+    log.info("relay listening on %s:%d, path %s (instance %s)", host, relay.port, relay.path, relay.instance)
+    stopping = asyncio.Event()
+    for signum in SIGNALS:
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        await stopping.wait()
+    finally:
+        for signum in SIGNALS:
+            loop.remove_signal_handler(signum)
+    log.info("relay stopping: closing %d consoles", len(relay.consoles))
+    await relay.stop()
+
+
+def main() -> None:
+    # The schema and the demo account are the web process's to make; the relay waits for them.
+    app = create_app({"SCHEMA_OWNER": False})
+    # websockets' DEBUG lines hold request paths, and so tickets: never those, whatever the root level.
+    logging.getLogger("websockets").setLevel(logging.INFO)
+    host, port = bind_address(os.environ)
+    asyncio.run(serve(Relay(app), host, port))
+
+
+if __name__ == "__main__":
+    main()

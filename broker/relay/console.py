@@ -1,0 +1,403 @@
+"""One relayed console: the browser's RFB handshake, both directions of the stream, and resuming the cloud's side.
+
+The browser sees one RFB session for as long as it stays connected. The cloud's side may
+close at any moment (token expiry under ``enforce_session_timeout``, a proxy restart, the
+network): the server's message under way is finished with filler, a fresh console URL is
+minted, the new proxy is brought to the state the viewer expects (pixel format, encodings,
+a full screen), and what the viewer sent meanwhile follows in order, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from broker.cloud import errors
+from broker.relay import rfb
+from broker.relay.rfb import ClientFramer
+from broker.relay.rfb import RfbError
+from broker.relay.rfb import ServerFramer
+from broker.relay.rfb import ServerInit
+from broker.relay.upstream import ByteReader
+from broker.relay.upstream import SecurityRefused
+from broker.relay.upstream import Upstream
+from broker.relay.upstream import UpstreamError
+
+if TYPE_CHECKING:
+    from broker.relay.server import Admission
+    from broker.relay.server import Relay
+
+log = logging.getLogger(__name__)
+
+# Close codes the viewer acts on (static/js/viewer.js).
+GOING_AWAY = 1001
+PROTOCOL_ERROR = 1002
+ABNORMAL = 1006
+INTERNAL_ERROR = 1011
+SIGNED_OUT = 4401
+NOT_ALLOWED = 4403
+NOT_RUNNING = 4409
+ENDED_BY_ADMIN = 4410
+UNREACHABLE = 4502
+# The reason sent with each code, which the viewer may show.
+REASONS = {
+    GOING_AWAY: "The relay is restarting",
+    SIGNED_OUT: "Sign in again",
+    NOT_ALLOWED: "No server with this ID that you may open",
+    ENDED_BY_ADMIN: "Ended by an administrator",
+    UNREACHABLE: "The cloud's console is unreachable",
+}
+# Why a console ended from outside, for the audit.
+AUDIT_REASONS = {
+    GOING_AWAY: "the relay shut down",
+    SIGNED_OUT: "the sign-in session ended",
+    ENDED_BY_ADMIN: "ended by an administrator",
+}
+# What the viewer may send while the cloud's side is away: a person typing through the whole
+# retry budget sends a few kilobytes (pointer moves are merged).
+MAX_BACKLOG = 1 << 20
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How hard the relay tries to (re)open the cloud's side: quick tries first, all within a total budget."""
+
+    delays: tuple[float, ...] = (0.0, 0.2, 0.5, 1.0, 2.0, 4.0)
+    budget: float = 20.0
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after the ``failures``-th failure in a row (1-based; the last delay repeats)."""
+        return self.delays[min(failures, len(self.delays)) - 1]
+
+
+class Ended(Exception):
+    """The console ends: the browser is closed with ``code`` and ``reason``; ``audit`` is why, for the record."""
+
+    def __init__(self, code: int, reason: str, audit: str):
+        super().__init__(audit)
+        self.code = code
+        self.reason = reason[:120]  # a close frame holds at most 123 bytes of reason
+        self.audit = audit
+
+
+def ended(code: int, audit: str | None = None) -> Ended:
+    """An ending with the viewer's reason for ``code``."""
+    return Ended(code, REASONS.get(code, ""), audit or AUDIT_REASONS.get(code, f"closed with code {code}"))
+
+
+class Console:
+    """One browser's console through the relay; ``run`` returns when it is over and its record is written."""
+
+    def __init__(self, relay: Relay, browser: ServerConnection, admission: Admission) -> None:
+        self.relay = relay
+        self.browser = browser
+        self.admission = admission
+        self.ticket = admission.ticket
+        self.server_name = admission.ticket.server_name
+        self.row_id: int | None = None
+        # RFB bytes each way after the handshakes (replays and filler included).
+        self.to_cloud = 0
+        self.to_browser = 0
+        self.upstream: Upstream | None = None
+        # What the viewer sent while the cloud's side was away, in order, to send once it is back.
+        self.backlog: list[bytes] = []
+        self.backlog_size = 0
+        self.client = ClientFramer()
+        self.server: ServerFramer | None = None
+        # The ServerInit the browser was given: every later upstream is made to talk in its format.
+        self.init: ServerInit | None = None
+        self.ending: Ended | None = None
+        self.greeted = asyncio.Event()
+        self.started = asyncio.Event()
+
+    def describe(self) -> str:
+        """The console in a log line: server, cloud and user (never a URL)."""
+        return f"{self.ticket.server_id} ({self.ticket.cloud}) for {self.ticket.username}"
+
+    async def run(self) -> None:
+        """Connect both sides and carry the stream until one of them ends it for good."""
+        try:
+            await self._carry()
+        except Ended as end:
+            self.ending = self.ending or end
+        except Exception:
+            log.exception("console %s failed", self.describe(), **self._log())
+            self.ending = self.ending or ended(INTERNAL_ERROR, "the relay failed")
+        finally:
+            await self._finish()
+
+    async def end(self, code: int) -> None:
+        """End the console from outside (an admin, a sign-out): the browser is closed with ``code``."""
+        self.ending = self.ending or ended(code)
+        await self.browser.close(self.ending.code, self.ending.reason)
+
+    async def _carry(self) -> None:
+        """The browser's side in one task and the cloud's in another; the first to finish ends the console."""
+        tasks = [asyncio.create_task(self._from_browser()), asyncio.create_task(self._from_cloud())]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()
+
+    # -- the browser's side ----------------------------------------------------------------------------
+
+    async def _from_browser(self) -> None:
+        """The browser's handshake, then its messages to the cloud (or to the backlog while the cloud is away)."""
+        try:
+            rest = await self._greet()
+            self.greeted.set()
+            await self.started.wait()
+            await self._forward(rest)
+            async for message in self.browser:
+                if isinstance(message, str):
+                    raise Ended(PROTOCOL_ERROR, "RFB is binary", "the browser sent text")
+                await self._forward(message)
+        except ConnectionClosed:
+            pass
+        self.ending = self.ending or self._browser_closed()
+
+    async def _greet(self) -> bytes:
+        """RFB's server side toward the browser, within the handshake timeout; what the browser sent after it."""
+        try:
+            async with asyncio.timeout(self.relay.handshake_timeout):
+                return await self._handshake(ByteReader(self.browser))
+        except TimeoutError:
+            raise Ended(PROTOCOL_ERROR, "Handshake timed out", "the browser did not finish the RFB handshake") from None
+        except RfbError as exc:
+            raise Ended(PROTOCOL_ERROR, "Not RFB", f"the browser does not speak RFB: {exc}") from None
+
+    async def _handshake(self, reader: ByteReader) -> bytes:
+        """RFB 3.8, security None, ClientInit (the cloud's side is always opened shared, whatever it says)."""
+        await self.browser.send(rfb.VERSION_3_8)
+        if rfb.parse_version(await reader.read(12)) != (3, 8):
+            raise Ended(PROTOCOL_ERROR, "RFB 3.8 only", "the browser does not speak RFB 3.8")
+        await self.browser.send(rfb.security_types(rfb.SECURITY_NONE))
+        if await reader.read(1) != bytes([rfb.SECURITY_NONE]):
+            raise Ended(PROTOCOL_ERROR, "Security type None only", "the browser chose another security type")
+        await self.browser.send(rfb.SECURITY_OK)
+        await reader.read(1)
+        return reader.rest()
+
+    async def _forward(self, data: bytes) -> None:
+        """The whole client messages ``data`` completes, to the cloud, or to the backlog while it is away."""
+        try:
+            messages = self.client.feed(data)
+        except RfbError as exc:
+            raise Ended(PROTOCOL_ERROR, "Unsupported RFB message", f"the browser sent what it may not: {exc}") from None
+        if not messages:
+            return
+        for message in messages:
+            self.server.follow(message)
+        batch = b"".join(messages)
+        if self.upstream is not None and await self.upstream.send(batch):
+            self.to_cloud += len(batch)
+            return
+        for message in messages:
+            self._queue(message)
+
+    def _queue(self, message: bytes) -> None:
+        if self.backlog and rfb.supersedes(message, self.backlog[-1]):
+            self.backlog_size -= len(self.backlog.pop())
+        self.backlog.append(message)
+        self.backlog_size += len(message)
+        if self.backlog_size > MAX_BACKLOG:
+            raise ended(UNREACHABLE, "the viewer sent more than the relay keeps while the cloud's side is away")
+
+    def _browser_closed(self) -> Ended:
+        if self.relay.stopping:
+            return ended(GOING_AWAY)
+        code = self.browser.close_code
+        return Ended(code or ABNORMAL, "", f"the browser closed the connection ({code or 'no close code'})")
+
+    async def _to_browser(self, data: bytes) -> None:
+        await self.browser.send(data)
+        self.to_browser += len(data)
+
+    # -- the cloud's side ----------------------------------------------------------------------------
+
+    async def _from_cloud(self) -> None:
+        """Open the cloud's side, start the browser's stream, then carry the cloud's messages, resuming as needed."""
+        try:
+            await self._open_first()
+            await self._carry_cloud()
+        except ConnectionClosed:
+            # Only the browser's connection raises this here: the cloud's closing is handled where it is read.
+            self.ending = self.ending or self._browser_closed()
+
+    async def _open_first(self) -> None:
+        upstream = await self._retrying(self._open)
+        try:
+            await self._start(upstream)
+        except BaseException:
+            upstream.abort()
+            raise
+
+    async def _start(self, upstream: Upstream) -> None:
+        """Once the browser is greeted: record the console, hand the browser the server's ServerInit, start piping."""
+        await self.greeted.wait()
+        self.row_id = await self.relay.call(
+            self.admission.caller,
+            self.relay.services.opened,
+            self.ticket,
+            client=self.admission.caller.client,
+            instance=self.relay.instance,
+            server_name=self.server_name,
+        )
+        self.init = upstream.init
+        self.server = ServerFramer(upstream.init)
+        await self.browser.send(upstream.init.to_bytes())
+        self.upstream = upstream
+        self.started.set()
+        log.info("console %s open", self.describe(), **self._log())
+
+    async def _carry_cloud(self) -> None:
+        """The cloud's bytes to the browser, as they come; a closed upstream is resumed."""
+        while True:
+            try:
+                data = await self.upstream.recv()
+            except (ConnectionClosed, UpstreamError) as exc:
+                await self._resume(exc)
+                continue
+            try:
+                self.server.feed(data)
+            except RfbError as exc:
+                raise ended(UNREACHABLE, f"the cloud's console sent what the relay cannot frame: {exc}") from None
+            await self._to_browser(data)
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[Upstream]]) -> Upstream:
+        """``attempt`` until it gives an upstream: quick tries, then backing off, all within the retry budget."""
+        retry = self.relay.retry
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + retry.budget
+        failures = 0
+        failure = "timed out"
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    return await attempt()
+            except SecurityRefused as exc:
+                raise ended(UNREACHABLE, str(exc)) from None
+            except (errors.CloudError, UpstreamError) as exc:
+                failure = getattr(exc, "message", None) or str(exc)
+            except TimeoutError:
+                pass  # the budget ran out during a try: the failure before it says more
+            failures += 1
+            delay = retry.delay(failures)
+            if loop.time() + delay >= deadline:
+                raise ended(UNREACHABLE, f"the cloud's console could not be reached ({failures} tries): {failure}")
+            await asyncio.sleep(delay)
+
+    async def _open(self) -> Upstream:
+        """Mint a console URL (authorized and audited as any mint) and open its proxy's websocket."""
+        return await self.relay.open_upstream(await self._mint())
+
+    async def _mint(self) -> str:
+        """A fresh console URL: the server's state or the user's rights may have changed since the last one."""
+        try:
+            minted = await self.relay.call(self.admission.caller, self.relay.services.mint, self.ticket)
+        except errors.ServerNotReady as exc:
+            status = getattr(exc, "server_status", "") or "not running"
+            raise Ended(NOT_RUNNING, f"Server not running ({status})", f"the server is {status}") from None
+        except errors.ServerNotFound:
+            raise ended(NOT_ALLOWED, "the mint was refused: no server with this ID that the user may open") from None
+        self.server_name = minted.server.name
+        return minted.console.url
+
+    async def _resume(self, cause: BaseException) -> None:
+        """The cloud's side is gone: finish the message it left under way, open a new one, catch it up."""
+        started = asyncio.get_running_loop().time()
+        self.upstream.abort()
+        self.upstream = None
+        log.info("console %s: the cloud's side closed (%s); resuming", self.describe(), why(cause), **self._log())
+        try:
+            filler = self.server.complete()
+        except RfbError as exc:
+            raise ended(UNREACHABLE, f"the message the cloud cut could not be finished: {exc}") from None
+        if filler:
+            await self._to_browser(filler)
+        upstream = await self._retrying(self._reopen)
+        resize = self.server.resize(upstream.init.width, upstream.init.height)
+        if resize:
+            await self._to_browser(resize)
+        elapsed = asyncio.get_running_loop().time() - started
+        log.info("console %s resumed in %.2f s", self.describe(), elapsed, **self._log())
+
+    async def _reopen(self) -> Upstream:
+        """One try at a new upstream, caught up: the viewer's format and encodings, a full screen, the backlog."""
+        upstream = await self._open()
+        try:
+            replay = self.client.replay(self.init.pixel_format, upstream.init.width, upstream.init.height)
+            await self._catch_up(upstream, replay)
+        except BaseException:
+            upstream.abort()
+            raise
+        return upstream
+
+    async def _catch_up(self, upstream: Upstream, first: bytes) -> None:
+        """Send ``first`` and then the backlog until it stays empty; then ``upstream`` is the one."""
+        while first or self.backlog:
+            pending, self.backlog, self.backlog_size = self.backlog, [], 0
+            data = first + b"".join(pending)
+            if not await upstream.send(data):
+                self.backlog = pending + self.backlog
+                self.backlog_size = sum(map(len, self.backlog))
+                raise UpstreamError("the new console proxy closed before it was caught up")
+            self.to_cloud += len(data)
+            first = b""
+        # No await since the backlog was last found empty: nothing the browser sends can slip in between.
+        self.upstream = upstream
+
+    # -- the end ---------------------------------------------------------------------------------------
+
+    async def _finish(self) -> None:
+        """Close both sides and write the disconnect's record (duration and bytes)."""
+        ending = self.ending or ended(INTERNAL_ERROR, "the relay failed")
+        if self.upstream is not None:
+            self.upstream.abort()
+        await self.browser.close(ending.code, ending.reason)
+        log.info(
+            "console %s closed: %s; %d bytes to the cloud, %d to the browser",
+            self.describe(),
+            ending.audit,
+            self.to_cloud,
+            self.to_browser,
+            **self._log(),
+        )
+        if self.row_id is None:
+            return
+        try:
+            await self.relay.call(
+                self.admission.caller,
+                self.relay.services.closed,
+                self.row_id,
+                reason=ending.audit,
+                to_cloud=self.to_cloud,
+                to_browser=self.to_browser,
+            )
+        except Exception:
+            log.exception("console %s: its disconnect could not be recorded", self.describe(), **self._log())
+
+    def _log(self) -> dict[str, Any]:
+        """Keyword arguments that give a log line this console's request ID."""
+        return {"extra": {"request_id": self.admission.caller.request_id}}
+
+
+def why(cause: BaseException) -> str:
+    """How the cloud's side ended, for a log line (its close code; never the proxy's URL)."""
+    if isinstance(cause, ConnectionClosed):
+        code = cause.rcvd.code if cause.rcvd else None
+        return f"close code {code}" if code else "connection lost"
+    return str(cause)

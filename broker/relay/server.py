@@ -1,0 +1,298 @@
+"""The relay's websocket server: who may connect (checked before the upgrade), live consoles, and shutdown.
+
+One asyncio process carries every console: a connection costs two websockets, two small
+tasks and a few framing bytes, never a thread. Everything that touches the database or a
+cloud (ticket, mint, live-console rows, audit) is synchronous and runs in a worker thread
+inside ``relay_context``, which gives the audit its client address, user agent and request ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+from typing import TypeVar
+from urllib.parse import parse_qs
+from urllib.parse import urlsplit
+from weakref import WeakKeyDictionary
+
+from flask import Flask
+from flask import g
+from itsdangerous import BadSignature
+from websockets.asyncio.server import Server
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request
+from websockets.http11 import Response
+from werkzeug.http import parse_cookie
+
+from broker import state
+from broker.config import Settings
+from broker.extensions import db
+from broker.models import User
+from broker.relay import upstream
+from broker.relay.console import GOING_AWAY
+from broker.relay.console import REASONS
+from broker.relay.console import Console
+from broker.relay.console import Retry
+from broker.relay.upstream import Upstream
+from broker.services import relay as live
+from broker.services.consoles import NOT_FOUND
+from broker.services.consoles import Minted
+from broker.services.consoles import NoSuchServer
+from broker.services.relay import Ticket
+from broker.services.relay import TicketRefused
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# A browser's messages are small; a pasted clipboard is the largest (rfb.MAX_CUT_TEXT).
+MAX_BROWSER_MESSAGE = (1 << 20) + 64
+POLL_INTERVAL = 2.0
+HANDSHAKE_TIMEOUT = 10.0
+
+
+@contextmanager
+def relay_context(app: Flask, client: str, user_agent: str, request_id: str | None = None) -> Iterator[None]:
+    """A request context for service calls: the audit records the browser's address and agent, and a request ID."""
+    environ = {"REMOTE_ADDR": client}
+    with app.test_request_context("/relay", environ_base=environ, headers={"User-Agent": user_agent}):
+        g.request_id = request_id or uuid.uuid4().hex
+        yield
+
+
+def mint_for(ticket: Ticket) -> Minted:
+    """A console URL for the ticket's server, through the one path every mint takes (authorization, audit)."""
+    user = db.session.get(User, ticket.user_id)
+    if user is None:
+        raise NoSuchServer(NOT_FOUND)
+    return state.consoles().mint(user, ticket.server_id, ticket.cloud, detail="relay")
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the relay asks of the broker; each is synchronous and is called in a thread inside ``relay_context``."""
+
+    redeem: Callable[..., Ticket]
+    mint: Callable[[Ticket], Minted]
+    opened: Callable[..., int]
+    progress: Callable[[dict[int, tuple[int, int]]], None]
+    closed: Callable[..., None]
+    to_end: Callable[[list[int]], dict[int, int]]
+
+    @classmethod
+    def of_broker(cls) -> Services:
+        return cls(live.redeem, mint_for, live.opened, live.progress, live.closed, live.to_end)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is on the other end of a websocket, as the audit records it."""
+
+    client: str
+    user_agent: str
+    # One ID for everything done for one websocket: its ticket, mints, connect and disconnect records.
+    request_id: str
+
+
+# The relay's own calls (the live-console poll), made for no browser in particular.
+RELAY_CALLER = Caller("", "console-broker relay", "-")
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A websocket let in: its redeemed ticket and who holds it."""
+
+    ticket: Ticket
+    caller: Caller
+
+
+def client_address(peer: str, forwarded_for: str, trusted_proxies: int) -> str:
+    """The browser's address as the web app's ProxyFix reads it: X-Forwarded-For only from trusted proxies.
+
+    The address the nearest trusted proxy saw is the ``trusted_proxies``-th from the right;
+    whatever stands left of it was written by the client and proves nothing.
+    """
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    if trusted_proxies and len(hops) >= trusted_proxies:
+        return hops[-trusted_proxies]
+    return peer
+
+
+def relay_path(settings: Settings) -> str:
+    """The path browsers open: BROKER_RELAY_URL's when set (the relay on a port of its own), else BROKER_RELAY_PATH."""
+    if settings.relay_url:
+        return urlsplit(settings.relay_url.replace("{host}", "relay")).path or "/"
+    return settings.relay_path
+
+
+def one_header(headers: Headers, name: str) -> str | None:
+    """A header's value when it is sent exactly once (twice is not something a browser does)."""
+    values = headers.get_all(name)
+    return values[0] if len(values) == 1 else None
+
+
+class Relay:
+    """The websocket server that lets ticket holders in and carries their consoles."""
+
+    def __init__(
+        self,
+        app: Flask,
+        *,
+        services: Services | None = None,
+        retry: Retry | None = None,
+        poll_interval: float = POLL_INTERVAL,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
+        self.app = app
+        self.settings = state.of(app).settings
+        self.services = services or Services.of_broker()
+        self.retry = retry or Retry()
+        self.poll_interval = poll_interval
+        self.handshake_timeout = handshake_timeout
+        self.path = relay_path(self.settings)
+        # Which relay carries a console, on the admin page.
+        self.instance = f"{socket.gethostname()}:{os.getpid()}"
+        self.consoles: set[Console] = set()
+        self.stopping = False
+        self.server: Server | None = None
+        self._admitted: WeakKeyDictionary[ServerConnection, Admission] = WeakKeyDictionary()
+        self._poller: asyncio.Task | None = None
+
+    # -- serving -----------------------------------------------------------------------------------
+
+    async def start(self, host: str, port: int) -> Server:
+        """Listen on ``host``:``port`` (0 picks a free port) and start watching live consoles."""
+        self.server = await serve(
+            self._handle,
+            host,
+            port,
+            process_request=self._admit,
+            subprotocols=["binary"],
+            # permessage-deflate would keep a zlib context per connection: memory, for little gain on RFB.
+            compression=None,
+            max_size=MAX_BROWSER_MESSAGE,
+            server_header=None,
+        )
+        self._poller = asyncio.create_task(self._poll())
+        return self.server
+
+    @property
+    def port(self) -> int:
+        return self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Close every browser with 1001 (the viewer reconnects with a new ticket) and wait for their records."""
+        self.stopping = True
+        self.server.close(close_connections=True, code=GOING_AWAY, reason=REASONS[GOING_AWAY])
+        await self.server.wait_closed()
+        if self._poller is not None:
+            self._poller.cancel()
+
+    async def call(self, caller: Caller, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``function`` in a worker thread inside ``relay_context`` for ``caller``: the loop never waits on it."""
+        request_id = None if caller is RELAY_CALLER else caller.request_id
+
+        def in_context() -> T:
+            with relay_context(self.app, caller.client, caller.user_agent, request_id):
+                return function(*args, **kwargs)
+
+        return await asyncio.to_thread(in_context)
+
+    async def open_upstream(self, console_url: str) -> Upstream:
+        """The console proxy's websocket behind ``console_url``, past its RFB handshake."""
+        return await upstream.open_console(
+            console_url, open_timeout=self.settings.connect_timeout, handshake_timeout=self.handshake_timeout
+        )
+
+    # -- who may connect ---------------------------------------------------------------------------
+
+    async def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        """``process_request``: a refusal is an HTTP answer, so nothing upgrades without a valid ticket."""
+        path, _, query = request.path.partition("?")
+        if path != self.path:
+            return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
+        headers = request.headers
+        peer = connection.remote_address[0] if connection.remote_address else ""
+        forwarded = ",".join(headers.get_all("X-Forwarded-For"))
+        client = client_address(peer, forwarded, self.settings.trusted_proxies)
+        caller = Caller(client, one_header(headers, "User-Agent") or "", uuid.uuid4().hex)
+        session_id, user_id = self._session(headers)
+        token = (parse_qs(query).get("ticket") or [""])[0]
+        origin = one_header(headers, "Origin")
+        try:
+            # Every binding (session, user, origin, lifetime, single use) is redeem's to check and audit.
+            ticket = await self.call(
+                caller, self.services.redeem, token, session_id=session_id, user_id=user_id, origin=origin
+            )
+        except TicketRefused as refused:
+            return connection.respond(refused.status, f"{HTTPStatus(refused.status).phrase}\n")
+        except Exception:
+            log.exception("a relay ticket could not be checked", extra={"request_id": caller.request_id})
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Service Unavailable\n")
+        self._admitted[connection] = Admission(ticket, caller)
+        return None
+
+    def _session(self, headers: Headers) -> tuple[str | None, int | None]:
+        """The sign-in session ID and user ID in the Flask session cookie, or None for what is not there."""
+        cookies = parse_cookie("; ".join(headers.get_all("Cookie")))
+        value = cookies.get(self.app.config["SESSION_COOKIE_NAME"])
+        serializer = self.app.session_interface.get_signing_serializer(self.app)
+        if not value or serializer is None:
+            return None, None
+        try:
+            # As Flask reads it: signed by this app, and no older than a session may live.
+            data = serializer.loads(value, max_age=int(self.app.permanent_session_lifetime.total_seconds()))
+        except BadSignature:
+            return None, None
+        sid = data.get("sid")
+        # flask-login keeps "<user id>:<session token>" (see broker.web.sessions.load_user).
+        raw_id = str(data.get("_user_id") or "").partition(":")[0]
+        return (sid if isinstance(sid, str) else None), (int(raw_id) if raw_id.isdigit() else None)
+
+    # -- consoles ----------------------------------------------------------------------------------
+
+    async def _handle(self, browser: ServerConnection) -> None:
+        """A websocket that passed ``_admit``: its console, from handshake to record."""
+        admission = self._admitted.pop(browser, None)
+        if admission is None:
+            await browser.close(1011, "")
+            return
+        console = Console(self, browser, admission)
+        self.consoles.add(console)
+        try:
+            await console.run()
+        finally:
+            self.consoles.discard(console)
+
+    async def _poll(self) -> None:
+        """Every few seconds: report bytes (a heartbeat too), and close the consoles that must end now."""
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self.poll_once()
+            except Exception:
+                log.exception("live consoles could not be reported")
+
+    async def poll_once(self) -> None:
+        """One round of ``_poll``."""
+        consoles = {console.row_id: console for console in self.consoles if console.row_id is not None}
+        if not consoles:
+            return
+        counts = {row_id: (console.to_cloud, console.to_browser) for row_id, console in consoles.items()}
+        ending = await self.call(RELAY_CALLER, self._report, counts)
+        endings = [consoles[row_id].end(code) for row_id, code in ending.items() if row_id in consoles]
+        await asyncio.gather(*endings)
+
+    def _report(self, counts: dict[int, tuple[int, int]]) -> dict[int, int]:
+        self.services.progress(counts)
+        return self.services.to_end(list(counts))

@@ -1,0 +1,644 @@
+"""The relay end to end in one process: a browser, the relay, a fake console proxy, and fake broker services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import struct
+import threading
+from collections.abc import AsyncIterator
+from datetime import UTC
+from datetime import datetime
+
+import pytest
+from flask import g
+from flask import request
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import InvalidStatus
+
+from broker import create_app
+from broker.cloud import errors
+from broker.cloud.types import Console
+from broker.cloud.types import ServerInfo
+from broker.relay import rfb
+from broker.relay.__main__ import bind_address
+from broker.relay.__main__ import serve
+from broker.relay.console import Retry
+from broker.relay.rfb import ServerFramer
+from broker.relay.rfb import ServerInit
+from broker.relay.server import Relay
+from broker.relay.server import Services
+from broker.relay.server import client_address
+from broker.relay.server import relay_context
+from broker.relay.server import relay_path
+from broker.relay.upstream import ByteReader
+from broker.services.consoles import Minted
+from broker.services.consoles import NoSuchServer
+from broker.services.relay import Ticket
+from broker.services.relay import TicketRefused
+from tests.relay import FORMAT_32
+from tests.relay import FakeProxy
+from tests.relay import eventually
+from tests.relay import raw_update
+from tests.relay import run
+from tests.support import broker_env
+
+ORIGIN = "http://broker.example:5000"
+SERVER_ID = "00000000-0000-4000-8000-000000000001"
+USER_AGENT = "Mozilla/5.0 (test viewer)"
+# What noVNC asks for; the relay passes on only what it can resume.
+NOVNC_ENCODINGS = [1, 7, -260, 16, 21, 5, 2, 6, 0, -26, -254, -223, -224, -258, -261, -308, -309, -312, -313, -239]
+FILTERED = [1, 5, 2, 0, -26, -254, -223, -224, -258, -308, -239]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """The broker app the relay reads its settings and session cookies from (services are faked)."""
+    tmp = tmp_path_factory.mktemp("relay")
+    return create_app({"ENV": broker_env(tmp), "CLOUDS": [], "INSTANCE_PATH": str(tmp / "instance"), "TESTING": True})
+
+
+def session_cookie(app, sid: str = "sid-1", user_id: int = 7) -> str:
+    """The Flask session cookie of a signed-in browser."""
+    value = app.session_interface.get_signing_serializer(app).dumps({"sid": sid, "_user_id": f"{user_id}:tok"})
+    return f"{app.config['SESSION_COOKIE_NAME']}={value}"
+
+
+class FakeServices:
+    """broker.services.relay and the mint as the relay sees them, recording every call and its request context."""
+
+    def __init__(self) -> None:
+        self.console_url = ""
+        self.tickets: dict[str, Ticket] = {}
+        self.redeemed: list[dict] = []
+        self.mints: list[dict] = []
+        self.mint_errors: list[Exception] = []
+        # Cleared by a test to hold mints (in their worker thread) until it is ready.
+        self.mint_gate = threading.Event()
+        self.mint_gate.set()
+        self.opened: list[dict] = []
+        self.progress: list[dict] = []
+        self.closed: list[dict] = []
+        self.ending: dict[int, int] = {}
+
+    def issue(self, token: str = "t1", origin: str = ORIGIN) -> str:
+        self.tickets[token] = Ticket(7, "agent", "sid-1", SERVER_ID, "web-01", "lab", origin)
+        return token
+
+    def services(self) -> Services:
+        return Services(self._redeem, self._mint, self._opened, self.progress.append, self._closed, self._to_end)
+
+    def _context(self) -> dict:
+        return {"client": request.remote_addr, "agent": request.user_agent.string, "request_id": g.request_id}
+
+    def _redeem(self, token: str, *, session_id: str | None, user_id: int | None, origin: str | None) -> Ticket:
+        self.redeemed.append({"token": token, "sid": session_id, "user": user_id, "origin": origin, **self._context()})
+        ticket = self.tickets.pop(token, None)
+        if ticket is None:
+            raise TicketRefused("unknown ticket")
+        if session_id is None or user_id is None:
+            raise TicketRefused("no sign-in session", status=401)
+        if (session_id, user_id, origin) != (ticket.session_id, ticket.user_id, ticket.origin):
+            raise TicketRefused("another session or origin")
+        return ticket
+
+    def _mint(self, ticket: Ticket) -> Minted:
+        self.mints.append({"server_id": ticket.server_id, **self._context()})
+        assert self.mint_gate.wait(5)
+        if self.mint_errors:
+            raise self.mint_errors.pop(0)
+        server = ServerInfo(ticket.server_id, "web-01", "ACTIVE", ticket.cloud)
+        return Minted(Console(self.console_url), server, 600, datetime.now(UTC), "idle")
+
+    def _opened(self, ticket: Ticket, *, client: str, instance: str, server_name: str) -> int:
+        self.opened.append({"ticket": ticket, "client": client, "instance": instance, "server_name": server_name})
+        return 40 + len(self.opened)
+
+    def _closed(self, row_id: int, *, reason: str, to_cloud: int, to_browser: int) -> None:
+        self.closed.append({"row": row_id, "reason": reason, "to_cloud": to_cloud, "to_browser": to_browser})
+
+    def _to_end(self, row_ids: list[int]) -> dict[int, int]:
+        return {row: code for row, code in self.ending.items() if row in row_ids}
+
+
+class Browser:
+    """A viewer as noVNC is one: the websocket with the session cookie, RFB's client side, the messages it got."""
+
+    def __init__(self, websocket: ClientConnection) -> None:
+        self.websocket = websocket
+        self.init: ServerInit | None = None
+        self.framer: ServerFramer | None = None
+        self.messages: list[bytes] = []
+        self.received = 0
+        self._partial = bytearray()
+        self._reader: asyncio.Task | None = None
+
+    async def handshake(self) -> ServerInit:
+        reader = ByteReader(self.websocket)
+        assert await reader.read(12) == rfb.VERSION_3_8
+        await self.websocket.send(rfb.VERSION_3_8)
+        assert await reader.read(2) == b"\x01\x01"
+        await self.websocket.send(b"\x01")
+        assert await reader.read(4) == rfb.SECURITY_OK
+        await self.websocket.send(b"\x01")
+        header = await reader.read(rfb.SERVER_INIT_HEADER)
+        self.init = ServerInit.parse(header + await reader.read(rfb.name_length(header)))
+        self.framer = ServerFramer(self.init)
+        self._take(reader.rest())
+        self._reader = asyncio.create_task(self._read())
+        return self.init
+
+    async def start(self) -> None:
+        """What noVNC sends after ServerInit: its format, its encodings, a request for the whole screen."""
+        encodings = rfb.set_encodings(NOVNC_ENCODINGS)
+        self.framer.follow(rfb.filter_encodings(encodings))
+        full = rfb.framebuffer_update_request(False, 0, 0, self.init.width, self.init.height)
+        await self.websocket.send(rfb.set_pixel_format(FORMAT_32) + encodings + full)
+
+    async def _read(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for data in self.websocket:
+                self._take(data)
+
+    def _take(self, data: bytes) -> None:
+        """Cut the stream into whole messages as a viewer would (a framing error fails the test)."""
+        self.received += len(data)
+        start = 0
+        for end in self.framer.feed(data):
+            self.messages.append(bytes(self._partial) + data[start:end])
+            self._partial.clear()
+            start = end
+        self._partial += data[start:]
+
+    def screens(self) -> list[int]:
+        """The marker of each whole-screen update received, in order (the fake proxy's connection number)."""
+        size = struct.pack(">HHHH", 0, 0, self.init.width, self.init.height)
+        return [m[16] for m in self.messages if m[0] == rfb.FRAMEBUFFER_UPDATE and m[4:12] == size and len(m) > 16]
+
+    async def closed(self) -> tuple[int, str]:
+        await self.websocket.wait_closed()
+        return self.websocket.close_code, self.websocket.close_reason
+
+
+async def open_browser(app, relay: Relay, *, headers: dict | None = None, path: str = "/relay?ticket=t1") -> Browser:
+    """Connect as a page of the broker would, with its cookie and Origin unless ``headers`` say otherwise."""
+    sent = {"Cookie": session_cookie(app), "Origin": ORIGIN, "User-Agent": USER_AGENT}
+    sent.update(headers or {})
+    additional = [(name, value) for name, value in sent.items() if name not in ("Origin", "User-Agent") and value]
+    websocket = await connect(
+        f"ws://127.0.0.1:{relay.port}{path}",
+        origin=sent["Origin"],
+        user_agent_header=sent["User-Agent"],
+        additional_headers=additional,
+        subprotocols=["binary"],
+        compression=None,
+    )
+    return Browser(websocket)
+
+
+@contextlib.asynccontextmanager
+async def running(app, fakes: FakeServices, **options) -> AsyncIterator[tuple[Relay, FakeProxy]]:
+    """A fake console proxy, and a relay minting its URLs, for one scenario."""
+    options.setdefault("retry", Retry(delays=(0.01,), budget=2.0))
+    options.setdefault("poll_interval", 0.02)
+    async with FakeProxy() as proxy:
+        fakes.console_url = proxy.console_url
+        relay = Relay(app, services=fakes.services(), **options)
+        await relay.start("127.0.0.1", 0)
+        try:
+            yield relay, proxy
+        finally:
+            await relay.stop()
+
+
+async def connected(app, relay: Relay, proxy: FakeProxy) -> Browser:
+    """A browser through the relay, past its handshake, showing the first screen."""
+    browser = await open_browser(app, relay)
+    await browser.handshake()
+    await browser.start()
+    await eventually(lambda: browser.screens() == [1])
+    return browser
+
+
+def key(down: bool, keysym: int) -> bytes:
+    return struct.pack(">BBxxI", rfb.KEY_EVENT, down, keysym)
+
+
+def typed(text: str) -> list[bytes]:
+    return [key(down, ord(c)) for c in text for down in (True, False)]
+
+
+def sent_keys(proxy: FakeProxy) -> list[bytes]:
+    return [m for session in proxy.sessions for m in session.of_type(rfb.KEY_EVENT)]
+
+
+# -- piping ------------------------------------------------------------------------------------------
+
+
+def test_a_console_connects_and_pipes_both_ways(app):
+    fakes = FakeServices()
+    fakes.issue()
+
+    async def scenario():
+        async with running(app, fakes) as (relay, proxy):
+            browser = await connected(app, relay, proxy)
+            for message in typed("ls"):
+                await browser.websocket.send(message)
+            await eventually(lambda: len(sent_keys(proxy)) == 4)
+            return browser, proxy
+
+    browser, proxy = run(scenario())
+    assert browser.init == ServerInit(32, 24, FORMAT_32, b"guest")
+    [session] = proxy.sessions
+    assert session.messages[:3] == [
+        rfb.set_pixel_format(FORMAT_32),
+        rfb.set_encodings(FILTERED),
+        rfb.framebuffer_update_request(False, 0, 0, 32, 24),
+    ]
+    assert sent_keys(proxy) == typed("ls")
+    [redeemed] = fakes.redeemed
+    assert redeemed["sid"] == "sid-1" and redeemed["user"] == 7 and redeemed["origin"] == ORIGIN
+    assert redeemed["token"] == "t1"
+    assert (redeemed["client"], redeemed["agent"]) == ("127.0.0.1", USER_AGENT)
+    # Ticket, mint, connect and disconnect records share the websocket's request ID.
+    assert re.fullmatch(r"[0-9a-f]{32}", redeemed["request_id"])
+    assert fakes.mints == [{"server_id": SERVER_ID, "client": "127.0.0.1", "agent": USER_AGENT, **ids(redeemed)}]
+    [opened] = fakes.opened
+    assert (opened["client"], opened["server_name"]) == ("127.0.0.1", "web-01")
+    assert opened["ticket"].server_id == SERVER_ID
+
+
+def ids(record: dict) -> dict:
+    return {"request_id": record["request_id"]}
+
+
+@pytest.mark.parametrize(
+    "path, headers, status",
+    [
+        ("/elsewhere?ticket=t1", {}, 404),
+        ("/relay?ticket=t1", {"Origin": "http://evil.example"}, 403),
+        ("/relay?ticket=t1", {"Origin": ""}, 403),
+        ("/relay?ticket=t1", {"Cookie": ""}, 401),
+        ("/relay?ticket=t1", {"Cookie": "session=forged.cookie.value"}, 401),
+        ("/relay?ticket=nope", {}, 403),
+        ("/relay", {}, 403),
+    ],
+)
+def test_refusals_are_answered_before_the_upgrade(app, path, headers, status):
+    fakes = FakeServices()
+    fakes.issue()
+
+    async def scenario():
+        async with running(app, fakes) as (relay, proxy):
+            with pytest.raises(InvalidStatus) as caught:
+                await open_browser(app, relay, headers=headers, path=path)
+            return caught.value.response.status_code, proxy
+
+    answered, proxy = run(scenario())
+    assert answered == status
+    assert fakes.mints == [] and fakes.opened == [] and proxy.sessions == []
+
+
+def test_a_ticket_is_good_once(app):
+    fakes = FakeServices()
+    fakes.issue()
+
+    async def scenario():
+        async with running(app, fakes) as (relay, proxy):
+            await connected(app, relay, proxy)
+            with pytest.raises(InvalidStatus) as caught:
+                await open_browser(app, relay)
+            return caught.value.response.status_code
+
+    assert run(scenario()) == 403
+
+
+def test_bytes_each_way_are_counted_and_reported(app):
+    fakes = FakeServices()
+    fakes.issue()
+
+    async def scenario():
+        async with running(app, fakes) as (relay, proxy):
+            browser = await connected(app, relay, proxy)
+            for message in typed("abc"):
+                await browser.websocket.send(message)
+            await eventually(lambda: len(sent_keys(proxy)) == 6)
+            await eventually(lambda: fakes.progress and fakes.progress[-1][41][0] == proxy.sessions[0].received)
+            await browser.websocket.close()
+            await eventually(lambda: fakes.closed)
+            return browser, proxy
+
+    browser, proxy = run(scenario())
+    [closed] = fakes.closed
+    # RFB after the handshakes: what the proxy's server read, and what the viewer read after ServerInit.
+    assert closed["to_cloud"] == proxy.sessions[0].received
+    assert closed["to_browser"] == browser.received == 4 + 12 + 32 * 24 * 4
+    assert closed["reason"] == "the browser closed the connection (1000)"
+    assert closed["row"] == 41
+
+
+# -- resuming ---------------------------------------------------------------------------------------
+
+
+async def cut_and_type(relay: Relay, proxy: FakeProxy, fakes: FakeServices, browser: Browser, cut: bytes) -> None:
+    """The proxy sends ``cut`` and closes (1000, as at token expiry); keys are typed while the relay re-mints."""
+    fakes.mint_gate.clear()
+    session = proxy.sessions[-1]
+    if cut:
+        await session.send(cut)
+    await session.close(1000)
+    await eventually(lambda: len(fakes.mints) == 2)
+    for message in typed("echo"):
+        await browser.websocket.send(message)
+    [console] = relay.consoles
+    # Every key is waiting in the relay before the new upstream exists.
+    await eventually(lambda: len(console.backlog) == 8)
+    fakes.mint_gate.set()
+
+
+@pytest.mark.parametrize("cut_at", [0, 3, 16 + 40, 4 + 12 + 32 * 24 * 4 - 1])
+def test_the_cloud_closing_mid_update_is_resumed_unseen(app, cut_at):
+    fakes = FakeServices()
+    fakes.issue()
+
+    async def scenario():
+        async with running(app, fakes) as (relay, proxy):
+            browser = await connected(app, relay, proxy)
+            await browser.websocket.send(key(True, ord("x")))
+            await eventually(lambda: len(sent_keys(proxy)) == 1)
+            await cut_and_type(relay, proxy, fakes, browser, raw_update(32, 24, 9)[:cut_at])
+            await eventually(lambda: browser.screens()[-1:] == [2])
+            await eventually(lambda: len(sent_keys(proxy)) == 9)
+            return browser, proxy
+
+    browser, proxy = run(scenario())
+    first, second = proxy.sessions
+    assert first.of_type(rfb.KEY_EVENT) == [key(True, ord("x"))]
+    # The new server is told the viewer's format and encodings, asked for everything, then given the keys.
+    assert second.messages == [
+        rfb.set_pixel_format(FORMAT_32),
+        rfb.set_encodings(FILTERED),
+        rfb.framebuffer_update_request(False, 0, 0, 32, 24),
+        *typed("echo"),
+    ]
+    # The viewer's stream stayed whole: the cut update was finished (black from the cut on), then the new screen.
+    assert browser.framer.at_boundary
+    assert browser.screens() == ([1, 9, 2] if cut_at > 16 else [1, 2])
+
+
+def test_a_resume_tells_the_viewer_of_a_new_screen_size(app):
+    fakes = FakeServices()
+    fakes.issue()
+
+    async def scenario():
+        async with running(app, fakes) as (relay, proxy):
+            browser = await connected(app, relay, proxy)
+            proxy.width, proxy.height = 40, 30
+            await cut_and_type(relay, proxy, fakes, browser, b"")
+            await eventually(lambda: any(m == rfb.desktop_size(40, 30) for m in browser.messages))
+            await eventually(lambda: len(proxy.sessions) == 2 and len(proxy.sessions[1].messages) >= 3)
+            return browser, proxy
+
+    browser, proxy = run(scenario())
+    assert proxy.sessions[1].messages[2] == rfb.framebuffer_update_request(False, 0, 0, 40, 30)
+
+
+def test_pointer_moves_while_the_cloud_is_away_are_merged(app):
+    fakes = FakeServices()
+    fakes.issue()
+
+    def pointer(buttons: int, x: int) -> bytes:
+        return struct.pack(">BBHH", rfb.POINTER_EVENT, buttons, x, 5)
+
+    async def scenario():
+        async with running(app, fakes) as (relay, proxy):
+            browser = await connected(app, relay, proxy)
+            fakes.mint_gate.clear()
+            await proxy.sessions[0].close(1000)
+            await eventually(lambda: len(fakes.mints) == 2)
+            moves = [pointer(0, 1), pointer(0, 2), pointer(1, 3), pointer(1, 4), pointer(0, 5)]
+            await browser.websocket.send(b"".join(moves))
+            [console] = relay.consoles
+            await eventually(lambda: len(console.backlog) == 3)
+            fakes.mint_gate.set()
+            await eventually(lambda: len(proxy.sessions) == 2 and len(proxy.sessions[1].messages) == 6)
+            return proxy
+
+    proxy = run(scenario())
+    assert proxy.sessions[1].messages[3:] == [pointer(0, 2), pointer(1, 4), pointer(0, 5)]
+
+
+def test_resume_gives_up_after_the_retry_budget(app):
+    fakes = FakeServices()
+    fakes.issue()
+
+    async def scenario():
+        async with running(app, fakes, retry=Retry(delays=(0.01, 0.02), budget=0.3)) as (relay, proxy):
+            browser = await connected(app, relay, proxy)
+            proxy.refuse_status = 403
+            await proxy.sessions[0].close(1000)
+            return await browser.closed()
+
+    assert run(scenario()) == (4502, "The cloud's console is unreachable")
+    [closed] = fakes.closed
+    assert closed["reason"].startswith("the cloud's console could not be reached")
+    assert "HTTP 403" in closed["reason"]
+    assert len(fakes.mints) > 3
+
+
+@pytest.mark.parametrize("during", ["connect", "resume"])
+def test_a_server_that_is_not_running_closes_with_4409(app, during):
+    fakes = FakeServices()
+    fakes.issue()
+    stopped = errors.ServerNotReady("The server web-01 is not running (SHUTOFF).")
+    stopped.server_status = "SHUTOFF"
+
+    async def scenario():
+        async with running(app, fakes) as (relay, proxy):
+            if during == "connect":
+                fakes.mint_errors.append(stopped)
+                browser = await open_browser(app, relay)
+            else:
+                browser = await connected(app, relay, proxy)
+                fakes.mint_errors.append(stopped)
+                await proxy.sessions[0].close(1000)
+            return await browser.closed()
+
+    assert run(scenario()) == (4409, "Server not running (SHUTOFF)")
+    assert len(fakes.opened) == (0 if during == "connect" else 1)
+
+
+def test_a_mint_refused_on_resume_closes_with_4403(app):
+    fakes = FakeServices()
+    fakes.issue()
+
+    async def scenario():
+        async with running(app, fakes) as (relay, proxy):
+            browser = await connected(app, relay, proxy)
+            fakes.mint_errors.append(NoSuchServer("No server with this ID that you may open."))
+            await proxy.sessions[0].close(1000)
+            return await browser.closed()
+
+    assert run(scenario())[0] == 4403
+
+
+def test_a_cloud_blip_while_connecting_is_retried(app):
+    fakes = FakeServices()
+    fakes.issue()
+    fakes.mint_errors.append(errors.CloudUnreachable("Keystone did not answer."))
+
+    async def scenario():
+        async with running(app, fakes) as (relay, proxy):
+            await connected(app, relay, proxy)
+
+    run(scenario())
+    assert len(fakes.mints) == 2
+
+
+# -- ending ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "code, reason, audit",
+    [
+        (4410, "Ended by an administrator", "ended by an administrator"),
+        (4401, "Sign in again", "the sign-in session ended"),
+    ],
+)
+def test_consoles_the_broker_ends_are_closed_with_its_code(app, code, reason, audit):
+    fakes = FakeServices()
+    fakes.issue()
+
+    async def scenario():
+        async with running(app, fakes) as (relay, proxy):
+            browser = await connected(app, relay, proxy)
+            fakes.ending[41] = code
+            return await browser.closed()
+
+    assert run(scenario()) == (code, reason)
+    assert fakes.closed[0]["reason"] == audit
+
+
+def test_shutdown_closes_every_browser_with_1001(app):
+    fakes = FakeServices()
+    fakes.issue("t1")
+    fakes.issue("t2")
+
+    async def scenario():
+        async with running(app, fakes) as (relay, proxy):
+            first = await connected(app, relay, proxy)
+            second = await open_browser(app, relay, path="/relay?ticket=t2")
+            await second.handshake()
+            await relay.stop()
+            return await first.closed(), await second.closed()
+
+    assert run(scenario()) == ((1001, "The relay is restarting"),) * 2
+    assert [closed["reason"] for closed in fakes.closed] == ["the relay shut down"] * 2
+
+
+def test_a_browser_sending_what_rfb_does_not_have_is_closed(app):
+    fakes = FakeServices()
+    fakes.issue()
+
+    async def scenario():
+        async with running(app, fakes) as (relay, proxy):
+            browser = await connected(app, relay, proxy)
+            await browser.websocket.send(b"\x07\x00")
+            return await browser.closed()
+
+    assert run(scenario()) == (1002, "Unsupported RFB message")
+    assert fakes.closed[0]["reason"].startswith("the browser sent what it may not")
+
+
+def test_a_browser_that_never_finishes_the_handshake_is_closed(app):
+    fakes = FakeServices()
+    fakes.issue()
+
+    async def scenario():
+        async with running(app, fakes, handshake_timeout=0.05) as (relay, proxy):
+            browser = await open_browser(app, relay)
+            return await browser.closed()
+
+    assert run(scenario()) == (1002, "Handshake timed out")
+    assert fakes.opened == []
+
+
+# -- pieces --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "forwarded, trusted, client",
+    [
+        ("203.0.113.9", 0, "10.0.0.2"),
+        ("203.0.113.9", 1, "203.0.113.9"),
+        # Whatever the client wrote left of what the trusted proxy saw proves nothing.
+        ("1.2.3.4, 203.0.113.9", 1, "203.0.113.9"),
+        ("1.2.3.4, 203.0.113.9", 2, "1.2.3.4"),
+        ("203.0.113.9", 2, "10.0.0.2"),
+        ("", 1, "10.0.0.2"),
+    ],
+)
+def test_client_address_reads_forwarded_for_as_the_web_app_does(forwarded, trusted, client):
+    assert client_address("10.0.0.2", forwarded, trusted) == client
+
+
+def test_relay_context_gives_the_audit_its_client_agent_and_request_id(app):
+    with relay_context(app, "192.0.2.7", "viewer/1"):
+        assert (request.remote_addr, request.user_agent.string) == ("192.0.2.7", "viewer/1")
+        first = g.request_id
+    with relay_context(app, "192.0.2.7", "viewer/1"):
+        assert re.fullmatch(r"[0-9a-f]{32}", g.request_id) and g.request_id != first
+
+
+def test_the_relay_path_is_the_relay_urls_when_there_is_one(app):
+    settings = app.extensions["broker"].settings
+    assert relay_path(settings) == "/relay"
+    on_its_port = type(settings)(**{**settings.__dict__, "relay_url": "ws://{host}:5001/console-relay"})
+    assert relay_path(on_its_port) == "/console-relay"
+
+
+# -- the process -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "env, bound",
+    [
+        ({}, ("127.0.0.1", 5001)),
+        ({"RELAY_PORT": "6001"}, ("127.0.0.1", 6001)),
+        ({"RELAY_BIND": "0.0.0.0:7001", "RELAY_PORT": "6001"}, ("0.0.0.0", 7001)),
+        ({"RELAY_BIND": "[::1]:7001"}, ("::1", 7001)),
+    ],
+)
+def test_the_relay_binds_where_the_environment_says(env, bound):
+    assert bind_address(env) == bound
+
+
+@pytest.mark.parametrize("env", [{"RELAY_BIND": "7001"}, {"RELAY_BIND": "host:port"}, {"RELAY_PORT": "70000"}])
+def test_a_bad_bind_address_stops_start_up_naming_the_variable(env, capsys):
+    with pytest.raises(SystemExit):
+        bind_address(env)
+    assert next(iter(env)) in capsys.readouterr().err
+
+
+def test_sigterm_closes_every_browser_with_1001_and_stops(app):
+    fakes = FakeServices()
+    fakes.issue()
+
+    async def scenario():
+        async with FakeProxy() as proxy:
+            fakes.console_url = proxy.console_url
+            relay = Relay(app, services=fakes.services())
+            serving = asyncio.create_task(serve(relay, "127.0.0.1", 0))
+            await eventually(lambda: relay.server is not None)
+            browser = await connected(app, relay, proxy)
+            os.kill(os.getpid(), signal.SIGTERM)
+            await serving
+            return await browser.closed()
+
+    assert run(scenario()) == (1001, "The relay is restarting")
+    assert fakes.closed[0]["reason"] == "the relay shut down"
