@@ -88,6 +88,13 @@ def relay_ticket(server_id: str):
     return response
 
 
+@bp.post("/session/keepalive")
+@login_required
+def keepalive():
+    """Someone is using a relay console (which makes no requests of its own): the session is not idle."""
+    return "", 204
+
+
 @bp.get("/servers")
 @login_required
 def servers():

@@ -132,6 +132,9 @@ def viewer_page(server, ref: str):
         "brokerLink": url_for("views.console", ref=ref, _external=True),
         "loginUrl": url_for("auth.login", next=request.full_path.rstrip("?")),
         "typeLimit": TYPE_LIMIT,
+        "keepaliveUrl": url_for("api.keepalive"),
+        # Well within the idle limit, so one missed beat does not sign anyone out.
+        "keepaliveEvery": max(30, state.settings().session_idle // 4),
     }
     return render_template("console/viewer.html", server=server, page=page)
 

@@ -446,6 +446,21 @@ function typeDialogClosed() {
   focusScreen();
 }
 
+// The sign-in session times out after a while without requests, and a console carried by the
+// relay makes none: while someone is using it, the page tells the broker now and then.
+let usedSinceKeepalive = false;
+
+function used() {
+  usedSinceKeepalive = true;
+}
+
+async function keepAlive() {
+  if (!usedSinceKeepalive || state.phase !== "live") return;
+  usedSinceKeepalive = false;
+  // A 401 needs no handling here: the relay closes the console with "Sign in again" within seconds.
+  await fetch(page.keepaliveUrl, { method: "POST", headers: { "X-CSRFToken": csrfToken } }).catch(() => {});
+}
+
 $("reconnect").addEventListener("click", reconnectNow);
 $("notice-retry").addEventListener("click", reconnectNow);
 $("ctrl-alt-del").addEventListener("click", ctrlAltDel);
@@ -460,6 +475,9 @@ typeDialog.addEventListener("close", typeDialogClosed);
 document.addEventListener("fullscreenchange", fullscreenChanged);
 document.addEventListener("keydown", queueKey);
 document.addEventListener("keyup", queueKey);
+document.addEventListener("keydown", used, { capture: true });
+document.addEventListener("pointerdown", used, { capture: true });
+setInterval(keepAlive, page.keepaliveEvery * 1000);
 
 enter("loading");
 connect();

@@ -430,3 +430,11 @@ def test_a_relay_on_another_port_of_the_pages_host(relay_api, client, console_mo
     assert relay_api(server_id(1)).get_json()["url"] == "ws://localhost:5001/relay"
     csp = client.get("/login", headers={"Host": host}).headers["Content-Security-Policy"]
     assert f"connect-src 'self' ws://{name}:5001;" in csp
+
+
+def test_keepalive_keeps_a_session_in_use_and_needs_one(client, auth):
+    """A relay console makes no requests of its own; the viewer's keepalive says someone is using it."""
+    assert client.post("/api/session/keepalive").status_code == 401
+    auth.login()
+    assert client.post("/api/session/keepalive").status_code == 400  # no CSRF token
+    assert client.post("/api/session/keepalive", headers={"X-CSRFToken": auth.csrf()}).status_code == 204

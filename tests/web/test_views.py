@@ -322,6 +322,7 @@ def test_relay_mode_pages_hold_no_console_url(signed_in, fake, console_mode, pat
     page = json.loads(soup.select_one("#console")["data-page"])
     assert page["ticketUrl"] == f"/api/relay-tickets/{server_id(1)}?cloud=lab"
     assert page["typeLimit"] == 2000 and page["server"]["name"] == "web-01"
+    assert (page["keepaliveUrl"], page["keepaliveEvery"]) == ("/api/session/keepalive", 900)
     assert "mintUrl" not in page and "openUrl" not in page
     assert fake.counts["console"] == 0
     assert not [s for s in soup.find_all("script") if s.string and s.string.strip()]  # no inline script
