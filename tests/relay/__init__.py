@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve
 from websockets.datastructures import Headers
@@ -21,9 +23,15 @@ from websockets.http11 import Response
 from broker.relay import rfb
 from broker.relay.rfb import ClientFramer
 from broker.relay.rfb import PixelFormat
+from broker.relay.rfb import RfbError
+from broker.relay.rfb import ServerFramer
 from broker.relay.rfb import ServerInit
 from broker.relay.upstream import ByteReader
 
+USER_AGENT = "Mozilla/5.0 (test viewer)"
+# What noVNC asks for; the relay passes on only what it can resume.
+NOVNC_ENCODINGS = [1, 7, -260, 16, 21, 5, 2, 6, 0, -26, -254, -223, -224, -258, -261, -308, -309, -312, -313, -239]
+FILTERED = [1, 5, 2, 0, -26, -254, -223, -224, -258, -308, -239]
 FORMAT_32 = PixelFormat(bytes([32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0]))
 TOKEN = "tok-3f9a"
 
@@ -148,3 +156,96 @@ class FakeProxy:
 def security_failure(reason: bytes) -> bytes:
     """No security types, and why (RFB 3.7 and later)."""
     return b"\x00" + struct.pack(">I", len(reason)) + reason
+
+
+def key(down: bool, keysym: int) -> bytes:
+    """A KeyEvent."""
+    return struct.pack(">BBxxI", rfb.KEY_EVENT, down, keysym)
+
+
+def typed(text: str) -> list[bytes]:
+    """The KeyEvents of typing ``text`` (each key down, then up)."""
+    return [key(down, ord(c)) for c in text for down in (True, False)]
+
+
+class Browser:
+    """A viewer as noVNC is one: the websocket with the session cookie, RFB's client side, the messages it got."""
+
+    @classmethod
+    async def connect(cls, url: str, *, cookie: str, origin: str, user_agent: str = USER_AGENT) -> Browser:
+        """Open the relay's websocket as a page would (an empty cookie or origin is left out)."""
+        websocket = await connect(
+            url,
+            origin=origin or None,
+            user_agent_header=user_agent,
+            additional_headers=[("Cookie", cookie)] if cookie else [],
+            subprotocols=["binary"],
+            compression=None,
+        )
+        return cls(websocket)
+
+    def __init__(self, websocket: ClientConnection) -> None:
+        self.websocket = websocket
+        self.init: ServerInit | None = None
+        self.framer: ServerFramer | None = None
+        self.messages: list[bytes] = []
+        self.received = 0
+        self._partial = bytearray()
+        self._reader: asyncio.Task | None = None
+        # A stream the viewer could not frame: raised by screens() and closed(), so the test says so.
+        self.error: RfbError | None = None
+
+    async def handshake(self) -> ServerInit:
+        reader = ByteReader(self.websocket)
+        assert await reader.read(12) == rfb.VERSION_3_8
+        await self.websocket.send(rfb.VERSION_3_8)
+        assert await reader.read(2) == b"\x01\x01"
+        await self.websocket.send(b"\x01")
+        assert await reader.read(4) == rfb.SECURITY_OK
+        await self.websocket.send(b"\x01")
+        header = await reader.read(rfb.SERVER_INIT_HEADER)
+        self.init = ServerInit.parse(header + await reader.read(rfb.name_length(header)))
+        self.framer = ServerFramer(self.init)
+        self._take(reader.rest())
+        self._reader = asyncio.create_task(self._read())
+        return self.init
+
+    async def start(self) -> None:
+        """What noVNC sends after ServerInit: its format, its encodings, a request for the whole screen."""
+        encodings = rfb.set_encodings(NOVNC_ENCODINGS)
+        self.framer.follow(rfb.filter_encodings(encodings))
+        full = rfb.framebuffer_update_request(False, 0, 0, self.init.width, self.init.height)
+        await self.websocket.send(rfb.set_pixel_format(FORMAT_32) + encodings + full)
+
+    async def _read(self) -> None:
+        try:
+            async for data in self.websocket:
+                self._take(data)
+        except ConnectionClosed:
+            pass
+        except RfbError as exc:
+            self.error = exc
+
+    def _take(self, data: bytes) -> None:
+        """Cut the stream into whole messages as a viewer would (a framing error fails the test)."""
+        self.received += len(data)
+        start = 0
+        for end in self.framer.feed(data):
+            self.messages.append(bytes(self._partial) + data[start:end])
+            self._partial.clear()
+            start = end
+        self._partial += data[start:]
+
+    def screens(self) -> list[int]:
+        """The marker of each whole-screen update received, in order (the fake proxy's connection number)."""
+        if self.error:
+            raise self.error
+        size = struct.pack(">HHHH", 0, 0, self.init.width, self.init.height)
+        return [m[16] for m in self.messages if m[0] == rfb.FRAMEBUFFER_UPDATE and m[4:12] == size and len(m) > 16]
+
+    async def closed(self) -> tuple[int, str]:
+        """The close code and reason the relay closed the websocket with."""
+        await self.websocket.wait_closed()
+        if self.error:
+            raise self.error
+        return self.websocket.close_code, self.websocket.close_reason

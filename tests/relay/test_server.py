@@ -16,9 +16,6 @@ from datetime import datetime
 import pytest
 from flask import g
 from flask import request
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 from websockets.exceptions import InvalidStatus
 
 from broker import create_app
@@ -29,31 +26,30 @@ from broker.relay import rfb
 from broker.relay.__main__ import bind_address
 from broker.relay.__main__ import serve
 from broker.relay.console import Retry
-from broker.relay.rfb import ServerFramer
 from broker.relay.rfb import ServerInit
 from broker.relay.server import Relay
 from broker.relay.server import Services
 from broker.relay.server import client_address
 from broker.relay.server import relay_context
 from broker.relay.server import relay_path
-from broker.relay.upstream import ByteReader
 from broker.services.consoles import Minted
 from broker.services.consoles import NoSuchServer
 from broker.services.relay import Ticket
 from broker.services.relay import TicketRefused
+from tests.relay import FILTERED
 from tests.relay import FORMAT_32
+from tests.relay import USER_AGENT
+from tests.relay import Browser
 from tests.relay import FakeProxy
 from tests.relay import eventually
+from tests.relay import key
 from tests.relay import raw_update
 from tests.relay import run
+from tests.relay import typed
 from tests.support import broker_env
 
 ORIGIN = "http://broker.example:5000"
 SERVER_ID = "00000000-0000-4000-8000-000000000001"
-USER_AGENT = "Mozilla/5.0 (test viewer)"
-# What noVNC asks for; the relay passes on only what it can resume.
-NOVNC_ENCODINGS = [1, 7, -260, 16, 21, 5, 2, 6, 0, -26, -254, -223, -224, -258, -261, -308, -309, -312, -313, -239]
-FILTERED = [1, 5, 2, 0, -26, -254, -223, -224, -258, -308, -239]
 
 
 @pytest.fixture(scope="module")
@@ -126,79 +122,10 @@ class FakeServices:
         return {row: code for row, code in self.ending.items() if row in row_ids}
 
 
-class Browser:
-    """A viewer as noVNC is one: the websocket with the session cookie, RFB's client side, the messages it got."""
-
-    def __init__(self, websocket: ClientConnection) -> None:
-        self.websocket = websocket
-        self.init: ServerInit | None = None
-        self.framer: ServerFramer | None = None
-        self.messages: list[bytes] = []
-        self.received = 0
-        self._partial = bytearray()
-        self._reader: asyncio.Task | None = None
-
-    async def handshake(self) -> ServerInit:
-        reader = ByteReader(self.websocket)
-        assert await reader.read(12) == rfb.VERSION_3_8
-        await self.websocket.send(rfb.VERSION_3_8)
-        assert await reader.read(2) == b"\x01\x01"
-        await self.websocket.send(b"\x01")
-        assert await reader.read(4) == rfb.SECURITY_OK
-        await self.websocket.send(b"\x01")
-        header = await reader.read(rfb.SERVER_INIT_HEADER)
-        self.init = ServerInit.parse(header + await reader.read(rfb.name_length(header)))
-        self.framer = ServerFramer(self.init)
-        self._take(reader.rest())
-        self._reader = asyncio.create_task(self._read())
-        return self.init
-
-    async def start(self) -> None:
-        """What noVNC sends after ServerInit: its format, its encodings, a request for the whole screen."""
-        encodings = rfb.set_encodings(NOVNC_ENCODINGS)
-        self.framer.follow(rfb.filter_encodings(encodings))
-        full = rfb.framebuffer_update_request(False, 0, 0, self.init.width, self.init.height)
-        await self.websocket.send(rfb.set_pixel_format(FORMAT_32) + encodings + full)
-
-    async def _read(self) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            async for data in self.websocket:
-                self._take(data)
-
-    def _take(self, data: bytes) -> None:
-        """Cut the stream into whole messages as a viewer would (a framing error fails the test)."""
-        self.received += len(data)
-        start = 0
-        for end in self.framer.feed(data):
-            self.messages.append(bytes(self._partial) + data[start:end])
-            self._partial.clear()
-            start = end
-        self._partial += data[start:]
-
-    def screens(self) -> list[int]:
-        """The marker of each whole-screen update received, in order (the fake proxy's connection number)."""
-        size = struct.pack(">HHHH", 0, 0, self.init.width, self.init.height)
-        return [m[16] for m in self.messages if m[0] == rfb.FRAMEBUFFER_UPDATE and m[4:12] == size and len(m) > 16]
-
-    async def closed(self) -> tuple[int, str]:
-        await self.websocket.wait_closed()
-        return self.websocket.close_code, self.websocket.close_reason
-
-
 async def open_browser(app, relay: Relay, *, headers: dict | None = None, path: str = "/relay?ticket=t1") -> Browser:
     """Connect as a page of the broker would, with its cookie and Origin unless ``headers`` say otherwise."""
-    sent = {"Cookie": session_cookie(app), "Origin": ORIGIN, "User-Agent": USER_AGENT}
-    sent.update(headers or {})
-    additional = [(name, value) for name, value in sent.items() if name not in ("Origin", "User-Agent") and value]
-    websocket = await connect(
-        f"ws://127.0.0.1:{relay.port}{path}",
-        origin=sent["Origin"],
-        user_agent_header=sent["User-Agent"],
-        additional_headers=additional,
-        subprotocols=["binary"],
-        compression=None,
-    )
-    return Browser(websocket)
+    sent = {"Cookie": session_cookie(app), "Origin": ORIGIN, **(headers or {})}
+    return await Browser.connect(f"ws://127.0.0.1:{relay.port}{path}", cookie=sent["Cookie"], origin=sent["Origin"])
 
 
 @contextlib.asynccontextmanager
@@ -223,14 +150,6 @@ async def connected(app, relay: Relay, proxy: FakeProxy) -> Browser:
     await browser.start()
     await eventually(lambda: browser.screens() == [1])
     return browser
-
-
-def key(down: bool, keysym: int) -> bytes:
-    return struct.pack(">BBxxI", rfb.KEY_EVENT, down, keysym)
-
-
-def typed(text: str) -> list[bytes]:
-    return [key(down, ord(c)) for c in text for down in (True, False)]
 
 
 def sent_keys(proxy: FakeProxy) -> list[bytes]:

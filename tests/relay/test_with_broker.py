@@ -1,0 +1,70 @@
+"""The relay on the broker's real services: a ticket from the API, a mint on the stand-in cloud, rows and audit."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from broker.extensions import db
+from broker.models import AuditRecord
+from broker.models import LiveConsole
+from broker.relay import rfb
+from broker.relay.server import Relay
+from tests.relay import Browser
+from tests.relay import FakeProxy
+from tests.relay import eventually
+from tests.relay import run
+from tests.relay import typed
+from tests.support import server_id
+
+
+@pytest.mark.parametrize("console_mode", ["relay"])
+def test_a_console_through_the_relay_is_minted_recorded_and_audited(app, client, auth, fake, console_mode):
+    auth.login()
+    response = client.post(
+        f"/api/relay-tickets/{server_id(1)}", query_string={"cloud": "lab"}, headers={"X-CSRFToken": auth.csrf()}
+    )
+    assert response.status_code == 201
+    ticket = response.get_json()["ticket"]
+    cookie = f"session={client.get_cookie('session').value}"
+
+    async def scenario():
+        async with FakeProxy() as proxy:
+            fake.serve_consoles_at(f"http://127.0.0.1:{proxy.port}", "")
+            relay = Relay(app, poll_interval=0.02)
+            await relay.start("127.0.0.1", 0)
+            try:
+                browser = await Browser.connect(
+                    f"ws://127.0.0.1:{relay.port}/relay?ticket={ticket}", cookie=cookie, origin="http://localhost"
+                )
+                await browser.handshake()
+                await browser.start()
+                await eventually(lambda: browser.screens() == [1])
+                for message in typed("id"):
+                    await browser.websocket.send(message)
+                await eventually(lambda: len(proxy.sessions[0].of_type(rfb.KEY_EVENT)) == 4)
+                await eventually(lambda: live_rows(app) and live_rows(app)[0].to_cloud > 0)
+                await browser.websocket.close()
+                await eventually(lambda: not relay.consoles)
+            finally:
+                await relay.stop()
+
+    run(scenario())
+    with app.app_context():
+        assert live_rows(app) == []
+        mints = db.session.scalars(select(AuditRecord).where(AuditRecord.action == "console")).all()
+        assert [(m.outcome, m.detail, m.server_name, m.client) for m in mints] == [
+            ("ok", "relay", "web-01", "127.0.0.1")
+        ]
+        connect, disconnect = db.session.scalars(select(AuditRecord).where(AuditRecord.action == "relay")).all()
+        assert (connect.detail, disconnect.detail) == ("connect", "disconnect")
+        assert "the browser closed the connection (1000)" in disconnect.reason
+        # One request ID ties the websocket's mint, connect and disconnect together.
+        assert mints[0].request_id == connect.request_id == disconnect.request_id
+
+
+def live_rows(app) -> list[LiveConsole]:
+    with app.app_context():
+        rows = db.session.scalars(select(LiveConsole)).all()
+        db.session.expunge_all()
+        return list(rows)
