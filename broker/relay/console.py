@@ -61,6 +61,8 @@ AUDIT_REASONS = {
     SIGNED_OUT: "the sign-in session ended",
     ENDED_BY_ADMIN: "ended by an administrator",
 }
+# Failures another try cannot mend: the console ends at once rather than at the end of the budget.
+PERMANENT = (SecurityRefused, errors.ConsoleUnavailable, errors.CloudRefused, errors.CloudBadResponse)
 # What the viewer may send while the cloud's side is away: a person typing through the whole
 # retry budget sends a few kilobytes (pointer moves are merged).
 MAX_BACKLOG = 1 << 20
@@ -288,8 +290,8 @@ class Console:
             try:
                 async with asyncio.timeout_at(deadline):
                     return await attempt()
-            except SecurityRefused as exc:
-                raise ended(UNREACHABLE, str(exc)) from None
+            except PERMANENT as exc:
+                raise ended(UNREACHABLE, getattr(exc, "message", None) or str(exc)) from None
             except (errors.CloudError, UpstreamError) as exc:
                 failure = getattr(exc, "message", None) or str(exc)
             except TimeoutError:

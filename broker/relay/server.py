@@ -100,12 +100,13 @@ class Caller:
 
     client: str
     user_agent: str
-    # One ID for everything done for one websocket: its ticket, mints, connect and disconnect records.
-    request_id: str
+    # One ID for everything done for one websocket (its ticket, mints, connect and disconnect
+    # records); None gives each call a fresh one.
+    request_id: str | None
 
 
 # The relay's own calls (the live-console poll), made for no browser in particular.
-RELAY_CALLER = Caller("", "console-broker relay", "-")
+RELAY_CALLER = Caller("", "console-broker relay", None)
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,8 @@ class Relay:
     async def stop(self) -> None:
         """Close every browser with 1001 (the viewer reconnects with a new ticket) and wait for their records."""
         self.stopping = True
+        if self.server is None:
+            return
         self.server.close(close_connections=True, code=GOING_AWAY, reason=REASONS[GOING_AWAY])
         await self.server.wait_closed()
         if self._poller is not None:
@@ -200,10 +203,9 @@ class Relay:
 
     async def call(self, caller: Caller, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``function`` in a worker thread inside ``relay_context`` for ``caller``: the loop never waits on it."""
-        request_id = None if caller is RELAY_CALLER else caller.request_id
 
         def in_context() -> T:
-            with relay_context(self.app, caller.client, caller.user_agent, request_id):
+            with relay_context(self.app, caller.client, caller.user_agent, caller.request_id):
                 return function(*args, **kwargs)
 
         return await asyncio.to_thread(in_context)

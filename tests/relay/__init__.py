@@ -52,8 +52,9 @@ async def eventually(predicate: Callable[[], Any], timeout: float = 3.0) -> Any:
 
 
 def raw_update(width: int, height: int, marker: int, x: int = 0, y: int = 0) -> bytes:
-    """A FramebufferUpdate of one raw rectangle whose pixels all hold ``marker``."""
-    return rfb.framebuffer_update(rfb.rectangle(x, y, width, height, rfb.RAW) + bytes([marker]) * (width * height * 4))
+    """A FramebufferUpdate of one raw rectangle whose pixels' bytes all hold ``marker`` (mod 256)."""
+    pixels = bytes([marker & 0xFF]) * (width * height * 4)
+    return rfb.framebuffer_update(rfb.rectangle(x, y, width, height, rfb.RAW) + pixels)
 
 
 @dataclass

@@ -280,7 +280,11 @@ async def cut_and_type(relay: Relay, proxy: FakeProxy, fakes: FakeServices, brow
     fakes.mint_gate.set()
 
 
-@pytest.mark.parametrize("cut_at", [0, 3, 16 + 40, 4 + 12 + 32 * 24 * 4 - 1])
+@pytest.mark.parametrize(
+    "cut_at",
+    [0, 3, 16 + 40, 4 + 12 + 32 * 24 * 4 - 1],
+    ids=["between-messages", "in-the-update-header", "in-the-pixels", "one-byte-short"],
+)
 def test_the_cloud_closing_mid_update_is_resumed_unseen(app, cut_at):
     fakes = FakeServices()
     fakes.issue()
@@ -404,6 +408,20 @@ def test_a_mint_refused_on_resume_closes_with_4403(app):
             return await browser.closed()
 
     assert run(scenario())[0] == 4403
+
+
+def test_a_console_the_cloud_cannot_give_is_not_retried(app):
+    fakes = FakeServices()
+    fakes.issue()
+    fakes.mint_errors.append(errors.ConsoleUnavailable("The cloud has no noVNC console for this server."))
+
+    async def scenario():
+        async with running(app, fakes) as (relay, proxy):
+            browser = await open_browser(app, relay)
+            return await browser.closed()
+
+    assert run(scenario()) == (4502, "The cloud's console is unreachable")
+    assert len(fakes.mints) == 1
 
 
 def test_a_cloud_blip_while_connecting_is_retried(app):
