@@ -13,8 +13,11 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Iterator
+from collections.abc import Mapping
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -33,6 +36,7 @@ from websockets.asyncio.server import serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 from websockets.http11 import Response
+from websockets.typing import Subprotocol
 from werkzeug.http import parse_cookie
 
 from broker import state
@@ -55,6 +59,9 @@ from broker.services.relay import TicketRefused
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# A websocket service served beside the relay on a path of its own, checking its clients itself
+# (the demo cloud's console proxy).
+Mount = Callable[[ServerConnection], Awaitable[None]]
 # A browser's messages are small; a pasted clipboard is the largest (rfb.MAX_CUT_TEXT).
 MAX_BROWSER_MESSAGE = (1 << 20) + 64
 POLL_INTERVAL = 2.0
@@ -136,6 +143,11 @@ def relay_path(settings: Settings) -> str:
     return settings.relay_path
 
 
+def select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """``binary`` when offered; a client offering none is still let in (as websockify does) and must send binary."""
+    return Subprotocol("binary") if "binary" in offered else None
+
+
 def one_header(headers: Headers, name: str) -> str | None:
     """A header's value when it is sent exactly once (twice is not something a browser does)."""
     values = headers.get_all(name)
@@ -153,6 +165,7 @@ class Relay:
         retry: Retry | None = None,
         poll_interval: float = POLL_INTERVAL,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        mounts: Mapping[str, Mount] | None = None,
     ) -> None:
         self.app = app
         self.settings = state.of(app).settings
@@ -161,6 +174,7 @@ class Relay:
         self.poll_interval = poll_interval
         self.handshake_timeout = handshake_timeout
         self.path = relay_path(self.settings)
+        self.mounts = dict(mounts or {})
         # Which relay carries a console, on the admin page.
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
         self.consoles: set[Console] = set()
@@ -178,7 +192,7 @@ class Relay:
             host,
             port,
             process_request=self._admit,
-            subprotocols=["binary"],
+            select_subprotocol=select_subprotocol,
             # permessage-deflate would keep a zlib context per connection: memory, for little gain on RFB.
             compression=None,
             max_size=MAX_BROWSER_MESSAGE,
@@ -221,6 +235,8 @@ class Relay:
     async def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
         """``process_request``: a refusal is an HTTP answer, so nothing upgrades without a valid ticket."""
         path, _, query = request.path.partition("?")
+        if path in self.mounts:
+            return None
         if path != self.path:
             return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
         headers = request.headers
@@ -267,7 +283,7 @@ class Relay:
         """A websocket that passed ``_admit``: its console, from handshake to record."""
         admission = self._admitted.pop(browser, None)
         if admission is None:
-            await browser.close(1011, "")
+            await self.mounts[browser.request.path.partition("?")[0]](browser)
             return
         console = Console(self, browser, admission)
         self.consoles.add(console)

@@ -16,6 +16,7 @@ from datetime import datetime
 import pytest
 from flask import g
 from flask import request
+from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from broker import create_app
@@ -221,6 +222,20 @@ def test_refusals_are_answered_before_the_upgrade(app, path, headers, status):
     answered, proxy = run(scenario())
     assert answered == status
     assert fakes.mints == [] and fakes.opened == [] and proxy.sessions == []
+
+
+def test_a_viewer_offering_no_subprotocol_is_let_in_as_websockify_would(app):
+    fakes = FakeServices()
+    fakes.issue()
+
+    async def scenario():
+        async with running(app, fakes) as (relay, proxy):
+            headers = [("Cookie", session_cookie(app))]
+            url = f"ws://127.0.0.1:{relay.port}/relay?ticket=t1"
+            async with connect(url, origin=ORIGIN, additional_headers=headers, compression=None) as websocket:
+                return websocket.subprotocol, await websocket.recv()
+
+    assert run(scenario()) == (None, rfb.VERSION_3_8)
 
 
 def test_a_ticket_is_good_once(app):
@@ -503,6 +518,26 @@ def test_a_browser_that_never_finishes_the_handshake_is_closed(app):
 
     assert run(scenario()) == (1002, "Handshake timed out")
     assert fakes.opened == []
+
+
+def test_a_service_mounted_beside_the_relay_checks_its_own_clients(app):
+    fakes = FakeServices()
+
+    async def echo(websocket):
+        await websocket.send(await websocket.recv())
+
+    async def scenario():
+        async with running(app, fakes, mounts={"/demo-console/websockify": echo}) as (relay, proxy):
+            url = f"ws://127.0.0.1:{relay.port}/demo-console/websockify?token=x"
+            async with connect(url, compression=None) as websocket:
+                await websocket.send(b"RFB?")
+                echoed = await websocket.recv()
+            with pytest.raises(InvalidStatus) as caught:
+                await open_browser(app, relay)
+            return echoed, caught.value.response.status_code
+
+    assert run(scenario()) == (b"RFB?", 403)
+    assert [r["token"] for r in fakes.redeemed] == ["t1"]
 
 
 # -- pieces --------------------------------------------------------------------------------------------
