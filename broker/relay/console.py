@@ -367,9 +367,10 @@ class Console:
     async def _finish(self) -> None:
         """Close both sides and write the disconnect's record (duration and bytes)."""
         ending = self.ending or ended(INTERNAL_ERROR, "the relay failed")
-        if self.upstream is not None:
-            self.upstream.abort()
         await self.browser.close(ending.code, ending.reason)
+        if self.upstream is not None:
+            # A close handshake, so that the proxy logs a client that left rather than a lost connection.
+            await self.upstream.close()
         log.info(
             "console %s closed: %s; %d bytes to the cloud, %d to the browser",
             self.describe(),

@@ -117,6 +117,7 @@ class PixelFormat:
 
     @property
     def bytes_per_pixel(self) -> int:
+        """1, 2 or 4: what each pixel of a raw rectangle takes."""
         return self.raw[0] // 8
 
 
@@ -138,6 +139,7 @@ class ServerInit:
         return cls(width, height, PixelFormat(bytes(data[4:20])), bytes(data[SERVER_INIT_HEADER:]))
 
     def to_bytes(self) -> bytes:
+        """The message as the server sent it (the relay hands it on to the browser unchanged)."""
         size = struct.pack(">HH", self.width, self.height)
         return size + self.pixel_format.raw + struct.pack(">I", len(self.name)) + self.name
 

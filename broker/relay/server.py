@@ -98,6 +98,7 @@ class Services:
 
     @classmethod
     def of_broker(cls) -> Services:
+        """The broker's own: broker.services.relay, and minting through the console service."""
         return cls(live.redeem, mint_for, live.opened, live.progress, live.closed, live.to_end)
 
 
@@ -139,6 +140,7 @@ def client_address(peer: str, forwarded_for: str, trusted_proxies: int) -> str:
 def relay_path(settings: Settings) -> str:
     """The path browsers open: BROKER_RELAY_URL's when set (the relay on a port of its own), else BROKER_RELAY_PATH."""
     if settings.relay_url:
+        # "{host}" stands for whatever host the page was opened with; only the path matters here.
         return urlsplit(settings.relay_url.replace("{host}", "relay")).path or "/"
     return settings.relay_path
 
@@ -203,6 +205,7 @@ class Relay:
 
     @property
     def port(self) -> int:
+        """The port listened on (the one picked, when started on port 0)."""
         return self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:

@@ -79,6 +79,7 @@ class ByteReader:
         self._buffer = bytearray()
 
     async def read(self, size: int) -> bytes:
+        """Exactly ``size`` bytes, waiting for as many messages as that takes."""
         while len(self._buffer) < size:
             message = await self._websocket.recv()
             if isinstance(message, str):
@@ -124,6 +125,7 @@ class Upstream:
         return True
 
     async def close(self) -> None:
+        """Close the websocket with a close handshake (at most CLOSE_TIMEOUT)."""
         await self._websocket.close()
 
     def abort(self) -> None:
@@ -222,6 +224,7 @@ async def _choose_none(reader: ByteReader, websocket: ClientConnection) -> None:
 
 
 def security_refused(offered: list[int]) -> SecurityRefused:
+    """The error for a server offering ``offered`` security types and not None."""
     if rfb.SECURITY_VNC_AUTH in offered:
         return SecurityRefused("the console's VNC server asks for a password; the relay speaks only security type None")
     return SecurityRefused(f"the console's VNC server offers security types {offered}; the relay speaks only None (1)")
