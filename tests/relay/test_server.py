@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import signal
@@ -39,6 +40,7 @@ from broker.services.relay import Ticket
 from broker.services.relay import TicketRefused
 from tests.relay import FILTERED
 from tests.relay import FORMAT_32
+from tests.relay import TOKEN
 from tests.relay import USER_AGENT
 from tests.relay import Browser
 from tests.relay import FakeProxy
@@ -538,6 +540,46 @@ def test_a_service_mounted_beside_the_relay_checks_its_own_clients(app):
 
     assert run(scenario()) == (b"RFB?", 403)
     assert [r["token"] for r in fakes.redeemed] == ["t1"]
+
+
+@pytest.fixture
+def log_lines():
+    """Every line the broker's and websockets' loggers write meanwhile, formatted."""
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    handler = Keep(logging.DEBUG)
+    loggers = [logging.getLogger("broker"), logging.getLogger("websockets")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    yield lines
+    for logger in loggers:
+        logger.removeHandler(handler)
+
+
+def test_nothing_logged_holds_a_ticket_cookie_or_console_token(app, log_lines):
+    fakes = FakeServices()
+    fakes.issue("ticket-5ecret")
+    cookie = session_cookie(app)
+
+    async def scenario():
+        async with running(app, fakes, retry=Retry(delays=(0.01,), budget=0.2)) as (relay, proxy):
+            browser = await open_browser(app, relay, path="/relay?ticket=ticket-5ecret")
+            await browser.handshake()
+            await proxy.sessions[0].close(1000)
+            await eventually(lambda: len(proxy.sessions) == 2)
+            proxy.refuse_status = 403
+            await proxy.sessions[1].close(1000)
+            return await browser.closed()
+
+    assert run(scenario())[0] == 4502
+    text = "\n".join(log_lines)
+    assert "resuming" in text and "HTTP 403" in text
+    for secret in (TOKEN, "ticket-5ecret", cookie.partition("=")[2]):
+        assert secret not in text
 
 
 # -- pieces --------------------------------------------------------------------------------------------
