@@ -34,6 +34,7 @@ const TYPE_EVENT_MS = 12;
 const SIGNED_OUT = 4401;
 const ENDED = 4410;
 const NOT_RUNNING = 4409;
+const NO_LONGER_ALLOWED = 4403; // the server is gone, or a rule no longer grants it
 const UNREACHABLE = 4502;
 
 const STATUS_TEXT = {
@@ -226,6 +227,8 @@ function disconnected(session, closed) {
     stop("signin", "Your sign-in has ended.", { signin: true });
   } else if (code === ENDED) {
     stop("ended", "An administrator ended this session.");
+  } else if (code === NO_LONGER_ALLOWED) {
+    stop("refused", closed.reason || "You may no longer open this console.", { reconnect: true });
   } else if (code === NOT_RUNNING) {
     const status = /\(([A-Z_]+)\)/.exec(closed.reason);
     if (status) showServer({ status: status[1] });
