@@ -8,14 +8,19 @@ database, services and audit; it serves no pages. It listens on ``RELAY_BIND``, 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
+from flask import Flask
+
 from broker import create_app
+from broker import state
 from broker.config import stop
+from broker.demo import consoleproxy
 from broker.relay.server import Relay
 
 log = logging.getLogger("broker.relay")
@@ -56,13 +61,29 @@ async def serve(relay: Relay, host: str, port: int) -> None:
     await relay.stop()
 
 
+def demo_mounts(app: Flask, host: str, port: int) -> dict:
+    """On the demo cloud, this relay also plays its console proxy: its console URLs name this relay."""
+    fake = state.of(app).demo_cloud
+    if fake is None:
+        return {}
+    # The relay reaches its own proxy over loopback whatever address it listens on.
+    own = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    fake.serve_consoles_at(f"http://{own}:{port}/demo-console", consoleproxy.PATH.lstrip("/"))
+
+    def lookup(token: str) -> consoleproxy.Grant | None:
+        server = fake.check_console_token(token)
+        return consoleproxy.Grant(server.name, fake.console_token_expiry(token)) if server else None
+
+    return {consoleproxy.PATH: functools.partial(consoleproxy.handle, lookup=lookup)}
+
+
 def main() -> None:
     # The schema and the demo account are the web process's to make; the relay waits for them.
     app = create_app({"SCHEMA_OWNER": False})
     # websockets' DEBUG lines hold request paths, and so tickets: never those, whatever the root level.
     logging.getLogger("websockets").setLevel(logging.INFO)
     host, port = bind_address(os.environ)
-    asyncio.run(serve(Relay(app), host, port))
+    asyncio.run(serve(Relay(app, mounts=demo_mounts(app, host, port)), host, port))
 
 
 if __name__ == "__main__":
