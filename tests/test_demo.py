@@ -9,6 +9,7 @@ import time
 
 import pytest
 import requests
+from websockets.sync.client import connect
 from bs4 import BeautifulSoup
 
 from broker import create_app
@@ -139,11 +140,22 @@ def test_demo_keeps_its_own_database(tmp_path):
     assert user_names(again) == ["demo", "trainee"]
 
 
+def demo_console_greets(session: requests.Session, url: str, page: str) -> bytes:
+    """The demo's first server through its relay, as the viewer opens it: the RFB greeting."""
+    server = session.get(f"{url}/api/servers?limit=1", timeout=10).json()["servers"][0]["id"]
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    answer = session.post(f"{url}/api/relay-tickets/{server}", headers={"X-CSRFToken": csrf}, timeout=10).json()
+    cookie = "; ".join(f"{c.name}={c.value}" for c in session.cookies)
+    headers = {"Cookie": cookie, "Origin": url}
+    with connect(answer["url"] + "?ticket=" + answer["ticket"], additional_headers=headers, open_timeout=10) as ws:
+        return ws.recv(timeout=10)
+
+
 def test_dev_demo_serves_with_the_procfiles_gunicorn_and_prints_the_sign_in_once(tmp_path):
-    """The first impression: ./dev demo runs production's server line, not Flask's development server."""
+    """The first impression: ./dev demo runs production's server line (not Flask's development server) and its relay."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "OS_"))}
-    env["PORT"] = str(port)
+    env.update(PORT=str(port), RELAY_PORT=str(free_port()))
     log = tmp_path / "demo.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(["./dev", "demo"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -156,6 +168,7 @@ def test_dev_demo_serves_with_the_procfiles_gunicorn_and_prints_the_sign_in_once
         password = (ROOT / "instance" / "demo-credentials").read_text().strip()
         signed_in = session.post(url + "/login", data={"username": "demo", "password": password, "csrf_token": token})
         assert signed_in.ok and "Sign out" in signed_in.text
+        assert demo_console_greets(session, url, signed_in.text) == b"RFB 003.008\n"
     finally:
         proc.terminate()
         proc.wait(timeout=20)
