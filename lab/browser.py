@@ -128,3 +128,50 @@ def wait_connected(page: Page, swaps: int = 1, timeout: float = 15.0) -> Frame:
     assert wait_status(frame, CONNECTED, timeout).startswith(CONNECTED)
     assert wait_screen(frame, timeout=timeout) >= 500
     return frame
+
+
+# -- relay mode: the broker's own viewer (templates/console/viewer.html) ---------------------------
+
+# Lit pixels on the canvas noVNC's RFB draws into, in the broker's viewer: not the kept last frame.
+VIEWER_LIT_PIXELS_JS = """() => {
+  const canvas = document.querySelector("#screen > :not(#last-frame) canvas");
+  if (!canvas || !canvas.width) return 0;
+  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let lit = 0;
+  for (let i = 0; i < data.length; i += 4) if (data[i] + data[i + 1] + data[i + 2] > 60) lit += 1;
+  return lit;
+}"""
+
+# Installed in every frame: each change of the viewer's data-state and data-connects, in order, as
+# [epoch ms, attribute, value] in window.__states (a page's own attributes, set before it ran, are not).
+VIEWER_STATES_JS = """(() => {
+  window.__states = [];
+  new MutationObserver((records) => {
+    for (const { target, attributeName } of records) {
+      if (target.id !== "console") continue;
+      window.__states.push([Date.now(), attributeName, target.getAttribute(attributeName)]);
+    }
+  }).observe(document, { subtree: true, attributes: true, attributeFilter: ["data-state", "data-connects"] });
+})();"""
+
+# Playwright key names for a US keyboard. Keys are pressed by code, with Shift held where the
+# character needs it: QEMU types by scancode when noVNC sends it, so a ">" without Shift is a ".".
+KEY_CODES = {" ": "Space", "-": "Minus", "/": "Slash", ".": "Period", ">": "Shift+Period", "\n": "Enter"}
+
+
+def key_for(char: str) -> str:
+    """The Playwright key (with Shift when needed) that types ``char`` on a US keyboard."""
+    if char in KEY_CODES:
+        return KEY_CODES[char]
+    if char.isascii() and char.isdigit():
+        return f"Digit{char}"
+    if char.isascii() and char.isalpha():
+        return f"Shift+Key{char}" if char.isupper() else f"Key{char.upper()}"
+    raise ValueError(f"no key for {char!r}")
+
+
+def press_keys(page: Page, text: str, delay_ms: float = 30) -> None:
+    """Type ``text`` as real key presses into whatever has the focus (letters, digits, space, - / . > and Enter)."""
+    for char in text:
+        page.keyboard.press(key_for(char), delay=delay_ms / 2)
+        page.wait_for_timeout(delay_ms / 2)

@@ -59,6 +59,12 @@ def lab_tools() -> None:
 
 
 @pytest.fixture(scope="session")
+def linux_lab_tools() -> None:
+    """What a lab with a Linux guest needs: the lab's tools, a kernel and busybox-static."""
+    require(missing_tools(linux=True))
+
+
+@pytest.fixture(scope="session")
 def chromium() -> None:
     require([] if CHROMIUM.is_file() else [f"{CHROMIUM} (Debian package chromium)"])
 
