@@ -9,8 +9,8 @@ import time
 
 import pytest
 import requests
-from websockets.sync.client import connect
 from bs4 import BeautifulSoup
+from websockets.sync.client import connect
 
 from broker import create_app
 from broker.extensions import db
