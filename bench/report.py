@@ -18,6 +18,15 @@ class Row:
     verdict: str = ""
 
 
+@dataclass(frozen=True)
+class Section:
+    """A part of the bench measured once, outside the backends' column sets: its own heading and table."""
+
+    title: str
+    setup: str
+    rows: list[Row]
+
+
 def ratio(value: float, base: float) -> str:
     """``value / base`` as ``x1.03``."""
     return f"x{value / base:.2f}" if base else "n/a"
@@ -55,12 +64,17 @@ def metrics(columns: dict[str, list[Row]]) -> list[tuple[str, str]]:
     return list(seen.items())
 
 
-def document(columns: dict[str, list[Row]], setup: str, notes: list[str] = ()) -> str:
-    """The table with a heading saying when, where and how it was measured."""
+def document(columns: dict[str, list[Row]], setup: str, notes: list[str] = (), sections: list[Section] = ()) -> str:
+    """The table with a heading saying when, where and how it was measured; then each section's own."""
     when = time.strftime("%Y-%m-%d %H:%M %Z")
     host = f"{platform.python_implementation()} {platform.python_version()}, {platform.machine()}"
     tail = "".join(f"\n{note}\n" for note in notes)
-    return f"# Bench results\n\n{when}; {host}; {setup}\n\n{table(columns)}\n{tail}"
+    text = f"# Bench results\n\n{when}; {host}" + (f"; {setup}" if setup else "") + "\n"
+    text += (f"\n{table(columns)}\n" if columns else "") + tail
+    for section in sections:
+        rows = table({section.title: section.rows}) if section.rows else ""
+        text += f"\n## {section.title}\n\n{section.setup}\n\n{rows}\n"
+    return text
 
 
 def write(path: Path, text: str) -> None:

@@ -2,6 +2,7 @@
 
 Everything runs once per backend (SQLite with in-process caches, then PostgreSQL with Redis),
 each on fresh clouds, a fresh database and a fresh broker; the table puts them side by side.
+The relay part (bench/relay.py) then runs once on processes of its own, in a section of its own.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from bench import backends
 from bench import measure
 from bench import procs
 from bench import profile
+from bench import relay
 from bench import upstream
 from bench.backends import Backend
 from bench.clients import BrokerClient
 from bench.measure import Bench
 from bench.report import Row
+from bench.report import Section
 from bench.report import document
 from bench.report import write
 
@@ -41,13 +44,19 @@ QUICK = {
     "cache_ttl": 2,
     "lifetimes": 2,
     "profile_seconds": 3.0,
+    "relay_keys": 50,
+    "relay_seconds": 1.0,
+    "relay_resumes": 3,
+    "relay_idle": 100,
 }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller samples: a smoke run of everything")
-    parser.add_argument("--backends", default="sqlite,pg", help="comma-separated: sqlite (in-process), pg (+ Redis)")
+    parser.add_argument(
+        "--backends", default="sqlite,pg", help="comma-separated: sqlite (in-process), pg (+ Redis); empty: none"
+    )
     parser.add_argument("--servers", type=int, default=10_000, help="servers in the big cloud (10 pages of 1,000)")
     parser.add_argument("--mints", type=int, default=1000, help="mints at 0 ms (also counts Keystone tokens)")
     parser.add_argument("--slow-mints", type=int, default=200, help="mints at 50 ms upstream latency")
@@ -62,6 +71,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile-seconds", type=float, default=10.0, help="py-spy sampling of 50 ms mints (0: off)")
     parser.add_argument("--sdk-calls", type=int, default=50, help="openstacksdk create_console calls (0 skips it)")
     parser.add_argument("--cli-calls", type=int, default=3, help="openstack CLI runs (0 skips it)")
+    parser.add_argument("--relay", action=argparse.BooleanOptionalAction, default=True, help="the relay part")
+    parser.add_argument("--relay-keys", type=int, default=300, help="keystrokes each way, relay vs direct (0 skips)")
+    parser.add_argument("--relay-seconds", type=float, default=3.0, help="full-screen updates each way (0 skips)")
+    parser.add_argument("--relay-resumes", type=int, default=8, help="upstream closes to time the resume of (0 skips)")
+    parser.add_argument("--relay-idle", type=int, default=1000, help="idle consoles on one relay (0 skips)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the Markdown table")
     if argv is None:
         argv = sys.argv[1:]
@@ -168,6 +182,20 @@ def run_backend(backend: Backend, args: argparse.Namespace, workdir: Path, conte
             raise
 
 
+def run_relay(args: argparse.Namespace, workdir: Path) -> Section:
+    """The relay part on its own processes; a failure is said in its section (the backends' figures stay)."""
+    workdir.mkdir()
+    try:
+        return relay.run(args, workdir, step)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        for log in sorted(workdir.glob("*.log")):
+            print(f"--- relay/{log.name} (tail)\n{log.read_text(errors='replace')[-1500:]}", file=sys.stderr)
+        print(f"relay part failed: {exc!r}", file=sys.stderr)
+        return Section(relay.TITLE, f"Not measured: the relay part failed ({type(exc).__name__}: {exc}).", [])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the bench; 0 when it completed (targets missed or not), 1 when it could not run."""
     args = parse_args(argv)
@@ -175,10 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     columns: dict[str, list[Row]] = {}
-    notes, setup = [], ""
+    notes, setup, sections = [], "", []
+    names = [name for name in args.backends.split(",") if name]
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         try:
-            for backend in backends.make(args.backends.split(",")):
+            for backend in backends.make(names):
                 missing = backends.available(backend.name)
                 if missing:
                     notes.append(f"{backend.label}: not measured ({missing}).")
@@ -187,16 +216,19 @@ def main(argv: list[str] | None = None) -> int:
                 workdir = Path(tmp) / backend.name
                 workdir.mkdir()
                 columns[backend.label], setup = run_backend(backend, args, workdir, context=not columns)
+            if args.relay:
+                sections.append(run_relay(args, Path(tmp) / "relay"))
         except KeyboardInterrupt:
             print("interrupted; stopping everything", file=sys.stderr)
             return 130
         except Exception as exc:
             print(f"bench failed: {exc!r}", file=sys.stderr)
             return 1
-    if not columns:
+    if names and not columns:
         print("bench failed: no backend could run", file=sys.stderr)
         return 1
-    text = document(columns, setup, notes)
+    text = document(columns, setup, notes, sections)
     print(text)
     write(args.out, text)
-    return 0
+    # A relay part that could not run is in the results, and fails the run.
+    return 1 if any(not section.rows for section in sections) else 0

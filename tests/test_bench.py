@@ -1,7 +1,8 @@
 """The benchmark still runs end to end and prints its table (a smoke run on tiny samples; no timing is judged).
 
 The sections that start more brokers (cold first mint, two instances) are left to
-``./dev bench --quick``, which runs everything in about three minutes.
+``./dev bench --quick``, which runs everything in about three minutes; the relay part runs
+on a handful of keystrokes, updates and consoles, and one resume.
 """
 
 import subprocess
@@ -25,6 +26,10 @@ TINY = [
     "--profile-seconds=0",
     "--sdk-calls=0",
     "--cli-calls=0",
+    "--relay-keys=5",
+    "--relay-seconds=0.3",
+    "--relay-resumes=1",
+    "--relay-idle=5",
 ]
 
 
@@ -36,10 +41,20 @@ def test_bench_prints_its_table(tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| metric | value | target | ratio / verdict |" in done.stdout
     for metric in ("mint, 50 ms upstream: broker / direct", "during the storm", "warm list JSON"):
         assert metric in done.stdout
+    relay = done.stdout.partition("## Relay mode")[2]
+    for metric in (
+        "relay console page weight",
+        "served compressed",
+        "keystroke to echo: added by the relay",
+        "one console's throughput",
+        "reconnect gap",
+        "5 idle consoles on one relay process",
+    ):
+        assert metric in relay
     assert out.read_text() in done.stdout
