@@ -52,6 +52,8 @@ from broker.web import header
 from broker.web import oidc
 from broker.web import sessions
 from broker.web import views
+from broker.web.assets import register_assets
+from broker.web.assets import static_version
 from broker.web.errors import register_errorhandlers
 from broker.web.errors import unauthorized
 from broker.web.observability import register_observability
@@ -73,7 +75,9 @@ MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 def create_app(test_config: Mapping | None = None) -> Flask:
     """Build the broker. ``test_config`` may hold ``ENV`` (variables) and ``CLOUDS`` (ready clouds)."""
     test_config = dict(test_config or {})
-    app = Flask(__name__, root_path=os.path.dirname(os.path.dirname(__file__)), instance_relative_config=True)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    version = static_version(os.path.join(root, "static"))
+    app = Flask(__name__, root_path=root, instance_relative_config=True, static_url_path=f"/static/{version}")
     if "INSTANCE_PATH" in test_config:
         app.instance_path = test_config.pop("INSTANCE_PATH")
     os.makedirs(app.instance_path, exist_ok=True)
@@ -87,6 +91,7 @@ def create_app(test_config: Mapping | None = None) -> Flask:
     configure_flask(app, settings, test_config)
     register_proxies(app, settings.trusted_proxies)
     register_extensions(app)
+    register_assets(app)
     register_session_limits(app, settings.session_lifetime, settings.session_idle)
     register_blueprints(app, settings)
     register_errorhandlers(app)

@@ -1,4 +1,7 @@
-"""Fixtures for the browser tests: one console lab and one Chromium for the whole session.
+"""Fixtures for the browser tests: one console lab and one Chromium for the whole package.
+
+Package-scoped, not session-scoped: Playwright's sync API keeps an asyncio loop running in the
+main thread while it is open, and the tests after these (the relay's) run asyncio themselves.
 
 Without Chromium, QEMU or noVNC the tests skip with the reason, except under ``CI=true``,
 where a missing tool fails them: CI installs the tools, so a skip there would hide a gap.
@@ -41,7 +44,7 @@ def require(missing: list[str]) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def artefacts(tmp_path_factory: pytest.TempPathFactory):
     """Where screenshots and timings go: a temporary folder, so a test run changes no tracked file.
 
@@ -53,30 +56,30 @@ def artefacts(tmp_path_factory: pytest.TempPathFactory):
     return Path(chosen) if chosen else tmp_path_factory.mktemp("artefacts")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def lab_tools() -> None:
     require(missing_tools())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def linux_lab_tools() -> None:
     """What a lab with a Linux guest needs: the lab's tools, a kernel and busybox-static."""
     require(missing_tools(linux=True))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chromium() -> None:
     require([] if CHROMIUM.is_file() else [f"{CHROMIUM} (Debian package chromium)"])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def lab(lab_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     workdir = tmp_path_factory.mktemp("console-lab")
     with Lab(console_ttl=TTL, refresh_margin=MARGIN, idle_swap_after=IDLE_SWAP_AFTER, workdir=workdir) as running:
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(chromium: None) -> Iterator[Browser]:
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
@@ -84,7 +87,7 @@ def browser(chromium: None) -> Iterator[Browser]:
         chromium.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def signed_in_state(browser: Browser, lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> str:
     """Cookies of one sign-in, shared by the tests that start signed in."""
     context = browser.new_context(base_url=lab.broker_url)
