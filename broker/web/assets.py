@@ -39,6 +39,8 @@ def register_assets(app: Flask) -> None:
         SEND_FILE_MAX_AGE_DEFAULT=YEAR,
         COMPRESS_MIMETYPES=COMPRESSED,
         COMPRESS_ALGORITHM=["br", "gzip"],
+        # Static files are sent as streams: the same two choices (the default there leaves gzip out).
+        COMPRESS_ALGORITHM_STREAMING=["br", "gzip"],
     )
     compress.init_app(app)
 
