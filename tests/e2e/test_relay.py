@@ -295,7 +295,7 @@ def sleep_until(moment: float) -> None:
 
 
 def test_console_outlives_three_token_lifetimes_without_losing_a_key(
-    sign_in_context: Callable[..., BrowserContext], relay: RelayLab
+    sign_in_context: Callable[..., BrowserContext], relay: RelayLab, artefacts: Path
 ) -> None:
     lab = relay.lab
     tag = secrets.token_hex(3)
@@ -335,6 +335,8 @@ def test_console_outlives_three_token_lifetimes_without_losing_a_key(
     assert [value for name, value in changes if name == "data-connects"] == ["1"], changes
     assert len(relay.mints_of(SHELL)) - before >= 4
     assert proxy_cuts(lab) - cuts >= 3, "the proxy did not close the cloud's side at each expiry"
+    page.mouse.move(5, 5)  # off the screen: no pointer drawn on the shot the README shows
+    page.screenshot(path=artefacts / "console-relay.png")
 
 
 # -- 3. the same in iframe mode: the cut shows ------------------------------------------------------------
