@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from broker.extensions import db
+from broker.models import NO_PASSWORD
+from broker.models import User
+from broker.models import UserSession
 from broker.services import audit
+from broker.services import relay
 from broker.web import sessions
 from tests.support import AuthActions
 from tests.support import csrf_from
@@ -189,3 +194,25 @@ def test_sign_in_renews_the_session_and_the_csrf_token(client, auth):
     refused = client.post("/logout", data={"csrf_token": before_token})
     assert refused.status_code == 400
     assert client.get_cookie("session").value != before_cookie
+
+
+def test_a_providers_logout_ends_that_sessions_relay_consoles(app):
+    """Back-channel logout ends the session row; the relay's next poll closes its consoles with 4401."""
+    with app.app_context():
+        user = User(username="oidc-ann", password_hash=NO_PASSWORD, source="oidc", external_id="sub-ann")
+        db.session.add(user)
+        db.session.flush()
+        db.session.add_all(
+            [
+                UserSession(id="sid-a", user_id=user.id, method="oidc", external_sid="op-a"),
+                UserSession(id="sid-b", user_id=user.id, method="oidc", external_sid="op-b"),
+            ]
+        )
+        db.session.commit()
+        rows = {}
+        for sid in ("sid-a", "sid-b"):
+            ticket = relay.Ticket(user.id, user.username, sid, server_id(1), "web-01", "lab", "http://localhost")
+            rows[sid] = relay.opened(ticket, client="192.0.2.1", instance="relay:1")
+        assert sessions.end_external("oidc", "sub-ann", "op-a") == ["oidc-ann"]
+        db.session.commit()
+        assert relay.to_end(list(rows.values())) == {rows["sid-a"]: relay.SIGNED_OUT}
