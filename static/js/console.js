@@ -2,6 +2,8 @@
 // cuts off someone who is typing. Times come from the server's expires_in and a
 // monotonic clock (performance.now), never from the client's wall clock.
 
+import { copyLink } from "./copy-link.js";
+
 const root = document.getElementById("console");
 const page = JSON.parse(root.dataset.page);
 const frame = document.getElementById("console-frame");
@@ -279,21 +281,6 @@ function reconnect() {
   }
 }
 
-async function copyLink() {
-  const button = document.getElementById("copy-link");
-  try {
-    await navigator.clipboard.writeText(page.brokerLink);
-  } catch {
-    const field = Object.assign(document.createElement("textarea"), { value: page.brokerLink });
-    document.body.append(field);
-    field.select();
-    document.execCommand("copy");
-    field.remove();
-  }
-  button.textContent = "Link copied";
-  setTimeout(() => (button.textContent = "Copy link"), 2000);
-}
-
 frame.addEventListener("mouseenter", pointerEntered);
 frame.addEventListener("mouseleave", pointerLeft);
 window.addEventListener("blur", () => setTimeout(tick, 0));
@@ -303,7 +290,7 @@ for (const type of ["pointermove", "pointerdown", "keydown", "focus"]) {
 document.addEventListener("visibilitychange", () => (document.hidden ? becameHidden() : becameVisible()));
 document.getElementById("reconnect").addEventListener("click", reconnect);
 document.getElementById("fullscreen").addEventListener("click", () => frame.requestFullscreen?.());
-document.getElementById("copy-link").addEventListener("click", copyLink);
+document.getElementById("copy-link").addEventListener("click", (event) => copyLink(page.brokerLink, event.currentTarget));
 retryButton.addEventListener("click", retryNow);
 resumeButton.addEventListener("click", resume);
 

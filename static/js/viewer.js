@@ -6,6 +6,7 @@
 import RFB from "../vendor/novnc/core/rfb.js";
 import KeyTable from "../vendor/novnc/core/input/keysym.js";
 import { getKeycode, getKeysym } from "../vendor/novnc/core/input/util.js";
+import { copyLink } from "./copy-link.js";
 
 const $ = (id) => document.getElementById(id);
 const root = $("console");
@@ -346,21 +347,6 @@ function screenshot() {
   }, "image/png");
 }
 
-async function copyLink() {
-  const button = $("copy-link");
-  try {
-    await navigator.clipboard.writeText(page.brokerLink);
-  } catch {
-    const field = Object.assign(document.createElement("textarea"), { value: page.brokerLink });
-    document.body.append(field);
-    field.select();
-    document.execCommand("copy");
-    field.remove();
-  }
-  button.textContent = "Link copied";
-  setTimeout(() => (button.textContent = "Copy link"), 2000);
-}
-
 // -- Type text: a string sent as keystrokes ------------------------------------------------------
 
 // Characters a US keyboard types with Shift held. Keysym servers take the keysym alone, but QEMU
@@ -470,7 +456,7 @@ $("ctrl-alt-del").addEventListener("click", ctrlAltDel);
 $("scale").addEventListener("click", toggleScale);
 $("screenshot").addEventListener("click", screenshot);
 $("fullscreen").addEventListener("click", toggleFullscreen);
-$("copy-link").addEventListener("click", copyLink);
+$("copy-link").addEventListener("click", (event) => copyLink(page.brokerLink, event.currentTarget));
 $("type-text").addEventListener("click", openTypeDialog);
 $("type-form").addEventListener("submit", sendTypedText);
 $("type-cancel").addEventListener("click", closeTypeDialog);

@@ -521,3 +521,15 @@ def test_no_ticket_for_a_server_the_user_may_not_open(
     ]
     assert len(found) == 1, found
     assert fresh_ticket(page, BIOS, relay)  # the same user may open web-*
+
+
+def test_copy_link_copies_the_brokers_link_never_a_cloud_url(
+    sign_in_context: Callable[..., BrowserContext], relay: RelayLab
+) -> None:
+    context = sign_in_context()
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=relay.lab.broker_url)
+    page = open_console(context, BIOS)
+    page.click("#copy-link")
+    expect(page.locator("#copy-link")).to_have_text("Link copied")
+    assert page.evaluate("navigator.clipboard.readText()") == f"{relay.lab.broker_url}/console/{BIOS}"
+    expect(page.locator("#copy-link")).to_have_text("Copy link", timeout=5000)
