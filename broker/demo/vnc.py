@@ -20,6 +20,7 @@ from dataclasses import astuple
 from dataclasses import dataclass
 from typing import Protocol
 
+from broker.aio import first_to_finish
 from broker.demo import font
 
 log = logging.getLogger(__name__)
@@ -430,15 +431,7 @@ class Session:
         loops = [self.read_loop(), self.write_loop()]
         if self.blink:
             loops.append(self.blink_loop())
-        tasks = [asyncio.create_task(loop) for loop in loops]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for task in done:
-            task.result()  # the reason the session ended
+        await first_to_finish(*loops)  # raises the reason the session ended, if it was an error
 
     async def handshake(self) -> None:
         """ProtocolVersion, security type None, SecurityResult, ClientInit, ServerInit."""

@@ -20,6 +20,7 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from broker.aio import first_to_finish
 from broker.cloud import errors
 from broker.relay import rfb
 from broker.relay.rfb import ClientFramer
@@ -143,16 +144,7 @@ class Console:
 
     async def _carry(self) -> None:
         """The browser's side in one task and the cloud's in another; the first to finish ends the console."""
-        tasks = [asyncio.create_task(self._from_browser()), asyncio.create_task(self._from_cloud())]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for task in done:
-            if task.exception() is not None:
-                raise task.exception()
+        await first_to_finish(self._from_browser(), self._from_cloud())
 
     # -- the browser's side ----------------------------------------------------------------------------
 
