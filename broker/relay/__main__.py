@@ -22,6 +22,7 @@ from broker import state
 from broker.config import stop
 from broker.demo import consoleproxy
 from broker.relay.server import Relay
+from broker.services import relay as live
 
 log = logging.getLogger("broker.relay")
 
@@ -83,6 +84,10 @@ def main() -> None:
     # websockets' DEBUG lines hold request paths, and so tickets: never those, whatever the root level.
     logging.getLogger("websockets").setLevel(logging.INFO)
     host, port = bind_address(os.environ)
+    with app.app_context():
+        # Rows a relay left behind when it died (not listed, but never removed by it).
+        if gone := live.forget_stale():
+            log.info("relay: forgot %d live consoles of relays that stopped without closing them", gone)
     asyncio.run(serve(Relay(app, mounts=demo_mounts(app, host, port)), host, port))
 
 
