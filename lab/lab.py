@@ -245,6 +245,13 @@ class Lab:
         # From the checkout, so this lab package is the one imported whatever the caller's directory.
         wait_for_port(self._spawn("websockify", argv, env=env, cwd=REPO), self.proxy_port)
 
+    def restart_proxy(self) -> None:
+        """Stop the console proxy (every console through it drops, as in a Nova upgrade) and start it again."""
+        proxy = next(child for child in self.children if child.name == "websockify")
+        proxy.stop()
+        self.children.remove(proxy)
+        self._start_proxy()
+
     def _start_cloud(self) -> None:
         self.cloud = FakeCloud(
             secret=secrets.token_urlsafe(16),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import time
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -145,6 +147,16 @@ def demo_console_greets(session: requests.Session, url: str, page: str) -> bytes
     server = session.get(f"{url}/api/servers?limit=1", timeout=10).json()["servers"][0]["id"]
     csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
     answer = session.post(f"{url}/api/relay-tickets/{server}", headers={"X-CSRFToken": csrf}, timeout=10).json()
+    # The relay starts beside gunicorn and listens once the web process has made the schema.
+    relay = urlsplit(answer["url"])
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection((relay.hostname, relay.port), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the demo's relay never listened"
+            time.sleep(0.1)
     cookie = "; ".join(f"{c.name}={c.value}" for c in session.cookies)
     headers = {"Cookie": cookie, "Origin": url}
     with connect(answer["url"] + "?ticket=" + answer["ticket"], additional_headers=headers, open_timeout=10) as ws:

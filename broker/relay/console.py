@@ -67,6 +67,11 @@ PERMANENT = (SecurityRefused, errors.ConsoleUnavailable, errors.CloudRefused, er
 # What the viewer may send while the cloud's side is away: a person typing through the whole
 # retry budget sends a few kilobytes (pointer moves are merged).
 MAX_BACKLOG = 1 << 20
+# The cloud's side is replaced this long before its token expires (at most a quarter of the
+# token's life), while it still works: a proxy that cuts consoles at expiry (Nova's
+# enforce_session_timeout) drops what is in flight when it does, so the relay leaves first.
+ROTATE_BEFORE = 5.0
+SWITCH_CLOSE_TIMEOUT = 1.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,8 @@ class Console:
         self.ending: Ended | None = None
         self.greeted = asyncio.Event()
         self.started = asyncio.Event()
+        # When (event-loop time) to replace the cloud's side before its token expires; None: not now.
+        self.rotate_at: float | None = None
 
     def describe(self) -> str:
         """The console in a log line: server, cloud and user (never a URL)."""
@@ -261,7 +268,11 @@ class Console:
         """The cloud's bytes to the browser, as they come; a closed upstream is resumed."""
         while True:
             try:
-                data = await self.upstream.recv()
+                async with asyncio.timeout_at(self.rotate_at):
+                    data = await self.upstream.recv()  # cancelling it loses nothing
+            except TimeoutError:
+                await self._rotate()
+                continue
             except (ConnectionClosed, UpstreamError) as exc:
                 await self._resume(exc)
                 continue
@@ -308,7 +319,39 @@ class Console:
         except errors.ServerNotFound:
             raise ended(NOT_ALLOWED, "the mint was refused: no server with this ID that the user may open") from None
         self.server_name = minted.server.name
+        lifetime = minted.expires_in
+        self.rotate_at = asyncio.get_running_loop().time() + lifetime - min(ROTATE_BEFORE, lifetime / 4)
         return minted.console.url
+
+    async def _rotate(self) -> None:
+        """Before the token expires: open the next side while this one works, then switch to it.
+
+        What the viewer sent until the switch went down the old side, which delivers it before
+        its close; what it sends during the switch waits in the backlog for the new side.
+        """
+        started = asyncio.get_running_loop().time()
+        self.rotate_at = None  # the mint below sets the next one
+        upstream = await self._retrying(self._open)
+        old, self.upstream = self.upstream, None
+        try:
+            async with asyncio.timeout(SWITCH_CLOSE_TIMEOUT):
+                await old.close()  # after what was sent on it, never instead of it
+        except TimeoutError:
+            old.abort()
+        await self._finish_cut_message()
+        try:
+            replay = self.client.replay(self.init.pixel_format, upstream.init.width, upstream.init.height)
+            await self._catch_up(upstream, replay)
+        except UpstreamError as exc:
+            upstream.abort()
+            log.info("console %s: the new side closed at once (%s); resuming", self.describe(), exc, **self._log())
+            await self._reconnect(started)
+            return
+        await self._resized(upstream)
+        elapsed = asyncio.get_running_loop().time() - started
+        log.info(
+            "console %s: replaced the cloud's side before expiry in %.2f s", self.describe(), elapsed, **self._log()
+        )
 
     async def _resume(self, cause: BaseException) -> None:
         """The cloud's side is gone: finish the message it left under way, open a new one, catch it up."""
@@ -316,18 +359,29 @@ class Console:
         self.upstream.abort()
         self.upstream = None
         log.info("console %s: the cloud's side closed (%s); resuming", self.describe(), why(cause), **self._log())
+        await self._finish_cut_message()
+        await self._reconnect(started)
+
+    async def _finish_cut_message(self) -> None:
+        """The server's message under way when its side went, finished with filler so the viewer stays in step."""
         try:
             filler = self.server.complete()
         except RfbError as exc:
             raise ended(UNREACHABLE, f"the message the cloud cut could not be finished: {exc}") from None
         if filler:
             await self._to_browser(filler)
+
+    async def _reconnect(self, started: float) -> None:
         upstream = await self._retrying(self._reopen)
+        await self._resized(upstream)
+        elapsed = asyncio.get_running_loop().time() - started
+        log.info("console %s resumed in %.2f s", self.describe(), elapsed, **self._log())
+
+    async def _resized(self, upstream: Upstream) -> None:
+        """Tell the viewer when the new side's screen has another size."""
         resize = self.server.resize(upstream.init.width, upstream.init.height)
         if resize:
             await self._to_browser(resize)
-        elapsed = asyncio.get_running_loop().time() - started
-        log.info("console %s resumed in %.2f s", self.describe(), elapsed, **self._log())
 
     async def _reopen(self) -> Upstream:
         """One try at a new upstream, caught up: the viewer's format and encodings, a full screen, the backlog."""

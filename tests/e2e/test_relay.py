@@ -290,8 +290,17 @@ def proxy_cuts(lab: Lab) -> int:
     return (lab.workdir / "websockify.log").read_text(errors="replace").count("token expired: closing the websocket")
 
 
+def relay_switches(lab: Lab) -> int:
+    """How many times the relay has replaced a console's cloud side before its token expired."""
+    return (lab.workdir / "relay.log").read_text(errors="replace").count("replaced the cloud's side before expiry")
+
+
 def sleep_until(moment: float) -> None:
     time.sleep(max(0.0, moment - time.monotonic()))
+
+
+# The relay replaces the cloud's side a quarter of the token's life (at most 5 s) before it expires.
+SWITCH_AFTER = TTL - min(5, TTL / 4)
 
 
 def test_console_outlives_three_token_lifetimes_without_losing_a_key(
@@ -306,20 +315,21 @@ def test_console_outlives_three_token_lifetimes_without_losing_a_key(
         type_marker(page, markers[-1], delay_ms)
 
     before = len(relay.mints_of(SHELL))
-    cuts = proxy_cuts(lab)
+    cuts, switches = proxy_cuts(lab), relay_switches(lab)
     page = open_console(sign_in_context(), SHELL)
     page.click("#screen")  # the console has the keyboard, as when someone clicks into it
     mark("first")
-    for expiry in range(3):
-        mints = eventually(lambda: relay.mints_of(SHELL)[before + expiry :], what="the resume's mint")
-        boundary = mints[0] + TTL  # the proxy closes the cloud's side when that mint's token expires
-        sleep_until(boundary - 3)
-        mark("before")  # done about 1.5 s before the cut
-        sleep_until(boundary - 0.8)
-        mark("across", delay_ms=80)  # its keys straddle the cut
-        sleep_until(boundary + 0.3)
-        mark("after")  # typed while the relay is opening the new side
-    eventually(lambda: len(relay.mints_of(SHELL)) >= before + 4, what="the third resume")
+    for lifetime in range(3):
+        mints = eventually(lambda: relay.mints_of(SHELL)[before + lifetime :], what="the latest mint")
+        switch = mints[0] + SWITCH_AFTER  # the relay opens the next side and moves over to it
+        sleep_until(switch - 3)
+        mark("before")  # done about 1.5 s before the switch
+        sleep_until(switch - 0.8)
+        mark("across", delay_ms=80)  # its keys straddle the switch
+        sleep_until(switch + 0.3)
+        mark("after")  # typed just after it
+    # The last side lives past the token expiry the proxy would have enforced on the first one.
+    eventually(lambda: len(relay.mints_of(SHELL)) >= before + 4, what="the third switch")
     mark("last")
 
     lab.wait_for_serial(SHELL, markers[-1], timeout=10)
@@ -334,9 +344,30 @@ def test_console_outlives_three_token_lifetimes_without_losing_a_key(
     assert {value for name, value in after_live if name == "data-state"} == {"live"}, changes
     assert [value for name, value in changes if name == "data-connects"] == ["1"], changes
     assert len(relay.mints_of(SHELL)) - before >= 4
-    assert proxy_cuts(lab) - cuts >= 3, "the proxy did not close the cloud's side at each expiry"
+    # Each side was replaced while it still worked: the enforcing proxy never had to cut one.
+    assert relay_switches(lab) - switches >= 3
+    assert proxy_cuts(lab) == cuts, "the proxy cut a console the relay should have left before its expiry"
     page.mouse.move(5, 5)  # off the screen: no pointer drawn on the shot the README shows
     page.screenshot(path=artefacts / "console-relay.png")
+
+
+def test_a_side_the_proxy_cuts_anyway_is_resumed_without_a_dialog(
+    sign_in_context: Callable[..., BrowserContext], relay: RelayLab
+) -> None:
+    """A cut the relay did not see coming (a proxy restart, a shorter token than configured): resumed unseen."""
+    lab = relay.lab
+    page = open_console(sign_in_context(), SHELL)
+    page.click("#screen")
+    before = len(relay.mints_of(SHELL))
+    lab.restart_proxy()
+    marker = f"R-{secrets.token_hex(3)}"
+    type_marker(page, marker)
+    lab.wait_for_serial(SHELL, marker, timeout=20)
+    assert len(relay.mints_of(SHELL)) > before
+    expect(page.locator("#console")).to_have_attribute("data-connects", "1")
+    changes = states(page)
+    after_live = changes[changes.index(("data-state", "live")) :]
+    assert {value for name, value in after_live if name == "data-state"} == {"live"}, changes
 
 
 # -- 3. the same in iframe mode: the cut shows ------------------------------------------------------------

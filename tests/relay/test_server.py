@@ -73,6 +73,8 @@ class FakeServices:
 
     def __init__(self) -> None:
         self.console_url = ""
+        # The console_ttl of the cloud each mint reports (the relay replaces the side before it runs out).
+        self.expires_in = 600
         self.tickets: dict[str, Ticket] = {}
         self.redeemed: list[dict] = []
         self.mints: list[dict] = []
@@ -112,7 +114,7 @@ class FakeServices:
         if self.mint_errors:
             raise self.mint_errors.pop(0)
         server = ServerInfo(ticket.server_id, "web-01", "ACTIVE", ticket.cloud)
-        return Minted(Console(self.console_url), server, 600, datetime.now(UTC), "idle")
+        return Minted(Console(self.console_url), server, self.expires_in, datetime.now(UTC), "idle")
 
     def _opened(self, ticket: Ticket, *, client: str, instance: str, server_name: str) -> int:
         self.opened.append({"ticket": ticket, "client": client, "instance": instance, "server_name": server_name})
@@ -329,6 +331,36 @@ def test_the_cloud_closing_mid_update_is_resumed_unseen(app, cut_at):
     # The viewer's stream stayed whole: the cut update was finished (black from the cut on), then the new screen.
     assert browser.framer.at_boundary
     assert browser.screens() == ([1, 9, 2] if cut_at > 16 else [1, 2])
+
+
+def test_the_cloud_side_is_replaced_before_its_token_expires_with_every_key_delivered_once(app):
+    """Make before break: a proxy enforcing expiry would drop keys in flight, so the relay leaves it first."""
+    fakes = FakeServices()
+    fakes.expires_in = 2  # replaced a quarter of its life before expiry: 1.5 s after the mint
+    fakes.issue()
+
+    async def scenario():
+        async with running(app, fakes) as (relay, proxy):
+            browser = await connected(app, relay, proxy)
+            keys = []
+            for n in range(20):  # typing straight through the switch, a key every 0.1 s
+                keys.append(key(True, ord("a") + n))
+                await browser.websocket.send(keys[-1])
+                await asyncio.sleep(0.1)
+            await eventually(lambda: len(sent_keys(proxy)) == 20)
+            return browser, proxy, keys
+
+    browser, proxy, keys = run(scenario())
+    first, second = proxy.sessions[:2]
+    assert sent_keys(proxy) == keys  # each key once, in order, none lost at the switch
+    assert first.of_type(rfb.KEY_EVENT) and second.of_type(rfb.KEY_EVENT)
+    assert second.messages[:3] == [
+        rfb.set_pixel_format(FORMAT_32),
+        rfb.set_encodings(FILTERED),
+        rfb.framebuffer_update_request(False, 0, 0, 32, 24),
+    ]
+    assert browser.framer.at_boundary and browser.screens()[-1] == 2
+    assert len(fakes.mints) == 2
 
 
 def test_a_resume_tells_the_viewer_of_a_new_screen_size(app):
