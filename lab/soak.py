@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import secrets
+import signal
 import sys
 import time
 
@@ -91,6 +92,8 @@ def report(lab: Lab, markers: list[str], changes: list, connects: str | None, re
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the lab stops its guests, proxy, broker and relay.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     servers = [LabServer(SHELL, guest="linux", ip="10.0.0.41")]
     with Lab(console_mode="relay", enforce_session_timeout=True, console_ttl=args.ttl, servers=servers) as lab:
         lab.wait_for_shell(SHELL, timeout=120)
