@@ -29,15 +29,22 @@ DESKTOP = {"width": 1280, "height": 800}
 CONNECTED = "Connected to "
 REFUSED = "Something went wrong, connection is closed"
 
-# Count lit pixels on noVNC's canvas; a threshold rather than a hash because the cursor blinks.
-LIT_PIXELS_JS = """() => {
-  const canvas = document.querySelector("#screen canvas");
+
+def lit_pixels_js(canvas: str) -> str:
+    """JS counting lit pixels on the canvas ``canvas`` selects: a threshold, not a hash (the cursor blinks)."""
+    return f"""() => {{
+  const canvas = document.querySelector("{canvas}");
   if (!canvas || !canvas.width) return 0;
   const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
   let lit = 0;
   for (let i = 0; i < data.length; i += 4) if (data[i] + data[i + 1] + data[i + 2] > 60) lit += 1;
   return lit;
-}"""
+}}"""
+
+
+# noVNC's own page (in the iframe), and the relay viewer (its live canvas, not the kept last frame).
+LIT_PIXELS_JS = lit_pixels_js("#screen canvas")
+VIEWER_LIT_PIXELS_JS = lit_pixels_js("#screen > :not(#last-frame) canvas")
 
 # Lit pixels per 16-pixel text row of the guest's 720x400 text mode (25 rows of 80 columns).
 TEXT_ROWS_JS = """() => {
@@ -131,16 +138,6 @@ def wait_connected(page: Page, swaps: int = 1, timeout: float = 15.0) -> Frame:
 
 
 # -- relay mode: the broker's own viewer (templates/console/viewer.html) ---------------------------
-
-# Lit pixels on the canvas noVNC's RFB draws into, in the broker's viewer: not the kept last frame.
-VIEWER_LIT_PIXELS_JS = """() => {
-  const canvas = document.querySelector("#screen > :not(#last-frame) canvas");
-  if (!canvas || !canvas.width) return 0;
-  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-  let lit = 0;
-  for (let i = 0; i < data.length; i += 4) if (data[i] + data[i + 1] + data[i + 2] > 60) lit += 1;
-  return lit;
-}"""
 
 # Installed in every frame: each change of the viewer's data-state and data-connects, in order, as
 # [epoch ms, attribute, value] in window.__states (a page's own attributes, set before it ran, are not).
