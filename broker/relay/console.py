@@ -331,7 +331,19 @@ class Console:
         """
         started = asyncio.get_running_loop().time()
         self.rotate_at = None  # the mint below sets the next one
-        upstream = await self._retrying(self._open)
+        try:
+            upstream = await self._retrying(self._open)
+        except Ended as end:
+            if end.code != UNREACHABLE:
+                raise  # the server stopped, or the user may no longer open it
+            # The cloud cannot give a new side now: keep the one that works; a cut is resumed as any other.
+            log.info(
+                "console %s: no new side before expiry (%s); keeping this one",
+                self.describe(),
+                end.audit,
+                **self._log(),
+            )
+            return
         old, self.upstream = self.upstream, None
         try:
             async with asyncio.timeout(SWITCH_CLOSE_TIMEOUT):

@@ -363,6 +363,29 @@ def test_the_cloud_side_is_replaced_before_its_token_expires_with_every_key_deli
     assert len(fakes.mints) == 2
 
 
+def test_a_cloud_that_cannot_give_a_new_side_before_expiry_leaves_the_working_one(app):
+    fakes = FakeServices()
+    fakes.expires_in = 2
+    fakes.issue()
+
+    async def scenario():
+        async with running(app, fakes, retry=Retry(delays=(0.01,), budget=0.3)) as (relay, proxy):
+            browser = await connected(app, relay, proxy)
+            fakes.mint_errors.extend(errors.CloudUnreachable("the compute API is down") for _ in range(1000))
+            keys = []
+            for n in range(25):  # through the failed switch at 1.5 s and past it
+                keys.append(key(True, ord("a") + n))
+                await browser.websocket.send(keys[-1])
+                await asyncio.sleep(0.1)
+            await eventually(lambda: len(sent_keys(proxy)) == 25)
+            open_then = browser.websocket.close_code is None and len(relay.consoles) == 1
+            return open_then, proxy, keys
+
+    open_then, proxy, keys = run(scenario())
+    assert open_then, "the console ended although its cloud side still worked"
+    assert len(proxy.sessions) == 1 and sent_keys(proxy) == keys
+
+
 def test_a_resume_tells_the_viewer_of_a_new_screen_size(app):
     fakes = FakeServices()
     fakes.issue()
