@@ -16,16 +16,21 @@ from tests.support import ADMIN
 from tests.support import server_id
 
 
-@pytest.fixture
-def api(client, auth):
+def signed_in_poster(client, auth, prefix: str):
+    """Sign in; then POST to ``prefix + target`` with the page's CSRF token unless ``headers`` says otherwise."""
     auth.login()
     token = auth.csrf()
 
-    def mint(target: str, **kwargs):
+    def post(target: str, **kwargs):
         headers = kwargs.pop("headers", {"X-CSRFToken": token})
-        return client.post(f"/api/consoles/{target}", headers=headers, **kwargs)
+        return client.post(f"{prefix}{target}", headers=headers, **kwargs)
 
-    return mint
+    return post
+
+
+@pytest.fixture
+def api(client, auth):
+    return signed_in_poster(client, auth, "/api/consoles/")
 
 
 def audit_rows(app):
@@ -341,14 +346,7 @@ def test_a_server_of_another_project_is_never_opened_even_by_an_admin(client, au
 
 @pytest.fixture
 def relay_api(client, auth):
-    auth.login()
-    token = auth.csrf()
-
-    def ticket(target: str, **kwargs):
-        headers = kwargs.pop("headers", {"X-CSRFToken": token})
-        return client.post(f"/api/relay-tickets/{target}", headers=headers, **kwargs)
-
-    return ticket
+    return signed_in_poster(client, auth, "/api/relay-tickets/")
 
 
 @pytest.mark.parametrize("console_mode", ["relay"])
