@@ -42,6 +42,7 @@ from broker.services import policy
 from broker.services import users
 from broker.services.consoles import ConsoleService
 from broker.services.inventory import Inventory
+from broker.services.power import PowerService
 from broker.shared import SharedRedis
 from broker.throttle import Throttle
 from broker.throttle import parse_limit
@@ -225,6 +226,7 @@ def register_services(app: Flask, settings: Settings, clouds: list | None) -> Co
         inventory, hosts, lookup_budget=lambda username: throttle.take(lookups, f"lookup:{username}").granted
     )
     state.of(app).consoles = service
+    state.of(app).power = PowerService(service)
     return service
 
 

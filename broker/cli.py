@@ -138,9 +138,18 @@ def remove_member(group: str, user: str) -> None:
 @click.option("--cloud", required=True, help="Cloud name, or * for every cloud.")
 @click.option("--name-pattern", default="*", show_default=True, help="Glob on server names, e.g. web-*.")
 @click.option("--metadata", default="", help="Only servers with this metadata key=value.")
-def add_rule(user: str | None, group: str | None, cloud: str, name_pattern: str, metadata: str) -> None:
+@click.option("--power", is_flag=True, help="Also start and reboot the servers it grants (off by default).")
+def add_rule(user: str | None, group: str | None, cloud: str, name_pattern: str, metadata: str, power: bool) -> None:
     """Grant a user or group the consoles of a cloud, optionally narrowed."""
-    run(management.add_rule, user=user, group=group, cloud=cloud, name_pattern=name_pattern, metadata=metadata)
+    run(
+        management.add_rule,
+        user=user,
+        group=group,
+        cloud=cloud,
+        name_pattern=name_pattern,
+        metadata=metadata,
+        power=power,
+    )
 
 
 @rules_cli.command("list")

@@ -119,6 +119,8 @@ class Settings:
     # {host} in it stands for the host name the page was opened with.
     relay_url: str | None = None
     clouds: tuple[str, ...] = ()
+    # Server metadata keys the server panel shows (owner, ticket queue...): an admin's choice.
+    panel_metadata: tuple[str, ...] = ()
     demo_servers: int = 24
     session_lifetime: int = 12 * 3600
     session_idle: int = 3600
@@ -181,6 +183,14 @@ def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
 
 
+def _metadata_keys(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Nova metadata keys are 1-255 characters; more than 20 is not a panel any more."""
+    keys = _list(env, name)
+    if len(keys) > 20 or any(len(key) > 255 for key in keys):
+        raise ConfigError(f"{name} must be at most 20 comma-separated metadata keys of 1-255 characters")
+    return keys
+
+
 def has_cloud_config(env: Mapping[str, str]) -> bool:
     """True when the environment names a real cloud (clouds.yaml or ``OS_*``)."""
     return bool(env.get("OS_CLOUD") or env.get("BROKER_CLOUDS") or env.get("OS_AUTH_URL"))
@@ -236,6 +246,7 @@ def load_settings(env: Mapping[str, str], instance_path: str) -> Settings:
         console_swap=swap,
         **relay_settings(env),
         clouds=_list(env, "BROKER_CLOUDS") or _list(env, "OS_CLOUD"),
+        panel_metadata=_metadata_keys(env, "BROKER_PANEL_METADATA"),
         demo_servers=_int(env, "BROKER_DEMO_SERVERS", 24, minimum=1),
         session_lifetime=_int(env, "BROKER_SESSION_LIFETIME", 12 * 3600, minimum=60),
         session_idle=_int(env, "BROKER_SESSION_IDLE", 3600, minimum=60),

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from broker.config import Settings
     from broker.demo.cloud import FakeCloud
     from broker.services.consoles import ConsoleService
+    from broker.services.power import PowerService
     from broker.shared import SharedRedis
     from broker.throttle import Throttle
 
@@ -28,6 +29,7 @@ class BrokerState:
     throttle: Throttle
     login_limit: RateLimitItem
     consoles: ConsoleService | None = None
+    power: PowerService | None = None
     demo_cloud: FakeCloud | None = None
     # The deployment's Redis, when BROKER_REDIS_URL is set.
     redis: SharedRedis | None = None
@@ -49,6 +51,10 @@ def settings() -> Settings:
 
 def consoles() -> ConsoleService:
     return of().consoles
+
+
+def power() -> PowerService:
+    return of().power
 
 
 def throttle() -> Throttle:

@@ -29,7 +29,7 @@ from broker.services import users
 from tests.support import ROOT
 from tests.support import require_postgres
 
-HEAD = "0004"
+HEAD = "0005"
 UPGRADE = "run 'flask --app app db upgrade' with the server's environment"
 
 

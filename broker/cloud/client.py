@@ -35,6 +35,7 @@ from broker.cloud.resilience import Bulkhead
 from broker.cloud.resilience import CircuitBreaker
 from broker.cloud.resilience import RetryPolicy
 from broker.cloud.types import Console
+from broker.cloud.types import Details
 from broker.cloud.types import ServerInfo
 from broker.cloud.types import Timeouts
 
@@ -45,6 +46,13 @@ upstream_log = logging.getLogger("broker.cloud")
 CONSOLE_MICROVERSION = "2.6"
 CONSOLE_BODY = {"remote_console": {"type": "novnc", "protocol": "vnc"}}
 MAX_PAGES = 200
+# The power actions the broker offers, as Nova's server action bodies.
+ACTION_BODIES = {
+    "start": {"os-start": None},
+    "reboot-soft": {"reboot": {"type": "SOFT"}},
+    "reboot-hard": {"reboot": {"type": "HARD"}},
+}
+ACTION_WORDS = {"start": "Starting", "reboot-soft": "Rebooting", "reboot-hard": "Hard rebooting"}
 # Statuses that mean "not done, try later": repeating is safe for every call.
 RETRY_STATUSES = frozenset({413, 429, 503})
 # Server errors worth one more try only where the call has no effect (reads).
@@ -80,6 +88,10 @@ URL = re.compile(r"https?://[^\s:/]+(?::\d+)?[^\s:]*")
 USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)\S*@")
 QUERY_STRING = re.compile(r"(?<=\S)\?(?=\S)[^\s\"'<>]*")
 SECRET_PAIR = re.compile(r"(?i)\b([\w-]*(?:token|passw|secret|api_?key|signature|credential)[\w-]*)=[^\s&;,]+")
+# Nova's power_state numbers (nova/compute/power_state.py) and the names the panel shows.
+POWER_STATES = {0: "NOSTATE", 1: "RUNNING", 3: "PAUSED", 4: "SHUTDOWN", 6: "CRASHED", 7: "SUSPENDED"}
+# A fault message is the one clue to a broken server: keep more of it than of other upstream text.
+FAULT_CHARS = 500
 FAULT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
 
 
@@ -170,6 +182,32 @@ def server_from_nova(body: object, cloud: str) -> ServerInfo:
         addresses=tuple(addresses),
         az=str(body.get("OS-EXT-AZ:availability_zone") or ""),
         metadata={str(k): str(v) for k, v in metadata.items()},
+        details=details_from_nova(body),
+    )
+
+
+def field_text(value: object, limit: int = 80) -> str:
+    """A short upstream string field, or "" when the cloud sent something else."""
+    return safe_text(value, limit) if isinstance(value, str | int) and not isinstance(value, bool) else ""
+
+
+def details_from_nova(body: dict) -> Details:
+    """The panel's fields from a Nova server resource; what is missing or malformed stays empty."""
+    flavor = body.get("flavor") if isinstance(body.get("flavor"), dict) else {}
+    image = body.get("image") if isinstance(body.get("image"), dict) else {}
+    fault = body.get("fault") if isinstance(body.get("fault"), dict) else {}
+    code = fault.get("code")
+    return Details(
+        task_state=field_text(body.get("OS-EXT-STS:task_state")),
+        vm_state=field_text(body.get("OS-EXT-STS:vm_state")),
+        power_state=POWER_STATES.get(body.get("OS-EXT-STS:power_state"), ""),
+        fault_code=code if isinstance(code, int) and not isinstance(code, bool) else None,
+        fault_message=field_text(fault.get("message"), FAULT_CHARS),
+        # From microversion 2.47 the flavor is embedded by name; below it, named by ID.
+        flavor=field_text(flavor.get("original_name") or flavor.get("id")),
+        image=field_text(image.get("id")),
+        created=field_text(body.get("created"), 40),
+        updated=field_text(body.get("updated"), 40),
     )
 
 
@@ -544,6 +582,27 @@ class ComputeClient:
             upstream_log.info("cloud %s: server %s is not in the broker's project: not found", self.name, server_id)
             raise errors.ServerNotFound(f"{what}: no such server in cloud {self.name}.", upstream_status=404)
         return server_from_nova(body, self.name)
+
+    # -- power ------------------------------------------------------------------
+
+    @contained("Changing the server's power")
+    def server_action(self, server_id: str, action: str) -> None:
+        """Start or reboot a server (``start``, ``reboot-soft``, ``reboot-hard``); Nova answers 202 and acts later.
+
+        A 409 (a task in progress, or a state that does not allow it) is ServerNotReady; a 403
+        is ActionForbidden: the cloud's policy denies the broker's account this action, which
+        says nothing about its credentials.
+        """
+        what = f"{ACTION_WORDS[action]} the server"
+        # The servers API, like lists and reads by ID: its trouble is theirs, not the console proxy's.
+        response = self._request(
+            "POST", f"/servers/{server_id}/action", what, operation="server_action", json=ACTION_BODIES[action]
+        )
+        if response.status_code == 403:
+            error = error_for(response, what, self.name)
+            raise errors.ActionForbidden(error.message, upstream_status=403) from None
+        if response.status_code >= 400:
+            raise error_for(response, what, self.name)
 
     # -- consoles ---------------------------------------------------------------
 

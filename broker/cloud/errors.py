@@ -33,6 +33,10 @@ class CloudRefused(CloudError):
     """401/403 after re-authentication: the service credentials are wrong or lack rights."""
 
 
+class ActionForbidden(CloudRefused):
+    """403 on a server action: the cloud's policy does not let the broker's account do it."""
+
+
 class CloudUnreachable(CloudError):
     """Connection refused or reset, DNS failure, Keystone down."""
 

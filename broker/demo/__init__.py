@@ -20,6 +20,7 @@ from broker.cloud.client import ComputeClient
 from broker.cloud.registry import Cloud
 from broker.cloud.types import Timeouts
 from broker.demo.cloud import FakeCloud
+from broker.demo.cloud import break_server
 from broker.demo.cloud import make_servers
 from broker.demo.transport import WSGITransport
 
@@ -42,9 +43,12 @@ def build_demo_cloud(
     """The demo cloud and a client that reaches it in process over its HTTP API."""
     # Derived from the broker's key so every worker signs and checks the same tokens.
     secret = hashlib.sha256(b"demo-cloud:" + secret_key.encode()).hexdigest()
+    fleet = make_servers(servers)
+    if len(fleet) > 13:
+        break_server(fleet[13])  # one server a helpdesk would be asked about: its panel shows why
     fake = FakeCloud(
         secret=secret,
-        servers=make_servers(servers),
+        servers=fleet,
         password=secrets.token_urlsafe(16),
         console_ttl=console_ttl,
         console_base="http://127.0.0.1:5000" + bp.url_prefix,

@@ -32,7 +32,17 @@ from flask import jsonify
 from flask import request
 
 MIN_VERSION = "2.1"
-KINDS = ("token", "versions", "list", "show", "console")
+KINDS = ("token", "versions", "list", "show", "console", "action")
+# Nova's power_state numbers (nova/compute/power_state.py) for the states a stand-in server is in.
+POWER_STATES = {"ACTIVE": 1, "SHUTOFF": 4, "PAUSED": 3, "SUSPENDED": 7, "ERROR": 0, "BUILD": 0}
+# What each action needs and gives: allowed statuses, the status (and task state) while it runs.
+ACTIONS = {
+    "os-start": (("SHUTOFF",), "ACTIVE", "powering-on"),
+    "os-stop": (("ACTIVE", "ERROR"), "SHUTOFF", "powering-off"),
+    "reboot-SOFT": (("ACTIVE",), "REBOOT", "reboot_started"),
+    "reboot-HARD": (("ACTIVE", "SHUTOFF", "ERROR"), "HARD_REBOOT", "reboot_started_hard"),
+}
+CREATED = "2026-01-05T09:30:00Z"
 # A project the broker's account is not scoped to, and one server in it that an
 # admin-scoped account could still GET by ID (Nova shows admins every project).
 OTHER_PROJECT_ID = "fedcba9876543210fedcba9876543210"
@@ -50,9 +60,14 @@ class Server:
     az: str = "nova"
     metadata: dict = field(default_factory=dict)
     project_id: str = ""  # empty: the cloud's own project
+    flavor: str = "m1.small"
+    image: str = "b1f2c3d4-0000-4000-8000-0000000000aa"
+    task_state: str | None = None
+    fault: dict | None = None  # Nova's {code, message, created} for an ERROR server
+    updated: str = CREATED
 
     def to_nova(self, default_project: str) -> dict:
-        return {
+        body = {
             "id": self.id,
             "name": self.name,
             "tenant_id": self.project_id or default_project,
@@ -60,8 +75,19 @@ class Server:
             "addresses": self.addresses,
             "metadata": self.metadata,
             "OS-EXT-AZ:availability_zone": self.az,
+            "OS-EXT-STS:task_state": self.task_state,
+            "OS-EXT-STS:vm_state": {"ACTIVE": "active", "SHUTOFF": "stopped"}.get(self.status, self.status.lower()),
+            "OS-EXT-STS:power_state": POWER_STATES.get(self.status, 0),
+            # Below microversion 2.47 Nova names the flavor by ID and links only.
+            "flavor": {"id": self.flavor, "links": []},
+            "image": {"id": self.image, "links": []} if self.image else "",
+            "created": CREATED,
+            "updated": self.updated,
             "links": [],
         }
+        if self.status == "ERROR" and self.fault:
+            body["fault"] = self.fault
+        return body
 
 
 @dataclass
@@ -111,6 +137,17 @@ def make_servers(count: int, project: str = "demo") -> list[Server]:
     return servers
 
 
+def break_server(server: Server) -> Server:
+    """Put ``server`` in ERROR with the fault Nova records when scheduling fails."""
+    server.status = "ERROR"
+    server.fault = {
+        "code": 500,
+        "message": "No valid host was found. There are not enough hosts available.",
+        "created": CREATED,
+    }
+    return server
+
+
 def other_project_servers() -> list[Server]:
     """A server of another project whose name an agent's ``web-*`` rule would match."""
     return [Server(id=OTHER_PROJECT_SERVER_ID, name="web-elsewhere", project_id=OTHER_PROJECT_ID)]
@@ -156,6 +193,16 @@ def version_tuple(value: str) -> tuple[int, int]:
     return int(major), int(minor or 0)
 
 
+def action_name(body: dict) -> str | None:
+    """``os-start``, ``os-stop``, ``reboot-SOFT`` or ``reboot-HARD`` from an action body; None for anything else."""
+    if len(body) != 1:
+        return None
+    if "os-start" in body or "os-stop" in body:
+        return next(iter(body))
+    kind = body.get("reboot", {}).get("type") if isinstance(body.get("reboot"), dict) else None
+    return f"reboot-{kind}" if kind in ("SOFT", "HARD") else None
+
+
 class FakeCloud:
     """State and HTTP API of one stand-in cloud (Keystone and Nova together)."""
 
@@ -174,6 +221,7 @@ class FakeCloud:
         console_page: str = "vnc_auto.html",
         on_console: Callable[[str, Server, int], None] | None = None,
         others: list[Server] | None = None,
+        on_action: Callable[[Server, str], None] | None = None,
     ) -> None:
         self.secret = secret.encode()
         others = other_project_servers() if others is None else others
@@ -189,6 +237,13 @@ class FakeCloud:
         self.console_base = console_base.rstrip("/")
         self.console_page = console_page
         self.on_console = on_console
+        # Called with the server and the action ("os-start", "reboot-HARD", ...) before the action
+        # ends: the lab starts or resets a guest here; the server is in its final state when it returns.
+        self.on_action = on_action
+        # Seconds an action keeps its transitional status (REBOOT, task "powering-on") before it ends.
+        self.action_seconds = 0.0
+        # (server ID, action) in the order they were asked for, for tests.
+        self.actions: list[tuple[str, str]] = []
         self.faults = Faults()
         self._unhang = threading.Event()
         self.token_generation = 0
@@ -467,12 +522,48 @@ class FakeCloud:
     def _action(self, project: str, server_id: str) -> Response:
         version = parse_microversion()
         body = request.get_json(silent=True) or {}
-        if "os-getVNCConsole" not in body or version_tuple(version) >= (2, 6):
-            return nova_error(404, "The resource could not be found.")
-        server, refused = self._console_refusal(server_id)
+        if "os-getVNCConsole" in body:
+            if version_tuple(version) >= (2, 6):
+                return nova_error(404, "The resource could not be found.")
+            server, refused = self._console_refusal(server_id)
+            if refused:
+                return refused
+            return jsonify({"console": {"type": "novnc", "url": self.mint_url(server)}})
+        return self._power(server_id, body)
+
+    def _power(self, server_id: str, body: dict) -> Response:
+        """os-start, os-stop and reboot, as Nova answers them: 202 and no body, or 409 in the wrong state."""
+        refused = self._authorized() or self._misbehave("action")
         if refused:
             return refused
-        return jsonify({"console": {"type": "novnc", "url": self.mint_url(server)}})
+        name = action_name(body)
+        if name is None:
+            return nova_error(400, "Invalid input for the server action.")
+        server = self.servers.get(server_id)
+        if server is None:
+            return nova_error(404, f"Instance {server_id} could not be found.")
+        allowed, during, task = ACTIONS[name]
+        if server.status not in allowed or server.task_state:
+            verb = name.removeprefix("os-").partition("-")[0]
+            state = server.task_state or server.status.lower()
+            return nova_error(409, f"Cannot '{verb}' instance {server_id} while it is in vm_state {state}")
+        self.actions.append((server_id, name))
+        server.task_state = task
+        if name.startswith("reboot"):
+            server.status = during
+        threading.Thread(target=self._finish, args=(server, name), daemon=True).start()
+        return Response(status=202)
+
+    def _finish(self, server: Server, name: str) -> None:
+        """The action's end: the hook (a guest started or reset), then the server's new state."""
+        time.sleep(self.action_seconds)
+        try:
+            if self.on_action:
+                self.on_action(server, name)
+            server.status = ACTIONS[name][1] if not name.startswith("reboot") else "ACTIVE"
+        finally:
+            server.task_state = None
+            server.updated = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
     def mint_url(self, server: Server) -> str:
         """A console URL in Nova's shape, its token registered with the console backend."""

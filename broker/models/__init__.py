@@ -1,8 +1,11 @@
-"""Tables only: users, groups and access rules, sign-in sessions, the audit trail, relay tickets and live consoles."""
+"""Tables only: users, groups and access rules, sign-in sessions, the audit trail, relay tickets and live
+consoles, pins and power confirmations."""
 
 from broker.models.access import AccessRule
 from broker.models.access import Group
 from broker.models.access import memberships
+from broker.models.agent import Pin
+from broker.models.agent import PowerConfirmation
 from broker.models.audit import AuditRecord
 from broker.models.relay import LiveConsole
 from broker.models.relay import RelayTicket
@@ -20,6 +23,8 @@ __all__ = [
     "AuditRecord",
     "Group",
     "LiveConsole",
+    "Pin",
+    "PowerConfirmation",
     "RelayTicket",
     "User",
     "UserSession",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from sqlalchemy import Boolean
 from sqlalchemy import Column
 from sqlalchemy import ForeignKey
 from sqlalchemy import String
 from sqlalchemy import Table
+from sqlalchemy import false
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
@@ -41,6 +43,8 @@ class AccessRule(db.Model):
     name_pattern: Mapped[str] = mapped_column(String(255), default="*")
     meta_key: Mapped[str] = mapped_column(String(255), default="")
     meta_value: Mapped[str] = mapped_column(String(255), default="")
+    # Also start and reboot the servers it grants (off unless an admin says so).
+    power: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     user: Mapped[User | None] = relationship()
     group: Mapped[Group | None] = relationship()
 
@@ -49,7 +53,8 @@ class AccessRule(db.Model):
         return f"user {self.user.username}" if self.user else f"group {self.group.name}"
 
     def describe(self) -> str:
-        text = f"{self.subject} may open {self.name_pattern} on cloud {self.cloud}"
+        verb = "may open and power" if self.power else "may open"
+        text = f"{self.subject} {verb} {self.name_pattern} on cloud {self.cloud}"
         if self.meta_key:
             text += f" with {self.meta_key}={self.meta_value}"
         return text

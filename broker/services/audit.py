@@ -30,7 +30,7 @@ from broker.throttle import parse_limit
 
 log = logging.getLogger("broker.audit")
 
-ACTIONS = ("sign_in", "sign_out", "console", "relay", "admin", "request")
+ACTIONS = ("sign_in", "sign_out", "console", "relay", "power", "admin", "request")
 # Column widths of the free-text fields a caller fills in.
 LIMITS = {"username": 64, "cloud": 64, "server_id": 64, "server_name": 255, "detail": 32, "reason": 500}
 # Refusals of people not signed in: rows kept per address and kind, and in all.

@@ -241,12 +241,12 @@ class ConsoleService:
             return Denial("refused", f"no access rule grants this server as last listed ({why})", owner)
         return Denial("failed", f"no such server ({why})" if why else "no such server")
 
-    def _record(self, denial: Denial, note: dict) -> None:
+    def _record(self, denial: Denial, note: dict, action: str = "console") -> None:
         """Audit a denial with its true reason (and the server, when there is one)."""
         fields = dict(note, reason=denial.reason)
         if denial.server:
             fields.update(cloud=denial.server.cloud, server_name=denial.server.name)
-        audit.record("console", denial.outcome, **fields)
+        audit.record(action, denial.outcome, **fields)
 
     def check_url(self, url: str) -> str:
         """http(s) only, and only allowed hosts when an allow-list is configured."""
@@ -277,24 +277,35 @@ class ConsoleService:
         audit.record("console", "ok", **note)
         return minted
 
-    def permitted(self, user: User, server_id: str, cloud: str | None = None) -> ServerInfo:
-        """The server ``user`` may open by this ID (nothing minted); NoSuchServer, audited, otherwise."""
-        note = {"username": user.username, "cloud": cloud or "", "server_id": server_id[:64], "detail": RELAY}
-        return self._permitted(user, server_id, cloud, note)
+    def permitted(
+        self, user: User, server_id: str, cloud: str | None = None, detail: str = RELAY, action: str = "console"
+    ) -> ServerInfo:
+        """The server ``user`` may open by this ID (nothing minted); NoSuchServer, audited as ``action``, otherwise."""
+        note = {"username": user.username, "cloud": cloud or "", "server_id": server_id[:64], "detail": detail}
+        return self._permitted(user, server_id, cloud, note, action)
+
+    def refreshed(self, user: User, server: ServerInfo) -> ServerInfo:
+        """``server`` re-read from its cloud (a page following it back to ACTIVE), if ``user`` may still open it."""
+        current = self.inventory.current(server)
+        if not self._access(user).allows(current):
+            raise NoSuchServer(NOT_FOUND)
+        return current
 
     def mode(self, server: ServerInfo) -> str:
         """How consoles of ``server``'s cloud are shown: iframe or relay."""
         return self.inventory.cloud(server.cloud).console_mode
 
-    def _permitted(self, user: User, server_id: str, cloud: str | None, note: dict) -> ServerInfo:
+    def _permitted(
+        self, user: User, server_id: str, cloud: str | None, note: dict, action: str = "console"
+    ) -> ServerInfo:
         access = self._access(user)
         try:
             found = self._find(user, access, server_id, cloud)
         except errors.CloudError as exc:
-            audit.record("console", "failed", reason=audit_reason(exc), **note)
+            audit.record(action, "failed", reason=audit_reason(exc), **note)
             raise
         if isinstance(found, Denial):
-            self._record(found, note)
+            self._record(found, note, action)
             raise NoSuchServer(NOT_FOUND)
         return found
 

@@ -14,6 +14,7 @@ process fetches for itself as before.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import secrets
@@ -31,6 +32,7 @@ from dataclasses import field
 from broker import metrics
 from broker.cloud import errors
 from broker.cloud.registry import Cloud
+from broker.cloud.types import Details
 from broker.cloud.types import ServerInfo
 from broker.shared import SharedRedis
 
@@ -227,13 +229,16 @@ class SharedLists:
 
 
 def server_to_json(server: ServerInfo) -> list:
-    return [server.id, server.name, server.status, list(server.addresses), server.az, server.metadata]
+    details = dataclasses.astuple(server.details)
+    return [server.id, server.name, server.status, list(server.addresses), server.az, server.metadata, details]
 
 
 def server_from_json(item: list, cloud: str) -> ServerInfo:
-    server_id, name, status, addresses, az, metadata = item
+    # A list written by an instance from before the server panel has six fields and no details.
+    server_id, name, status, addresses, az, metadata, *rest = item
+    details = Details(*rest[0]) if rest else Details()
     return ServerInfo(
-        str(server_id), str(name), str(status), cloud, tuple(map(str, addresses)), str(az), dict(metadata)
+        str(server_id), str(name), str(status), cloud, tuple(map(str, addresses)), str(az), dict(metadata), details
     )
 
 

@@ -2,7 +2,8 @@
 
 Deny by default. An admin may open everything; anyone else only servers that one of
 their rules (or one of their groups' rules) grants: a cloud, optionally narrowed by a
-server-name glob and a metadata ``key=value``.
+server-name glob and a metadata ``key=value``. A rule with ``power`` also lets them start
+and reboot the servers it grants; an admin may power every server.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Grant:
     pattern: re.Pattern
     meta_key: str
     meta_value: str
+    power: bool = False
 
     def allows(self, server: ServerInfo) -> bool:
         if self.cloud not in ("*", server.cloud) or not self.pattern.match(server.name):
@@ -53,6 +55,10 @@ class Access:
     def allows(self, server: ServerInfo) -> bool:
         return self.everything or any(grant.allows(server) for grant in self.grants)
 
+    def may_power(self, server: ServerInfo) -> bool:
+        """True when one rule both grants ``server`` and carries the power permission (or for an admin)."""
+        return self.everything or any(grant.power and grant.allows(server) for grant in self.grants)
+
     def may_use_cloud(self, cloud: str) -> bool:
         """True when some rule could grant a server of ``cloud`` (so its trouble concerns this user)."""
         return self.everything or any(grant.cloud in ("*", cloud) for grant in self.grants)
@@ -65,7 +71,7 @@ class Access:
 
 def compile_rule(rule: AccessRule) -> Grant:
     pattern = re.compile(fnmatch.translate(rule.name_pattern or "*"))
-    return Grant(rule.cloud, pattern, rule.meta_key, rule.meta_value)
+    return Grant(rule.cloud, pattern, rule.meta_key, rule.meta_value, bool(rule.power))
 
 
 def access_for(user: User) -> Access:
@@ -180,6 +186,7 @@ def add_rule(
     group: str | None = None,
     name_pattern: str = "*",
     metadata: str = "",
+    power: bool = False,
 ) -> AccessRule:
     """Grant ``user`` or ``group`` the consoles of ``cloud`` (``*``: every cloud), optionally narrowed."""
     if bool(user) == bool(group):
@@ -190,7 +197,9 @@ def add_rule(
     key, sep, value = metadata.partition("=")
     if metadata and (not sep or not key.strip() or len(metadata) > 255):
         raise PolicyError("metadata is given as key=value")
-    rule = AccessRule(cloud=cloud, name_pattern=name_pattern, meta_key=key.strip(), meta_value=value.strip())
+    rule = AccessRule(
+        cloud=cloud, name_pattern=name_pattern, meta_key=key.strip(), meta_value=value.strip(), power=power
+    )
     if user:
         rule.user = require_user(user)
     else:

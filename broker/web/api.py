@@ -1,4 +1,4 @@
-"""The JSON API: mint a console URL, list servers."""
+"""The JSON API: mint a console URL, list servers, a server's panel, power actions, pins."""
 
 from __future__ import annotations
 
@@ -7,19 +7,26 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint
 from flask import abort
+from flask import current_app
 from flask import jsonify
 from flask import request
 from flask_login import current_user
 from flask_login import login_required
 
 from broker import state
+from broker.cloud import errors
 from broker.services import relay
+from broker.services import shortcuts
 from broker.services.consoles import MINT_DETAILS
 from broker.services.consoles import ConsoleService
+from broker.services.power import ACTIONS as POWER_ACTIONS
+from broker.services.power import CONFIRMATION_TTL
 from broker.web import sessions
+from broker.web.errors import error_response
 from broker.web.security import page_host
 from broker.web.views import console_links
 from broker.web.views import notices
+from broker.web.views import panel
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -105,9 +112,13 @@ def servers():
     limit = args.get("limit", type=int)
     shown = overview.servers[:limit] if limit and limit > 0 else overview.servers
     links = console_links(shown)
+    pins = shortcuts.pinned_keys(current_user)
     return jsonify(
         {
-            "servers": [{**s.to_json(), "console_page": link} for s, link in zip(shown, links, strict=True)],
+            "servers": [
+                {**s.to_json(), "console_page": link, "pinned": (s.cloud, s.id) in pins}
+                for s, link in zip(shown, links, strict=True)
+            ],
             "total": len(overview.servers),
             "cloud": cloud,
             "unavailable": [{"cloud": name, "message": msg} for name, msg in overview.failures.items()],
@@ -117,3 +128,104 @@ def servers():
             "notices": notices(overview),
         }
     )
+
+
+# -- the server panel, power actions and pins -----------------------------------------
+
+
+def json_body(allowed: set[str]) -> dict:
+    """A small JSON object with only ``allowed`` string fields; anything else is a 400, never a traceback."""
+    raw = request.get_data(cache=False)
+    if len(raw) > MAX_ACTION_BODY:
+        abort(400, description=f"The request body must be a small JSON object (at most {MAX_ACTION_BODY} bytes).")
+    try:
+        body = json.loads(raw or b"{}")
+    except (ValueError, RecursionError):
+        abort(400, description="The request body is not valid JSON.")
+    if not isinstance(body, dict) or set(body) - allowed or not all(isinstance(v, str) for v in body.values()):
+        abort(
+            400, description=f"The request body must be a JSON object with string fields {', '.join(sorted(allowed))}."
+        )
+    return body
+
+
+MAX_ACTION_BODY = 512
+
+
+def power_action(body: dict) -> str:
+    action = body.get("action", "")
+    if action not in POWER_ACTIONS:
+        abort(400, description=f'"action" must be one of {", ".join(POWER_ACTIONS)}.')
+    return action
+
+
+def no_store(response, status: int = 200):
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/servers/<server_id>")
+@login_required
+def server(server_id: str):
+    """The server panel: the cloud's own fields (from the cached list, or re-read with ``fresh=1``)."""
+    found = service().permitted(current_user, server_id, request.args.get("cloud") or None, detail="panel")
+    if request.args.get("fresh") == "1":
+        found = service().refreshed(current_user, found)
+    return no_store(jsonify(panel(found)))
+
+
+@bp.post("/servers/<server_id>/power-confirmations")
+@login_required
+def power_confirmation(server_id: str):
+    """Step one of a power action: a single-use confirmation, asked for when the dialog opens."""
+    action = power_action(json_body({"action"}))
+    cloud = request.args.get("cloud") or None
+    confirmation = state.power().confirm(current_user, sessions.current_id(), server_id, cloud, action)
+    body = {
+        "confirmation": confirmation.token,
+        "expires_in": CONFIRMATION_TTL,
+        "action": action,
+        "question": confirmation.question,
+        "server": panel(confirmation.server)["server"],
+    }
+    return no_store(jsonify(body), 201)
+
+
+@bp.post("/servers/<server_id>/power")
+@login_required
+def power(server_id: str):
+    """Step two: send the confirmed action. 202: the cloud took it; the server's state follows."""
+    body = json_body({"action", "confirmation"})
+    action = power_action(body)
+    cloud = request.args.get("cloud") or None
+    try:
+        after = state.power().act(
+            current_user, sessions.current_id(), server_id, cloud, action, body.get("confirmation", "")
+        )
+    except errors.ServerNotReady as exc:
+        # Here a 409 is not "the console cannot open" but "the cloud will not do this now".
+        return error_response(409, "server_busy", exc.message)
+    return no_store(jsonify({"action": action, "server": panel(after)["server"]}), 202)
+
+
+@bp.get("/pins")
+@login_required
+def pins_base():
+    """Where the pins live (``PUT``/``DELETE`` ``/api/pins/<id>?cloud=``); reading it lists the user's pins."""
+    pins = shortcuts.pinned(current_user, service())
+    return no_store(jsonify({"pins": [s.to_json() for s in pins]}))
+
+
+@bp.put("/pins/<server_id>")
+@login_required
+def pin(server_id: str):
+    found, new = shortcuts.pin(current_user, service(), server_id, request.args.get("cloud") or None)
+    return no_store(jsonify({"pinned": True, "server": found.to_json()}), 201 if new else 200)
+
+
+@bp.delete("/pins/<server_id>")
+@login_required
+def unpin(server_id: str):
+    shortcuts.unpin(current_user, server_id, request.args.get("cloud") or None)
+    return no_store(current_app.response_class(status=204), 204)

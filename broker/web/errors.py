@@ -20,6 +20,8 @@ from broker.cloud import errors
 from broker.cloud.errors import CloudError
 from broker.services import audit
 from broker.services.consoles import ViewerOnly
+from broker.services.power import PowerRefused
+from broker.services.shortcuts import PinError
 from broker.web.observability import request_id
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ CLOUD_ANSWERS: dict[type[CloudError], tuple[int, str]] = {
     errors.ServerNotFound: (404, "server_not_found"),
     errors.ServerNotReady: (409, "server_not_running"),
     errors.ConsoleUnavailable: (502, "console_unavailable"),
+    # The cloud's policy forbids the broker's account a server action: nothing for the person to retry.
+    errors.ActionForbidden: (403, "cloud_policy"),
     errors.CloudRefused: (502, "cloud_refused"),
     errors.CloudUnreachable: (503, "cloud_unreachable"),
     errors.CloudTimeout: (504, "cloud_timeout"),
@@ -127,6 +131,19 @@ def handle_viewer_only(exc: ViewerOnly):
     return error_response(403, "viewer_only", str(exc))
 
 
+# Why the broker will not send a power action: a missing permission or confirmation (403), a status
+# that does not fit the action (409).
+POWER_STATUSES = {"power_not_allowed": 403, "confirmation_invalid": 403, "wrong_state": 409}
+
+
+def handle_power_refused(exc: PowerRefused):
+    return error_response(POWER_STATUSES.get(exc.code, 403), exc.code, exc.message)
+
+
+def handle_pin_error(exc: PinError):
+    return error_response(400, "too_many_pins", str(exc))
+
+
 def handle_unexpected(exc: Exception):
     log.exception("unhandled error on %s %s", request.method, request.path)
     return error_response(500, "internal_error", "Something went wrong in the broker. It has been logged.")
@@ -138,4 +155,6 @@ def register_errorhandlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http)
     app.register_error_handler(CloudError, handle_cloud)
     app.register_error_handler(ViewerOnly, handle_viewer_only)
+    app.register_error_handler(PowerRefused, handle_power_refused)
+    app.register_error_handler(PinError, handle_pin_error)
     app.register_error_handler(Exception, handle_unexpected)

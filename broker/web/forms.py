@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import flash
 from flask_wtf import FlaskForm
+from wtforms import BooleanField
 from wtforms import PasswordField
 from wtforms import SelectField
 from wtforms import StringField
@@ -44,6 +45,7 @@ class RuleForm(FlaskForm):
     cloud = StringField("Cloud", validators=[Length(max=64)])
     name_pattern = StringField("Server name pattern", validators=[Length(max=255)])
     metadata = StringField("Metadata", validators=[Length(max=255)])
+    power = BooleanField("May also start and reboot")
 
     def grant(self) -> dict:
         """The rule's fields as the policy service takes them."""
@@ -54,6 +56,7 @@ class RuleForm(FlaskForm):
             "cloud": (self.cloud.data or "").strip(),
             "name_pattern": (self.name_pattern.data or "").strip() or "*",
             "metadata": (self.metadata.data or "").strip(),
+            "power": bool(self.power.data),
         }
 
 

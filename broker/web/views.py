@@ -1,4 +1,4 @@
-"""Pages: the server list, the console page, the name chooser and the pop-out redirect."""
+"""Pages: the server list (with pinned and recent consoles), the console page, the name chooser and the pop-out."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from werkzeug.routing import PathConverter
 
 from broker import state
 from broker.cloud.types import ServerInfo
+from broker.services import shortcuts
 from broker.services.consoles import ConsoleService
 from broker.services.inventory import Overview
+from broker.services.power import actions_for
 
 bp = Blueprint("views", __name__)
 
@@ -62,14 +64,39 @@ def console_links(servers: list[ServerInfo]) -> list[str]:
     return [f"{base}{path.to_url(s.id)}?{queries[s.cloud]}" for s in servers]
 
 
+def panel(server: ServerInfo) -> dict:
+    """The server panel's data: the cloud's own fields, the admin-chosen metadata, and the power actions
+    this user may run on it now (the JSON API and the console pages share it)."""
+    shown = {key: server.metadata[key] for key in state.settings().panel_metadata if key in server.metadata}
+    may_power = state.power().may_power(current_user, server)
+    return {
+        "server": {**server.to_json(), **server.details.to_json(), "metadata": shown},
+        "power": may_power,
+        "actions": actions_for(server.status) if may_power else [],
+        "console_page": console_links([server])[0],
+    }
+
+
+def shortcut_rows(servers: list[ServerInfo]) -> list[dict]:
+    return [{"server": s, "link": link} for s, link in zip(servers, console_links(servers), strict=True)]
+
+
 @bp.get("/")
 @login_required
 def index():
     query = request.args.get("q", "")[:200]
     overview = service().overview(current_user, query, cloud_arg())
     servers = overview.servers[:LIST_ROWS]
+    recent = shortcuts.recent(current_user, service())
+    recent_rows = shortcut_rows([opened.server for opened in recent])
+    for row, opened in zip(recent_rows, recent, strict=True):
+        row["opened_at"] = opened.opened_at
     return render_template(
         "servers/list.html",
+        pinned=shortcut_rows(shortcuts.pinned(current_user, service())),
+        recent=recent_rows,
+        pinned_ids=shortcuts.pinned_keys(current_user),
+        urls={"pins": url_for("api.pins_base"), "servers": url_for("api.servers")},
         rows=zip(servers, console_links(servers), strict=True),
         shown=len(servers),
         total=len(overview.servers),
@@ -116,8 +143,23 @@ def console_page(server, ref: str):
         "idleSwapAfter": settings.idle_swap_after,
         "pauseAfter": settings.pause_after,
         "swap": cloud.console_swap,
+        **panel_page_data(server),
     }
-    return render_template("console/page.html", server=server, page=page)
+    return render_template("console/page.html", server=server, page=page, panel=page["panel"], power=page["power"])
+
+
+def panel_page_data(server: ServerInfo) -> dict:
+    """What both console pages need for the server panel and the power actions."""
+    details = panel(server)
+    ids = {"server_id": server.id, "cloud": server.cloud}
+    return {
+        "panel": details["server"],
+        "power": details["power"],
+        "actions": details["actions"],
+        "panelUrl": url_for("api.server", **ids),
+        "powerConfirmUrl": url_for("api.power_confirmation", **ids),
+        "powerUrl": url_for("api.power", **ids),
+    }
 
 
 # Type text: more than this is not typing a password or a command, and would take the guest long to take in.
@@ -135,8 +177,9 @@ def viewer_page(server, ref: str):
         "keepaliveUrl": url_for("api.keepalive"),
         # Well within the idle limit, so one missed beat does not sign anyone out.
         "keepaliveEvery": max(30, state.settings().session_idle // 4),
+        **panel_page_data(server),
     }
-    return render_template("console/viewer.html", server=server, page=page)
+    return render_template("console/viewer.html", server=server, page=page, panel=page["panel"], power=page["power"])
 
 
 def from_this_site() -> bool:

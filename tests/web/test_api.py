@@ -156,6 +156,7 @@ def test_list_api(client, auth):
         "addresses": ["10.1.0.1"],
         "availability_zone": "az-1",
         "console_page": f"/console/{server_id(1)}?cloud=lab",
+        "pinned": False,
     }
     assert body["unavailable"] == [] and body["stale"] == [] and body["notices"] == []
     assert body["cloud"] is None

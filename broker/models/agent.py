@@ -1,0 +1,46 @@
+"""An agent's own things: the servers they pinned, and the power confirmations they were given."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from datetime import datetime
+
+from sqlalchemy import ForeignKey
+from sqlalchemy import String
+from sqlalchemy import UniqueConstraint
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+
+from broker.extensions import db
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Pin(db.Model):
+    """A server one user keeps at the top of their list; kept in the database, so on every instance."""
+
+    __tablename__ = "pins"
+    __table_args__ = (UniqueConstraint("user_id", "cloud", "server_id", name="uq_pins_user_server"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    cloud: Mapped[str] = mapped_column(String(64))
+    server_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class PowerConfirmation(db.Model):
+    """One confirmed power action a session may send, once, until it expires. Only its hash is kept."""
+
+    __tablename__ = "power_confirmations"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    session_id: Mapped[str] = mapped_column(String(64))
+    server_id: Mapped[str] = mapped_column(String(64))
+    cloud: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(16))
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    used_at: Mapped[datetime | None] = mapped_column(default=None)

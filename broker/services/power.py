@@ -1,0 +1,187 @@
+"""Power actions: start a stopped server, soft or hard reboot a running one.
+
+Only where a rule with the ``power`` permission grants the server (admins everywhere), and
+only in two steps: opening the confirmation dialog issues a single-use confirmation bound
+to the sign-in session, the user, the server, the cloud and the action; sending the action
+uses it up. A forged request (no confirmation) and a replayed one (a used confirmation)
+are refused, and every attempt, whatever its outcome, is an audit record (action ``power``,
+detail the action's name).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC
+from datetime import datetime
+from datetime import timedelta
+
+from sqlalchemy import delete
+from sqlalchemy import update
+
+from broker.cloud import errors
+from broker.cloud.types import ServerInfo
+from broker.extensions import db
+from broker.models import PowerConfirmation
+from broker.models import User
+from broker.services import audit
+from broker.services.consoles import ConsoleService
+from broker.services.policy import access_for
+
+# Time to read the question and decide; short, so a confirmation left in a page is worthless.
+CONFIRMATION_TTL = 120
+# Each action, the statuses it fits (Nova refuses the others with 409), and the question asked.
+ACTIONS = {
+    "start": (("SHUTOFF",), "Start server {name}?"),
+    "reboot-soft": (("ACTIVE",), "Reboot server {name}? The guest is asked to restart cleanly."),
+    "reboot-hard": (
+        ("ACTIVE", "SHUTOFF", "ERROR"),
+        "Hard reboot server {name}? It is reset at once, like pulling the plug: unsaved work in the guest is lost.",
+    ),
+}
+
+
+class PowerRefused(Exception):
+    """A power action the broker will not send; ``code`` is the API's error slug."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What the confirmation dialog needs: the one-time value to send back, and the question."""
+
+    token: str
+    action: str
+    server: ServerInfo
+    question: str
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def actions_for(status: str) -> list[str]:
+    """The power actions that fit a server in ``status`` (the console toolbar offers these)."""
+    return [name for name, (statuses, _) in ACTIONS.items() if status in statuses]
+
+
+class PowerService:
+    """Confirms, sends and audits power actions; authorization comes from the console service."""
+
+    def __init__(self, consoles: ConsoleService):
+        self.consoles = consoles
+
+    def may_power(self, user: User, server: ServerInfo) -> bool:
+        return access_for(user).may_power(server)
+
+    def confirm(self, user: User, session_id: str, server_id: str, cloud: str | None, action: str) -> Confirmation:
+        """A single-use confirmation for ``action`` on a server the user may power, if its status fits."""
+        server = self._powerable(user, server_id, cloud, action)
+        statuses, question = ACTIONS[action]
+        if server.status not in statuses:
+            raise PowerRefused(
+                "wrong_state",
+                f"Server {server.name} is {server.status}: {action.replace('-', ' ')} needs it "
+                f"{' or '.join(statuses)}.",
+            )
+        token = secrets.token_urlsafe(32)
+        db.session.execute(delete(PowerConfirmation).where(PowerConfirmation.expires_at < now()))
+        db.session.add(
+            PowerConfirmation(
+                digest=digest(token),
+                user_id=user.id,
+                session_id=session_id,
+                server_id=server.id,
+                cloud=server.cloud,
+                action=action,
+                expires_at=now() + timedelta(seconds=CONFIRMATION_TTL),
+            )
+        )
+        db.session.commit()
+        return Confirmation(token, action, server, question.format(name=server.name))
+
+    def act(
+        self, user: User, session_id: str, server_id: str, cloud: str | None, action: str, token: str
+    ) -> ServerInfo:
+        """Send a confirmed action to the cloud; the server as the cloud has it afterwards."""
+        server = self._powerable(user, server_id, cloud, action)
+        note = self._note(user, server, action)
+        if not self._use(token, user, session_id, server, action):
+            reason = "no valid confirmation (missing, used, expired, or issued for another request)"
+            audit.record("power", "refused", reason=reason, **note)
+            raise PowerRefused(
+                "confirmation_invalid",
+                "This action was not confirmed, or its confirmation was already used or has expired. "
+                "Ask again and confirm.",
+            )
+        try:
+            self.consoles.inventory.cloud(server.cloud).client.server_action(server.id, action)
+        except errors.ActionForbidden as exc:
+            audit.record("power", "refused", reason=f"the cloud's policy: {exc.message}", **note)
+            raise
+        except errors.CloudError as exc:
+            audit.record("power", "failed", reason=exc.message, **note)
+            raise
+        audit.record("power", "ok", **note)
+        return self._current(server)
+
+    def _powerable(self, user: User, server_id: str, cloud: str | None, action: str) -> ServerInfo:
+        """The server, if the user may open it and a rule lets them power it; refusals audited."""
+        server = self.consoles.permitted(user, server_id, cloud, detail=action, action="power")
+        if not self.may_power(user, server):
+            reason = "no access rule grants power actions on this server"
+            audit.record("power", "refused", reason=reason, **self._note(user, server, action))
+            raise PowerRefused(
+                "power_not_allowed",
+                f"You may open the console of {server.name} but not start or reboot it: ask an admin "
+                "for a rule with the power permission.",
+            )
+        return server
+
+    @staticmethod
+    def _note(user: User, server: ServerInfo, action: str) -> dict:
+        return {
+            "username": user.username,
+            "cloud": server.cloud,
+            "server_id": server.id,
+            "server_name": server.name,
+            "detail": action,
+        }
+
+    @staticmethod
+    def _use(token: str, user: User, session_id: str, server: ServerInfo, action: str) -> bool:
+        """Use up the confirmation if every binding holds (one UPDATE: a replay never wins twice)."""
+        if not token or len(token) > 128:
+            return False
+        claimed = db.session.execute(
+            update(PowerConfirmation)
+            .where(
+                PowerConfirmation.digest == digest(token),
+                PowerConfirmation.used_at.is_(None),
+                PowerConfirmation.expires_at > now(),
+                PowerConfirmation.user_id == user.id,
+                PowerConfirmation.session_id == session_id,
+                PowerConfirmation.server_id == server.id,
+                PowerConfirmation.cloud == server.cloud,
+                PowerConfirmation.action == action,
+            )
+            .values(used_at=now())
+        ).rowcount
+        db.session.commit()
+        return bool(claimed)
+
+    def _current(self, server: ServerInfo) -> ServerInfo:
+        """The server re-read after the action (the list's copy is out of date now); as it was if that fails."""
+        with contextlib.suppress(errors.CloudError):
+            return self.consoles.inventory.current(server)
+        return server

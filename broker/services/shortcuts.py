@@ -1,0 +1,116 @@
+"""Where an agent starts: the servers they pinned, and the consoles they opened lately.
+
+Pins are rows in the database, so they survive sign-out and are the same on every instance.
+Recent consoles are read from the audit trail (every console handed out is a record there),
+so nothing extra is written when a console opens. Both show only servers the agent may still
+open, as the cached lists know them: a server gone from the cloud, or out of the agent's
+rules, drops out without a word.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC
+from datetime import datetime
+
+from sqlalchemy import delete
+from sqlalchemy import func
+from sqlalchemy import select
+
+from broker.cloud.types import ServerInfo
+from broker.extensions import db
+from broker.models import AuditRecord
+from broker.models import Pin
+from broker.models import User
+from broker.services.consoles import ConsoleService
+from broker.services.policy import Access
+from broker.services.policy import access_for
+
+RECENT = 10
+# Audit rows read to find RECENT distinct servers: enough for an agent who reopens the same few.
+RECENT_SCAN = 300
+MAX_PINS = 50
+
+
+class PinError(Exception):
+    """A pin that cannot be added; the message says why."""
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A console the agent opened lately, and when they last did."""
+
+    server: ServerInfo
+    opened_at: datetime
+
+
+def pinned_keys(user: User) -> set[tuple[str, str]]:
+    """(cloud, server ID) of every pin of ``user``, to mark rows of the list."""
+    rows = db.session.execute(select(Pin.cloud, Pin.server_id).where(Pin.user_id == user.id))
+    return {(cloud, server_id) for cloud, server_id in rows}
+
+
+def pinned(user: User, consoles: ConsoleService) -> list[ServerInfo]:
+    """The user's pinned servers they may still open, oldest pin first."""
+    access = access_for(user)
+    query = select(Pin.cloud, Pin.server_id).where(Pin.user_id == user.id).order_by(Pin.created_at, Pin.id)
+    rows = db.session.execute(query).all()
+    db.session.close()
+    found = (_openable(consoles, access, cloud, server_id) for cloud, server_id in rows)
+    return [server for server in found if server is not None]
+
+
+def recent(user: User, consoles: ConsoleService, limit: int = RECENT) -> list[Opened]:
+    """The last ``limit`` distinct servers whose consoles ``user`` opened and may still open, newest first."""
+    access = access_for(user)
+    query = (
+        select(AuditRecord.cloud, AuditRecord.server_id, AuditRecord.at)
+        .where(AuditRecord.username == user.username, AuditRecord.action == "console", AuditRecord.outcome == "ok")
+        .order_by(AuditRecord.id.desc())
+        .limit(RECENT_SCAN)
+    )
+    rows = db.session.execute(query).all()
+    db.session.close()
+    opened: list[Opened] = []
+    seen: set[tuple[str, str]] = set()
+    for cloud, server_id, at in rows:
+        if (cloud, server_id) in seen:
+            continue
+        seen.add((cloud, server_id))
+        server = _openable(consoles, access, cloud, server_id)
+        if server is not None:
+            opened.append(Opened(server, at if at.tzinfo else at.replace(tzinfo=UTC)))
+        if len(opened) == limit:
+            break
+    return opened
+
+
+def _openable(consoles: ConsoleService, access: Access, cloud: str, server_id: str) -> ServerInfo | None:
+    """The server as the cached list of ``cloud`` has it, if ``access`` grants it; never a call upstream."""
+    if consoles.inventory.cloud(cloud) is None:
+        return None
+    seen = consoles.inventory.sightings(server_id, cloud, wait=False)
+    return next((s.server for s in seen if access.allows(s.server)), None)
+
+
+def pin(user: User, consoles: ConsoleService, server_id: str, cloud: str | None) -> tuple[ServerInfo, bool]:
+    """Pin a server the user may open; (server, True) when the pin is new, False when it was there."""
+    server = consoles.permitted(user, server_id, cloud, detail="pin")
+    exists = select(Pin.id).where(Pin.user_id == user.id, Pin.cloud == server.cloud, Pin.server_id == server.id)
+    if db.session.scalar(exists) is not None:
+        return server, False
+    count = db.session.scalar(select(func.count()).select_from(Pin).where(Pin.user_id == user.id))
+    if count >= MAX_PINS:
+        raise PinError(f"You have {MAX_PINS} pins already: unpin one first.")
+    db.session.add(Pin(user_id=user.id, cloud=server.cloud, server_id=server.id))
+    db.session.commit()
+    return server, True
+
+
+def unpin(user: User, server_id: str, cloud: str | None) -> None:
+    """Remove the user's pin of that server (of any cloud when none is named); nothing if there is none."""
+    doomed = delete(Pin).where(Pin.user_id == user.id, Pin.server_id == server_id[:64])
+    if cloud:
+        doomed = doomed.where(Pin.cloud == cloud[:64])
+    db.session.execute(doomed)
+    db.session.commit()
