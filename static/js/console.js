@@ -1,19 +1,22 @@
 // The console page: mints a console URL with one POST, keeps it fresh, and never
 // cuts off someone who is typing. Times come from the server's expires_in and a
-// monotonic clock (performance.now), never from the client's wall clock.
+// monotonic clock (performance.now), never from the client's wall clock. Power actions, the
+// server panel and following a start or reboot come from power.js.
 
 import { copyLink } from "./copy-link.js";
+import { serverControls } from "./power.js";
 
 const root = document.getElementById("console");
 const page = JSON.parse(root.dataset.page);
 const frame = document.getElementById("console-frame");
 const freshness = document.getElementById("freshness");
-const statusEl = document.getElementById("server-status");
+const announcer = document.getElementById("announcer");
 const notice = document.getElementById("notice");
 const noticeText = document.getElementById("notice-text");
 const signIn = document.getElementById("notice-signin");
 const retryButton = document.getElementById("notice-retry");
 const resumeButton = document.getElementById("resume");
+const startButton = document.getElementById("power-start");
 const csrfToken = document.querySelector('meta[name="csrf-token"]').content;
 
 const now = () => performance.now();
@@ -21,8 +24,9 @@ const now = () => performance.now();
 // Everything the page knows, in one place; times are performance.now() milliseconds.
 const state = {
   // Shown as #console[data-state]: loading, live, pending, retrying, live-retrying,
-  // signin, not-running or refused.
+  // signin, not-running or refused; or, while following the server, starting or rebooting.
   phase: "loading",
+  follow: null, // "starting" or "rebooting" while power.js follows the server back to ACTIVE
   held: null, // the freshest URL: {url, refreshAt, expiresAt}
   applied: null, // the URL the frame shows
   swaps: 0,
@@ -35,9 +39,24 @@ const state = {
   use: { pointerInside: false, lastInside: -Infinity, lastActivity: now() },
 };
 
+// Said (once per change) in #announcer; the notice, role=alert, says the details.
+const SPOKEN = {
+  live: "Console connected",
+  retrying: "Console not connected; retrying",
+  signin: "Signed out",
+  "not-running": "Server not running",
+  refused: "Console refused",
+};
+
+function announce(text) {
+  if (announcer.textContent !== text) announcer.textContent = text;
+}
+
 function enter(phase) {
+  const changed = phase !== state.phase;
   state.phase = phase;
-  root.dataset.state = phase;
+  root.dataset.state = state.follow ?? phase;
+  if (changed && !state.follow && SPOKEN[phase]) announce(SPOKEN[phase]);
 }
 
 function focusInside() {
@@ -85,11 +104,12 @@ function setTimer(run, delayMs) {
   state.timer = setTimeout(run, delayMs);
 }
 
-function showNotice(text, { signin = false, retry = false, resume = false } = {}) {
+function showNotice(text, { signin = false, retry = false, resume = false, start = false } = {}) {
   noticeText.textContent = text;
   signIn.hidden = !signin;
   retryButton.hidden = !retry;
   resumeButton.hidden = !resume;
+  if (startButton) startButton.hidden = !start;
   notice.hidden = false;
 }
 
@@ -135,6 +155,29 @@ function retryNow() {
   state.attempts = 0;
   mint(state.applied ? "reconnect" : "load");
 }
+
+// -- following a start or reboot (power.js polls; this page connects when the server is back) ---
+
+function following(kind) {
+  state.follow = kind;
+  stop(state.phase);
+  hideNotice();
+  freshness.textContent = kind === "starting" ? "Starting…" : "Rebooting…";
+}
+
+function running(kind) {
+  state.follow = null;
+  freshness.textContent = "Connecting…";
+  mint(kind === "starting" || !state.applied ? "load" : "reconnect");
+}
+
+function lost(message) {
+  state.follow = null;
+  showNotice(message, { retry: true, start: controls.canStart() });
+  stop("not-running");
+}
+
+const controls = serverControls(page, { announce, following, running, lost });
 
 function stop(phase) {
   state.stopped = true;
@@ -195,9 +238,9 @@ async function failure(response) {
     showNotice("Your session has ended. Sign in again to keep this console fresh.", { signin: true });
     stop("signin");
   } else if (response.status === 409) {
-    if (error.server_status) statusEl.textContent = error.server_status;
+    if (error.server_status) controls.showServer({ status: error.server_status });
     frame.hidden = true;
-    showNotice(message, { retry: true });
+    showNotice(message, { retry: true, start: controls.canStart() });
     stop("not-running");
   } else if (response.status === 403 || response.status === 404) {
     frame.hidden = !state.applied;
@@ -214,7 +257,7 @@ function received(data, reason) {
     return;
   }
   hold(data.url, Number(data.expires_in));
-  statusEl.textContent = data.server.status;
+  controls.showServer(data.server);
   hideNotice();
   const swapNow = !state.applied || reason !== "refresh" || page.swap === "always" || isIdle();
   if (swapNow) apply(data.url);
@@ -250,7 +293,7 @@ function formatSeconds(ms) {
 }
 
 function render() {
-  if (!state.held) return;
+  if (!state.held || state.follow) return; // following: #freshness says Starting… or Rebooting…
   const left = remainingMs();
   if (state.phase === "pending") {
     freshness.textContent = "Fresh link ready: applies when you pause, or press Reconnect";
@@ -273,6 +316,7 @@ function tick() {
 
 function reconnect() {
   activity();
+  if (state.follow) return; // it reconnects by itself when the server is back
   if (state.held && !isStale()) {
     apply(state.held.url);
     render();

@@ -2,11 +2,13 @@
 // relay websocket, so the cloud's console URL and token never reach the browser. Each websocket is
 // opened with a fresh single-use ticket from one POST; the relay's close code says whether to come
 // back. Nothing typed (keys or Type text) is logged or sent anywhere but down the websocket.
+// Power actions, the server panel and following a start or reboot come from power.js.
 
 import RFB from "../vendor/novnc/core/rfb.js";
 import KeyTable from "../vendor/novnc/core/input/keysym.js";
 import { getKeycode, getKeysym } from "../vendor/novnc/core/input/util.js";
 import { copyLink } from "./copy-link.js";
+import { serverControls } from "./power.js";
 
 const $ = (id) => document.getElementById(id);
 const root = $("console");
@@ -15,7 +17,6 @@ const screen = $("screen");
 const lastFrame = $("last-frame");
 const lastFrameCanvas = $("last-frame-canvas");
 const liveStatus = $("live-status");
-const serverStatus = $("server-status");
 const notice = $("notice");
 const typeDialog = $("type-dialog");
 const typeInput = $("type-input");
@@ -51,8 +52,10 @@ const STATUS_TEXT = {
 
 const state = {
   // Shown as #console[data-state]: loading, live, reconnecting, signin, ended, not-running,
-  // refused or failed. Trying again before the first connect is still "loading".
+  // refused or failed. Trying again before the first connect is still "loading". While power.js
+  // follows the server back to ACTIVE, data-state says "starting" or "rebooting" instead.
   phase: "loading",
+  follow: null,
   session: null, // {rfb, canvas, painted}: the current one; events of older ones are ignored
   attempt: 0, // bumped by every start, so an answer to an abandoned attempt is dropped
   connects: 0,
@@ -64,14 +67,18 @@ const state = {
   scale: true,
 };
 
-function enter(phase, detail = "") {
-  state.phase = phase;
-  root.dataset.state = phase;
-  const live = phase === "live";
-  if (live && state.typing) detail = "typing…";
-  const text = detail ? `${STATUS_TEXT[phase]} (${detail})` : STATUS_TEXT[phase];
+function announce(text) {
   // Writing the same text again would make screen readers announce it again.
   if (liveStatus.textContent !== text) liveStatus.textContent = text;
+}
+
+function enter(phase, detail = "") {
+  state.phase = phase;
+  root.dataset.state = state.follow ?? phase;
+  const live = phase === "live";
+  if (live && state.typing) detail = "typing…";
+  // While following, #live-status keeps what power.js announced.
+  if (!state.follow) announce(detail ? `${STATUS_TEXT[phase]} (${detail})` : STATUS_TEXT[phase]);
   $("ctrl-alt-del").disabled = !live;
   $("screenshot").disabled = !live;
   $("type-text").disabled = !live || state.typing;
@@ -84,17 +91,16 @@ function trying() {
   return state.connects > 0 ? "reconnecting" : "loading";
 }
 
-function showNotice(text, { signin = false, reconnect = false } = {}) {
+function showNotice(text, { signin = false, reconnect = false, start = false } = {}) {
   $("notice-text").textContent = text;
   $("notice-signin").hidden = !signin;
   $("notice-retry").hidden = !reconnect;
+  if ($("power-start")) $("power-start").hidden = !start;
   notice.hidden = false;
 }
 
 function showServer(server) {
-  if (!server?.status) return;
-  serverStatus.textContent = server.status;
-  serverStatus.className = `status status-${server.status.toLowerCase()}`;
+  controls.showServer(server);
 }
 
 function clearTimers() {
@@ -154,7 +160,8 @@ function ticketRefused(status, error) {
     stop("refused", message);
   } else if (status === 409) {
     if (error.server_status) showServer({ status: error.server_status });
-    stop("not-running", message, { reconnect: true });
+    if (state.follow) waitForServer();
+    else stop("not-running", message, { reconnect: true, start: controls.canStart() });
   } else {
     retry(message); // 5xx, 429, a proxy's error page: the broker may answer in a moment
   }
@@ -224,7 +231,9 @@ function disconnected(session, closed) {
   state.session = null;
   keepLastFrame(session);
   const code = closed?.code;
-  if (code === SIGNED_OUT) {
+  if (state.follow && ![SIGNED_OUT, ENDED, NO_LONGER_ALLOWED].includes(code)) {
+    waitForServer(); // the reboot cut it: power.js says when the server is back
+  } else if (code === SIGNED_OUT) {
     stop("signin", "Your sign-in has ended.", { signin: true });
   } else if (code === ENDED) {
     stop("ended", "An administrator ended this session.");
@@ -233,7 +242,7 @@ function disconnected(session, closed) {
   } else if (code === NOT_RUNNING) {
     const status = /\(([A-Z_]+)\)/.exec(closed.reason);
     if (status) showServer({ status: status[1] });
-    stop("not-running", closed.reason || "The server is not running.", { reconnect: true });
+    stop("not-running", closed.reason || "The server is not running.", { reconnect: true, start: controls.canStart() });
   } else if (code === UNREACHABLE) {
     stop("failed", "The cloud's console is unreachable.", { reconnect: true });
   } else {
@@ -244,6 +253,41 @@ function disconnected(session, closed) {
     retry();
   }
 }
+
+// -- following a start or reboot (power.js polls; this page connects when the server is back) ---
+
+// No tickets while the server is on its way: each would ask the cloud for a console in vain.
+function waitForServer() {
+  clearTimers();
+  abandon();
+  enter(trying());
+}
+
+function following(kind) {
+  state.follow = kind;
+  clearTimers();
+  notice.hidden = true;
+  if (state.phase !== "live") waitForServer();
+  else enter("live");
+}
+
+function running(kind) {
+  state.follow = null;
+  if (kind === "starting" || state.phase !== "live") reconnectNow();
+  else enter("live");
+}
+
+function lost(message) {
+  state.follow = null;
+  if (state.phase === "live") {
+    enter("live");
+    showNotice(message);
+  } else {
+    stop("not-running", message, { reconnect: true, start: controls.canStart() });
+  }
+}
+
+const controls = serverControls(page, { announce, following, running, lost });
 
 // -- the last frame stays on screen until a new session has drawn its own ----------------------
 
