@@ -51,6 +51,8 @@ def test_app_refuses_to_start_without_a_key(tmp_path):
         ("BROKER_CONNECT_TIMEOUT", "0"),
         ("BROKER_CONSOLE_SWAP", "sometimes"),
         ("BROKER_DEMO", "maybe"),
+        ("BROKER_PANEL_METADATA", ",".join(f"key{n}" for n in range(21))),
+        ("BROKER_PANEL_METADATA", "k" * 256),
         # A typo must never switch brute-force protection off.
         ("BROKER_LOGIN_LIMIT", "five per minute"),
         ("BROKER_LOGIN_LIMIT", "5 per fortnight"),
@@ -90,6 +92,11 @@ def test_demo_key_is_generated_once_and_kept(tmp_path):
     assert first.secret_key == second.secret_key
     assert len(first.secret_key) >= 32
     assert (tmp_path / "demo-secret-key").stat().st_mode & 0o077 == 0
+
+
+def test_panel_metadata_keys_are_a_trimmed_list(tmp_path):
+    env = {"BROKER_SECRET_KEY": "k" * 32, "BROKER_PANEL_METADATA": " owner, ticket-queue ,,"}
+    assert load_settings(env, str(tmp_path)).panel_metadata == ("owner", "ticket-queue")
 
 
 @pytest.mark.parametrize("value", ["5 per 5 minutes", "10/hour", "3 per minute"])

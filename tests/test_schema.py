@@ -280,3 +280,21 @@ def test_the_relay_waits_for_the_schema_and_never_makes_it(database, tmp_path, m
     start(database, tmp_path)  # the web process makes it
     with create_app(relay).app_context():
         assert schema.inspect_state().up_to_date
+
+
+def test_agent_day_upgrade_gives_existing_rules_no_power_and_downgrade_keeps_them(database, tmp_path):
+    assert flask(database, "db", "upgrade", "0002").returncode == 0
+    add_old_rows(database)
+    assert flask(database, "db", "upgrade").returncode == 0
+    engine = create_engine(database)
+    with engine.connect() as connection:
+        row = connection.execute(text("SELECT id, name_pattern, power FROM access_rules")).one()
+        # No one gets a power action an admin did not give: every existing rule is open-only.
+        assert (row.id, row.name_pattern, bool(row.power)) == (7, "web-*", False)
+        assert connection.execute(text("SELECT count(*) FROM pins")).scalar_one() == 0
+    done = flask(database, "db", "downgrade", "0004")
+    assert done.returncode == 0, done.stderr
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT id, name_pattern FROM access_rules")).one() == (7, "web-*")
+        assert "pins" not in inspect(connection).get_table_names()
+    engine.dispose()

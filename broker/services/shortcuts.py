@@ -86,10 +86,13 @@ def recent(user: User, consoles: ConsoleService, limit: int = RECENT) -> list[Op
 
 
 def _openable(consoles: ConsoleService, access: Access, cloud: str, server_id: str) -> ServerInfo | None:
-    """The server as the cached list of ``cloud`` has it, if ``access`` grants it; never a call upstream."""
+    """The server as the list of ``cloud`` has it, if ``access`` grants it; never a call per server.
+
+    A worker with no list yet waits for it (at most its cold wait, once per cloud), as the list page does.
+    """
     if consoles.inventory.cloud(cloud) is None:
         return None
-    seen = consoles.inventory.sightings(server_id, cloud, wait=False)
+    seen = consoles.inventory.sightings(server_id, cloud)
     return next((s.server for s in seen if access.allows(s.server)), None)
 
 

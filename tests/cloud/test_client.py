@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from broker.cloud import errors
+from broker.cloud.client import details_from_nova
 from broker.cloud.client import owned
 from broker.cloud.client import safe_text
 from broker.cloud.types import Timeouts
@@ -296,3 +297,69 @@ def test_a_malformed_server_is_the_clouds_error(compute, fake):
     fake.servers[server_id(2)].addresses = ["not", "a", "mapping"]
     with pytest.raises(errors.CloudError, match="Listing servers: cloud lab failed in the broker"):
         compute.list_servers()
+
+
+# -- the server panel's fields and power actions ---------------------------------------
+
+
+def test_the_list_keeps_the_panels_fields_as_the_cloud_gave_them(compute, fake):
+    broken = fake.servers[server_id(4)]
+    broken.status, broken.flavor = "ERROR", "m1.large"
+    broken.fault = {"code": 500, "message": "No valid host was found.", "created": "2026-01-05T09:31:00Z"}
+    servers = {s.id: s for s in compute.list_servers()}
+    details = servers[server_id(4)].details.to_json()
+    assert details == {
+        "task_state": "",
+        "vm_state": "error",
+        "power_state": "NOSTATE",
+        "fault": {"code": 500, "message": "No valid host was found."},
+        "flavor": "m1.large",
+        "image": "b1f2c3d4-0000-4000-8000-0000000000aa",
+        "created": "2026-01-05T09:30:00Z",
+        "updated": "2026-01-05T09:30:00Z",
+    }
+    running = servers[server_id(1)].details
+    assert (running.power_state, running.vm_state, running.fault_message) == ("RUNNING", "active", "")
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        # From microversion 2.47 the flavor is embedded by its name.
+        ({"flavor": {"original_name": "m1.tiny", "vcpus": 1}}, {"flavor": "m1.tiny"}),
+        # Booted from a volume: Nova sends "" for the image.
+        ({"image": ""}, {"image": ""}),
+        # What is not the documented shape is left empty, never shown raw.
+        ({"flavor": "m1", "image": ["x"], "OS-EXT-STS:power_state": "1", "fault": "boom"}, {"flavor": "", "image": ""}),
+        ({"fault": {"code": True, "message": "x?token=secret"}}, {"fault_code": None, "fault_message": "x?<redacted>"}),
+        ({"OS-EXT-STS:task_state": "powering-on\u202e", "OS-EXT-STS:power_state": 4}, {"task_state": "powering-on"}),
+    ],
+)
+def test_panel_fields_are_validated_and_made_safe(fields, expected):
+    details = details_from_nova({"id": "x", **fields})
+    assert {name: getattr(details, name) for name in expected} == expected
+
+
+def test_start_and_reboot_send_novas_action_bodies(compute, fake):
+    stopped = server_id(3)
+    compute.server_action(stopped, "start")
+    compute.server_action(server_id(1), "reboot-soft")
+    compute.server_action(server_id(2), "reboot-hard")
+    assert fake.actions == [(stopped, "os-start"), (server_id(1), "reboot-SOFT"), (server_id(2), "reboot-HARD")]
+
+
+def test_an_action_the_state_does_not_allow_is_not_ready_with_novas_reason(compute):
+    with pytest.raises(errors.ServerNotReady) as caught:
+        compute.server_action(server_id(1), "start")
+    assert caught.value.message == (
+        f"Starting the server: Cannot 'start' instance {server_id(1)} while it is in vm_state active"
+    )
+
+
+def test_an_action_the_clouds_policy_forbids_is_action_forbidden_not_bad_credentials(compute, fake):
+    fake.faults.fail_next["action"] = [403]
+    with pytest.raises(errors.ActionForbidden) as caught:
+        compute.server_action(server_id(1), "reboot-hard")
+    assert cloud_answer(caught.value) == (403, "cloud_policy")
+    # The cloud is fine: a policy answer about one action does not count against its health.
+    assert not compute.breaker.is_open

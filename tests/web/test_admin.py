@@ -464,3 +464,20 @@ def test_ending_a_console_needs_csrf_and_an_admin(admin, client, auth, app):
     auth.logout()
     auth.login()
     assert post(client, auth, f"/admin/sessions/{row_id}/end").status_code == 403
+
+
+def test_power_is_off_unless_the_rule_says_so_from_the_cli_or_the_page(admin, auth, runner, app):
+    plain = runner.invoke(args=["rules", "add", "--user", "agent", "--cloud", "lab", "--name-pattern", "db-*"])
+    assert plain.exit_code == 0 and "agent may open db-* on cloud lab" in plain.output
+    powered = runner.invoke(
+        args=["rules", "add", "--user", "agent", "--cloud", "lab", "--name-pattern", "web-*", "--power"]
+    )
+    assert powered.exit_code == 0 and "agent may open and power web-* on cloud lab" in powered.output
+    post(admin, auth, "/admin/rules", subject="user:agent", cloud="lab", name_pattern="worker", power="y")
+    post(admin, auth, "/admin/rules", subject="user:agent", cloud="lab", name_pattern="build-*")
+    with app.app_context():
+        by_pattern = {rule.name_pattern: rule.power for rule in policy.all_rules()}
+    assert by_pattern == {"*": False, "db-*": False, "web-*": True, "worker": True, "build-*": False}
+    page = BeautifulSoup(admin.get("/admin/").get_data(as_text=True), "html.parser")
+    assert "agent may open and power worker on cloud lab" in page.find(id="rules").get_text()
+    assert page.find("input", {"name": "power", "type": "checkbox"}).find_parent("label") is not None

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC
+from datetime import datetime
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy import update
 
 from broker import state
 from broker.demo.cloud import OTHER_PROJECT_SERVER_ID
 from broker.extensions import db
 from broker.models import AuditRecord
+from broker.models import PowerConfirmation
+from broker.services import policy
+from broker.services import shortcuts
 from broker.services.consoles import NOT_FOUND
 from tests.support import ADMIN
+from tests.support import AuthActions
 from tests.support import server_id
 
 
@@ -437,3 +445,336 @@ def test_keepalive_keeps_a_session_in_use_and_needs_one(client, auth):
     auth.login()
     assert client.post("/api/session/keepalive").status_code == 400  # no CSRF token
     assert client.post("/api/session/keepalive", headers={"X-CSRFToken": auth.csrf()}).status_code == 204
+
+
+# -- power actions: a rule's power permission, a single-use confirmation, an audit record each -----
+
+
+def power_rows(app) -> list[dict]:
+    with app.app_context():
+        rows = db.session.scalars(select(AuditRecord).where(AuditRecord.action == "power").order_by(AuditRecord.id))
+        return [r.to_json() for r in rows]
+
+
+def grant_power(app, name_pattern: str = "*") -> None:
+    with app.app_context():
+        policy.add_rule(user="agent", cloud="lab", clouds=["lab"], name_pattern=name_pattern, power=True)
+        db.session.commit()
+
+
+@pytest.fixture
+def power_api(client, auth):
+    """POST a JSON body to a server's power routes with the page's CSRF token."""
+    auth.login()
+    token = auth.csrf()
+
+    def call(server: str, step: str, body: dict | None = None, headers: dict | None = None):
+        return client.post(
+            f"/api/servers/{server}/{step}?cloud=lab",
+            json=body,
+            headers={"X-CSRFToken": token} if headers is None else headers,
+        )
+
+    def raw(server: str, step: str, data: str):
+        url = f"/api/servers/{server}/{step}?cloud=lab"
+        return client.post(url, data=data, headers={"X-CSRFToken": token, "Content-Type": "application/json"})
+
+    call.raw = raw
+    return call
+
+
+def step_body(step: str, action: str) -> dict:
+    """What each step sends: the action, and in the second step a confirmation (a made-up one here)."""
+    return {"action": action, "confirmation": "made-up"} if step == "power" else {"action": action}
+
+
+def confirmed(power_api, server: str, action: str):
+    """Both steps, as the page does them: ask for a confirmation, then send it."""
+    confirmation = power_api(server, "power-confirmations", {"action": action})
+    assert confirmation.status_code == 201, confirmation.get_json()
+    token = confirmation.get_json()["confirmation"]
+    return power_api(server, "power", {"action": action, "confirmation": token}), token
+
+
+def test_start_a_stopped_server_in_two_steps_each_audited(power_api, app, fake):
+    grant_power(app)
+    stopped = server_id(3)
+    confirmation = power_api(stopped, "power-confirmations", {"action": "start"})
+    assert confirmation.status_code == 201 and confirmation.headers["Cache-Control"] == "no-store"
+    body = confirmation.get_json()
+    assert body["question"] == "Start server db-01?" and body["expires_in"] == 120
+    assert fake.actions == []  # nothing happens before the confirmation comes back
+    done = power_api(stopped, "power", {"action": "start", "confirmation": body["confirmation"]})
+    assert done.status_code == 202
+    assert done.get_json()["action"] == "start" and done.get_json()["server"]["id"] == stopped
+    assert fake.actions == [(stopped, "os-start")]
+    [row] = power_rows(app)
+    assert (row["user"], row["outcome"], row["detail"], row["server_name"]) == ("agent", "ok", "start", "db-01")
+    assert body["confirmation"] not in str(row)
+
+
+def test_a_replayed_power_request_is_refused_and_audited(power_api, app, fake):
+    grant_power(app)
+    first, token = confirmed(power_api, server_id(1), "reboot-soft")
+    assert first.status_code == 202
+    again = power_api(server_id(1), "power", {"action": "reboot-soft", "confirmation": token})
+    assert again.status_code == 403 and again.get_json()["error"]["code"] == "confirmation_invalid"
+    assert fake.actions == [(server_id(1), "reboot-SOFT")]
+    assert [(r["outcome"], r["detail"]) for r in power_rows(app)] == [("ok", "reboot-soft"), ("refused", "reboot-soft")]
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"action": "reboot-hard"},  # no confirmation at all
+        {"action": "reboot-hard", "confirmation": "made-up"},
+        {"action": "reboot-hard", "confirmation": "x" * 200},
+    ],
+)
+def test_a_forged_power_request_is_refused_and_audited(power_api, app, fake, forged):
+    grant_power(app)
+    response = power_api(server_id(1), "power", forged)
+    assert response.status_code == 403 and response.get_json()["error"]["code"] == "confirmation_invalid"
+    assert fake.actions == []
+    [row] = power_rows(app)
+    assert row["outcome"] == "refused" and "confirmation" in row["reason"]
+
+
+def test_a_confirmation_holds_only_for_its_own_action_server_and_session(power_api, app, fake, client):
+    grant_power(app)
+    token = power_api(server_id(1), "power-confirmations", {"action": "reboot-soft"}).get_json()["confirmation"]
+    harder = power_api(server_id(1), "power", {"action": "reboot-hard", "confirmation": token})
+    other_server = power_api(server_id(2), "power", {"action": "reboot-soft", "confirmation": token})
+    assert harder.status_code == other_server.status_code == 403
+    # The same user signed in elsewhere (another session) cannot use it either.
+    elsewhere = app.test_client()
+    AuthActions(elsewhere).login()
+    csrf = AuthActions(elsewhere).csrf()
+    stolen = elsewhere.post(
+        f"/api/servers/{server_id(1)}/power?cloud=lab",
+        json={"action": "reboot-soft", "confirmation": token},
+        headers={"X-CSRFToken": csrf},
+    )
+    assert stolen.status_code == 403 and fake.actions == []
+    # Still good for what it was issued for.
+    ok = power_api(server_id(1), "power", {"action": "reboot-soft", "confirmation": token})
+    assert ok.status_code == 202
+
+
+def test_an_expired_confirmation_is_refused(power_api, app, fake):
+    grant_power(app)
+    token = power_api(server_id(1), "power-confirmations", {"action": "reboot-soft"}).get_json()["confirmation"]
+    with app.app_context():
+        db.session.execute(update(PowerConfirmation).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+        db.session.commit()
+    response = power_api(server_id(1), "power", {"action": "reboot-soft", "confirmation": token})
+    assert response.status_code == 403 and fake.actions == []
+
+
+@pytest.mark.parametrize("step", ["power-confirmations", "power"])
+def test_power_without_the_permission_is_refused_and_audited(power_api, app, fake, step):
+    # The agent may open every server of the cloud (the suite's rule), but no rule gives power.
+    response = power_api(server_id(1), step, step_body(step, "reboot-hard"))
+    assert response.status_code == 403
+    error = response.get_json()["error"]
+    assert error["code"] == "power_not_allowed" and "web-01" in error["message"]
+    assert fake.actions == []
+    [row] = power_rows(app)
+    assert (row["outcome"], row["reason"]) == ("refused", "no access rule grants power actions on this server")
+
+
+def test_power_granted_for_some_servers_only_reaches_those(power_api, app, fake):
+    grant_power(app, name_pattern="web-*")
+    assert confirmed(power_api, server_id(1), "reboot-soft")[0].status_code == 202
+    refused = power_api(server_id(4), "power-confirmations", {"action": "reboot-soft"})
+    assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "power_not_allowed"
+    assert fake.actions == [(server_id(1), "reboot-SOFT")]
+
+
+@pytest.mark.parametrize("step", ["power-confirmations", "power"])
+def test_power_on_a_server_outside_every_rule_is_not_found_and_audited(power_api, app, fake, web_only_agent, step):
+    with app.app_context():
+        policy.add_rule(user="agent", cloud="lab", clouds=["lab"], name_pattern="web-*", power=True)
+        db.session.commit()
+    response = power_api(server_id(3), step, step_body(step, "start"))
+    assert response.status_code == 404 and response.get_json()["error"]["message"] == NOT_FOUND
+    assert fake.actions == []
+    [row] = power_rows(app)
+    assert (row["outcome"], row["server_name"], row["detail"]) == ("refused", "db-01", "start")
+
+
+def test_an_action_that_does_not_fit_the_status_is_refused_before_asking(power_api, app, fake):
+    grant_power(app)
+    response = power_api(server_id(1), "power-confirmations", {"action": "start"})
+    assert response.status_code == 409
+    assert response.get_json()["error"] == {
+        "code": "wrong_state",
+        "message": "Server web-01 is ACTIVE: start needs it SHUTOFF.",
+        "request_id": response.get_json()["error"]["request_id"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "http", "code", "outcome"),
+    [(409, 409, "server_busy", "failed"), (403, 403, "cloud_policy", "refused"), (503, 503, "cloud_busy", "failed")],
+)
+def test_the_clouds_no_is_answered_clearly_and_audited(power_api, app, fake, status, http, code, outcome):
+    grant_power(app)
+    fake.faults.fail_next["action"] = [status] * 3
+    fake.faults.error_message = "Cannot 'reboot' instance while it is in task_state rebooting"
+    response, _ = confirmed(power_api, server_id(1), "reboot-soft")
+    assert response.status_code == http
+    error = response.get_json()["error"]
+    assert error["code"] == code
+    if status < 500:
+        assert "task_state rebooting" in error["message"]
+    [row] = power_rows(app)
+    assert row["outcome"] == outcome and row["detail"] == "reboot-soft"
+
+
+def test_an_admin_may_power_without_a_rule(client, auth, fake):
+    auth.login(*ADMIN)
+    csrf = auth.csrf()
+    url = f"/api/servers/{server_id(1)}/power"
+    token = client.post(
+        f"{url}-confirmations", json={"action": "reboot-hard"}, headers={"X-CSRFToken": csrf}
+    ).get_json()["confirmation"]
+    done = client.post(url, json={"action": "reboot-hard", "confirmation": token}, headers={"X-CSRFToken": csrf})
+    assert done.status_code == 202 and fake.actions == [(server_id(1), "reboot-HARD")]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"action": "shutdown"},
+        {"action": "start", "extra": "x"},
+        {"action": ["start"]},
+        "not json",
+        {"action": "start", "confirmation": "x" * 600},
+    ],
+)
+def test_bad_power_bodies_are_400s(power_api, app, fake, body):
+    grant_power(app)
+    step = "power" if isinstance(body, dict) and "confirmation" in body else "power-confirmations"
+    send = power_api.raw if isinstance(body, str) else power_api
+    response = send(server_id(3), step, body)
+    assert response.status_code == 400 and response.get_json()["error"]["code"] == "bad_request"
+    assert fake.actions == []
+
+
+def test_power_needs_the_csrf_token_and_a_session(power_api, app, fake, client):
+    grant_power(app)
+    forged = power_api(server_id(1), "power-confirmations", {"action": "reboot-soft"}, headers={})
+    assert forged.status_code == 400 and forged.get_json()["error"]["code"] == "csrf_failed"
+    stranger = app.test_client()
+    anonymous = stranger.post(f"/api/servers/{server_id(1)}/power?cloud=lab", json={"action": "reboot-soft"})
+    assert anonymous.status_code == 401 and fake.actions == []
+
+
+# -- the server panel ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env_overrides", [{"BROKER_PANEL_METADATA": "team, ticket-queue"}])
+def test_the_panel_shows_why_a_server_is_broken(client, auth, fake):
+    broken = fake.servers[server_id(4)]
+    broken.status = "ERROR"
+    broken.fault = {"code": 500, "message": "No valid host <b>was</b> found.", "created": "2026-01-05T09:31:00Z"}
+    broken.metadata = {"team": "ops", "secret-ish": "not shown", "ticket-queue": "L2"}
+    auth.login()
+    response = client.get(f"/api/servers/{server_id(4)}?cloud=lab")
+    assert response.status_code == 200 and response.headers["Cache-Control"] == "no-store"
+    body = response.get_json()
+    panel = body["server"]
+    assert panel["fault"] == {"code": 500, "message": "No valid host <b>was</b> found."}
+    assert (panel["status"], panel["flavor"], panel["availability_zone"]) == ("ERROR", "m1.small", "az-1")
+    assert panel["metadata"] == {"team": "ops", "ticket-queue": "L2"}
+    assert (body["power"], body["actions"]) == (False, [])
+    assert body["console_page"] == f"/console/{server_id(4)}?cloud=lab"
+
+
+def test_the_panel_offers_the_actions_that_fit_when_power_is_granted(client, auth, app):
+    grant_power(app)
+    auth.login()
+    stopped = client.get(f"/api/servers/{server_id(3)}?cloud=lab").get_json()
+    running = client.get(f"/api/servers/{server_id(1)}?cloud=lab").get_json()
+    assert (stopped["power"], stopped["actions"]) == (True, ["start", "reboot-hard"])
+    assert running["actions"] == ["reboot-soft", "reboot-hard"]
+
+
+def test_fresh_panel_reads_the_server_again_and_follows_it_to_active(client, auth, fake):
+    auth.login()
+    assert client.get(f"/api/servers/{server_id(3)}?cloud=lab").get_json()["server"]["status"] == "SHUTOFF"
+    fake.servers[server_id(3)].status = "ACTIVE"
+    cached = client.get(f"/api/servers/{server_id(3)}?cloud=lab").get_json()["server"]["status"]
+    fresh = client.get(f"/api/servers/{server_id(3)}?cloud=lab&fresh=1").get_json()["server"]["status"]
+    assert (cached, fresh) == ("SHUTOFF", "ACTIVE")
+    # The list learned it too: the next cached answer says ACTIVE.
+    assert client.get(f"/api/servers/{server_id(3)}?cloud=lab").get_json()["server"]["status"] == "ACTIVE"
+
+
+def test_the_panel_of_a_server_outside_the_rules_is_not_found(client, auth, web_only_agent):
+    auth.login()
+    response = client.get(f"/api/servers/{server_id(3)}?cloud=lab")
+    assert response.status_code == 404 and response.get_json()["error"]["message"] == NOT_FOUND
+
+
+# -- pins ---------------------------------------------------------------------------------------
+
+
+def test_pins_are_kept_per_user_across_sign_out(client, auth, app):
+    auth.login()
+    csrf = auth.csrf()
+    first = client.put(f"/api/pins/{server_id(2)}?cloud=lab", headers={"X-CSRFToken": csrf})
+    again = client.put(f"/api/pins/{server_id(2)}?cloud=lab", headers={"X-CSRFToken": csrf})
+    assert (first.status_code, again.status_code) == (201, 200)
+    client.put(f"/api/pins/{server_id(1)}?cloud=lab", headers={"X-CSRFToken": csrf})
+    auth.logout()
+    auth.login()
+    assert [s["name"] for s in client.get("/api/pins").get_json()["pins"]] == ["web-02", "web-01"]
+    rows = client.get("/api/servers?q=web").get_json()["servers"]
+    assert [(s["name"], s["pinned"]) for s in rows] == [("web-01", True), ("web-02", True)]
+    # Another user's pins are their own.
+    auth.logout()
+    auth.login(*ADMIN)
+    assert client.get("/api/pins").get_json()["pins"] == []
+
+
+def test_unpin_removes_and_is_idempotent(client, auth):
+    auth.login()
+    csrf = auth.csrf()
+    client.put(f"/api/pins/{server_id(1)}?cloud=lab", headers={"X-CSRFToken": csrf})
+    assert client.delete(f"/api/pins/{server_id(1)}?cloud=lab", headers={"X-CSRFToken": csrf}).status_code == 204
+    assert client.delete(f"/api/pins/{server_id(1)}?cloud=lab", headers={"X-CSRFToken": csrf}).status_code == 204
+    assert client.get("/api/pins").get_json()["pins"] == []
+
+
+def test_a_pin_needs_a_server_the_user_may_open_and_the_csrf_token(client, auth, app, web_only_agent):
+    auth.login()
+    csrf = auth.csrf()
+    outside = client.put(f"/api/pins/{server_id(3)}?cloud=lab", headers={"X-CSRFToken": csrf})
+    assert outside.status_code == 404
+    forged = client.put(f"/api/pins/{server_id(1)}?cloud=lab")
+    assert forged.status_code == 400 and forged.get_json()["error"]["code"] == "csrf_failed"
+    assert client.get("/api/pins").get_json()["pins"] == []
+
+
+def test_a_pinned_server_no_longer_granted_drops_out(client, auth, app):
+    auth.login()
+    csrf = auth.csrf()
+    client.put(f"/api/pins/{server_id(3)}?cloud=lab", headers={"X-CSRFToken": csrf})
+    with app.app_context():
+        for rule in policy.all_rules():
+            policy.remove_rule(rule.id)
+        policy.add_rule(user="agent", cloud="lab", clouds=["lab"], name_pattern="web-*")
+        db.session.commit()
+    assert client.get("/api/pins").get_json()["pins"] == []
+
+
+def test_pins_are_capped(client, auth, monkeypatch):
+    monkeypatch.setattr(shortcuts, "MAX_PINS", 2)
+    auth.login()
+    csrf = auth.csrf()
+    for n in (1, 2):
+        assert client.put(f"/api/pins/{server_id(n)}?cloud=lab", headers={"X-CSRFToken": csrf}).status_code == 201
+    third = client.put(f"/api/pins/{server_id(4)}?cloud=lab", headers={"X-CSRFToken": csrf})
+    assert third.status_code == 400 and third.get_json()["error"]["code"] == "too_many_pins"

@@ -1,0 +1,81 @@
+"""Where an agent starts: recent consoles from the audit trail, pins kept in the database."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker import create_app
+from broker import state
+from broker.extensions import db
+from broker.services import audit
+from broker.services import policy
+from broker.services import shortcuts
+from broker.services import users
+from tests.support import ADMIN
+from tests.support import AGENT
+from tests.support import broker_env
+from tests.support import server_id
+
+
+@pytest.fixture
+def mint(client, auth):
+    """Open consoles through the API, as the console page does."""
+    auth.login()
+    token = auth.csrf()
+
+    def open_console(n: int) -> None:
+        response = client.post(f"/api/consoles/{server_id(n)}?cloud=lab", headers={"X-CSRFToken": token})
+        assert response.status_code == 200, response.get_json()
+
+    return open_console
+
+
+def recent_names(app, username: str = AGENT[0], limit: int = shortcuts.RECENT) -> list[str]:
+    with app.app_context():
+        user = users.find(username)
+        return [opened.server.name for opened in shortcuts.recent(user, state.consoles(), limit)]
+
+
+def test_recent_is_newest_first_once_per_server(app, mint):
+    for n in (1, 2, 1, 4):
+        mint(n)
+    assert recent_names(app) == ["worker", "web-01", "web-02"]
+
+
+def test_recent_keeps_only_opened_consoles_of_this_user_still_allowed(app, mint):
+    mint(1)
+    mint(2)
+    with app.app_context():
+        # Refused and failed attempts, and other people's consoles, are not "recent" for this agent.
+        audit.record("console", "refused", username=AGENT[0], cloud="lab", server_id=server_id(4))
+        audit.record("console", "ok", username=ADMIN[0], cloud="lab", server_id=server_id(5))
+        # A console of a cloud no longer configured, then a rule change: neither is shown.
+        audit.record("console", "ok", username=AGENT[0], cloud="gone", server_id=server_id(1))
+        for rule in policy.all_rules():
+            policy.remove_rule(rule.id)
+        policy.add_rule(user=AGENT[0], cloud="lab", clouds=["lab"], name_pattern="web-02")
+        db.session.commit()
+    assert recent_names(app) == ["web-02"]
+
+
+def test_recent_stops_at_its_limit(app, mint):
+    for n in (1, 2, 4, 5):
+        mint(n)
+    assert recent_names(app, limit=2) == ["worker", "worker"]
+
+
+def test_pins_are_shared_by_every_instance_on_the_same_database(app, client, auth, fake, tmp_path):
+    auth.login()
+    client.put(f"/api/pins/{server_id(2)}?cloud=lab", headers={"X-CSRFToken": auth.csrf()})
+    other = create_app(
+        {
+            "ENV": broker_env(tmp_path),
+            "CLOUDS": [c for c in state.of(app).consoles.inventory.clouds.values()],
+            "INSTANCE_PATH": str(tmp_path / "instance-2"),
+            "TESTING": True,
+        }
+    )
+    with other.app_context():
+        user = users.find(AGENT[0])
+        assert [s.name for s in shortcuts.pinned(user, state.consoles())] == ["web-02"]
+        db.engine.dispose()
