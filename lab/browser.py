@@ -110,10 +110,10 @@ def shows_boot_menu(rows: list[int]) -> bool:
     return rows[4] > 0 and rows[5] == 0 and rows[6] > 0 and rows[10] == 0
 
 
-def sign_in(page: Page, lab: Lab) -> None:
-    """Fill the sign-in form the page shows now and submit it."""
-    page.fill("#username", lab.username)
-    page.fill("#password", lab.password)
+def sign_in(page: Page, lab: Lab, username: str = "", password: str = "") -> None:
+    """Fill the sign-in form the page shows now (as the lab's user unless told another) and submit it."""
+    page.fill("#username", username or lab.username)
+    page.fill("#password", password or lab.password)
     with page.expect_navigation():
         page.click("#sign-in")
 

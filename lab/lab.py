@@ -8,6 +8,8 @@ by its PID. Use it as a context manager::
 
 Guests are SeaBIOS boot menus (``LabServer(name)``) or Linux with a shell on the screen
 (``LabServer(name, guest="linux")``); the broker runs in iframe or relay console mode.
+The cloud's power actions reach the guests: a start boots a SHUTOFF server's guest, a stop ends
+it, a reboot resets it; ``Lab(power=True)`` lets the lab's user run them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 from broker.demo import serve
 from broker.demo.cloud import FakeCloud
 from broker.demo.cloud import Server
+from broker.demo.cloud import break_server
 from lab.guest import READY
 from lab.guest import default_cache_dir
 from lab.guest import initramfs
@@ -57,7 +60,7 @@ RELAY_PATH = "/relay"
 
 @dataclass
 class LabServer:
-    """One server of the lab cloud; an ACTIVE one has a QEMU guest behind it.
+    """One server of the lab cloud; an ACTIVE one has a QEMU guest behind it (a SHUTOFF one gets it when started).
 
     ``guest``: "bios" (SeaBIOS's boot menu, no disk) or "linux" (a shell on the screen, serial log).
     """
@@ -85,7 +88,9 @@ class LabServer:
         return self.status == "ACTIVE" and self.guest == "linux"
 
     def to_cloud(self) -> Server:
-        return Server(self.id, self.name, self.status, addresses={"lab-net": [{"addr": self.ip, "version": 4}]})
+        server = Server(self.id, self.name, self.status, addresses={"lab-net": [{"addr": self.ip, "version": 4}]})
+        # An ERROR server carries the fault Nova records with it (scheduling failed).
+        return break_server(server) if self.status == "ERROR" else server
 
 
 def default_servers() -> list[LabServer]:
@@ -126,7 +131,8 @@ class Lab:
 
     ``enforce_session_timeout``: the proxy closes a websocket when its token expires (Nova's
     ``[consoleauth] enforce_session_timeout``). ``console_mode="relay"``: the broker runs in relay
-    mode and the lab starts its relay (``python -m broker.relay``) too.
+    mode and the lab starts its relay (``python -m broker.relay``) too. ``power``: the lab's user
+    may run power actions.
     """
 
     console_ttl: int = 20
@@ -142,6 +148,11 @@ class Lab:
     servers: list[LabServer] = field(default_factory=default_servers)
     enforce_session_timeout: bool = False
     console_mode: str = "iframe"
+    # The lab's user may start and reboot servers (its rule gets ``--power``).
+    power: bool = False
+    # How long a power action keeps its transitional state (task "powering-on", status REBOOT) before
+    # the guest is started or reset, so a page following the server sees it as a person would.
+    action_seconds: float = 2.0
     workdir: Path | None = None
     # Where the Linux guest's initramfs is kept between runs (default ~/.cache/console-lab).
     cache_dir: Path | None = None
@@ -169,7 +180,8 @@ class Lab:
 
     def start(self) -> None:
         """Bring up guests, proxy, cloud and (if asked) the broker; undo everything on failure."""
-        missing = missing_tools(linux=any(server.runs_linux for server in self.servers))
+        # A stopped Linux server counts: it boots when someone starts it.
+        missing = missing_tools(linux=any(server.guest == "linux" for server in self.servers))
         if missing:
             raise LabError("missing: " + ", ".join(missing))
         try:
@@ -260,12 +272,37 @@ class Lab:
             console_base=self.proxy_url,
             console_page="vnc_lite.html",
             on_console=self._register_console,
+            on_action=self._power_action,
         )
+        self.cloud.action_seconds = self.action_seconds
         self._cloud_running = serve.start(self.cloud)
 
     def _register_console(self, token: str, server: Server, ttl: int) -> None:
         target = self.server(server.id)
         self.tokens.register(token, "127.0.0.1", target.vnc_port, ttl)
+
+    def _power_action(self, server: Server, action: str) -> None:
+        """The cloud's hook, in its request thread: what a power action does to the guest.
+
+        The cloud sets the server's new status when this returns, so a started server is ACTIVE
+        only once its guest's VNC port answers, as Nova's is once the hypervisor runs it.
+        """
+        target = self.server(server.id)
+        if action == "os-start":
+            self._start_guest(target)
+            target.status = "ACTIVE"
+        elif action == "os-stop":
+            self._stop_guest(target)
+            target.status = "SHUTOFF"
+        elif action.startswith("reboot-") and target.process:
+            self.reset_guest(target.name)
+
+    def _stop_guest(self, server: LabServer) -> None:
+        if server.process:
+            server.process.stop()
+            if server.process in self.children:
+                self.children.remove(server.process)
+        server.process, server.vnc_port = None, 0
 
     def _start_broker(self) -> None:
         self.broker_port = self.broker_port or free_port()
@@ -303,9 +340,17 @@ class Lab:
                 time.sleep(0.1)
         raise LabError(f"broker not healthy within {timeout:.0f} s; log {broker.log}:\n{broker.tail()}")
 
+    def add_user(self, name: str, password: str, *, admin: bool = False, power: bool = False) -> None:
+        """Another account: an admin, or an agent allowed every lab server (``power``: and may power them)."""
+        env = self.broker_env()
+        self._flask(["users", "add", name, "--password-stdin", *(["--admin"] if admin else [])], env, stdin=password)
+        if not admin:
+            self._flask(["rules", "add", "--user", name, "--cloud", CLOUD_NAME, *(["--power"] if power else [])], env)
+
     def _grant_all(self, env: dict[str, str]) -> None:
-        """Let the lab's user (an agent, not an admin) open every server of the lab cloud."""
-        done = self._flask(["rules", "add", "--user", self.username, "--cloud", CLOUD_NAME], env, check=False)
+        """Let the lab's user (an agent, not an admin) open every server of the lab cloud (and power them)."""
+        rule = ["rules", "add", "--user", self.username, "--cloud", CLOUD_NAME] + (["--power"] if self.power else [])
+        done = self._flask(rule, env, check=False)
         # A broker from before access rules lets every user see everything; nothing to grant.
         if done.returncode and "No such command" not in done.stderr:
             raise LabError(f"flask rules add failed: {done.stderr or done.stdout}")
@@ -371,6 +416,14 @@ class Lab:
     def console_url(self, key: str) -> str:
         """Mint a console URL straight from the cloud, as Nova would hand it out."""
         return self.cloud.mint_url(self.cloud.servers[self.server(key).id])
+
+    def shut_off(self, key: str) -> None:
+        """Stop a server's guest and mark it SHUTOFF in the cloud, as if it had been shut down from inside."""
+        server = self.server(key)
+        self._stop_guest(server)
+        server.status = "SHUTOFF"
+        cloud_server = self.cloud.servers[server.id]
+        cloud_server.status, cloud_server.task_state = "SHUTOFF", None
 
     def reset_guest(self, key: str) -> None:
         """Reset a guest through its QEMU monitor; its VNC sessions stay connected.

@@ -1,13 +1,18 @@
-"""What the lab starts and hands the broker: console mode, the relay, and ``./dev lab``'s flags."""
+"""What the lab starts and hands the broker: console mode, the relay, power actions on guests, ``./dev lab``'s flags."""
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
+from urllib.parse import parse_qs
+from urllib.parse import urlparse
 
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from broker.demo import keystone_session
 from lab import Lab
 from lab import LabServer
 from lab.__main__ import make_lab
@@ -66,3 +71,56 @@ def test_relay_mode_starts_the_relay_next_to_the_broker(tmp_path: Path) -> None:
         with pytest.raises(InvalidStatus) as refused, connect(lab.relay_url, open_timeout=5):
             pass
         assert refused.value.response.status_code in (401, 403)
+
+
+def nova_action(lab: Lab, name: str, body: dict) -> int:
+    """POST a server action to the lab's cloud as the broker would (a Keystone token, Nova's URL); the status."""
+    session = keystone_session(lab.cloud, timeout=10)
+    url = f"{lab.cloud.compute_url}/servers/{lab.server(name).id}/action"
+    return session.post(url, json=body, raise_exc=False).status_code
+
+
+def wait_status(lab: Lab, name: str, status: str, timeout: float = 20.0) -> None:
+    """Wait until the cloud reports ``status`` for ``name`` with no task running."""
+    server = lab.cloud.servers[lab.server(name).id]
+    deadline = time.monotonic() + timeout
+    while (server.status, server.task_state) != (status, None):
+        assert time.monotonic() < deadline, f"{name} is {server.status} ({server.task_state}), not {status}"
+        time.sleep(0.05)
+
+
+def rfb_banner(port: int) -> bytes:
+    """The first bytes a VNC server sends ("RFB 003.008\\n")."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        return sock.recv(12)
+
+
+def test_power_actions_start_reset_and_stop_the_guest(tmp_path: Path) -> None:
+    require_lab_tools()
+    servers = [LabServer("batch-01", status="SHUTOFF")]
+    with Lab(servers=servers, with_broker=False, action_seconds=0.5, workdir=tmp_path) as lab:
+        batch = lab.server("batch-01")
+        assert batch.process is None
+        assert nova_action(lab, "batch-01", {"reboot": {"type": "SOFT"}}) == 409
+
+        assert nova_action(lab, "batch-01", {"os-start": None}) == 202
+        assert lab.cloud.servers[batch.id].task_state == "powering-on"
+        wait_status(lab, "batch-01", "ACTIVE")
+        # ACTIVE only once the guest's VNC server answers, and a console minted now reaches it.
+        assert batch.status == "ACTIVE" and batch.process.alive()
+        assert rfb_banner(batch.vnc_port).startswith(b"RFB ")
+        token = parse_qs(urlparse(lab.console_url("batch-01")).query)["path"][0].partition("token=")[2]
+        assert lab.tokens.lookup(token) == ("127.0.0.1", batch.vnc_port)
+
+        booted = batch.started_at
+        pid = batch.process.pid
+        assert nova_action(lab, "batch-01", {"reboot": {"type": "HARD"}}) == 202
+        assert lab.cloud.servers[batch.id].status == "HARD_REBOOT"
+        wait_status(lab, "batch-01", "ACTIVE")
+        # Reset through the monitor: the same QEMU, so VNC clients stay connected, booting again.
+        assert batch.started_at > booted and batch.process.pid == pid
+
+        qemu = batch.process
+        assert nova_action(lab, "batch-01", {"os-stop": None}) == 202
+        wait_status(lab, "batch-01", "SHUTOFF")
+        assert not qemu.alive() and batch.process is None and qemu not in lab.children
