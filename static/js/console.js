@@ -56,7 +56,10 @@ function enter(phase) {
   const changed = phase !== state.phase;
   state.phase = phase;
   root.dataset.state = state.follow ?? phase;
-  if (changed && !state.follow && SPOKEN[phase]) announce(SPOKEN[phase]);
+  if (state.follow) return;
+  if (changed && SPOKEN[phase]) announce(SPOKEN[phase]);
+  // With no console URL held, render() has no time to show: say the state instead.
+  if (!state.held && phase !== "loading") freshness.textContent = SPOKEN[phase] ?? "";
 }
 
 function focusInside() {
@@ -308,6 +311,7 @@ function render() {
 // Once a second: follow focus, swap a waiting URL at the first idle moment,
 // pause refreshing after a long idle time, and update the freshness label.
 function tick() {
+  showFrameFocus();
   if (usingConsole()) state.use.lastInside = now();
   if (state.phase === "pending" && isIdle()) apply(state.held.url);
   if (!state.paused && !state.stopped && now() - state.use.lastActivity > page.pauseAfter * 1000) pause();
@@ -325,9 +329,16 @@ function reconnect() {
   }
 }
 
+// Focus moving into the frame blurs this window (and tick() looks once a second): the frame's
+// ring shows where the keyboard went.
+function showFrameFocus() {
+  frame.classList.toggle("has-focus", document.activeElement === frame);
+}
+
 frame.addEventListener("mouseenter", pointerEntered);
 frame.addEventListener("mouseleave", pointerLeft);
 window.addEventListener("blur", () => setTimeout(tick, 0));
+window.addEventListener("focus", showFrameFocus);
 for (const type of ["pointermove", "pointerdown", "keydown", "focus"]) {
   window.addEventListener(type, activity, { passive: true });
 }

@@ -166,8 +166,9 @@ export function serverControls(page, hooks) {
 
   function showServer(update, newActions) {
     if (!update?.status) return;
+    // What the broker said fits, until the status changes (a mint or ticket answer says no more).
+    actions = newActions ?? (update.status === server.status ? actions : actionsFor(update.status));
     server = { ...server, ...update };
-    actions = newActions ?? actionsFor(server.status);
     showStatus(badge, server.status);
     panel.show(server);
     showButtons();
@@ -224,8 +225,8 @@ export function serverControls(page, hooks) {
     }
     follower = null;
     showButtons();
-    hooks.running(kind);
     hooks.announce(`Server ${end.name} is running; connecting`);
+    hooks.running(kind); // the page's own words follow: Connecting…, Connected
   }
 
   function stopFollowing(message) {
