@@ -10,6 +10,7 @@ from flask import url_for
 
 from broker import state
 from broker.cloud.types import ServerInfo
+from broker.extensions import db
 from broker.services import audit
 from broker.services import policy
 from broker.web.views import console_links
@@ -326,3 +327,45 @@ def test_relay_mode_pages_hold_no_console_url(signed_in, fake, console_mode, pat
     assert "mintUrl" not in page and "openUrl" not in page
     assert fake.counts["console"] == 0
     assert not [s for s in soup.find_all("script") if s.string and s.string.strip()]  # no inline script
+
+
+def test_the_list_opens_with_pinned_and_recent_servers(client, auth):
+    auth.login()
+    csrf = auth.csrf()
+    for n in (4, 1):
+        assert client.post(f"/api/consoles/{server_id(n)}?cloud=lab", headers={"X-CSRFToken": csrf}).status_code == 200
+    client.put(f"/api/pins/{server_id(2)}?cloud=lab", headers={"X-CSRFToken": csrf})
+    page = BeautifulSoup(client.get("/").get_data(as_text=True), "html.parser")
+    pinned = page.find(id="pinned")
+    recent = page.find(id="recent")
+    assert not pinned.has_attr("hidden") and not recent.has_attr("hidden")
+    assert [a.get_text() for a in pinned.select("a")] == ["web-02"]
+    assert [a.get_text() for a in recent.select("a")] == ["web-01", "worker"]
+    assert recent.select("a")[0]["href"] == f"/console/{server_id(1)}?cloud=lab"
+    # web-02's row in the table shows it pinned; web-01's does not.
+    states = {b["aria-label"]: b["aria-pressed"] for b in page.select("#servers button.pin")}
+    assert (states["Pin web-02"], states["Pin web-01"]) == ("true", "false")
+
+
+def test_a_new_agent_sees_no_empty_pinned_or_recent_sections(client, auth):
+    auth.login()
+    page = BeautifulSoup(client.get("/").get_data(as_text=True), "html.parser")
+    assert page.find(id="pinned").has_attr("hidden") and page.find(id="recent").has_attr("hidden")
+
+
+@pytest.mark.parametrize("console_mode", ["iframe", "relay"])
+def test_power_controls_appear_only_with_the_permission(client, auth, app, console_mode):
+    auth.login()
+    plain = BeautifulSoup(client.get(f"/console/{server_id(1)}?cloud=lab").get_data(as_text=True), "html.parser")
+    assert plain.find(id="power-reboot-soft") is None and plain.find(id="power-dialog") is None
+    assert json.loads(plain.find(id="console")["data-page"])["power"] is False
+    with app.app_context():
+        policy.add_rule(user="agent", cloud="lab", clouds=["lab"], power=True)
+        db.session.commit()
+    page = BeautifulSoup(client.get(f"/console/{server_id(1)}?cloud=lab").get_data(as_text=True), "html.parser")
+    data = json.loads(page.find(id="console")["data-page"])
+    assert (data["power"], data["actions"]) == (True, ["reboot-soft", "reboot-hard"])
+    assert data["powerUrl"] == f"/api/servers/{server_id(1)}/power?cloud=lab"
+    assert not page.find(id="power-reboot-soft").has_attr("hidden") and page.find(id="power-dialog") is not None
+    stopped = BeautifulSoup(client.get(f"/console/{server_id(3)}?cloud=lab").get_data(as_text=True), "html.parser")
+    assert stopped.find(id="power-reboot-soft").has_attr("hidden") and stopped.find(id="power-start") is not None
