@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from collections.abc import Mapping
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
@@ -209,6 +210,8 @@ def register_services(app: Flask, settings: Settings, clouds: list | None) -> Co
             console_ttl=settings.console_ttl,
             timeouts=timeouts,
             console_mode=settings.console_mode,
+            # Every worker and the relay run their own demo cloud: a server started in one is started in all.
+            state_file=Path(app.instance_path) / "demo-servers.json",
         )
         state.of(app).demo_cloud = fake
         clouds = [cloud]

@@ -15,6 +15,8 @@ from bs4 import BeautifulSoup
 from websockets.sync.client import connect
 
 from broker import create_app
+from broker.demo.cloud import FakeCloud
+from broker.demo.cloud import make_servers
 from broker.extensions import db
 from broker.services import audit
 from broker.services import users
@@ -188,3 +190,27 @@ def test_dev_demo_serves_with_the_procfiles_gunicorn_and_prints_the_sign_in_once
     assert "Starting gunicorn" in output and "gthread" in output
     assert "development server" not in output
     assert output.count(f"Sign in as 'demo' with password '{password}'") == 1
+
+
+def test_a_server_started_in_one_demo_process_runs_in_all(tmp_path):
+    """gunicorn's workers and the relay each hold a demo cloud: a start in one must be seen by the others."""
+    shared = tmp_path / "demo-servers.json"
+    worker = FakeCloud(secret="s", servers=make_servers(12), state_file=shared)
+    relay = FakeCloud(secret="s", servers=make_servers(12), state_file=shared)
+    stopped = next(s for s in worker.servers.values() if s.status == "SHUTOFF")
+    token, _ = worker.issue_keystone_token()
+    answer = (
+        worker.app()
+        .test_client()
+        .post(
+            f"/compute/v2.1/{worker.project_id}/servers/{stopped.id}/action",
+            json={"os-start": None},
+            headers={"X-Auth-Token": token},
+        )
+    )
+    assert answer.status_code == 202
+    deadline = time.monotonic() + 5
+    while worker.servers[stopped.id].status != "ACTIVE" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    relay.load_state()
+    assert relay.servers[stopped.id].status == "ACTIVE" and relay.servers[stopped.id].task_state is None

@@ -26,6 +26,7 @@ from broker.demo.transport import WSGITransport
 
 DEMO_BASE = "http://demo-cloud.invalid"
 DEMO_CLOUD_NAME = "demo"
+DEMO_ACTION_SECONDS = 4.0
 
 bp = Blueprint("demo", __name__, url_prefix="/demo-console")
 
@@ -38,7 +39,13 @@ def _console_base() -> dict:
 
 
 def build_demo_cloud(
-    secret_key: str, *, servers: int, console_ttl: int, timeouts: Timeouts, console_mode: str = "iframe"
+    secret_key: str,
+    *,
+    servers: int,
+    console_ttl: int,
+    timeouts: Timeouts,
+    console_mode: str = "iframe",
+    state_file: Path | None = None,
 ) -> tuple[Cloud, FakeCloud]:
     """The demo cloud and a client that reaches it in process over its HTTP API."""
     # Derived from the broker's key so every worker signs and checks the same tokens.
@@ -52,7 +59,10 @@ def build_demo_cloud(
         password=secrets.token_urlsafe(16),
         console_ttl=console_ttl,
         console_base="http://127.0.0.1:5000" + bp.url_prefix,
+        state_file=state_file,
     )
+    # Long enough to watch a server start (the console page follows it), short enough not to bore.
+    fake.action_seconds = DEMO_ACTION_SECONDS
     fake.public_base = DEMO_BASE
     transport = requests.Session()
     transport.mount(DEMO_BASE + "/", WSGITransport(fake.app(), headers=_console_base))

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import threading
 import time
 import uuid
@@ -23,6 +24,7 @@ from dataclasses import field
 from datetime import UTC
 from datetime import datetime
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import quote
 
 from flask import Flask
@@ -222,6 +224,7 @@ class FakeCloud:
         on_console: Callable[[str, Server, int], None] | None = None,
         others: list[Server] | None = None,
         on_action: Callable[[Server, str], None] | None = None,
+        state_file: Path | None = None,
     ) -> None:
         self.secret = secret.encode()
         others = other_project_servers() if others is None else others
@@ -244,6 +247,10 @@ class FakeCloud:
         self.action_seconds = 0.0
         # (server ID, action) in the order they were asked for, for tests.
         self.actions: list[tuple[str, str]] = []
+        # Where the servers' power states are kept when several processes each run this cloud (the
+        # demo's workers and its relay): a server one started is running for all of them.
+        self.state_file = state_file
+        self._state_seen = -1
         self.faults = Faults()
         self._unhang = threading.Event()
         self.token_generation = 0
@@ -459,6 +466,7 @@ class FakeCloud:
         refused = self._authorized() or self._misbehave("list")
         if refused:
             return refused
+        self.load_state()
         try:
             limit = min(int(request.args.get("limit", 1000)), 1000)
         except ValueError:
@@ -481,6 +489,7 @@ class FakeCloud:
         refused = self._authorized() or self._misbehave("show")
         if refused:
             return refused
+        self.load_state()
         server = self.servers.get(server_id)
         if server is None:
             return nova_error(404, f"Instance {server_id} could not be found.")
@@ -490,6 +499,7 @@ class FakeCloud:
         refused = self._authorized() or self._misbehave("console")
         if refused:
             return None, refused
+        self.load_state()
         server = self.servers.get(server_id)
         if server is None:
             return None, nova_error(404, f"Instance {server_id} could not be found.")
@@ -536,6 +546,7 @@ class FakeCloud:
         refused = self._authorized() or self._misbehave("action")
         if refused:
             return refused
+        self.load_state()
         name = action_name(body)
         if name is None:
             return nova_error(400, "Invalid input for the server action.")
@@ -551,6 +562,7 @@ class FakeCloud:
         server.task_state = task
         if name.startswith("reboot"):
             server.status = during
+        self.save_state()
         threading.Thread(target=self._finish, args=(server, name), daemon=True).start()
         return Response(status=202)
 
@@ -564,6 +576,33 @@ class FakeCloud:
         finally:
             server.task_state = None
             server.updated = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+            self.save_state()
+
+    def save_state(self) -> None:
+        """Write every server's power state to ``state_file`` (atomically), if there is one."""
+        if self.state_file is None:
+            return
+        states = {s.id: [s.status, s.task_state, s.updated] for s in self.servers.values()}
+        scratch = self.state_file.with_name(f".{self.state_file.name}.{os.getpid()}.{threading.get_ident()}")
+        scratch.write_text(json.dumps(states))
+        os.replace(scratch, self.state_file)
+
+    def load_state(self) -> None:
+        """Take the power states another process wrote, when ``state_file`` changed since the last look."""
+        if self.state_file is None:
+            return
+        try:
+            stamp = self.state_file.stat().st_mtime_ns
+            if stamp == self._state_seen:
+                return
+            states = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return
+        self._state_seen = stamp
+        for server_id, (status, task_state, updated) in states.items():
+            if server_id in self.servers:
+                server = self.servers[server_id]
+                server.status, server.task_state, server.updated = status, task_state, updated
 
     def mint_url(self, server: Server) -> str:
         """A console URL in Nova's shape, its token registered with the console backend."""
