@@ -170,6 +170,7 @@ function following(kind) {
 
 function running(kind) {
   state.follow = null;
+  enter("loading"); // so that live, when the mint is in, is a change and said
   freshness.textContent = "Connecting…";
   mint(kind === "starting" || !state.applied ? "load" : "reconnect");
 }

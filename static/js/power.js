@@ -14,12 +14,8 @@ const FOLLOW_LIMIT_MS = 5 * 60 * 1000;
 
 const WORDS = {
   start: { title: "Start server", confirm: "Start", ask: (name) => `Start server ${name}?`, warning: "" },
-  "reboot-soft": {
-    title: "Reboot",
-    confirm: "Reboot",
-    ask: (name) => `Reboot ${name}?`,
-    warning: "The guest is asked to restart.",
-  },
+  "reboot-soft": { title: "Reboot", confirm: "Reboot", ask: (name) => `Reboot ${name}?`, warning: "" },
+  // Said in bold whatever the broker's question says: this one cannot be taken back.
   "reboot-hard": {
     title: "Hard reboot",
     confirm: "Hard reboot",
@@ -77,12 +73,7 @@ function powerDialog(page) {
     ask.confirmation = body.confirmation;
     // A little early, so a confirmation never expires on its way.
     ask.expiresAt = performance.now() + (Number(body.expires_in) - 5) * 1000;
-    if (ask === current && body.question) {
-      question.textContent = body.question;
-      // The broker's question may say the warning already.
-      const said = warning.textContent.toLowerCase().replace(/[.\s]+$/, "");
-      warning.hidden = !said || body.question.toLowerCase().includes(said);
-    }
+    if (ask === current && body.question) question.textContent = body.question;
   }
 
   async function prepare(ask) {
