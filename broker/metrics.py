@@ -49,6 +49,11 @@ LIST_AGE = Gauge(
     ["cloud"],
     multiprocess_mode="livemax",
 )
+POWER_ACTIONS = Counter(
+    "broker_power_actions_total",
+    "Power actions asked for, by cloud, action and outcome.",
+    ["cloud", "action", "outcome"],
+)
 SIGN_INS = Counter("broker_sign_ins_total", "Sign-in attempts by method and outcome.", ["method", "outcome"])
 
 
@@ -74,6 +79,11 @@ def circuit(cloud: str, name: str, is_open: bool) -> None:
 
 def list_age(cloud: str, seconds: float) -> None:
     LIST_AGE.labels(cloud).set(seconds)
+
+
+def power(cloud: str, action: str, outcome: str) -> None:
+    """One power action (start, reboot-soft, reboot-hard) that was sent, refused or failed."""
+    POWER_ACTIONS.labels(cloud or "none", action, outcome).inc()
 
 
 def sign_in(method: str, outcome: str) -> None:

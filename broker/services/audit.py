@@ -23,6 +23,7 @@ from sqlalchemy import select
 
 from broker import metrics
 from broker import state
+from broker.cloud.client import ACTION_BODIES
 from broker.extensions import db
 from broker.models import SOURCES
 from broker.models import AuditRecord
@@ -67,6 +68,11 @@ def measure(entry: AuditRecord) -> None:
     """Mints and sign-ins also count in the metrics, stored or not: every one passes through here."""
     if entry.action == "console" and entry.detail != "view":
         metrics.mint(cloud_label(entry.cloud), entry.outcome)
+    elif entry.action == "power":
+        # The detail is the action only when it is one (a refusal of a made-up action never gets this far).
+        metrics.power(
+            cloud_label(entry.cloud), entry.detail if entry.detail in ACTION_BODIES else "none", entry.outcome
+        )
     elif entry.action == "sign_in":
         metrics.sign_in(entry.detail if entry.detail in SOURCES else "local", entry.outcome)
 

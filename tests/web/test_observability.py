@@ -297,3 +297,16 @@ def test_the_error_page_shows_the_reference(client):
     response = client.get("/no-such-page")
     reference = BeautifulSoup(response.get_data(as_text=True), "html.parser").find(id="error-reference")
     assert reference.get_text(strip=True) == f"Reference: {response.headers['X-Request-ID']}"
+
+
+def test_power_actions_count_by_action_and_outcome(client, auth):
+    refused = sample(client, "broker_power_actions_total", cloud="lab", action="reboot-hard", outcome="refused")
+    auth.login()
+    response = client.post(
+        f"/api/servers/{server_id(1)}/power-confirmations?cloud=lab",
+        json={"action": "reboot-hard"},
+        headers={"X-CSRFToken": auth.csrf()},
+    )
+    assert response.status_code == 403  # the suite's agent has no power permission
+    after = sample(client, "broker_power_actions_total", cloud="lab", action="reboot-hard", outcome="refused")
+    assert after == refused + 1
