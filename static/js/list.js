@@ -185,12 +185,16 @@ function listPinned(server, holder, pinned) {
   $("pinned").hidden = pinnedList.children.length === 0;
 }
 
+// Buttons whose request is on its way; not disabled meanwhile, which would take their focus.
+const pinning = new WeakSet();
+
 async function togglePin(button) {
+  if (pinning.has(button)) return;
+  pinning.add(button);
   const holder = button.closest("[data-id]");
   const server = { id: holder.dataset.id, cloud: holder.dataset.cloud, name: holder.dataset.name };
   const pin = button.getAttribute("aria-pressed") !== "true";
   const url = serverUrl(section.dataset.pins, server.id, server.cloud);
-  button.disabled = true;
   try {
     const body = await call(url, { method: pin ? "PUT" : "DELETE" });
     fail("");
@@ -201,7 +205,7 @@ async function togglePin(button) {
     if (error.status === 401) window.location.reload();
     fail(`Could not ${pin ? "pin" : "unpin"} ${server.name}: ${error.message}`);
   } finally {
-    button.disabled = false;
+    pinning.delete(button);
   }
 }
 
@@ -211,12 +215,12 @@ function detailsButtons() {
   return document.querySelectorAll("button.details");
 }
 
-function closePanel({ focus = true } = {}) {
+function closePanel() {
   panel.toggle(false);
   for (const button of detailsButtons()) button.setAttribute("aria-expanded", "false");
   const back = opened && holders(opened).map((node) => node.querySelector("button.details")).find(Boolean);
   opened = null;
-  if (focus && back) back.focus();
+  back?.focus();
 }
 
 async function openPanel(button) {

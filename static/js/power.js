@@ -100,6 +100,7 @@ function powerDialog(page) {
       ask.confirmation = null;
       message.textContent = error.message;
       confirm.disabled = false; // Confirm again asks for a fresh confirmation first
+      confirm.focus(); // disabling it took the focus away
     } finally {
       ask.busy = false;
     }
