@@ -46,8 +46,10 @@ from lab.browser import status_text
 from lab.browser import wait_connected
 from lab.lab import CLOUD_NAME
 from lab.lab import REPO
+from tests.axe import assert_accessible
 
 TTL = 20
+PHONE = {"width": 390, "height": 844}
 SHELL = "shell-01"
 BIOS = "web-01"
 ADMIN = "relay-admin"
@@ -121,7 +123,12 @@ def relay(linux_lab_tools: None, tmp_path_factory: pytest.TempPathFactory) -> It
     ]
     workdir = tmp_path_factory.mktemp("relay-lab")
     with Lab(
-        console_mode="relay", enforce_session_timeout=True, console_ttl=TTL, servers=servers, workdir=workdir
+        console_mode="relay",
+        enforce_session_timeout=True,
+        console_ttl=TTL,
+        servers=servers,
+        workdir=workdir,
+        power=True,
     ) as lab:
         setup = RelayLab(lab, {ADMIN: secrets.token_urlsafe(12), WEB_AGENT: secrets.token_urlsafe(12)})
         record_mints(lab, setup.minted)
@@ -134,12 +141,12 @@ def relay(linux_lab_tools: None, tmp_path_factory: pytest.TempPathFactory) -> It
 
 @pytest.fixture
 def sign_in_context(browser: Browser, relay: RelayLab) -> Iterator[Callable[..., BrowserContext]]:
-    """Contexts each signed in once (their own sign-in session): ``sign_in_context(user=None)``."""
+    """Contexts each signed in once (own sign-in session): ``sign_in_context(user=None, viewport, color_scheme)``."""
     contexts: list[BrowserContext] = []
 
-    def make(user: str | None = None) -> BrowserContext:
+    def make(user: str | None = None, viewport: dict = DESKTOP, color_scheme: str = "light") -> BrowserContext:
         lab = relay.lab
-        context = browser.new_context(base_url=lab.broker_url, viewport=DESKTOP)
+        context = browser.new_context(base_url=lab.broker_url, viewport=viewport, color_scheme=color_scheme)
         context.add_init_script(VIEWER_STATES_JS)
         contexts.append(context)
         page = context.new_page()
@@ -483,6 +490,51 @@ def test_a_stopped_server_says_so(sign_in_context: Callable[..., BrowserContext]
     expect(page.locator("#server-status")).to_have_text("SHUTOFF")
     expect(page.locator("#notice-retry")).to_be_visible()
     expect(page.locator("#console")).to_have_attribute("data-connects", "0")
+
+
+@pytest.fixture
+def batch_stays_off(relay: RelayLab) -> Iterator[str]:
+    """batch-01 SHUTOFF, and so again after the test, whatever it did."""
+    assert relay.lab.server("batch-01").status == "SHUTOFF"
+    yield "batch-01"
+    relay.lab.shut_off("batch-01")
+
+
+def test_start_a_stopped_server_and_the_viewer_connects_by_itself(
+    sign_in_context: Callable[..., BrowserContext], relay: RelayLab, batch_stays_off: str
+) -> None:
+    lab = relay.lab
+    page = sign_in_context().new_page()
+    page.goto(f"/console/{batch_stays_off}")
+    expect(page.locator("#console")).to_have_attribute("data-state", "not-running")
+    asked = len(lab.cloud.actions)
+    page.click("#power-start")
+    expect(page.locator("#power-dialog")).to_contain_text(f"Start server {batch_stays_off}?")
+    page.click("#power-confirm")
+    expect(page.locator("#console")).to_have_attribute("data-state", "starting")
+    wait_live(page, timeout=30)
+    expect(page.locator("#server-status")).to_have_text("ACTIVE")
+    # One connection: the one made once the server ran, with a ticket asked for then.
+    expect(page.locator("#console")).to_have_attribute("data-connects", "1")
+    assert lab.cloud.actions[asked:] == [(lab.server(batch_stays_off).id, "os-start")]
+
+
+@pytest.mark.parametrize("look", ["light", "dark", "light-390", "dark-390"])
+def test_viewer_has_no_serious_accessibility_violations(
+    sign_in_context: Callable[..., BrowserContext], look: str
+) -> None:
+    scheme, _, narrow = look.partition("-")
+    context = sign_in_context(viewport=PHONE if narrow else DESKTOP, color_scheme=scheme)
+    page = open_console(context, BIOS)
+    assert_accessible(page, f"relay viewer, live ({look})")
+    page.click("#details-toggle")
+    expect(page.locator("#server-panel")).to_contain_text(BIOS)
+    assert_accessible(page, f"relay viewer, details open ({look})")
+    page.goto("/console/batch-01")
+    expect(page.locator("#console")).to_have_attribute("data-state", "not-running")
+    page.click("#power-start")
+    expect(page.locator("#power-dialog")).to_be_visible()
+    assert_accessible(page, f"relay viewer, not running, start dialog open ({look})")
 
 
 # -- 6. websockets that may not connect -----------------------------------------------------------------------
