@@ -172,3 +172,29 @@ def press_keys(page: Page, text: str, delay_ms: float = 30) -> None:
     for char in text:
         page.keyboard.press(key_for(char), delay=delay_ms / 2)
         page.wait_for_timeout(delay_ms / 2)
+
+
+# Installed in every frame: each new text of the page's polite live region (role="status"), in order, in
+# window.__said: what a screen reader would have announced.
+ANNOUNCEMENTS_JS = """(() => {
+  window.__said = [];
+  document.addEventListener("DOMContentLoaded", () => {
+    const region = document.querySelector('[role="status"]');
+    if (!region) return;
+    new MutationObserver(() => {
+      const text = region.textContent.trim();
+      if (text && window.__said.at(-1) !== text) window.__said.push(text);
+    }).observe(region, { childList: true, characterData: true, subtree: true });
+  });
+})();"""
+
+
+def announced(page: Page) -> list[str]:
+    """What the page's live region has said since it loaded (``ANNOUNCEMENTS_JS`` must be installed)."""
+    return page.evaluate("window.__said || []")
+
+
+def said_in_order(said: list[str], expected: list[str]) -> bool:
+    """Whether each of ``expected`` was announced (as the start of an announcement), in this order."""
+    rest = iter(said)
+    return all(any(text.startswith(want) for text in rest) for want in expected)

@@ -16,9 +16,12 @@ from playwright.sync_api import Page
 from playwright.sync_api import expect
 
 from lab import Lab
+from lab.browser import ANNOUNCEMENTS_JS
 from lab.browser import CONNECTED
 from lab.browser import LIT_PIXELS_JS
+from lab.browser import announced
 from lab.browser import console_frame
+from lab.browser import said_in_order
 from lab.browser import sign_in
 from lab.browser import status_text
 from lab.browser import wait_connected
@@ -131,7 +134,9 @@ def test_start_a_stopped_server_and_the_page_connects_by_itself(
 ) -> None:
     server = lab.server(batch_stays_off)
     page = make_page(user=power_agent)
+    page.context.add_init_script(ANNOUNCEMENTS_JS)
     page.goto(f"/console/{server.name}")
+    expect(page.get_by_role("status")).to_have_count(1)
     expect(console_state(page)).to_have_attribute("data-state", "not-running")
     start = page.locator("#power-start")
     expect(start).to_be_visible()
@@ -156,6 +161,10 @@ def test_start_a_stopped_server_and_the_page_connects_by_itself(
     frame.wait_for_function(f"() => ({LIT_PIXELS_JS})() >= 500", timeout=15_000)
     expect(page.locator("#server-status")).to_have_text("ACTIVE")
     assert lab.cloud.actions[asked:] == [(server.id, "os-start")]
+    # A screen reader heard each step, in order.
+    name = server.name
+    steps = ["Server not running", f"Server {name} is starting", f"Server {name} is running", "Console connected"]
+    assert said_in_order(announced(page), steps), announced(page)
 
 
 @pytest.mark.parametrize(

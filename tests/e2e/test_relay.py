@@ -35,12 +35,15 @@ from playwright.sync_api import expect
 
 from lab import Lab
 from lab import LabServer
+from lab.browser import ANNOUNCEMENTS_JS
 from lab.browser import CONNECTED
 from lab.browser import DESKTOP
 from lab.browser import REFUSED
 from lab.browser import VIEWER_LIT_PIXELS_JS
 from lab.browser import VIEWER_STATES_JS
+from lab.browser import announced
 from lab.browser import press_keys
+from lab.browser import said_in_order
 from lab.browser import sign_in
 from lab.browser import status_text
 from lab.browser import wait_connected
@@ -505,8 +508,10 @@ def test_start_a_stopped_server_and_the_viewer_connects_by_itself(
 ) -> None:
     lab = relay.lab
     page = sign_in_context().new_page()
+    page.context.add_init_script(ANNOUNCEMENTS_JS)
     page.goto(f"/console/{batch_stays_off}")
     expect(page.locator("#console")).to_have_attribute("data-state", "not-running")
+    expect(page.get_by_role("status")).to_have_count(1)
     asked = len(lab.cloud.actions)
     page.click("#power-start")
     expect(page.locator("#power-dialog")).to_contain_text(f"Start server {batch_stays_off}?")
@@ -517,6 +522,25 @@ def test_start_a_stopped_server_and_the_viewer_connects_by_itself(
     # One connection: the one made once the server ran, with a ticket asked for then.
     expect(page.locator("#console")).to_have_attribute("data-connects", "1")
     assert lab.cloud.actions[asked:] == [(lab.server(batch_stays_off).id, "os-start")]
+    steps = ["Server not running", f"Server {batch_stays_off} is starting", "Connected"]
+    assert said_in_order(announced(page), steps), announced(page)
+
+
+def test_reboot_keeps_the_viewers_connection(sign_in_context: Callable[..., BrowserContext], relay: RelayLab) -> None:
+    """The guest is reset under the same QEMU: the relay's websocket stays, and the viewer follows the status."""
+    lab = relay.lab
+    server = lab.server(BIOS)
+    page = open_console(sign_in_context(), BIOS)
+    booted, asked = server.started_at, len(lab.cloud.actions)
+    page.click("#power-reboot-soft")
+    expect(page.locator("#power-question")).to_contain_text(f"{BIOS}?")
+    page.click("#power-confirm")
+    expect(page.locator("#console")).to_have_attribute("data-state", "rebooting")
+    wait_live(page, timeout=30)
+    expect(page.locator("#server-status")).to_have_text("ACTIVE")
+    expect(page.locator("#console")).to_have_attribute("data-connects", "1")
+    assert lab.cloud.actions[asked:] == [(server.id, "reboot-SOFT")]
+    assert server.started_at > booted, "the guest was not reset"
 
 
 @pytest.mark.parametrize("look", ["light", "dark", "light-390", "dark-390"])
