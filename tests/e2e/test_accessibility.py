@@ -228,3 +228,22 @@ def test_focus_is_visible_at_every_tab_stop(open_as: Callable[..., Page], state:
             hidden += [] if focused["visible"] else [focused["label"]]
     assert len(stops) >= 5, f"Tab reached only {stops}"
     assert not hidden, f"no visible focus on {hidden} ({state}, {look})"
+
+
+@pytest.mark.parametrize(
+    "state", ["list", "list-panel", "console-live", "console-details", "console-not-running", "console-power-dialog"]
+)
+def test_nothing_scrolls_sideways_at_390_px(open_as: Callable[..., Page], state: str) -> None:
+    """On a phone the lists, the panel, the toolbar and the dialog wrap instead of widening the page."""
+    user, reach = STATES[state]
+    page = open_as(user, "light-390")
+    reach(page)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    wider = page.evaluate(
+        """(limit) => [...document.querySelectorAll("body *")]
+          .filter((el) => el.getClientRects().length && el.getBoundingClientRect().right > limit + 1)
+          .filter((el) => !el.closest("#console-frame, .server-panel[hidden], dialog:not([open])"))
+          .map((el) => el.id ? `#${el.id}` : `${el.tagName.toLowerCase()}.${el.className}`)""",
+        PHONE["width"],
+    )
+    assert not wider, f"wider than the window: {wider}"

@@ -126,6 +126,7 @@ def batch_stays_off(lab: Lab) -> Iterator[str]:
     """batch-01 as the lab has it (SHUTOFF), and so again after the test, whatever it did."""
     assert lab.server("batch-01").status == "SHUTOFF"
     yield "batch-01"
+    lab.cloud.faults.fail_next.pop("action", None)
     lab.shut_off("batch-01")
 
 
@@ -165,6 +166,25 @@ def test_start_a_stopped_server_and_the_page_connects_by_itself(
     name = server.name
     steps = ["Server not running", f"Server {name} is starting", f"Server {name} is running", "Console connected"]
     assert said_in_order(announced(page), steps), announced(page)
+
+
+@pytest.mark.parametrize("refusal", [409, 403], ids=["busy", "policy"])
+def test_the_clouds_refusal_is_shown_and_nothing_changes(
+    make_page: Callable[..., Page], lab: Lab, power_agent: str, batch_stays_off: str, refusal: int
+) -> None:
+    """Nova says no (a task in progress, or its policy): the agent reads the cloud's reason in the dialog."""
+    page = make_page(user=power_agent)
+    page.goto(f"/console/{batch_stays_off}")
+    page.click("#power-start")
+    expect(page.locator("#power-question")).to_contain_text(f"{batch_stays_off}?")
+    lab.cloud.faults.fail_next["action"] = [refusal]
+    page.click("#power-confirm")
+    expect(page.locator("#power-message")).to_contain_text(f"Injected failure {refusal} for action")
+    expect(page.locator("#power-dialog")).to_be_visible()
+    expect(console_state(page)).to_have_attribute("data-state", "not-running")
+    assert lab.cloud.servers[lab.server(batch_stays_off).id].status == "SHUTOFF"
+    page.click("#power-cancel")
+    expect(page.locator("#power-dialog")).to_be_hidden()
 
 
 @pytest.mark.parametrize(
