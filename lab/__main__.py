@@ -36,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--enforce", action="store_true", help="the proxy closes consoles when their token expires (as Nova can)"
     )
     parser.add_argument("--linux", action="store_true", help="add shell-01, a Linux guest with a shell")
+    parser.add_argument("--power", action="store_true", help="the user may start and reboot servers (batch-01 is off)")
     return parser.parse_args(argv)
 
 
@@ -56,6 +57,7 @@ def make_lab(args: argparse.Namespace) -> Lab:
         servers=servers,
         enforce_session_timeout=args.enforce,
         console_mode="relay" if args.relay else "iframe",
+        power=args.power,
         workdir=WORKDIR,
         **options,
     )

@@ -54,9 +54,10 @@ def test_an_unknown_console_mode_or_guest_is_refused() -> None:
 def test_dev_lab_flags() -> None:
     plain = make_lab(parse_args([]))
     assert (plain.console_mode, plain.enforce_session_timeout, plain.relay_port) == ("iframe", False, 0)
+    assert not plain.power
     assert [server.guest for server in plain.servers] == ["bios", "bios", "bios"]
-    lab = make_lab(parse_args(["--relay", "--enforce", "--linux"]))
-    assert (lab.console_mode, lab.enforce_session_timeout, lab.relay_port) == ("relay", True, 5001)
+    lab = make_lab(parse_args(["--relay", "--enforce", "--linux", "--power"]))
+    assert (lab.console_mode, lab.enforce_session_timeout, lab.relay_port, lab.power) == ("relay", True, 5001, True)
     assert [(server.name, server.guest) for server in lab.servers][-1] == ("shell-01", "linux")
 
 
