@@ -346,7 +346,9 @@ for (const type of ["pointermove", "pointerdown", "keydown", "focus"]) {
 document.addEventListener("visibilitychange", () => (document.hidden ? becameHidden() : becameVisible()));
 document.getElementById("reconnect").addEventListener("click", reconnect);
 document.getElementById("fullscreen").addEventListener("click", () => frame.requestFullscreen?.());
-document.getElementById("copy-link").addEventListener("click", (event) => copyLink(page.brokerLink, event.currentTarget));
+document
+  .getElementById("copy-link")
+  .addEventListener("click", (event) => copyLink(page.brokerLink, event.currentTarget));
 retryButton.addEventListener("click", retryNow);
 resumeButton.addEventListener("click", resume);
 

@@ -3,7 +3,12 @@
 
 const timeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
 const todayFormat = new Intl.DateTimeFormat(undefined, { timeStyle: "short" });
-const recentFormat = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric", hour: "numeric", minute: "2-digit" });
+const recentFormat = new Intl.DateTimeFormat(undefined, {
+  month: "short",
+  day: "numeric",
+  hour: "numeric",
+  minute: "2-digit",
+});
 
 export function element(tag, text, className) {
   const node = document.createElement(tag);
