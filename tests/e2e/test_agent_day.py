@@ -121,6 +121,34 @@ def test_keyboard_path_from_slash_to_a_connected_console(make_page: Callable[...
     assert status_text(frame) == "Connected to QEMU (db-01)"
 
 
+FOCUS_JS = """() => {
+  const el = document.activeElement;
+  return el.id === "q" ? "search" : `${el.closest("#pinned, #recent, #servers")?.id}:${el.textContent.trim()}`;
+}"""
+
+
+def test_arrow_keys_walk_pinned_then_recent_then_the_table(make_page: Callable[..., Page]) -> None:
+    page = make_page(user="walk-agent")
+    page.goto("/console/web-01")
+    wait_connected(page)
+    page.goto("/")
+    row(page, "db-01").locator("button.pin").click()
+    expect(shortcut(page, "pinned", "db-01")).to_be_visible()
+    page.keyboard.press("Slash")
+    table = [f"servers:{name}" for name in page.locator("#servers tbody a.server-link").all_text_contents()]
+    order = ["pinned:db-01", "recent:web-01", *table]
+    walked = []
+    for _ in order:
+        page.keyboard.press("ArrowDown")
+        walked.append(page.evaluate(FOCUS_JS))
+    assert walked == order
+    page.keyboard.press("ArrowDown")  # the last link stays put
+    assert page.evaluate(FOCUS_JS) == order[-1]
+    for _ in order:
+        page.keyboard.press("ArrowUp")
+    assert page.evaluate(FOCUS_JS) == "search"
+
+
 @pytest.fixture
 def batch_stays_off(lab: Lab) -> Iterator[str]:
     """batch-01 as the lab has it (SHUTOFF), and so again after the test, whatever it did."""
