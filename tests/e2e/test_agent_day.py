@@ -196,6 +196,26 @@ def test_start_a_stopped_server_and_the_page_connects_by_itself(
     assert said_in_order(announced(page), steps), announced(page)
 
 
+def test_the_power_dialog_by_keyboard(
+    make_page: Callable[..., Page], lab: Lab, power_agent: str, batch_stays_off: str
+) -> None:
+    """Enter opens it with the focus inside, Escape closes it asking nothing, the focus goes back to Start."""
+    page = make_page(user=power_agent)
+    page.goto(f"/console/{batch_stays_off}")
+    start = page.locator("#power-start")
+    expect(start).to_be_visible()
+    asked = len(lab.cloud.actions)
+    start.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#power-question")).to_contain_text(f"{batch_stays_off}?")
+    assert page.evaluate("document.activeElement.closest('#power-dialog') !== null"), "the focus stayed outside"
+    page.keyboard.press("Escape")
+    expect(page.locator("#power-dialog")).to_be_hidden()
+    expect(start).to_be_focused()
+    assert len(lab.cloud.actions) == asked
+    expect(page.locator("#console")).to_have_attribute("data-state", "not-running")
+
+
 @pytest.mark.parametrize("refusal", [409, 403], ids=["busy", "policy"])
 def test_the_clouds_refusal_is_shown_and_nothing_changes(
     make_page: Callable[..., Page], lab: Lab, power_agent: str, batch_stays_off: str, refusal: int
