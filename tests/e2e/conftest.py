@@ -63,7 +63,8 @@ def require(missing: list[str]) -> None:
 def artefacts(tmp_path_factory: pytest.TempPathFactory):
     """Where screenshots and timings go: a temporary folder, so a test run changes no tracked file.
 
-    ``BROKER_TEST_ARTEFACTS=docs ./dev test tests/e2e`` refreshes the ones the README shows.
+    ``BROKER_TEST_ARTEFACTS=docs ./dev test tests/e2e`` keeps them (screenshots as ``e2e-*.png``, beside
+    the README's own pictures, which ``./dev screenshots`` makes, and ``timing.txt``, which the README quotes).
     """
     from pathlib import Path
 

@@ -28,7 +28,7 @@ def test_search_and_open_a_console(page: Page, artefacts: Path) -> None:
     page.fill("#q", "web")
     expect(page.locator("#servers tbody tr:not([hidden])")).to_have_count(1)
     expect(page.locator("#shown-count")).to_have_text("1")
-    page.screenshot(path=artefacts / "server-list.png")
+    page.screenshot(path=artefacts / "e2e-server-list.png")
     page.click("#servers tbody tr:not([hidden]) a.server-link")
     expect(page).to_have_url(re.compile(r"/console/"))
     frame = wait_connected(page)
@@ -36,7 +36,7 @@ def test_search_and_open_a_console(page: Page, artefacts: Path) -> None:
     expect(page.locator("#console")).to_have_attribute("data-state", "live")
     expect(page.locator("#server-name")).to_have_text("web-01")
     page.mouse.move(10, 10)
-    page.screenshot(path=artefacts / "console.png")
+    page.screenshot(path=artefacts / "e2e-console.png")
 
 
 def test_fresh_url_swaps_in_before_expiry_when_idle(page: Page, lab: Lab) -> None:
@@ -106,6 +106,6 @@ def test_toolbar_usable_and_frame_fills_the_rest(
     assert page.evaluate("document.documentElement.scrollWidth") <= width
     if width < 600:
         page.mouse.move(5, 5)
-        page.screenshot(path=artefacts / "console-phone.png")
+        page.screenshot(path=artefacts / "e2e-console-phone.png")
     page.click("#reconnect")
     wait_connected(page, swaps=2)

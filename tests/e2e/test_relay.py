@@ -358,7 +358,7 @@ def test_console_outlives_three_token_lifetimes_without_losing_a_key(
     assert relay_switches(lab) - switches >= 3
     assert proxy_cuts(lab) == cuts, "the proxy cut a console the relay should have left before its expiry"
     page.mouse.move(5, 5)  # off the screen: no pointer drawn on the shot the README shows
-    page.screenshot(path=artefacts / "console-relay.png")
+    page.screenshot(path=artefacts / "e2e-console-relay.png")
 
 
 def test_a_side_the_proxy_cuts_anyway_is_resumed_without_a_dialog(
