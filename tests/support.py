@@ -40,6 +40,25 @@ def needs(reason: str) -> None:
     pytest.skip(reason)
 
 
+def npm_ci(folder: Path, what: str) -> None:
+    """``npm ci`` in ``folder`` from its lock file, when node_modules is missing or older than the lock.
+
+    ``what``: which tests need it, for the skip (or, under CI=true, failure) message.
+    """
+    import shutil
+
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        needs(f"{what} need Node.js and npm")
+    marker = folder / "node_modules" / ".package-lock.json"
+    if marker.exists() and marker.stat().st_mtime >= (folder / "package-lock.json").stat().st_mtime:
+        return
+    done = subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund", "--prefix", str(folder)], capture_output=True, text=True, timeout=300
+    )
+    if done.returncode != 0:
+        needs(f"npm ci in {folder} failed: {done.stderr.strip()[-500:]}")
+
+
 def require_redis() -> str:
     """REDIS_URL, reachable and emptied, or skip/fail."""
     import redis

@@ -7,7 +7,6 @@ provider's own key (wrong audience, a nonce, expired) and see the broker refuse 
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import threading
@@ -20,7 +19,7 @@ from pathlib import Path
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from tests.support import needs
+from tests.support import npm_ci
 
 HERE = Path(__file__).resolve().parent
 CLIENT_ID = "console-broker"
@@ -67,17 +66,8 @@ def free_port() -> int:
 
 
 def install() -> None:
-    """``npm ci`` from the lock file, when node_modules is missing or older than the lock."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        needs("the OpenID Connect tests need Node.js and npm (for npm's oidc-provider)")
-    marker = HERE / "node_modules" / ".package-lock.json"
-    if marker.exists() and marker.stat().st_mtime >= (HERE / "package-lock.json").stat().st_mtime:
-        return
-    done = subprocess.run(
-        ["npm", "ci", "--no-audit", "--no-fund", "--prefix", str(HERE)], capture_output=True, text=True, timeout=300
-    )
-    if done.returncode != 0:
-        needs(f"npm ci in {HERE} failed: {done.stderr.strip()[-500:]}")
+    """oidc-provider from the lock file (npm ci), unless it is there and current."""
+    npm_ci(HERE, "the OpenID Connect tests (npm's oidc-provider)")
 
 
 @contextmanager
