@@ -21,6 +21,7 @@ from broker.services.consoles import MINT_DETAILS
 from broker.services.consoles import ConsoleService
 from broker.services.power import ACTIONS as POWER_ACTIONS
 from broker.services.power import CONFIRMATION_TTL
+from broker.throttle import parse_limit
 from broker.web import sessions
 from broker.web.errors import error_response
 from broker.web.security import page_host
@@ -150,6 +151,7 @@ def json_body(allowed: set[str]) -> dict:
 
 
 MAX_ACTION_BODY = 512
+FRESH_READS = parse_limit("60 per minute")
 
 
 def power_action(body: dict) -> str:
@@ -170,7 +172,8 @@ def no_store(response, status: int = 200):
 def server(server_id: str):
     """The server panel: the cloud's own fields (from the cached list, or re-read with ``fresh=1``)."""
     found = service().permitted(current_user, server_id, request.args.get("cloud") or None, detail="panel")
-    if request.args.get("fresh") == "1":
+    # Each fresh read is a call upstream: a page polls every 3 s; past a few pages' worth, the cache answers.
+    if request.args.get("fresh") == "1" and state.throttle().take(FRESH_READS, f"fresh:{current_user.id}").granted:
         found = service().refreshed(current_user, found)
     return no_store(jsonify(panel(found)))
 

@@ -19,6 +19,8 @@ from broker.models import PowerConfirmation
 from broker.services import policy
 from broker.services import shortcuts
 from broker.services.consoles import NOT_FOUND
+from broker.throttle import parse_limit
+from broker.web import api as api_module
 from tests.support import ADMIN
 from tests.support import AuthActions
 from tests.support import server_id
@@ -778,3 +780,13 @@ def test_pins_are_capped(client, auth, monkeypatch):
         assert client.put(f"/api/pins/{server_id(n)}?cloud=lab", headers={"X-CSRFToken": csrf}).status_code == 201
     third = client.put(f"/api/pins/{server_id(4)}?cloud=lab", headers={"X-CSRFToken": csrf})
     assert third.status_code == 400 and third.get_json()["error"]["code"] == "too_many_pins"
+
+
+def test_fresh_reads_are_bounded_per_user_then_the_cache_answers(client, auth, fake, monkeypatch):
+    monkeypatch.setattr(api_module, "FRESH_READS", parse_limit("2 per minute"))
+    auth.login()
+    client.get(f"/api/servers/{server_id(3)}?cloud=lab")
+    shows = fake.counts["show"]
+    for _ in range(4):
+        assert client.get(f"/api/servers/{server_id(3)}?cloud=lab&fresh=1").status_code == 200
+    assert fake.counts["show"] == shows + 2
