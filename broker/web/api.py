@@ -133,6 +133,10 @@ def servers():
 
 # -- the server panel, power actions and pins -----------------------------------------
 
+# A power request's body is {"action", "confirmation"}: anything bigger is not from our page.
+MAX_ACTION_BODY = 512
+FRESH_READS = parse_limit("60 per minute")
+
 
 def json_body(allowed: set[str]) -> dict:
     """A small JSON object with only ``allowed`` string fields; anything else is a 400, never a traceback."""
@@ -148,10 +152,6 @@ def json_body(allowed: set[str]) -> dict:
             400, description=f"The request body must be a JSON object with string fields {', '.join(sorted(allowed))}."
         )
     return body
-
-
-MAX_ACTION_BODY = 512
-FRESH_READS = parse_limit("60 per minute")
 
 
 def power_action(body: dict) -> str:
@@ -214,7 +214,7 @@ def power(server_id: str):
 
 @bp.get("/pins")
 @login_required
-def pins_base():
+def pinned():
     """Where the pins live (``PUT``/``DELETE`` ``/api/pins/<id>?cloud=``); reading it lists the user's pins."""
     pins = shortcuts.pinned(current_user, service())
     return no_store(jsonify({"pins": [s.to_json() for s in pins]}))

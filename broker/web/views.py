@@ -91,12 +91,14 @@ def index():
     recent_rows = shortcut_rows([opened.server for opened in recent])
     for row, opened in zip(recent_rows, recent, strict=True):
         row["opened_at"] = opened.opened_at
+    pinned = shortcuts.pinned(current_user, service())
     return render_template(
         "servers/list.html",
-        pinned=shortcut_rows(shortcuts.pinned(current_user, service())),
+        pinned=shortcut_rows(pinned),
         recent=recent_rows,
-        pinned_ids=shortcuts.pinned_keys(current_user),
-        urls={"pins": url_for("api.pins_base"), "servers": url_for("api.servers")},
+        # Only servers the user may open are in the table, so the pins they may open are all it needs.
+        pinned_ids={(s.cloud, s.id) for s in pinned},
+        urls={"pins": url_for("api.pinned"), "servers": url_for("api.servers")},
         rows=zip(servers, console_links(servers), strict=True),
         shown=len(servers),
         total=len(overview.servers),
