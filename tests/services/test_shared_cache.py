@@ -13,12 +13,15 @@ import pytest
 import redis
 
 from broker.cloud.registry import Cloud
+from broker.cloud.types import Details
 from broker.demo import serve
 from broker.demo.cloud import FakeCloud
 from broker.demo.cloud import make_servers
 from broker.services.inventory import SHARED_PREFIX
 from broker.services.inventory import Inventory
 from broker.services.inventory import SharedLists
+from broker.services.inventory import server_from_json
+from broker.services.inventory import server_to_json
 from broker.shared import SharedRedis
 from tests.support import REDIS_URL
 from tests.support import make_client
@@ -225,3 +228,26 @@ def test_a_warm_list_of_10000_servers_stays_fast(shared_redis, clock):
         assert p95 < 0.05
     finally:
         running.stop()
+
+
+def test_the_panels_details_travel_with_the_shared_list(fake, shared_redis, clock):
+    broken = fake.servers[server_id(4)]
+    broken.status = "ERROR"
+    broken.fault = {"code": 500, "message": "No valid host was found.", "created": "2026-01-05T09:31:00Z"}
+    inventory_on(fake, shared_redis(), clock).overview()
+    other = inventory_on(fake, shared_redis(), clock)
+    [seen] = [s for s in other.overview().servers if s.id == server_id(4)]
+    assert fake.counts["list"] == 1  # the second worker read the list from Redis
+    assert (seen.details.fault_code, seen.details.fault_message, seen.details.flavor) == (
+        500,
+        "No valid host was found.",
+        "m1.small",
+    )
+
+
+def test_a_shared_list_from_before_the_panel_still_reads():
+    """An instance of the previous release wrote six fields per server; a rolling upgrade reads them."""
+    old = ["id-1", "web-01", "ACTIVE", ["10.0.0.1"], "az-1", {"team": "ops"}]
+    server = server_from_json(old, "lab")
+    assert (server.name, server.metadata, server.details) == ("web-01", {"team": "ops"}, Details())
+    assert server_from_json(server_to_json(server), "lab") == server
