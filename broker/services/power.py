@@ -11,11 +11,8 @@ detail the action's name).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import UTC
-from datetime import datetime
 from datetime import timedelta
 
 from sqlalchemy import delete
@@ -29,6 +26,8 @@ from broker.models import User
 from broker.services import audit
 from broker.services.consoles import ConsoleService
 from broker.services.policy import access_for
+from broker.services.relay import digest
+from broker.services.relay import now
 
 # Time to read the question and decide; short, so a confirmation left in a page is worthless.
 CONFIRMATION_TTL = 120
@@ -60,14 +59,6 @@ class Confirmation:
     action: str
     server: ServerInfo
     question: str
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def actions_for(status: str) -> list[str]:
