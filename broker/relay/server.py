@@ -66,6 +66,8 @@ Mount = Callable[[ServerConnection], Awaitable[None]]
 MAX_BROWSER_MESSAGE = (1 << 20) + 64
 POLL_INTERVAL = 2.0
 HANDSHAKE_TIMEOUT = 10.0
+# The answer to a plain GET on the relay's path: proof that an address reaches the relay, not the web app.
+PROBE_ANSWER = "console-broker relay\n"
 
 
 @contextmanager
@@ -243,6 +245,9 @@ class Relay:
         if path != self.path:
             return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
         headers = request.headers
+        if "websocket" not in (one_header(headers, "Upgrade") or "").lower():
+            # A plain GET is someone checking that this address reaches the relay (flask check, /readyz).
+            return connection.respond(HTTPStatus.OK, PROBE_ANSWER)
         peer = connection.remote_address[0] if connection.remote_address else ""
         forwarded = ",".join(headers.get_all("X-Forwarded-For"))
         client = client_address(peer, forwarded, self.settings.trusted_proxies)

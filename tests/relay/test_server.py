@@ -711,3 +711,20 @@ def test_sigterm_closes_every_browser_with_1001_and_stops(app):
 
     assert run(scenario()) == (1001, "The relay is restarting")
     assert fakes.closed[0]["reason"] == "the relay shut down"
+
+
+def test_a_plain_get_on_the_relay_path_proves_the_address_reaches_the_relay(app):
+    fakes = FakeServices()
+
+    async def scenario():
+        async with running(app, fakes) as (relay, proxy):
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+            writer.write(b"GET /relay HTTP/1.1\r\nHost: relay\r\n\r\n")
+            answer = await reader.read(4096)
+            writer.close()
+            return answer
+
+    answer = run(scenario())
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert answer.endswith(b"\r\n\r\nconsole-broker relay\n")
+    assert fakes.redeemed == []
