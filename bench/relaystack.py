@@ -15,7 +15,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 from bench import procs
 from bench.clients import BrokerClient
@@ -54,8 +53,8 @@ class RelayStack:
         jar = (client or self.client).http.cookies.get_dict()
         return "; ".join(f"{name}={value}" for name, value in jar.items())
 
-    def ticket_url(self, cloud: str, client: BrokerClient | None = None) -> str:
-        """``POST /api/relay-tickets/<id>``: the relay's websocket URL with a fresh ticket."""
+    def ticket(self, cloud: str, client: BrokerClient | None = None) -> tuple[str, str]:
+        """``POST /api/relay-tickets/<id>``: the relay's websocket URL and a fresh ticket."""
         client = client or self.client
         response = client.http.post(
             f"{client.url}/api/relay-tickets/{self.server}",
@@ -64,12 +63,12 @@ class RelayStack:
             timeout=30,
         )
         body = expect(response, 201).json()
-        return f"{body['url']}?ticket={quote(body['ticket'], safe='')}"
+        return body["url"], body["ticket"]
 
     async def through_relay(self, cloud: str, client: BrokerClient | None = None) -> Viewer:
         """A viewer on the relay, as the console page opens it: a ticket, the session cookie, the page's Origin."""
-        url = await asyncio.to_thread(self.ticket_url, cloud, client)
-        return await Viewer.open(url, origin=self.origin, cookie=self.cookie(client))
+        url, ticket = await asyncio.to_thread(self.ticket, cloud, client)
+        return await Viewer.open(url, origin=self.origin, cookie=self.cookie(client), ticket=ticket)
 
     def rss(self) -> int:
         """The relay process's resident memory in bytes (VmRSS)."""

@@ -58,13 +58,14 @@ class Viewer:
         self.received = 0
 
     @classmethod
-    async def open(cls, url: str, *, origin: str, cookie: str = "") -> Viewer:
-        """Open ``url`` as a page of ``origin`` would (subprotocol binary, no compression), past the handshake."""
+    async def open(cls, url: str, *, origin: str, cookie: str = "", ticket: str = "") -> Viewer:
+        """Open ``url`` as a page of ``origin`` would (subprotocol binary, the relay's ticket offered as
+        ``ticket.<token>``, no compression), past the handshake."""
         websocket = await connect(
             url,
             origin=origin,
             additional_headers=[("Cookie", cookie)] if cookie else [],
-            subprotocols=["binary"],
+            subprotocols=["binary"] + ([f"ticket.{ticket}"] if ticket else []),
             compression=None,
             max_size=MAX_MESSAGE,
             user_agent_header="console-broker bench viewer",

@@ -161,7 +161,8 @@ def demo_console_greets(session: requests.Session, url: str, page: str) -> bytes
             time.sleep(0.1)
     cookie = "; ".join(f"{c.name}={c.value}" for c in session.cookies)
     headers = {"Cookie": cookie, "Origin": url}
-    with connect(answer["url"] + "?ticket=" + answer["ticket"], additional_headers=headers, open_timeout=10) as ws:
+    offer = ["binary", "ticket." + answer["ticket"]]
+    with connect(answer["url"], subprotocols=offer, additional_headers=headers, open_timeout=10) as ws:
         return ws.recv(timeout=10)
 
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 from typing import TypeVar
-from urllib.parse import parse_qs
 from urllib.parse import urlsplit
 from weakref import WeakKeyDictionary
 
@@ -68,6 +67,8 @@ POLL_INTERVAL = 2.0
 HANDSHAKE_TIMEOUT = 10.0
 # The answer to a plain GET on the relay's path: proof that an address reaches the relay, not the web app.
 PROBE_ANSWER = "console-broker relay\n"
+# A viewer offers its ticket as one of its websocket subprotocols, "ticket.<token>" (static/js/viewer.js).
+TICKET_PREFIX = "ticket."
 
 
 @contextmanager
@@ -148,8 +149,26 @@ def relay_path(settings: Settings) -> str:
 
 
 def select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
-    """``binary`` when offered; a client offering none is still let in (as websockify does) and must send binary."""
+    """``binary`` when offered; a client offering none is still let in (as websockify does) and must send binary.
+
+    The ticket's own offer is never chosen: the answer would echo the ticket back.
+    """
     return Subprotocol("binary") if "binary" in offered else None
+
+
+def offered_ticket(headers: Headers) -> str:
+    """The ticket a viewer offers as the subprotocol ``ticket.<token>``, or "" when it offers none or several.
+
+    A header, not the URL: proxies and servers log request lines (nginx's error log does),
+    and none logs Sec-WebSocket-Protocol unless told to.
+    """
+    offers = [
+        offer.strip()
+        for value in headers.get_all("Sec-WebSocket-Protocol")
+        for offer in value.split(",")
+        if offer.strip().startswith(TICKET_PREFIX)
+    ]
+    return offers[0][len(TICKET_PREFIX) :] if len(offers) == 1 else ""
 
 
 def one_header(headers: Headers, name: str) -> str | None:
@@ -239,7 +258,7 @@ class Relay:
 
     async def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
         """``process_request``: a refusal is an HTTP answer, so nothing upgrades without a valid ticket."""
-        path, _, query = request.path.partition("?")
+        path = request.path.partition("?")[0]
         if path in self.mounts:
             return None
         if path != self.path:
@@ -253,7 +272,7 @@ class Relay:
         client = client_address(peer, forwarded, self.settings.trusted_proxies)
         caller = Caller(client, one_header(headers, "User-Agent") or "", uuid.uuid4().hex)
         session_id, user_id = self._session(headers)
-        token = (parse_qs(query).get("ticket") or [""])[0]
+        token = offered_ticket(headers)
         origin = one_header(headers, "Origin")
         try:
             # Every binding (session, user, origin, lifetime, single use) is redeem's to check and audit.

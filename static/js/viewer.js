@@ -192,7 +192,8 @@ function open(ticket) {
   showServer(ticket.server);
   let socket;
   try {
-    socket = new WebSocket(`${ticket.url}?ticket=${encodeURIComponent(ticket.ticket)}`, ["binary"]);
+    // The ticket rides in a subprotocol offer, not the URL: no proxy logs that header.
+    socket = new WebSocket(ticket.url, ["binary", `ticket.${ticket.ticket}`]);
   } catch {
     retry("the relay's address is unusable");
     return;

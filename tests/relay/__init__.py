@@ -19,6 +19,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request
 from websockets.http11 import Response
+from websockets.typing import Subprotocol
 
 from broker.relay import rfb
 from broker.relay.rfb import ClientFramer
@@ -169,18 +170,26 @@ def typed(text: str) -> list[bytes]:
     return [key(down, ord(c)) for c in text for down in (True, False)]
 
 
+def ticket_offer(ticket: str | None) -> list[Subprotocol]:
+    """The subprotocols a viewer offers: ``binary`` for RFB, and its ticket as ``ticket.<token>``."""
+    return [Subprotocol("binary")] + ([Subprotocol(f"ticket.{ticket}")] if ticket is not None else [])
+
+
 class Browser:
     """A viewer as noVNC is one: the websocket with the session cookie, RFB's client side, the messages it got."""
 
     @classmethod
-    async def connect(cls, url: str, *, cookie: str, origin: str, user_agent: str = USER_AGENT) -> Browser:
-        """Open the relay's websocket as a page would (an empty cookie or origin is left out)."""
+    async def connect(
+        cls, url: str, *, ticket: str | None, cookie: str, origin: str, user_agent: str = USER_AGENT
+    ) -> Browser:
+        """Open the relay's websocket as a page would: the ticket offered as a subprotocol (None: no ticket), an empty
+        cookie or origin left out."""
         websocket = await connect(
             url,
             origin=origin or None,
             user_agent_header=user_agent,
             additional_headers=[("Cookie", cookie)] if cookie else [],
-            subprotocols=["binary"],
+            subprotocols=ticket_offer(ticket),
             compression=None,
         )
         return cls(websocket)

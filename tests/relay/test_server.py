@@ -19,6 +19,7 @@ from flask import g
 from flask import request
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
+from websockets.typing import Subprotocol
 
 from broker import create_app
 from broker.cloud import errors
@@ -127,10 +128,13 @@ class FakeServices:
         return {row: code for row, code in self.ending.items() if row in row_ids}
 
 
-async def open_browser(app, relay: Relay, *, headers: dict | None = None, path: str = "/relay?ticket=t1") -> Browser:
+async def open_browser(
+    app, relay: Relay, *, headers: dict | None = None, path: str = "/relay", ticket: str | None = "t1"
+) -> Browser:
     """Connect as a page of the broker would, with its cookie and Origin unless ``headers`` say otherwise."""
     sent = {"Cookie": session_cookie(app), "Origin": ORIGIN, **(headers or {})}
-    return await Browser.connect(f"ws://127.0.0.1:{relay.port}{path}", cookie=sent["Cookie"], origin=sent["Origin"])
+    url = f"ws://127.0.0.1:{relay.port}{path}"
+    return await Browser.connect(url, ticket=ticket, cookie=sent["Cookie"], origin=sent["Origin"])
 
 
 @contextlib.asynccontextmanager
@@ -202,25 +206,27 @@ def ids(record: dict) -> dict:
 
 
 @pytest.mark.parametrize(
-    "path, headers, status",
+    "path, ticket, headers, status",
     [
-        ("/elsewhere?ticket=t1", {}, 404),
-        ("/relay?ticket=t1", {"Origin": "http://evil.example"}, 403),
-        ("/relay?ticket=t1", {"Origin": ""}, 403),
-        ("/relay?ticket=t1", {"Cookie": ""}, 401),
-        ("/relay?ticket=t1", {"Cookie": "session=forged.cookie.value"}, 401),
-        ("/relay?ticket=nope", {}, 403),
-        ("/relay", {}, 403),
+        ("/elsewhere", "t1", {}, 404),
+        ("/relay", "t1", {"Origin": "http://evil.example"}, 403),
+        ("/relay", "t1", {"Origin": ""}, 403),
+        ("/relay", "t1", {"Cookie": ""}, 401),
+        ("/relay", "t1", {"Cookie": "session=forged.cookie.value"}, 401),
+        ("/relay", "nope", {}, 403),
+        ("/relay", None, {}, 403),
+        # A ticket in the URL is one a proxy may have logged: never taken from there.
+        ("/relay?ticket=t1", None, {}, 403),
     ],
 )
-def test_refusals_are_answered_before_the_upgrade(app, path, headers, status):
+def test_refusals_are_answered_before_the_upgrade(app, path, ticket, headers, status):
     fakes = FakeServices()
     fakes.issue()
 
     async def scenario():
         async with running(app, fakes) as (relay, proxy):
             with pytest.raises(InvalidStatus) as caught:
-                await open_browser(app, relay, headers=headers, path=path)
+                await open_browser(app, relay, headers=headers, path=path, ticket=ticket)
             return caught.value.response.status_code, proxy
 
     answered, proxy = run(scenario())
@@ -228,18 +234,37 @@ def test_refusals_are_answered_before_the_upgrade(app, path, headers, status):
     assert fakes.mints == [] and fakes.opened == [] and proxy.sessions == []
 
 
-def test_a_viewer_offering_no_subprotocol_is_let_in_as_websockify_would(app):
+def test_a_viewer_offering_no_binary_subprotocol_is_let_in_as_websockify_would(app):
     fakes = FakeServices()
     fakes.issue()
 
     async def scenario():
         async with running(app, fakes) as (relay, proxy):
             headers = [("Cookie", session_cookie(app))]
-            url = f"ws://127.0.0.1:{relay.port}/relay?ticket=t1"
-            async with connect(url, origin=ORIGIN, additional_headers=headers, compression=None) as websocket:
+            url = f"ws://127.0.0.1:{relay.port}/relay"
+            offer = [Subprotocol("ticket.t1")]
+            async with connect(
+                url, origin=ORIGIN, additional_headers=headers, subprotocols=offer, compression=None
+            ) as websocket:
                 return websocket.subprotocol, await websocket.recv()
 
+    # The ticket's offer is never the one chosen: the answer's headers would echo it.
     assert run(scenario()) == (None, rfb.VERSION_3_8)
+
+
+def test_the_ticket_offered_as_a_subprotocol_is_redeemed_and_never_echoed(app):
+    fakes = FakeServices()
+    fakes.issue()
+
+    async def scenario():
+        async with running(app, fakes) as (relay, proxy):
+            browser = await open_browser(app, relay)
+            return browser.websocket.subprotocol, browser.websocket.response.headers
+
+    chosen, answer = run(scenario())
+    assert chosen == "binary"
+    assert "t1" not in str(answer)
+    assert [redeemed["token"] for redeemed in fakes.redeemed] == ["t1"]
 
 
 def test_a_ticket_is_good_once(app):
@@ -541,7 +566,7 @@ def test_shutdown_closes_every_browser_with_1001(app):
     async def scenario():
         async with running(app, fakes) as (relay, proxy):
             first = await connected(app, relay, proxy)
-            second = await open_browser(app, relay, path="/relay?ticket=t2")
+            second = await open_browser(app, relay, ticket="t2")
             await second.handshake()
             await relay.stop()
             return await first.closed(), await second.closed()
@@ -622,7 +647,7 @@ def test_nothing_logged_holds_a_ticket_cookie_or_console_token(app, log_lines):
 
     async def scenario():
         async with running(app, fakes, retry=Retry(delays=(0.01,), budget=0.2)) as (relay, proxy):
-            browser = await open_browser(app, relay, path="/relay?ticket=ticket-5ecret")
+            browser = await open_browser(app, relay, ticket="ticket-5ecret")
             await browser.handshake()
             await proxy.sessions[0].close(1000)
             await eventually(lambda: len(proxy.sessions) == 2)

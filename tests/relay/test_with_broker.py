@@ -35,7 +35,7 @@ def test_a_console_through_the_relay_is_minted_recorded_and_audited(app, client,
             await relay.start("127.0.0.1", 0)
             try:
                 browser = await Browser.connect(
-                    f"ws://127.0.0.1:{relay.port}/relay?ticket={ticket}", cookie=cookie, origin="http://localhost"
+                    f"ws://127.0.0.1:{relay.port}/relay", ticket=ticket, cookie=cookie, origin="http://localhost"
                 )
                 await browser.handshake()
                 await browser.start()
