@@ -2,10 +2,11 @@
 
 Every attempt takes a slot under its account and its address before the password is
 checked, so parallel guesses cannot slip past the limit. A browser that has signed in
-to an account before carries a signed device cookie for it; its attempts count against
-that device instead, so strangers guessing an account's password cannot lock its owner
-out (OWASP's "device cookies"). Password checks are memory-hungry on purpose, so only
-a few run at once; the rest are told to retry.
+to an account before, with any method that takes the password here (local or LDAP),
+carries a signed device cookie for it; its attempts count against that device instead,
+so strangers guessing an account's password cannot lock its owner out (OWASP's "device
+cookies"). Password checks are memory-hungry on purpose, so only a few run at once; the
+rest are told to retry.
 
 The password form is checked against each password method in ``BROKER_AUTH``'s order
 (``local``, ``ldap``); the first that accepts wins, so with ``local,ldap`` a break-glass
@@ -243,27 +244,42 @@ def attempt(form: LoginForm, wanted: str | None, target: str):
         message = f"Too many failed sign-ins. Try again in about {minutes} minute{'s' if minutes > 1 else ''}."
         return refused(form, wanted, name, 429, ticket.retry_after, "too many failed sign-ins", message)
     try:
-        user, down = check_methods(name, form.password.data)
+        account, down = check_methods(name, form.password.data)
     except SignInBusy:
         state.throttle().refund(ticket)
         return refused(form, wanted, name, 503, 1, "sign-in busy", "Sign-in is busy. Try again in a moment.")
-    if isinstance(user, DirectoryUser):
-        state.throttle().refund(ticket)
-        found = identity.ExternalIdentity(source="ldap", subject=user.dn, username=user.username, groups=user.groups)
-        return external_sign_in(found, target)
-    if down is not None:
+    if account is None and down is not None:
         return directory_down(form, wanted, name, ticket, down)
-    if user is None:
+    if account is None:
         audit.record("sign_in", "failed", username=audit_name(name), reason="wrong user name or password")
         flash("Wrong user name or password.", "error")
         return form_page(form, wanted, 401)
     # A good password used no guess: hand back only this attempt's own slot.
     state.throttle().refund(ticket)
-    user.last_sign_in_at = datetime.now(UTC)
-    sessions.start(user, state.settings().session_lifetime)
-    audit.record("sign_in", "ok", username=user.username, detail="local")
+    return password_sign_in(account, name, target)
+
+
+def password_sign_in(account: users.User | DirectoryUser, name: str, target: str):
+    """Start the session of whoever a password method accepted, and mark this browser as theirs.
+
+    The device cookie is for the name as typed, which is what the attempts are counted under,
+    whichever method accepted the password: a directory user's own browser keeps working
+    while strangers guessing their password are throttled, as a local user's does.
+    """
+    if isinstance(account, DirectoryUser):
+        found = identity.ExternalIdentity(
+            source="ldap", subject=account.dn, username=account.username, groups=account.groups
+        )
+        try:
+            begin_external(found)
+        except identity.IdentityRefused as exc:
+            return external_refused(found, exc)
+    else:
+        account.last_sign_in_at = datetime.now(UTC)
+        sessions.start(account, state.settings().session_lifetime)
+        audit.record("sign_in", "ok", username=account.username, detail="local")
     response = redirect(target)
-    remember_device(response, user.username)
+    remember_device(response, name)
     return response
 
 
@@ -299,10 +315,15 @@ def external_sign_in(found: identity.ExternalIdentity, target: str):
     try:
         begin_external(found)
     except identity.IdentityRefused as exc:
-        audit.record("sign_in", "refused", username=found.username[:64], detail=found.source, reason=exc.reason)
-        flash(exc.message, "error")
-        return redirect(url_for("auth.login", stay=1))
+        return external_refused(found, exc)
     return redirect(target)
+
+
+def external_refused(found: identity.ExternalIdentity, exc: identity.IdentityRefused):
+    """A directory user who cannot have an account here: audited, and told why on the login page."""
+    audit.record("sign_in", "refused", username=found.username[:64], detail=found.source, reason=exc.reason)
+    flash(exc.message, "error")
+    return redirect(url_for("auth.login", stay=1))
 
 
 @bp.route("/login", methods=["GET", "POST"])

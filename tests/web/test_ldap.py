@@ -31,6 +31,7 @@ from broker.models import Group
 from broker.models import User
 from broker.services import users
 from tests.support import ADMIN
+from tests.support import AuthActions
 from tests.support import needs
 
 SUFFIX = "dc=example,dc=org"
@@ -316,6 +317,23 @@ def test_local_break_glass_account_signs_in_after_the_directory(app, auth):
     assert (entry.username, entry.detail) == ("admin", "local")
 
 
+def test_strangers_cannot_lock_out_a_directory_users_own_browser(app, auth):
+    password = DIRECTORY_USERS["bob"][0]
+    assert auth.login("bob", password).status_code == 302  # bob's own browser, which gets a device cookie
+    auth.logout()
+    stranger = AuthActions(app.test_client())
+    assert [stranger.login("bob", f"guess-{n}").status_code for n in range(6)] == [401] * 5 + [429]
+    assert stranger.login("bob", password).status_code == 429  # the account is throttled for everyone else
+    assert auth.login("bob", password).status_code == 302  # but not for its owner's browser
+
+
+def test_a_directory_users_own_browser_has_its_own_limit(app, auth):
+    password = DIRECTORY_USERS["bob"][0]
+    assert auth.login("bob", password).status_code == 302
+    auth.logout()
+    assert [auth.login("bob", f"guess-{n}").status_code for n in range(6)] == [401] * 5 + [429]
+
+
 # -- refused -------------------------------------------------------------------------
 
 
@@ -347,6 +365,7 @@ def test_a_directory_name_held_by_a_local_account_is_refused(app, client, auth):
     [entry] = records(app)
     assert (entry.outcome, entry.detail) == ("refused", "ldap")
     assert client.get("/", headers={"Accept": "text/html"}).status_code == 302  # not signed in
+    assert client.get_cookie("broker_device") is None  # nor does this browser get a sign-in budget of its own
 
 
 def test_empty_password_never_reaches_the_form_check(app, client, auth):
