@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import ldap3
 from ldap3.core.exceptions import LDAPException
+from ldap3.protocol.sasl.sasl import validate_simple_password
 from ldap3.utils.conv import escape_filter_chars
 
 from broker.config import LdapSettings
@@ -55,6 +56,19 @@ def acceptable_name(name: str) -> bool:
     return 0 < len(name) <= MAX_NAME and not any(ord(c) < 32 or ord(c) == 127 for c in name)
 
 
+def sendable_password(password: str) -> bool:
+    """False for passwords no simple bind can carry: empty, or refused by SASLprep (control characters...).
+
+    ldap3 prepares a password (RFC 4013) only as it binds, and its refusal would look like a
+    directory that cannot answer; such a password is simply not anyone's.
+    """
+    try:
+        validate_simple_password(password)
+    except LDAPException:
+        return False
+    return True
+
+
 def name_attribute(user_filter: str) -> str | None:
     """The attribute the user filter matches the name against (``uid`` in ``(uid={username})``)."""
     found = re.search(r"\(([A-Za-z][A-Za-z0-9-]*)=\{username\}\)", user_filter)
@@ -81,7 +95,7 @@ class Directory:
 
     def authenticate(self, name: str, password: str) -> DirectoryUser | None:
         """The user when ``password`` is theirs; None for a wrong password or no such (single) user."""
-        if not acceptable_name(name) or not password:
+        if not acceptable_name(name) or not sendable_password(password):
             # An empty password would make a simple bind "unauthenticated" and succeed.
             return None
         with self.connection(self.settings.bind_dn or None, self.settings.bind_password or None) as service:

@@ -346,6 +346,21 @@ def test_wrong_password_is_refused_and_audited(app, auth):
     assert user_row(app, "alice") is None
 
 
+# Passwords no simple bind can carry (SASLprep refuses them): they are wrong passwords, not an outage.
+UNSENDABLE = ["alice-password-1\x00", "alice-password-1\r", "\x1balice-password-1", "alice\x7fpassword-1", "a\x85b"]
+
+
+@pytest.mark.parametrize("password", UNSENDABLE)
+def test_a_password_with_a_control_character_is_a_wrong_password(app, auth, caplog, password):
+    answers = [auth.login("alice", password) for _ in range(6)]
+    assert [answer.status_code for answer in answers] == [401] * 5 + [429]  # counted like any wrong guess
+    assert "Wrong user name or password." in page(answers[0])
+    audited = [(entry.outcome, entry.reason) for entry in records(app)]
+    assert audited[:5] == [("failed", "wrong user name or password")] * 5
+    assert not [r for r in caplog.records if "unreachable" in r.getMessage()]  # no false outage in the log
+    assert user_row(app, "alice") is None
+
+
 @pytest.mark.parametrize("name", ["nobody", "*)(uid=*", "*", "alice)(|(uid=*", "*)(objectClass=*", "al*"])
 def test_unknown_names_and_filter_injection_are_refused(app, auth, name):
     # Escaped into the filter, "*)(uid=*" is a name nobody has, not a filter matching everyone.
@@ -455,6 +470,11 @@ def test_empty_password_and_bad_names_never_reach_the_directory(name):
     )
     password = "" if name == "alice" else "some-password"
     assert closed.authenticate(name, password) is None
+
+
+@pytest.mark.parametrize("password", UNSENDABLE)
+def test_client_answers_an_unsendable_password_as_wrong(directory, password):
+    assert directory.authenticate("alice", password) is None
 
 
 def test_unreachable_error_names_the_url_not_the_password():
