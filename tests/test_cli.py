@@ -14,6 +14,9 @@ from broker.services import identity
 from broker.services import users
 from tests.support import ROOT
 
+# What a refused password with a carriage return or other control character is told.
+REFUSED_CONTROL = "cannot contain a carriage return, line break or other control character"
+
 
 def test_add_list_remove(runner, app):
     result = runner.invoke(args=["users", "add", "carol", "--admin", "--password-stdin"], input="carol-pass-1\n")
@@ -89,6 +92,16 @@ def test_password_stdin_strips_only_the_line_ending(runner, app, ending):
         assert users.authenticate("dave", password + "\r") is None
 
 
+@pytest.mark.parametrize("password", ["long-enough-pass\x00", "\x1blong-enough-pass", "long-enough\x7fpass"])
+def test_a_password_no_browser_can_type_is_refused(runner, app, password):
+    for args in (["users", "add", "dave", "--password-stdin"], ["users", "set-password", "agent", "--password-stdin"]):
+        result = runner.invoke(args=args, input=password + "\n")
+        assert result.exit_code != 0 and REFUSED_CONTROL in result.output, result.output
+    with app.app_context():
+        assert users.find("dave") is None
+        assert users.authenticate("agent", "agent-password-1") is not None
+
+
 def test_sign_in_name_is_case_insensitive(client, auth):
     assert auth.login(username="AGENT").status_code == 302
 
@@ -113,8 +126,8 @@ def test_interactive_password_prompt(runner, app):
         assert db.session.get(User, users.find("erin").id).role == "agent"
 
 
-def test_commands_print_results_on_stdout_and_logs_on_stderr(tmp_path):
-    """As an operator runs them: ``users list | cut -f1`` gives names only."""
+def operator(tmp_path, *args: str, input: str = "") -> subprocess.CompletedProcess:
+    """``flask --app app *args`` as an operator runs it, on a database of its own in ``tmp_path``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "OS_"))}
     env.update(BROKER_SECRET_KEY="k" * 32, BROKER_DATABASE_URL=f"sqlite:///{tmp_path}/b.sqlite3", OS_CLOUD="x")
     env.update(OS_CLIENT_CONFIG_FILE=str(tmp_path / "clouds.yaml"))
@@ -123,20 +136,28 @@ def test_commands_print_results_on_stdout_and_logs_on_stderr(tmp_path):
         "      project_id: p\n      user_domain_id: default\n"
     )
     flask = [sys.executable, "-m", "flask", "--app", "app"]
-    added = subprocess.run(
-        [*flask, "users", "add", "olga", "--admin", "--password-stdin"],
-        cwd=ROOT,
-        env=env,
-        input="olga-password-1\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return subprocess.run([*flask, *args], cwd=ROOT, env=env, input=input, capture_output=True, text=True, timeout=60)
+
+
+def test_commands_print_results_on_stdout_and_logs_on_stderr(tmp_path):
+    """As an operator runs them: ``users list | cut -f1`` gives names only."""
+    added = operator(tmp_path, "users", "add", "olga", "--admin", "--password-stdin", input="olga-password-1\n")
     assert added.returncode == 0, added.stderr
     assert added.stdout == "added olga (admin)\n"
     assert '"action": "admin"' in added.stderr  # the audit line, for whoever collects logs
-    listed = subprocess.run([*flask, "users", "list"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    listed = operator(tmp_path, "users", "list")
     assert [line.split("\t")[0] for line in listed.stdout.splitlines()] == ["olga"]
+
+
+def test_password_stdin_refuses_a_stray_carriage_return(tmp_path):
+    """A real process's stdin (unlike the test runner's) keeps a \\r that is not part of the line ending."""
+    stray = "olga-password-1\r\r\n"  # say, a password file saved with a Windows line ending, plus one more \r
+    added = operator(tmp_path, "users", "add", "olga", "--password-stdin", input=stray)
+    assert added.returncode != 0 and REFUSED_CONTROL in added.stderr, added.stderr
+    assert operator(tmp_path, "users", "list").stdout == ""
+    assert operator(tmp_path, "users", "add", "olga", "--password-stdin", input="olga-password-1\r\n").returncode == 0
+    changed = operator(tmp_path, "users", "set-password", "olga", "--password-stdin", input="olga-password-2\r\r")
+    assert changed.returncode != 0 and REFUSED_CONTROL in changed.stderr, changed.stderr
 
 
 def test_users_list_shows_source_and_last_sign_in(runner, app, auth):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import secrets
+import unicodedata
 from datetime import UTC
 from datetime import datetime
 from pathlib import Path
@@ -50,7 +51,7 @@ def common_passwords() -> frozenset[str]:
 
 
 def check_password(password: str) -> str:
-    """A new password: long enough, not a common one (give or take digits and symbols around it)."""
+    """A new password: long enough, one a browser can type, not a common one (give or take digits and symbols)."""
     password = password or ""
     if len(password) < MIN_PASSWORD:
         raise UserError(f"A password needs at least {MIN_PASSWORD} characters.")
@@ -58,6 +59,13 @@ def check_password(password: str) -> str:
         raise UserError("A password may be at most 1024 characters.")
     if len(set(password)) == 1:
         raise UserError("A password cannot be one character repeated.")
+    if any(c != "\t" and unicodedata.category(c) == "Cc" for c in password):
+        # Most often a stray \r from a file saved with Windows line endings: a browser's password
+        # field drops line breaks and no keyboard types the rest, so no one could ever sign in with it.
+        raise UserError(
+            "A password cannot contain a carriage return, line break or other control character "
+            "(a tab is fine): no browser could type it to sign in."
+        )
     folded = password.lower()
     core = folded.strip("0123456789!@#$%^&*()-_=+.,;:?~ ")
     if folded in common_passwords() or not core or core in common_passwords():
