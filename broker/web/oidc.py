@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 import time
 
 import requests
@@ -56,6 +57,10 @@ LOGOUT_TOKEN_AGE = 120
 # instance sees it), for longer than that: one slot per jti and window means a replay is refused.
 SEEN_ONCE = parse_limit("1 per 10 minutes")
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+# A logout token naming a key the cached key set (JWKS) lacks fetches the set again, as the
+# provider may have rotated its keys, but at most once this many seconds: anyone can post
+# tokens naming made-up keys, and each must not become a request to the provider.
+KEY_SET_REFRESH = 60
 # What an error code from the provider may look like before it goes into the audit.
 ERROR_CODE = re.compile(r"^[a-z_]{1,40}$")
 
@@ -68,6 +73,32 @@ class SignInError(Exception):
         self.outcome = outcome
         self.reason = reason
         self.message = message
+
+
+def clock() -> float:
+    return time.monotonic()
+
+
+class ProviderKeys:
+    """The provider's key set as Authlib caches it, and when this app last fetched it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.fetched_at = -float("inf")
+
+    def cached(self) -> KeySet:
+        """The key set, fetched only the first time."""
+        if not client().load_server_metadata().get("jwks"):
+            self.fetched_at = clock()
+        return KeySet.import_key_set(client().fetch_jwk_set())
+
+    def refreshed(self) -> KeySet | None:
+        """The key set fetched again; None when the last fetch is not KEY_SET_REFRESH old yet."""
+        with self.lock:
+            if clock() - self.fetched_at < KEY_SET_REFRESH:
+                return None
+            self.fetched_at = clock()
+        return KeySet.import_key_set(client().fetch_jwk_set(force=True))
 
 
 def register(app: Flask, settings: OidcSettings) -> None:
@@ -85,6 +116,7 @@ def register(app: Flask, settings: OidcSettings) -> None:
             "default_timeout": PROVIDER_TIMEOUT,
         },
     )
+    app.extensions["broker.oidc_keys"] = ProviderKeys()
     app.register_blueprint(bp)
 
 
@@ -262,11 +294,15 @@ def decode_signed(raw: str):
     metadata = client().load_server_metadata()
     algorithms = [a for a in metadata.get("id_token_signing_alg_values_supported", ["RS256"]) if a != "none"]
     registry = JWSRegistry(algorithms=algorithms)
+    keys: ProviderKeys = current_app.extensions["broker.oidc_keys"]
     try:
-        return jwt.decode(raw, KeySet.import_key_set(client().fetch_jwk_set()), registry=registry)
+        return jwt.decode(raw, keys.cached(), registry=registry)
     except InvalidKeyIdError:
-        # The provider may have rotated its keys since we fetched them.
-        return jwt.decode(raw, KeySet.import_key_set(client().fetch_jwk_set(force=True)), registry=registry)
+        # The provider may have rotated its keys since we fetched them (or someone names a made-up key).
+        fresh = keys.refreshed()
+        if fresh is None:
+            raise
+        return jwt.decode(raw, fresh, registry=registry)
 
 
 def check_logout_claims(claims: dict) -> None:

@@ -350,6 +350,47 @@ def flip_signature(token: str) -> str:
     return f"{head}.{body}.{flipped}"
 
 
+def signed_by_an_unknown_key(p, jti: str) -> str:
+    """A logout token naming a key id the provider never had (as anyone can make one)."""
+    claims = {"iss": p.issuer, "aud": CLIENT_ID, "iat": int(time.time()), "jti": jti, "sub": "alice"}
+    claims["events"] = {"http://schemas.openid.net/event/backchannel-logout": {}}
+    return jwt.encode({"alg": "RS256", "kid": "no-such-key"}, claims, OTHER_KEY)
+
+
+@pytest.fixture
+def key_set_fetches(oidc_provider, monkeypatch) -> list[str]:
+    """Every request the broker sends for the provider's key set (its jwks_uri)."""
+    metadata = requests.get(f"{oidc_provider.issuer}/.well-known/openid-configuration", timeout=10).json()
+    fetches = []
+    real = requests.Session.send
+
+    def send(self, prepared, **kwargs):
+        if prepared.url == metadata["jwks_uri"]:
+            fetches.append(prepared.url)
+        return real(self, prepared, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "send", send)
+    return fetches
+
+
+def test_logout_tokens_naming_unknown_keys_fetch_the_key_set_at_most_once_a_minute(
+    app, client, oidc_provider, key_set_fetches, monkeypatch
+):
+    def post(token: str) -> int:
+        return client.post("/auth/oidc/backchannel-logout", data={"logout_token": token}).status_code
+
+    assert [post(signed_by_an_unknown_key(oidc_provider, f"u-{n}")) for n in range(30)] == [400] * 30
+    assert len(key_set_fetches) == 1
+    # A minute on, the provider may have rotated its keys: an unknown key id may fetch the set again, once.
+    later = time.monotonic() + oidc.KEY_SET_REFRESH
+    monkeypatch.setattr(oidc, "clock", lambda: later)
+    assert [post(signed_by_an_unknown_key(oidc_provider, f"v-{n}")) for n in range(5)] == [400] * 5
+    assert len(key_set_fetches) == 2
+    # Genuine tokens are checked with the keys already fetched.
+    assert post(oidc_provider.logout_token(sub="alice")) == 200
+    assert len(key_set_fetches) == 2
+
+
 # -- bad answers at the callback --------------------------------------------------
 
 
