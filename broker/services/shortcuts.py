@@ -15,7 +15,11 @@ from datetime import datetime
 
 from sqlalchemy import delete
 from sqlalchemy import func
+from sqlalchemy import literal
 from sqlalchemy import select
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.sql.expression import Executable
 
 from broker.cloud.types import ServerInfo
 from broker.extensions import db
@@ -97,17 +101,34 @@ def _openable(consoles: ConsoleService, access: Access, cloud: str, server_id: s
 
 
 def pin(user: User, consoles: ConsoleService, server_id: str, cloud: str | None) -> tuple[ServerInfo, bool]:
-    """Pin a server the user may open; (server, True) when the pin is new, False when it was there."""
+    """Pin a server the user may open; (server, True) when the pin is new, False when it was there.
+
+    Safe when one person pins from several tabs at once: one statement adds the pin only if it
+    is not there yet and they have fewer than MAX_PINS, and their user row is locked first
+    (PostgreSQL; SQLite writes one at a time anyway), so two pins cannot both count 49 and
+    both go in, nor the same pin twice.
+    """
     server = consoles.permitted(user, server_id, cloud, detail="pin")
+    db.session.execute(select(User.id).where(User.id == user.id).with_for_update())
+    added = db.session.execute(_insert_below_limit(user.id, server.cloud, server.id)).rowcount == 1
     exists = select(Pin.id).where(Pin.user_id == user.id, Pin.cloud == server.cloud, Pin.server_id == server.id)
-    if db.session.scalar(exists) is not None:
-        return server, False
-    count = db.session.scalar(select(func.count()).select_from(Pin).where(Pin.user_id == user.id))
-    if count >= MAX_PINS:
+    if not added and db.session.scalar(exists) is None:
+        db.session.rollback()
         raise PinError(f"You have {MAX_PINS} pins already: unpin one first.")
-    db.session.add(Pin(user_id=user.id, cloud=server.cloud, server_id=server.id))
     db.session.commit()
-    return server, True
+    return server, added
+
+
+def _insert_below_limit(user_id: int, cloud: str, server_id: str) -> Executable:
+    """INSERT INTO pins ... SELECT ... WHERE (their pins) < MAX_PINS ON CONFLICT DO NOTHING, in this dialect."""
+    insert = postgresql.insert if db.session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    count = select(func.count()).select_from(Pin).where(Pin.user_id == user_id).scalar_subquery()
+    columns = [Pin.user_id, Pin.cloud, Pin.server_id, Pin.created_at]
+    values = (user_id, cloud, server_id, datetime.now(UTC))
+    row = select(*(literal(value, column.type) for column, value in zip(columns, values, strict=True)))
+    statement = insert(Pin.__table__).from_select(columns, row.where(count < MAX_PINS)).on_conflict_do_nothing()
+    # SQLAlchemy keeps an INSERT's row count (0 or 1 here: was the pin added?) only when asked.
+    return statement.execution_options(preserve_rowcount=True)
 
 
 def unpin(user: User, server_id: str, cloud: str | None) -> None:
