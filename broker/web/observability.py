@@ -2,7 +2,8 @@
 
 ``/metrics`` is never public. It answers a ``Bearer`` token (``BROKER_METRICS_TOKEN``) or an
 address in ``BROKER_METRICS_ALLOW``; everyone else gets the same 404 as any unknown path,
-so the endpoint is not advertised, and with neither setting it is off.
+so the endpoint is not advertised, and with neither setting it is off. ``/readyz`` answers
+anyone with its status alone, and the metrics token's holder with each check's details.
 """
 
 from __future__ import annotations
@@ -190,14 +191,23 @@ def circuit_state(breaker: CircuitBreaker) -> str:
     return "open" if breaker.clock() - breaker.opened_at < breaker.cooldown else "half-open"
 
 
+def may_read_readiness() -> bool:
+    """The metrics token, presented as /metrics takes it. Not the address allow-list: nginx passes
+    /readyz to everyone, and details name hosts, ports and clouds."""
+    token = state.settings().metrics_token
+    return bool(token) and token_presented(token)
+
+
 @bp.get("/readyz")
 def readyz():
     """200 when this instance can serve, else 503: only the database decides.
 
     A Redis that is down is reported ("degraded") but keeps the instance in the pool: every
     instance shares it, so 503 would take them all out at once, while each can go on with
-    per-process state. Open circuits are reported likewise (see clouds_check).
+    per-process state. Open circuits are reported likewise (see clouds_check). Only the
+    token's holder reads the checks.
     """
+    details = may_read_readiness()
     checks = {"database": database_check()}
     shared = redis_check()
     if shared is not None:
@@ -206,7 +216,7 @@ def readyz():
     ready = checks["database"]["ok"]
     degraded = not all(check["ok"] for check in checks.values())
     status = "not ready" if not ready else "degraded" if degraded else "ready"
-    response = jsonify({"status": status, "checks": checks})
+    response = jsonify({"status": status, "checks": checks} if details else {"status": status})
     response.status_code = 200 if ready else 503
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -662,11 +662,13 @@ def test_nginx_in_front_as_the_docs_configure_it(deployment):
     plain = requests.get(deployment.plain_url + "/login?next=/", allow_redirects=False, timeout=10)
     assert (plain.status_code, plain.headers["Location"]) == (301, "https://127.0.0.1/login?next=/")
     browser = Browser(deployment)
-    ready = browser.get("/readyz")
+    # /readyz: its status for anyone, the details (Redis's address among them) for the token's holder.
+    bearer = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    assert browser.get("/readyz").json() == {"status": "ready"}
+    ready = browser.get("/readyz", headers=bearer)
     assert ready.status_code == 200 and ready.json()["checks"]["redis"]["ok"]
     assert ready.headers["Strict-Transport-Security"].startswith("max-age=")
     # /metrics is each instance's own count: scraped from each instance, hidden by nginx.
-    bearer = {"Authorization": f"Bearer {METRICS_TOKEN}"}
     assert browser.get("/metrics", headers=bearer).status_code == 404
     for instance in deployment.instances.values():
         scraped = requests.get(instance.url + "/metrics", headers=bearer, timeout=10)

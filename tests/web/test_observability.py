@@ -148,7 +148,7 @@ def test_a_failed_sign_in_counts_once(client, auth):
 
 def test_ready(client, fake):
     calls = dict(fake.counts)
-    response = client.get("/readyz")
+    response = client.get("/readyz", headers=BEARER)
     assert response.status_code == 200
     body = response.get_json()
     assert body["status"] == "ready"
@@ -160,6 +160,34 @@ def test_ready(client, fake):
     assert TOKEN not in response.get_data(as_text=True)
 
 
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {},
+        {"HTTP_AUTHORIZATION": "Bearer wrong-token-0123456789abcdef"},
+        {"HTTP_AUTHORIZATION": f"Basic {TOKEN}"},
+        # An address allowed to read /metrics is not enough: nginx passes /readyz to anyone.
+        {"REMOTE_ADDR": "10.9.8.7"},
+    ],
+    ids=["none", "wrong-token", "basic", "metrics-address"],
+)
+def test_strangers_read_only_the_status(client, environ):
+    response = client.get("/readyz", environ_base=environ)
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ready"}
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+class TestReadinessWithoutAToken:
+    @pytest.fixture
+    def env_overrides(self) -> dict:
+        return {"BROKER_METRICS_ALLOW": "10.9.8.0/24"}
+
+    def test_without_a_token_configured_nobody_reads_the_details(self, client):
+        response = client.get("/readyz", headers=BEARER, environ_base={"REMOTE_ADDR": "10.9.8.7"})
+        assert response.get_json() == {"status": "ready"}
+
+
 def test_liveness_stays_as_it_was(client):
     assert client.get("/healthz").get_json() == {"status": "ok"}
 
@@ -168,13 +196,15 @@ class TestDatabaseGone:
     @pytest.fixture
     def env_overrides(self, tmp_path) -> dict:
         (tmp_path / "db").mkdir()
-        return {"BROKER_DATABASE_URL": f"sqlite:///{tmp_path}/db/broker.sqlite3"}
+        return {"BROKER_DATABASE_URL": f"sqlite:///{tmp_path}/db/broker.sqlite3", "BROKER_METRICS_TOKEN": TOKEN}
 
     def test_not_ready_names_the_database(self, app, client, tmp_path):
         with app.app_context():
             db.engine.dispose()
         shutil.rmtree(tmp_path / "db")  # SQLite cannot open a file in a folder that is gone
-        response = client.get("/readyz")
+        stranger = client.get("/readyz")
+        assert (stranger.status_code, stranger.get_json()) == (503, {"status": "not ready"})
+        response = client.get("/readyz", headers=BEARER)
         assert response.status_code == 503
         body = response.get_json()
         assert body["status"] == "not ready"
@@ -188,10 +218,10 @@ class TestDatabaseGone:
 class TestRedis:
     @pytest.fixture
     def env_overrides(self) -> dict:
-        return {"BROKER_REDIS_URL": require_redis()}
+        return {"BROKER_REDIS_URL": require_redis(), "BROKER_METRICS_TOKEN": TOKEN}
 
     def test_redis_is_checked_when_configured(self, client):
-        response = client.get("/readyz")
+        response = client.get("/readyz", headers=BEARER)
         assert response.status_code == 200
         assert response.get_json()["checks"]["redis"]["ok"] is True
 
@@ -207,11 +237,15 @@ class TestRedisDown:
     def env_overrides(self) -> dict:
         # Flask-Limiter's storage would follow BROKER_REDIS_URL, and the fixture resets it.
         url = f"redis://:hunter2-redis-secret@127.0.0.1:{closed_port()}/0"
-        return {"BROKER_REDIS_URL": url, "BROKER_RATELIMIT_STORAGE_URL": "memory://"}
+        return {"BROKER_REDIS_URL": url, "BROKER_RATELIMIT_STORAGE_URL": "memory://", "BROKER_METRICS_TOKEN": TOKEN}
+
+    def test_strangers_read_degraded_and_nothing_of_redis(self, client):
+        response = client.get("/readyz")
+        assert (response.status_code, response.get_json()) == (200, {"status": "degraded"})
 
     def test_degraded_but_ready_naming_redis_not_its_password(self, client):
         # Every instance shares Redis: a 503 would empty the load balancer's pool at once.
-        response = client.get("/readyz")
+        response = client.get("/readyz", headers=BEARER)
         assert response.status_code == 200
         assert response.get_json()["status"] == "degraded"
         redis_check = response.get_json()["checks"]["redis"]
@@ -231,7 +265,8 @@ class TestOneCircuitOpen:
         breaker = state.of(app).consoles.inventory.clouds["beta"].client.breakers["consoles"]
         breaker.reason = "Opening the console: cloud beta answered HTTP 500 (secret-ish detail)"
         breaker.opened_at = breaker.clock()
-        response = client.get("/readyz")
+        assert client.get("/readyz").get_json() == {"status": "ready"}  # no cloud names for strangers
+        response = client.get("/readyz", headers=BEARER)
         assert response.status_code == 200
         clouds = response.get_json()["checks"]["clouds"]
         assert clouds["circuits"] == {
