@@ -183,6 +183,7 @@ def check() -> None:
         # Users and rules can only be read from a schema this code knows.
         *(checks.check_access(service.inventory.names()) if database[0].level == "ok" else []),
         *checks.check_console_hosts(service, bool(settings.console_hosts)),
+        *checks.check_relay(settings, service),
     ]
     for finding in findings:
         click.echo(f"{MARKS[finding.level]}  {finding.text}")

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,6 +24,7 @@ from broker.cloud.types import Timeouts
 from broker.demo import keystone_session
 from broker.demo.cloud import FakeCloud
 from broker.demo.cloud import Server
+from broker.relay.server import Relay
 
 # The checkout: where app.py, the Procfile and gunicorn.conf.py are.
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,3 +241,49 @@ http {{
     path = directory / "nginx.conf"
     path.write_text(main)
     return path
+
+
+@contextlib.contextmanager
+def relay_listening(app, port: int = 0) -> Iterator[int]:
+    """A real relay (broker.relay.server.Relay) for ``app`` on loopback, on a loop of its own; yields its port."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="test-relay", daemon=True)
+    thread.start()
+    relay = Relay(app)
+    try:
+        asyncio.run_coroutine_threadsafe(relay.start("127.0.0.1", port), loop).result(10)
+        yield relay.port
+    finally:
+        asyncio.run_coroutine_threadsafe(relay.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+@contextlib.contextmanager
+def http_answering(status: int, body: bytes = b"", headers: dict | None = None) -> Iterator[tuple[int, list[str]]]:
+    """A plain HTTP server on loopback that answers every GET alike (a web app, another program); yields
+    its port and the paths it was asked for."""
+    asked: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(status)
+            for name, value in {"Content-Length": str(len(body)), **(headers or {})}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, name="test-http", daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], asked
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

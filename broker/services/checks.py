@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
+import os
+import ssl
+import time
+from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from http.client import HTTPConnection
+from http.client import HTTPException
+from http.client import HTTPSConnection
+from urllib.parse import urlsplit
+
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker import schema
 from broker.cloud.health import Finding
+from broker.config import Settings
 from broker.services import policy
 from broker.services import users
 from broker.services.consoles import ConsoleService
 from broker.shared import SharedRedis
+
+# The relay's answer to a plain GET (no Upgrade) on its path. The same text as PROBE_ANSWER in
+# broker/relay/server.py, which the services may not import (the layers put the relay above them);
+# tests/services/test_checks.py keeps the two equal.
+RELAY_PROBE_ANSWER = "console-broker relay\n"
+RELAY_PROBE_TIMEOUT = 2.0
+# How long /readyz reuses a probe's answer: polled every second or two, it would otherwise open a
+# connection each time, and wait up to the timeout each time when the relay's host does not answer.
+RELAY_PROBE_TTL = 5.0
+DEFAULT_RELAY_PORT = 5001
 
 
 def check_database() -> list[Finding]:
@@ -81,3 +103,144 @@ def check_console_hosts(service: ConsoleService, configured: bool) -> list[Findi
         ]
     source = "BROKER_CONSOLE_HOSTS" if configured else "the clouds' API hosts (set BROKER_CONSOLE_HOSTS to change)"
     return [Finding("ok", f"console URLs are accepted from {', '.join(service.console_hosts)} ({source})")]
+
+
+# -- the relay (relay mode only) -----------------------------------------------------------
+
+
+class RelaySettingError(ValueError):
+    """RELAY_BIND or RELAY_PORT cannot be read (the relay itself would refuse to start)."""
+
+
+@dataclass(frozen=True)
+class RelayTarget:
+    """Where the relay is probed, and the setting to fix when that address does not lead to it."""
+
+    url: str
+    setting: str
+
+
+@dataclass(frozen=True)
+class RelayAnswer:
+    ok: bool
+    reason: str
+
+
+def relay_mode(settings: Settings, service: ConsoleService) -> bool:
+    """True when any console opens through the relay: BROKER_CONSOLE_MODE=relay or a cloud's console_mode."""
+    clouds = service.inventory.clouds.values()
+    return settings.console_mode == "relay" or any(cloud.console_mode == "relay" for cloud in clouds)
+
+
+def relay_bind(env: Mapping[str, str]) -> tuple[str, int]:
+    """(host, port) the relay listens on, read as the relay reads it (broker/relay/__main__.py's bind_address)."""
+    name = "RELAY_BIND" if env.get("RELAY_BIND") else "RELAY_PORT"
+    bind = env.get("RELAY_BIND") or f"127.0.0.1:{env.get('RELAY_PORT') or DEFAULT_RELAY_PORT}"
+    host, _, port = bind.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise RelaySettingError(
+            f"relay: {name} must give a host and a port such as 127.0.0.1:{DEFAULT_RELAY_PORT}, got {bind!r}"
+        )
+    return host.strip("[]"), int(port)
+
+
+def reachable_host(host: str) -> str:
+    """A bind host as a URL's host: a wildcard is reached on loopback, IPv6 goes in brackets."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host
+
+
+def relay_target(settings: Settings, host: str | None = None, env: Mapping[str, str] = os.environ) -> RelayTarget:
+    """BROKER_RELAY_URL as http(s) when set ({host}: ``host``, else the relay's own bind host);
+    else the relay's bind address on BROKER_RELAY_PATH."""
+    if settings.relay_url:
+        url = settings.relay_url
+        if "{host}" in url:
+            url = url.replace("{host}", host or reachable_host(relay_bind(env)[0]))
+        scheme, _, rest = url.partition("://")
+        return RelayTarget(f"{'https' if scheme == 'wss' else 'http'}://{rest}", "BROKER_RELAY_URL")
+    bind_host, port = relay_bind(env)
+    setting = "RELAY_PORT" if env.get("RELAY_PORT") and not env.get("RELAY_BIND") else "RELAY_BIND"
+    return RelayTarget(f"http://{reachable_host(bind_host)}:{port}{settings.relay_path}", setting)
+
+
+def plain_get(url: str, timeout: float) -> tuple[int, bytes]:
+    """One GET without Upgrade, never following a redirect: the status and the body's first bytes."""
+    parts = urlsplit(url)
+    kind = HTTPSConnection if parts.scheme == "https" else HTTPConnection
+    connection = kind(parts.hostname or "", parts.port, timeout=timeout)
+    try:
+        connection.request("GET", parts.path or "/", headers={"User-Agent": "console-broker check"})
+        response = connection.getresponse()
+        return response.status, response.read(len(RELAY_PROBE_ANSWER) + 1)
+    finally:
+        connection.close()
+
+
+def probe_relay(target: RelayTarget, timeout: float = RELAY_PROBE_TIMEOUT) -> RelayAnswer:
+    """Does the relay answer at ``target``? Its plain GET answers 200 with RELAY_PROBE_ANSWER; nothing else does."""
+    try:
+        status, body = plain_get(target.url, timeout)
+    except HTTPException as exc:
+        return RelayAnswer(False, not_the_relay(target, f"something that is not HTTP ({type(exc).__name__})"))
+    except ssl.SSLError as exc:
+        why = getattr(exc, "verify_message", None) or exc.reason
+        return RelayAnswer(
+            False, f"relay: TLS with {target.url} failed ({type(exc).__name__}: {why}): fix {target.setting}"
+        )
+    except (OSError, ValueError) as exc:
+        return RelayAnswer(
+            False,
+            f"relay unreachable at {target.url} ({type(exc).__name__}): start it (the Procfile's relay: line) "
+            f"or fix {target.setting}",
+        )
+    if status == 200 and body == RELAY_PROBE_ANSWER.encode():
+        return RelayAnswer(True, f"relay answers at {target.url}")
+    return RelayAnswer(False, not_the_relay(target, f"HTTP {status}"))
+
+
+def not_the_relay(target: RelayTarget, what: str) -> str:
+    """Something answers at the relay's address, but not the relay: a wrong setting or proxy route."""
+    where = (
+        f"fix {target.setting} or the proxy's route for {urlsplit(target.url).path or '/'}"
+        if target.setting == "BROKER_RELAY_URL"
+        else f"another program listens there: fix {target.setting} to where the relay listens"
+    )
+    return f"relay: {target.url} answers {what} but it is not the relay: {where}"
+
+
+class RelayProbe:
+    """probe_relay with each address's answer kept ``ttl`` seconds, for /readyz (see RELAY_PROBE_TTL)."""
+
+    def __init__(
+        self,
+        ttl: float = RELAY_PROBE_TTL,
+        probe: Callable[[RelayTarget], RelayAnswer] = probe_relay,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl
+        self.probe = probe
+        self.clock = clock
+        self._answers: dict[RelayTarget, tuple[float, RelayAnswer]] = {}
+
+    def __call__(self, target: RelayTarget) -> RelayAnswer:
+        kept = self._answers.get(target)
+        if kept is not None and self.clock() - kept[0] < self.ttl:
+            return kept[1]
+        answer = self.probe(target)
+        if len(self._answers) >= 16:  # a few addresses at most ({host}: the names the broker is reached by)
+            self._answers.clear()
+        self._answers[target] = (self.clock(), answer)
+        return answer
+
+
+def check_relay(settings: Settings, service: ConsoleService, env: Mapping[str, str] = os.environ) -> list[Finding]:
+    """In relay mode, the relay answers where browsers are sent ({host}: the relay's own bind host)."""
+    if not relay_mode(settings, service):
+        return []
+    try:
+        target = relay_target(settings, env=env)
+    except RelaySettingError as exc:
+        return [Finding("fail", str(exc))]
+    answer = probe_relay(target)
+    return [Finding("ok" if answer.ok else "fail", answer.reason)]

@@ -20,6 +20,7 @@ from flask import Blueprint
 from flask import Flask
 from flask import Response
 from flask import abort
+from flask import current_app
 from flask import g
 from flask import jsonify
 from flask import request
@@ -31,6 +32,8 @@ from broker import state
 from broker.cloud.client import ComputeClient
 from broker.cloud.resilience import CircuitBreaker
 from broker.extensions import db
+from broker.services import checks as service_checks
+from broker.web.security import page_host
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ bp = Blueprint("observability", __name__)
 
 # What a proxy's X-Request-ID may look like to be kept: short, and nothing a log line could trip on.
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# This app's relay probe (checks.RelayProbe), which keeps each answer a few seconds.
+RELAY_PROBE = "broker.relay_probe"
 
 
 # -- request IDs -------------------------------------------------------------------
@@ -191,6 +196,23 @@ def circuit_state(breaker: CircuitBreaker) -> str:
     return "open" if breaker.clock() - breaker.opened_at < breaker.cooldown else "half-open"
 
 
+def relay_check() -> dict | None:
+    """In relay mode, whether the relay answers where browsers are sent ({host}: this request's host).
+
+    Reported ("degraded") but never 503: all instances share the relay, so a load balancer would
+    take every one of them out at once, and iframe clouds and the server list still work.
+    """
+    settings = state.settings()
+    if not service_checks.relay_mode(settings, state.consoles()):
+        return None
+    try:
+        target = service_checks.relay_target(settings, page_host())
+    except service_checks.RelaySettingError as exc:
+        return {"ok": False, "reason": str(exc)}
+    answer = current_app.extensions[RELAY_PROBE](target)
+    return {"ok": answer.ok, "reason": answer.reason}
+
+
 def may_read_readiness() -> bool:
     """The metrics token, presented as /metrics takes it. Not the address allow-list: nginx passes
     /readyz to everyone, and details name hosts, ports and clouds."""
@@ -204,8 +226,8 @@ def readyz():
 
     A Redis that is down is reported ("degraded") but keeps the instance in the pool: every
     instance shares it, so 503 would take them all out at once, while each can go on with
-    per-process state. Open circuits are reported likewise (see clouds_check). Only the
-    token's holder reads the checks.
+    per-process state. Open circuits and the relay are reported likewise (see clouds_check,
+    relay_check). Only the token's holder reads the checks; the relay is probed only for them.
     """
     details = may_read_readiness()
     checks = {"database": database_check()}
@@ -213,6 +235,9 @@ def readyz():
     if shared is not None:
         checks["redis"] = shared
     checks["clouds"] = clouds_check()
+    relay = relay_check() if details else None
+    if relay is not None:
+        checks["relay"] = relay
     ready = checks["database"]["ok"]
     degraded = not all(check["ok"] for check in checks.values())
     status = "not ready" if not ready else "degraded" if degraded else "ready"
@@ -223,6 +248,7 @@ def readyz():
 
 
 def register_observability(app: Flask) -> None:
-    """The blueprint, and the request ID chosen before any other hook of a request."""
+    """The blueprint, the request ID chosen before any other hook of a request, and the relay probe's memory."""
     app.register_blueprint(bp)
     request_started.connect(assign_request_id, app)
+    app.extensions[RELAY_PROBE] = service_checks.RelayProbe()

@@ -13,9 +13,14 @@ from sqlalchemy import text
 from broker import state
 from broker.extensions import db
 from broker.models import AccessRule
+from broker.relay import server as relay_server
+from broker.services import checks
 from broker.services import policy
 from broker.services import users
 from tests.support import ROOT
+from tests.support import free_port
+from tests.support import http_answering
+from tests.support import relay_listening
 
 
 def test_a_healthy_setup_passes_and_mints_nothing(runner, fake):
@@ -126,3 +131,143 @@ def test_check_as_the_operator_runs_it(tmp_path, fake):
     assert "FAIL  no users: create the first admin with 'flask --app app users add NAME --admin'" in done.stdout
     assert "Error: 1 problem found" in done.stderr
     assert fake.password not in done.stdout + done.stderr
+
+
+# -- the relay (relay mode only) -------------------------------------------------------------
+
+
+def test_the_probe_expects_what_the_relay_answers():
+    assert checks.RELAY_PROBE_ANSWER == relay_server.PROBE_ANSWER
+
+
+def test_no_relay_line_without_relay_mode(runner, monkeypatch):
+    monkeypatch.setenv("RELAY_BIND", f"127.0.0.1:{free_port()}")  # nothing there: never probed
+    result = runner.invoke(args=["check"])
+    assert result.exit_code == 0, result.output
+    assert "relay" not in result.output
+
+
+@pytest.mark.parametrize("console_mode", ["relay"])
+class TestRelayMode:
+    """A cloud with console_mode: relay; the relay found at RELAY_BIND, or at BROKER_RELAY_URL."""
+
+    def test_a_listening_relay_passes(self, app, runner, monkeypatch):
+        with relay_listening(app) as port:
+            monkeypatch.setenv("RELAY_BIND", f"127.0.0.1:{port}")
+            result = runner.invoke(args=["check"])
+        assert result.exit_code == 0, result.output
+        assert f"ok    relay answers at http://127.0.0.1:{port}/relay" in result.output.splitlines()
+
+    def test_a_relay_that_is_down_fails_naming_it_and_the_setting(self, runner, monkeypatch):
+        port = free_port()
+        monkeypatch.setenv("RELAY_BIND", f"127.0.0.1:{port}")
+        result = runner.invoke(args=["check"])
+        assert result.exit_code == 1
+        assert (
+            f"FAIL  relay unreachable at http://127.0.0.1:{port}/relay (ConnectionRefusedError): "
+            "start it (the Procfile's relay: line) or fix RELAY_BIND"
+        ) in result.output.splitlines()
+
+    def test_the_default_address_is_the_procfiles(self, runner, monkeypatch):
+        monkeypatch.delenv("RELAY_BIND", raising=False)
+        monkeypatch.setenv("RELAY_PORT", str(free_port()))
+        result = runner.invoke(args=["check"])
+        assert f"relay unreachable at http://127.0.0.1:{os.environ['RELAY_PORT']}/relay" in result.output
+        assert "or fix RELAY_PORT" in result.output and result.exit_code == 1
+
+    @pytest.mark.parametrize(
+        ("status", "body", "headers"),
+        [
+            (404, b"Not Found", {}),
+            (200, b"<!doctype html><title>Console Broker</title>", {}),
+            (200, b"console-broker relay\nand more", {}),
+            (301, b"", {"Location": "/elsewhere"}),
+        ],
+        ids=["web-app-404", "a-page", "longer-body", "redirect"],
+    )
+    def test_something_else_at_the_address_fails_as_not_the_relay(self, runner, monkeypatch, status, body, headers):
+        with http_answering(status, body, headers) as (port, asked):
+            monkeypatch.setenv("RELAY_BIND", f"127.0.0.1:{port}")
+            result = runner.invoke(args=["check"])
+        assert result.exit_code == 1
+        assert (
+            f"FAIL  relay: http://127.0.0.1:{port}/relay answers HTTP {status} but it is not the relay: "
+            "another program listens there: fix RELAY_BIND to where the relay listens"
+        ) in result.output.splitlines()
+        assert asked == ["/relay"]  # one plain GET, no redirect followed
+
+    def test_a_bad_relay_bind_fails_naming_it(self, runner, monkeypatch):
+        monkeypatch.setenv("RELAY_BIND", "localhost")
+        result = runner.invoke(args=["check"])
+        assert result.exit_code == 1
+        assert "FAIL  relay: RELAY_BIND must give a host and a port such as 127.0.0.1:5001, got 'localhost'" in (
+            result.output
+        )
+
+
+class TestRelayUrl:
+    """BROKER_CONSOLE_MODE=relay and BROKER_RELAY_URL (the relay on a port of its own, as ./dev demo runs it)."""
+
+    @pytest.fixture
+    def relay_port(self) -> int:
+        return free_port()
+
+    @pytest.fixture
+    def env_overrides(self, relay_port) -> dict:
+        return {"BROKER_CONSOLE_MODE": "relay", "BROKER_RELAY_URL": f"ws://{{host}}:{relay_port}/relay"}
+
+    @pytest.mark.parametrize("bind", ["127.0.0.1", "0.0.0.0"])
+    def test_host_stands_for_the_relays_own_bind_address(self, app, runner, monkeypatch, relay_port, bind):
+        monkeypatch.setenv("RELAY_BIND", f"{bind}:{relay_port}")
+        with relay_listening(app, relay_port):
+            result = runner.invoke(args=["check"])
+        assert result.exit_code == 0, result.output
+        assert f"ok    relay answers at http://127.0.0.1:{relay_port}/relay" in result.output.splitlines()
+
+    def test_nothing_listening_fails_naming_the_setting(self, runner, monkeypatch, relay_port):
+        monkeypatch.setenv("RELAY_BIND", f"127.0.0.1:{relay_port}")
+        result = runner.invoke(args=["check"])
+        assert result.exit_code == 1
+        assert (
+            f"FAIL  relay unreachable at http://127.0.0.1:{relay_port}/relay (ConnectionRefusedError): "
+            "start it (the Procfile's relay: line) or fix BROKER_RELAY_URL"
+        ) in result.output.splitlines()
+
+
+class TestRelayUrlLeadsElsewhere:
+    """BROKER_RELAY_URL names an address where the web app (or another program) answers."""
+
+    @pytest.fixture
+    def elsewhere(self):
+        with http_answering(404, b"Not Found") as answering:
+            yield answering
+
+    @pytest.fixture
+    def env_overrides(self, elsewhere) -> dict:
+        return {"BROKER_CONSOLE_MODE": "relay", "BROKER_RELAY_URL": f"wss://127.0.0.1:{elsewhere[0]}/relay"}
+
+    def test_a_wss_url_is_probed_with_tls_and_fails_naming_the_setting(self, runner, elsewhere):
+        result = runner.invoke(args=["check"])
+        assert result.exit_code == 1
+        # https spoken to a plain HTTP server.
+        assert f"FAIL  relay: TLS with https://127.0.0.1:{elsewhere[0]}/relay failed (SSLError: " in result.output
+        assert "): fix BROKER_RELAY_URL" in result.output
+
+
+class TestRelayUrlToTheWebApp:
+    @pytest.fixture
+    def elsewhere(self):
+        with http_answering(404, b"Not Found") as answering:
+            yield answering
+
+    @pytest.fixture
+    def env_overrides(self, elsewhere) -> dict:
+        return {"BROKER_CONSOLE_MODE": "relay", "BROKER_RELAY_URL": f"ws://127.0.0.1:{elsewhere[0]}/relay"}
+
+    def test_fails_naming_the_setting_and_the_route(self, runner, elsewhere):
+        result = runner.invoke(args=["check"])
+        assert result.exit_code == 1
+        assert (
+            f"FAIL  relay: http://127.0.0.1:{elsewhere[0]}/relay answers HTTP 404 but it is not the relay: "
+            "fix BROKER_RELAY_URL or the proxy's route for /relay"
+        ) in result.output.splitlines()

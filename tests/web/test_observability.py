@@ -19,6 +19,11 @@ from broker import state
 from broker.extensions import db
 from broker.logs import broker_handler
 from broker.models import AuditRecord
+from broker.services import checks
+from broker.web.observability import RELAY_PROBE
+from tests.support import free_port
+from tests.support import http_answering
+from tests.support import relay_listening
 from tests.support import require_redis
 from tests.support import server_id
 
@@ -155,7 +160,7 @@ def test_ready(client, fake):
     assert body["checks"]["database"]["ok"] is True
     circuits = {"lab": {"lists": "closed", "consoles": "closed"}}
     assert body["checks"]["clouds"] == {"ok": True, "reason": "all circuits closed", "circuits": circuits}
-    assert "redis" not in body["checks"]
+    assert "redis" not in body["checks"] and "relay" not in body["checks"]
     assert dict(fake.counts) == calls  # no upstream call
     assert TOKEN not in response.get_data(as_text=True)
 
@@ -275,6 +280,86 @@ class TestOneCircuitOpen:
         }
         assert clouds["reason"].startswith("circuit open for beta consoles (this worker)")
         assert "secret-ish" not in response.get_data(as_text=True)
+
+
+# -- /readyz: the relay (relay mode only) --------------------------------------------------------
+
+
+@pytest.mark.parametrize("console_mode", ["relay"])
+class TestRelay:
+    """A cloud with console_mode: relay, its relay at RELAY_BIND: reported to the token's holder, never 503."""
+
+    def test_a_listening_relay_is_reported(self, app, client, monkeypatch):
+        with relay_listening(app) as port:
+            monkeypatch.setenv("RELAY_BIND", f"127.0.0.1:{port}")
+            response = client.get("/readyz", headers=BEARER)
+        assert response.status_code == 200
+        body = response.get_json()
+        assert body["status"] == "ready"
+        assert body["checks"]["relay"] == {"ok": True, "reason": f"relay answers at http://127.0.0.1:{port}/relay"}
+
+    def test_a_relay_that_is_down_degrades_without_503(self, client, monkeypatch):
+        # Every instance shares the relay: a 503 would take them all out of the load balancer at once.
+        port = free_port()
+        monkeypatch.setenv("RELAY_BIND", f"127.0.0.1:{port}")
+        response = client.get("/readyz", headers=BEARER)
+        assert response.status_code == 200
+        assert response.get_json()["status"] == "degraded"
+        assert response.get_json()["checks"]["relay"] == {
+            "ok": False,
+            "reason": f"relay unreachable at http://127.0.0.1:{port}/relay (ConnectionRefusedError): "
+            "start it (the Procfile's relay: line) or fix RELAY_BIND",
+        }
+        # A stranger's request makes the instance connect nowhere: its status leaves the relay out.
+        assert client.get("/readyz").get_json() == {"status": "ready"}
+
+    def test_something_else_at_the_address_is_not_the_relay_and_is_asked_once(self, client, monkeypatch):
+        with http_answering(404, b"Not Found") as (port, asked):
+            monkeypatch.setenv("RELAY_BIND", f"127.0.0.1:{port}")
+            first = client.get("/readyz", headers=BEARER).get_json()
+            again = client.get("/readyz", headers=BEARER).get_json()
+            client.get("/readyz")
+        assert first == again and first["status"] == "degraded"
+        assert first["checks"]["relay"]["reason"] == (
+            f"relay: http://127.0.0.1:{port}/relay answers HTTP 404 but it is not the relay: "
+            "another program listens there: fix RELAY_BIND to where the relay listens"
+        )
+        assert asked == ["/relay"]  # the answer is kept a few seconds; strangers cause no probe
+
+    def test_the_answer_is_kept_only_a_few_seconds(self, app, client, monkeypatch):
+        now = [1000.0]
+        app.extensions[RELAY_PROBE].clock = lambda: now[0]
+        with http_answering(404, b"Not Found") as (port, asked):
+            monkeypatch.setenv("RELAY_BIND", f"127.0.0.1:{port}")
+            client.get("/readyz", headers=BEARER)
+            now[0] += checks.RELAY_PROBE_TTL - 0.1
+            client.get("/readyz", headers=BEARER)
+            now[0] += 0.2
+            client.get("/readyz", headers=BEARER)
+        assert asked == ["/relay", "/relay"]
+
+
+class TestRelayUrlWithHost:
+    """BROKER_RELAY_URL=ws://{host}:PORT/relay: {host} is the host this request was made to."""
+
+    @pytest.fixture
+    def relay_port(self) -> int:
+        return free_port()
+
+    @pytest.fixture
+    def env_overrides(self, relay_port) -> dict:
+        return {
+            "BROKER_METRICS_TOKEN": TOKEN,
+            "BROKER_CONSOLE_MODE": "relay",
+            "BROKER_RELAY_URL": f"ws://{{host}}:{relay_port}/relay",
+        }
+
+    def test_the_requests_host_is_probed_not_the_bind_address(self, app, client, monkeypatch, relay_port):
+        monkeypatch.setenv("RELAY_BIND", "192.0.2.1:1")  # what check would use; /readyz has the page's host
+        with relay_listening(app, relay_port):
+            response = client.get("/readyz", headers=BEARER, base_url="http://127.0.0.1:5000")
+        relay = response.get_json()["checks"]["relay"]
+        assert relay == {"ok": True, "reason": f"relay answers at http://127.0.0.1:{relay_port}/relay"}
 
 
 # -- request IDs ---------------------------------------------------------------------
