@@ -243,6 +243,14 @@ http {{
     return path
 
 
+def procfile_relay_line() -> str:
+    """The Procfile's ``relay:`` command."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith("relay:"):
+            return line.partition(":")[2].strip()
+    raise AssertionError("the Procfile has no relay: line")
+
+
 @contextlib.contextmanager
 def relay_listening(app, port: int = 0) -> Iterator[int]:
     """A real relay (broker.relay.server.Relay) for ``app`` on loopback, on a loop of its own; yields its port."""

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import flask
 import pytest
 import requests
 from sqlalchemy import select
@@ -157,6 +158,24 @@ def test_the_docs_show_the_file_this_test_runs():
     assert SITE.read_text().strip() in doc, "docs/deploy.md does not show deploy/nginx-auth-header.conf as it is"
     for setting in ("BROKER_AUTH_HEADER=X-Remote-User", f"BROKER_AUTH_HEADER_FROM={PROXY_ADDRESS}"):
         assert setting in doc
+
+
+def test_the_broker_sees_the_host_and_port_the_browser_used(setup, app):
+    """The test's nginx listens on a random port, not 443: the port must reach the broker (links, relay origin)."""
+    seen = []
+
+    def record(sender, **extra) -> None:
+        seen.append(flask.request.host_url)
+
+    flask.request_started.connect(record, app)
+    try:
+        assert setup.through_nginx("/healthz", auth=ALICE).status_code == 200
+    finally:
+        flask.request_started.disconnect(record, app)
+    assert seen == [setup.url + "/"]
+    # http:// on the https port: to https on the same port.
+    plain = requests.get(setup.url.replace("https://", "http://") + "/login", allow_redirects=False, timeout=10)
+    assert (plain.status_code, plain.headers["Location"]) == (301, setup.url + "/login")
 
 
 def test_a_person_nginx_authenticated_is_signed_in(setup, app):

@@ -107,10 +107,10 @@ def clean_environment() -> dict[str, str]:
 # -- the pieces --------------------------------------------------------------------------
 
 
-def redis_url() -> str:
-    """Database 14 of the test Redis (BROKER_TEST_REDIS_URL's server), emptied; or skip/fail."""
+def redis_url(number: int = REDIS_DB) -> str:
+    """Database 14 (or ``number``) of the test Redis (BROKER_TEST_REDIS_URL's server), emptied; or skip/fail."""
     parts = urlsplit(os.environ.get("BROKER_TEST_REDIS_URL", "redis://127.0.0.1:6379"))
-    url = f"{parts.scheme}://{parts.netloc}/{REDIS_DB}"
+    url = f"{parts.scheme}://{parts.netloc}/{number}"
     try:
         redis.Redis.from_url(url, socket_connect_timeout=1).flushdb()
     except redis.RedisError as exc:
@@ -142,11 +142,11 @@ def fresh_database():
         admin.dispose()
 
 
-def self_signed_certificate(openssl: str, directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1, which the test's clients trust."""
+def self_signed_certificate(openssl: str, directory: Path, names: str = "IP:127.0.0.1") -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (or the subjectAltName ``names``), which the test's clients trust."""
     cert, key = directory / "broker.crt", directory / "broker.key"
     argv = [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    argv += ["-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    argv += ["-days", "1", "-subj", "/CN=127.0.0.1", "-addext", f"subjectAltName={names}"]
     subprocess.run([*argv, "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=30)
     return cert, key
 
@@ -169,8 +169,11 @@ def environment_file(directory: Path, cloud: FakeCloud, database: str, redis: st
     return path
 
 
-def nginx_configuration(directory: Path, ports: list[int], tls: int, plain: int, cert: Path, key: Path) -> Path:
-    """deploy/nginx.conf on the test's ports, certificate and log, inside a main file for an unprivileged nginx.
+def nginx_configuration(
+    directory: Path, ports: list[int], tls: int, plain: int, cert: Path, key: Path, relay: int = 5001
+) -> Path:
+    """deploy/nginx.conf on the test's ports (instances, relay), certificate and log, inside a main file
+    for an unprivileged nginx.
 
     The one addition: each response names the instance that answered (X-Upstream).
     """
@@ -179,7 +182,8 @@ def nginx_configuration(directory: Path, ports: list[int], tls: int, plain: int,
         (DEPLOY / "nginx.conf").read_text(),
         {
             "server 127.0.0.1:8001;": f"server 127.0.0.1:{ports[0]};",
-            "server 127.0.0.1:8002;": f"server 127.0.0.1:{ports[1]};",
+            "server 127.0.0.1:8002;": f"server 127.0.0.1:{ports[-1]};",
+            "server 127.0.0.1:5001;": f"server 127.0.0.1:{relay};",
             "listen 80;": f"listen 127.0.0.1:{plain};",
             "listen 443 ssl http2;": f"listen 127.0.0.1:{tls} ssl http2;",
             "/etc/ssl/certs/console-broker.crt": str(cert),
@@ -530,11 +534,11 @@ def test_a_session_made_on_one_instance_works_on_the_other(deployment):
     codes, answered = browser.statuses("/api/servers?limit=1")
     assert codes == {200}
     assert answered == set(deployment.instances)
-    # X-Forwarded-Proto and -Host: the broker's own links are https on nginx's address.
+    # X-Forwarded-Proto and -Host: the broker's own links are https on nginx's address and port.
     server = browser.get("/api/servers?limit=1").json()["servers"][0]
     page = browser.get(f"/console/{server['id']}")
     assert page.status_code == 200
-    assert f"https://127.0.0.1/console/{server['id']}" in page.text
+    assert f"{deployment.url}/console/{server['id']}" in page.text
 
 
 def add_user_on_the_admin_page(deployment: Deployment, name: str, password: str) -> int:
