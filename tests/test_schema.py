@@ -29,7 +29,7 @@ from broker.services import users
 from tests.support import ROOT
 from tests.support import require_postgres
 
-HEAD = "0005"
+HEAD = "0006"
 UPGRADE = "run 'flask --app app db upgrade' with the server's environment"
 
 

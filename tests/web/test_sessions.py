@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+from datetime import UTC
+from datetime import datetime
+from datetime import timedelta
 
+import pytest
+from sqlalchemy import select
+from sqlalchemy import update
+
+from broker.cloud.types import ServerInfo
 from broker.extensions import db
 from broker.models import NO_PASSWORD
 from broker.models import User
@@ -53,6 +60,21 @@ def test_console_refreshes_keep_the_session_alive(client, auth, clock):
             f"/api/consoles/{server_id(1)}", headers={"X-CSRFToken": token}, json={"reason": "refresh"}
         )
         assert response.status_code == 200
+
+
+def test_requests_mark_the_sessions_row_used_for_the_relay_to_judge_idleness(client, auth, clock, app):
+    auth.login()
+    long_ago = datetime(2026, 1, 1, tzinfo=UTC)
+    with app.app_context():
+        db.session.execute(update(UserSession).values(seen_at=long_ago))
+        db.session.commit()
+    client.get("/")  # within SEEN_RESOLUTION of the sign-in: the row is not written
+    with app.app_context():
+        assert relay.aware(db.session.scalar(select(UserSession.seen_at))) == long_ago
+    clock.advance(sessions.SEEN_RESOLUTION + 1)
+    client.get("/")
+    with app.app_context():
+        assert relay.aware(db.session.scalar(select(UserSession.seen_at))) > datetime.now(UTC) - timedelta(minutes=1)
 
 
 def test_refresh_after_idle_timeout_gets_401(client, auth, clock):
@@ -199,7 +221,8 @@ def test_sign_in_renews_the_session_and_the_csrf_token(client, auth):
 def test_a_providers_logout_ends_that_sessions_relay_consoles(app):
     """Back-channel logout ends the session row; the relay's next poll closes its consoles with 4401."""
     with app.app_context():
-        user = User(username="oidc-ann", password_hash=NO_PASSWORD, source="oidc", external_id="sub-ann")
+        # An admin: the rules grant every console, so only the sessions decide here.
+        user = User(username="oidc-ann", password_hash=NO_PASSWORD, source="oidc", external_id="sub-ann", role="admin")
         db.session.add(user)
         db.session.flush()
         db.session.add_all(
@@ -209,10 +232,13 @@ def test_a_providers_logout_ends_that_sessions_relay_consoles(app):
             ]
         )
         db.session.commit()
-        rows = {}
+        reports = {}
         for sid in ("sid-a", "sid-b"):
             ticket = relay.Ticket(user.id, user.username, sid, server_id(1), "web-01", "lab", "http://localhost")
-            rows[sid] = relay.opened(ticket, client="192.0.2.1", instance="relay:1")
+            row_id = relay.opened(ticket, client="192.0.2.1", instance="relay:1")
+            server = ServerInfo(server_id(1), "web-01", "ACTIVE", "lab")
+            reports[sid] = relay.LiveReport(row_id, ticket, server, "192.0.2.1", "relay:1", datetime.now(UTC), 0, 0)
         assert sessions.end_external("oidc", "sub-ann", "op-a") == ["oidc-ann"]
         db.session.commit()
-        assert relay.to_end(list(rows.values())) == {rows["sid-a"]: relay.SIGNED_OUT}
+        limits = relay.Limits(lifetime=HOUR, idle=HOUR)
+        assert relay.report(list(reports.values()), limits) == {reports["sid-a"].row_id: relay.SIGNED_OUT}
