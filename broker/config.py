@@ -118,6 +118,8 @@ class Settings:
     # The relay's websocket URL when it is not on the pages' own origin (another port: demo, lab);
     # {host} in it stands for the host name the page was opened with.
     relay_url: str | None = None
+    # Relay consoles one person may have open at once (tabs left open, a script gone wrong).
+    max_consoles_per_user: int = 10
     clouds: tuple[str, ...] = ()
     # Server metadata keys the server panel shows (owner, ticket queue...): an admin's choice.
     panel_metadata: tuple[str, ...] = ()
@@ -276,6 +278,7 @@ def relay_settings(env: Mapping[str, str]) -> dict:
         "console_mode": _choice(env, "BROKER_CONSOLE_MODE", CONSOLE_MODES),
         "relay_path": path,
         "relay_url": url,
+        "max_consoles_per_user": _int(env, "BROKER_MAX_CONSOLES_PER_USER", 10, minimum=1),
     }
 
 

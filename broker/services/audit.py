@@ -82,15 +82,27 @@ def record(action: str, outcome: str, **fields: str) -> AuditRecord:
 
     ``fields``: username, cloud, server_id, server_name, detail, reason.
     """
-    entry = entry_for(action, outcome, **fields)
-    measure(entry)
-    # Written before the commit: afterwards the row is expired, and reading it for the line
-    # would take a connection and a SELECT per record (1-5 ms of every mint).
-    line = json.dumps(entry.to_json(), sort_keys=True)
-    db.session.add(entry)
+    entry, line = _staged(action, outcome, fields)
     db.session.commit()
     log.info(line)
     return entry
+
+
+def stage(action: str, outcome: str, **fields: str) -> AuditRecord:
+    """One record added to the unit of work under way, stored by its commit (and logged now)."""
+    entry, line = _staged(action, outcome, fields)
+    log.info(line)
+    return entry
+
+
+def _staged(action: str, outcome: str, fields: dict[str, str]) -> tuple[AuditRecord, str]:
+    entry = entry_for(action, outcome, **fields)
+    measure(entry)
+    # Taken before the commit: afterwards the row is expired, and reading it for the line
+    # would take a connection and a SELECT per record (1-5 ms of every mint).
+    line = json.dumps(entry.to_json(), sort_keys=True)
+    db.session.add(entry)
+    return entry, line
 
 
 def record_anonymous(action: str, outcome: str, **fields: str) -> None:

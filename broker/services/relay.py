@@ -9,16 +9,25 @@ change, removal, back-channel logout) closes its consoles within seconds.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from datetime import datetime
 from datetime import timedelta
+from typing import ParamSpec
+from typing import TypeVar
 
 from sqlalchemy import delete
+from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy import update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import InterfaceError
+from sqlalchemy.exc import OperationalError
 
 from broker.cloud.types import ServerInfo
 from broker.extensions import db
@@ -27,15 +36,54 @@ from broker.models import RelayTicket
 from broker.models import User
 from broker.models import UserSession
 from broker.services import audit
+from broker.services.consoles import RELAY
+from broker.services.consoles import ConsoleService
+from broker.services.consoles import Minted
+from broker.services.policy import Access
+from broker.services.policy import access_for
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 # Long enough for a page to open its websocket on a slow link; short enough that a copied
 # ticket (it is in the websocket URL, so it may reach a proxy's access log) is worthless.
 TICKET_TTL = 30
-# A row its relay has not touched for this long belongs to a relay that died: not listed.
-STALE_AFTER = 30
+# A row its relay has not touched for this long (five of its polls) belongs to a relay that died:
+# not listed, not counted against its user, and removed by the next relay that polls.
+STALE_AFTER = 10
 # Close codes the viewer acts on (see static/js/viewer.js).
 SIGNED_OUT = 4401
+NOT_ALLOWED = 4403
 ENDED_BY_ADMIN = 4410
+
+
+class TooManyConsoles(Exception):
+    """The person has as many relay consoles open as one person may; the message names how many."""
+
+    def __init__(self, open_now: int, limit: int):
+        super().__init__(
+            f"You have {open_now} consoles open, the most one person may have at once ({limit}). "
+            "Close one and try again."
+        )
+        self.open_now = open_now
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long a sign-in session lives (BROKER_SESSION_LIFETIME) and may sit idle (BROKER_SESSION_IDLE), in seconds."""
+
+    lifetime: int
+    idle: int
+
+    def expired(self, session: UserSession, moment: datetime) -> str | None:
+        """Why ``session`` is over at ``moment`` by these limits (the web app's words), or None."""
+        if moment - aware(session.started_at) > timedelta(seconds=self.lifetime):
+            return "session reached its maximum age"
+        if moment - aware(session.seen_at or session.started_at) > timedelta(seconds=self.idle):
+            return "session was idle too long"
+        return None
 
 
 class TicketRefused(Exception):
@@ -45,6 +93,31 @@ class TicketRefused(Exception):
         super().__init__(reason)
         self.reason = reason
         self.status = status
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached, and the console has no rights confirmed before to go on with."""
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True for an error that says the database cannot be reached (not one that says a query is wrong)."""
+    return isinstance(exc, OperationalError | InterfaceError) or bool(getattr(exc, "connection_invalidated", False))
+
+
+def database_required(function: Callable[P, T]) -> Callable[P, T]:
+    """``function``, with the database's being out of reach said as DatabaseUnavailable (the relay rides it out)."""
+
+    @functools.wraps(function)
+    def calling(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return function(*args, **kwargs)
+        except DBAPIError as exc:
+            if not is_unreachable(exc):
+                raise
+            db.session.rollback()
+            raise DatabaseUnavailable("the broker's database cannot be reached") from exc
+
+    return calling
 
 
 @dataclass(frozen=True)
@@ -90,8 +163,25 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def issue(user: User, session_id: str, server: ServerInfo, origin: str) -> str:
-    """A fresh single-use ticket for ``server`` (already authorized); staged and committed here."""
+def open_consoles(user_id: int) -> int:
+    """How many relay consoles the user has connected now, on every relay."""
+    fresh = now() - timedelta(seconds=STALE_AFTER)
+    query = select(func.count()).where(LiveConsole.user_id == user_id, LiveConsole.seen_at >= fresh)
+    return db.session.scalar(query.select_from(LiveConsole)) or 0
+
+
+def issue(user: User, session_id: str, server: ServerInfo, origin: str, limit: int) -> str:
+    """A fresh single-use ticket for ``server`` (already authorized); staged and committed here.
+
+    TooManyConsoles (audited) when the user has ``limit`` consoles open already.
+    """
+    open_now = open_consoles(user.id)
+    if open_now >= limit:
+        refusal = TooManyConsoles(open_now, limit)
+        reason = f"{open_now} consoles open, at the limit of {limit} (BROKER_MAX_CONSOLES_PER_USER)"
+        fields = {"cloud": server.cloud, "server_id": server.id, "server_name": server.name}
+        audit.record("console", "refused", username=user.username, detail="relay", reason=reason, **fields)
+        raise refusal
     token = secrets.token_urlsafe(32)
     db.session.execute(delete(RelayTicket).where(RelayTicket.expires_at < now() - timedelta(seconds=TICKET_TTL)))
     db.session.add(
@@ -110,6 +200,7 @@ def issue(user: User, session_id: str, server: ServerInfo, origin: str) -> str:
     return token
 
 
+@database_required
 def redeem(token: str, *, session_id: str | None, user_id: int | None, origin: str | None) -> Ticket:
     """The ticket's grant, used up now; TicketRefused (audited) when any binding does not hold."""
     row, claimed = _claim(token or "")
@@ -178,8 +269,64 @@ def _audit_refusal(row: RelayTicket | None, refused: TicketRefused) -> None:
 # -- live consoles: written by the relay process ------------------------------------------
 
 
+class SessionOver(Exception):
+    """The ticket's sign-in session has ended, or passed its idle or absolute limit: nothing is minted for it."""
+
+
+def mint(service: ConsoleService, limits: Limits, ticket: Ticket, confirmed: ServerInfo | None) -> Minted:
+    """A console URL for the ticket's server, through the one path every mint takes (authorization included).
+
+    Never for a session that has ended or passed its limits (SessionOver). The mint is part
+    of its console's record, not a record of its own. While the database cannot be reached, a
+    console already open goes on with the rights last confirmed for it (``confirmed``: the
+    server as its last mint found it); a new one is refused (DatabaseUnavailable).
+    """
+    try:
+        user = _session_user(ticket, limits)
+        return service.mint(user, ticket.server_id, ticket.cloud, detail=RELAY, quiet=True)
+    except DBAPIError as exc:
+        if not is_unreachable(exc):
+            raise
+        db.session.rollback()
+        if confirmed is None:
+            raise DatabaseUnavailable("the broker's database cannot be reached") from None
+        log.warning(
+            "database unreachable: console of %s for %s minted on the rights last confirmed",
+            confirmed.id,
+            ticket.username,
+        )
+        return service.mint_confirmed(confirmed)
+
+
+def _session_user(ticket: Ticket, limits: Limits) -> User:
+    """The ticket's user while its sign-in session lives; a session past its limits is ended here (audited)."""
+    found = db.session.execute(
+        select(User, UserSession)
+        .join(UserSession, UserSession.user_id == User.id)
+        .where(UserSession.id == ticket.session_id, UserSession.ended_at.is_(None), User.id == ticket.user_id)
+    ).first()
+    if found is None:
+        raise SessionOver("the sign-in session has ended")
+    user, session = found
+    if reason := limits.expired(session, now()):
+        _end_session(session, user.username, reason)
+        db.session.commit()
+        raise SessionOver(reason)
+    return user
+
+
+def _end_session(session: UserSession, username: str, reason: str) -> None:
+    """End a session the relay found past its limits, once whichever relay sees it first; staged."""
+    ended = db.session.execute(
+        update(UserSession).where(UserSession.id == session.id, UserSession.ended_at.is_(None)).values(ended_at=now())
+    ).rowcount
+    if ended:
+        audit.stage("sign_out", "ok", username=username, detail=session.method, reason=f"{reason} (seen by the relay)")
+
+
+@database_required
 def opened(ticket: Ticket, *, client: str, instance: str, server_name: str = "") -> int:
-    """Record a browser now connected through ``instance``; audited."""
+    """Record a console now connected through ``instance``: its one record of success."""
     row = LiveConsole(
         user_id=ticket.user_id,
         username=ticket.username,
@@ -193,24 +340,148 @@ def opened(ticket: Ticket, *, client: str, instance: str, server_name: str = "")
     db.session.add(row)
     db.session.flush()
     row_id = row.id
-    audit.record("relay", "ok", **_fields(row), detail="connect")
+    audit.record("console", "ok", **_fields(row), detail=RELAY, reason=f"connected through relay {instance}")
     return row_id
 
 
-def progress(counts: dict[int, tuple[int, int]]) -> None:
-    """Bytes each way so far for each of a relay's connections; also says the relay is alive."""
-    if not counts:
-        return
-    seen = now()
-    for row_id, (to_cloud, to_browser) in counts.items():
-        db.session.execute(
-            update(LiveConsole)
-            .where(LiveConsole.id == row_id)
-            .values(to_cloud=to_cloud, to_browser=to_browser, seen_at=seen)
-        )
+@database_required
+def failed(ticket: Ticket, *, reason: str) -> None:
+    """A console whose cloud side never connected: its one record, with the cause."""
+    fields = {"username": ticket.username, "cloud": ticket.cloud, "server_id": ticket.server_id}
+    audit.record("console", "failed", **fields, server_name=ticket.server_name, detail=RELAY, reason=reason)
+
+
+@dataclass(frozen=True)
+class LiveReport:
+    """One connected console as its relay sees it at a poll."""
+
+    row_id: int
+    ticket: Ticket
+    # The server as its console's last mint found it: what the rules judge now.
+    server: ServerInfo
+    client: str
+    instance: str
+    started_at: datetime
+    to_cloud: int
+    to_browser: int
+    # The person's last key or pointer event in it (use, as any request is), or None.
+    used_at: datetime | None = None
+
+
+@database_required
+def report(reports: list[LiveReport], limits: Limits) -> dict[int, int]:
+    """A relay's poll: each console's bytes (a heartbeat too) and use; which must close now, with what code.
+
+    Every poll, even of a relay carrying nothing, also removes the rows of relays that died.
+
+    A console closes when an admin ends it, when its session ends or passes its limits
+    (4401), and when its user may no longer open its server (4403): a removed rule, group
+    membership or admin role takes effect within one poll.
+    """
+    moment = now()
+    _heartbeat(reports, moment)
+    _record_use(reports)
+    _forget_stale(moment)
+    ending = _verdicts(reports, limits, moment) if reports else {}
     db.session.commit()
+    return ending
 
 
+def _heartbeat(reports: list[LiveReport], moment: datetime) -> None:
+    """Bytes and last-seen of each console; a row another relay's clean-up took while this one could not
+    reach the database (its heartbeat looked dead) is written back, for the console is alive."""
+    for item in reports:
+        written = db.session.execute(
+            update(LiveConsole)
+            .where(LiveConsole.id == item.row_id)
+            .values(to_cloud=item.to_cloud, to_browser=item.to_browser, seen_at=moment)
+        ).rowcount
+        if not written:
+            db.session.add(_row_of(item, moment))
+    db.session.flush()
+
+
+def _row_of(item: LiveReport, moment: datetime) -> LiveConsole:
+    ticket = item.ticket
+    return LiveConsole(
+        id=item.row_id,
+        user_id=ticket.user_id,
+        username=ticket.username,
+        session_id=ticket.session_id,
+        server_id=ticket.server_id,
+        server_name=item.server.name[:255],
+        cloud=ticket.cloud,
+        client=item.client[:64],
+        instance=item.instance[:128],
+        started_at=item.started_at,
+        seen_at=moment,
+        to_cloud=item.to_cloud,
+        to_browser=item.to_browser,
+    )
+
+
+def _record_use(reports: list[LiveReport]) -> None:
+    """Typing or pointing in a console is use of its session, as a request is (the idle limit counts from it)."""
+    latest: dict[str, datetime] = {}
+    for item in reports:
+        if item.used_at is not None:
+            sid = item.ticket.session_id
+            latest[sid] = max(item.used_at, latest.get(sid, item.used_at))
+    for session_id, used_at in latest.items():
+        db.session.execute(
+            update(UserSession)
+            .where(UserSession.id == session_id, (UserSession.seen_at.is_(None)) | (UserSession.seen_at < used_at))
+            .values(seen_at=used_at)
+        )
+
+
+def _forget_stale(moment: datetime) -> None:
+    """Rows of relays that stopped without closing them (a crash, a kill): their heartbeat is a few polls old."""
+    db.session.execute(delete(LiveConsole).where(LiveConsole.seen_at < moment - timedelta(seconds=STALE_AFTER)))
+
+
+def _verdicts(reports: list[LiveReport], limits: Limits, moment: datetime) -> dict[int, int]:
+    """Which consoles must close now, and with what code; sessions found past their limits are ended (audited)."""
+    query = (
+        select(LiveConsole, UserSession, User)
+        .outerjoin(
+            UserSession,
+            (UserSession.id == LiveConsole.session_id)
+            & (UserSession.user_id == LiveConsole.user_id)
+            & UserSession.ended_at.is_(None),
+        )
+        .outerjoin(User, User.id == LiveConsole.user_id)
+        .where(LiveConsole.id.in_([item.row_id for item in reports]))
+    )
+    found = {row.id: (row, session, user) for row, session, user in db.session.execute(query)}
+    servers = {item.row_id: item.server for item in reports}
+    access: dict[int, Access] = {}
+    ending: dict[int, int] = {}
+    for row_id, (row, session, user) in found.items():
+        code = _verdict(row, session, user, limits, moment)
+        if code is None and user is not None:
+            if user.id not in access:
+                access[user.id] = access_for(user)  # once per user and poll, however many consoles
+            code = None if access[user.id].allows(servers[row_id]) else NOT_ALLOWED
+        if code is not None:
+            ending[row_id] = code
+    return ending
+
+
+def _verdict(
+    row: LiveConsole, session: UserSession | None, user: User | None, limits: Limits, moment: datetime
+) -> int | None:
+    if row.end_requested_by:
+        return ENDED_BY_ADMIN
+    if session is None or user is None:
+        return SIGNED_OUT
+    if reason := limits.expired(session, moment):
+        _end_session(session, user.username, reason)
+        return SIGNED_OUT
+    return None
+
+
+@database_required
 def closed(row_id: int, *, reason: str, to_cloud: int, to_browser: int) -> None:
     """A connection ended: its row goes, and the audit keeps how long it lasted and what it carried."""
     row = db.session.get(LiveConsole, row_id)
@@ -221,34 +492,6 @@ def closed(row_id: int, *, reason: str, to_cloud: int, to_browser: int) -> None:
     fields = _fields(row)
     db.session.delete(row)
     audit.record("relay", "ok", **fields, detail="disconnect", reason=summary)
-
-
-def to_end(row_ids: list[int]) -> dict[int, int]:
-    """Which of these connections must close now, and with what code."""
-    if not row_ids:
-        return {}
-    query = (
-        select(LiveConsole.id, LiveConsole.end_requested_by, UserSession.id)
-        .outerjoin(
-            UserSession,
-            (UserSession.id == LiveConsole.session_id)
-            & (UserSession.user_id == LiveConsole.user_id)
-            & UserSession.ended_at.is_(None),
-        )
-        .where(LiveConsole.id.in_(row_ids))
-    )
-    ending = {}
-    found = set()
-    for row_id, requested_by, live_session in db.session.execute(query):
-        found.add(row_id)
-        if requested_by:
-            ending[row_id] = ENDED_BY_ADMIN
-        elif live_session is None:
-            ending[row_id] = SIGNED_OUT
-    db.session.rollback()  # read only: hand the connection back
-    # A row someone deleted (cleanup of a dead relay's rows) has nobody watching it: close.
-    ending.update({row_id: ENDED_BY_ADMIN for row_id in row_ids if row_id not in found})
-    return ending
 
 
 def _fields(row: LiveConsole) -> dict[str, str]:
@@ -292,18 +535,30 @@ class NoSuchConsole(LookupError):
 
 
 def request_end(row_id: int, actor: str) -> str:
-    """Ask the relay carrying this console to close it (within its next poll); staged, for the admin's audit."""
+    """Close this console (within its relay's next poll) and end the sign-in session it belongs to; staged.
+
+    Ending only the console would leave the same sign-in free to ask for a new ticket at once.
+    """
     row = db.session.get(LiveConsole, row_id)
     if row is None:
         raise NoSuchConsole("that console is no longer connected")
     row.end_requested_by = actor[:64]
+    db.session.execute(
+        update(UserSession)
+        .where(UserSession.id == row.session_id, UserSession.ended_at.is_(None))
+        .values(ended_at=now())
+    )
     db.session.flush()
-    return f"ended the console of {row.server_name or row.server_id} ({row.cloud}) opened by {row.username}"
+    return (
+        f"ended the console of {row.server_name or row.server_id} ({row.cloud}) opened by {row.username}, "
+        f"and that sign-in session: {row.username} must sign in again"
+    )
 
 
 def forget_stale() -> int:
-    """Remove rows of relays that stopped without closing them (a crash); returns how many."""
-    cutoff = now() - timedelta(seconds=STALE_AFTER * 10)
-    gone = db.session.execute(delete(LiveConsole).where(LiveConsole.seen_at < cutoff)).rowcount
+    """Remove rows of relays that stopped without closing them (at a relay's start); returns how many."""
+    gone = db.session.execute(
+        delete(LiveConsole).where(LiveConsole.seen_at < now() - timedelta(seconds=STALE_AFTER))
+    ).rowcount
     db.session.commit()
     return gone

@@ -87,7 +87,8 @@ def relay_ticket(server_id: str):
     server = service().permitted(current_user, server_id, request.args.get("cloud") or None)
     if service().mode(server) != "relay":
         abort(400, description=f"Consoles of cloud {server.cloud} open in the cloud's own page, not through the relay.")
-    ticket = relay.issue(current_user, sessions.current_id(), server, page_origin())
+    limit = state.settings().max_consoles_per_user
+    ticket = relay.issue(current_user, sessions.current_id(), server, page_origin(), limit)
     response = jsonify(
         {"ticket": ticket, "url": relay_url(), "expires_in": relay.TICKET_TTL, "server": server.to_json()}
     )

@@ -21,6 +21,7 @@ from broker.cloud.errors import CloudError
 from broker.services import audit
 from broker.services.consoles import ViewerOnly
 from broker.services.power import PowerRefused
+from broker.services.relay import TooManyConsoles
 from broker.services.shortcuts import PinError
 from broker.web.observability import request_id
 
@@ -144,6 +145,10 @@ def handle_pin_error(exc: PinError):
     return error_response(400, "too_many_pins", str(exc))
 
 
+def handle_too_many_consoles(exc: TooManyConsoles):
+    return error_response(429, "too_many_consoles", str(exc))
+
+
 def handle_unexpected(exc: Exception):
     log.exception("unhandled error on %s %s", request.method, request.path)
     return error_response(500, "internal_error", "Something went wrong in the broker. It has been logged.")
@@ -157,4 +162,5 @@ def register_errorhandlers(app: Flask) -> None:
     app.register_error_handler(ViewerOnly, handle_viewer_only)
     app.register_error_handler(PowerRefused, handle_power_refused)
     app.register_error_handler(PinError, handle_pin_error)
+    app.register_error_handler(TooManyConsoles, handle_too_many_consoles)
     app.register_error_handler(Exception, handle_unexpected)

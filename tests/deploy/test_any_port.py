@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from broker.demo import serve
@@ -201,6 +202,47 @@ def test_the_relay_url_keeps_the_port_and_its_websocket_connects(site, host):
     ) as websocket:
         # Through nginx to the relay, which checked the ticket's origin (with the port) and the session.
         assert websocket.subprotocol == "binary"
+
+
+def test_no_log_of_nginx_or_the_relay_holds_a_relay_ticket(site):
+    """Item 7 of issue 18: nginx's error log kept "GET /relay?ticket=..." request lines. The ticket now rides
+    in the Sec-WebSocket-Protocol header, so the request line nginx logs (access and error alike) has none."""
+    browser = signed_in(site, "127.0.0.1")
+    server = first_server(site, browser, "127.0.0.1")
+    token = csrf_from(browser.get(site.url("127.0.0.1") + "/").text)
+    cookie = "; ".join(f"{c.name}={c.value}" for c in browser.cookies)
+    context = ssl.create_default_context(cafile=str(site.deployment.ca))
+    tickets = []
+    for _ in range(2):
+        issued = browser.post(
+            f"{site.url('127.0.0.1')}/api/relay-tickets/{server['id']}?cloud=envvars", headers={"X-CSRFToken": token}
+        ).json()
+        tickets.append(issued["ticket"])
+        headers = {"Cookie": cookie, "Origin": site.url("127.0.0.1")}
+        with connect(
+            issued["url"],
+            ssl=context,
+            subprotocols=["binary", f"ticket.{issued['ticket']}"],
+            additional_headers=headers,
+            open_timeout=10,
+        ) as websocket:
+            websocket.recv(timeout=10)  # the relay's RFB greeting: the console is under way
+    # A replayed ticket is refused before the upgrade (and audited), and logged by nginx as a 403.
+    with pytest.raises(InvalidStatus) as replayed:
+        connect(
+            issued["url"],
+            ssl=context,
+            subprotocols=["binary", f"ticket.{tickets[-1]}"],
+            additional_headers=headers,
+            open_timeout=10,
+        )
+    assert replayed.value.response.status_code == 403
+    directory = site.deployment.directory
+    logs = {path.name: path.read_text() for path in [*directory.glob("*.log"), site.relay_log]}
+    assert "GET /relay HTTP/1.1" in logs[site.deployment.access_log.name].replace('"', "")
+    for name, text in logs.items():
+        for ticket in tickets:
+            assert ticket not in text, f"a relay ticket is in {name}"
 
 
 def test_plain_http_on_the_https_port_is_sent_to_https_on_that_port(site):

@@ -7,6 +7,7 @@ from datetime import datetime
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import delete
 from sqlalchemy import select
 from sqlalchemy import update
 
@@ -17,6 +18,7 @@ from broker.models import LiveConsole
 from broker.models import RelayTicket
 from broker.models import UserSession
 from broker.services import management
+from broker.services import policy
 from broker.services import relay
 from broker.services import users
 from tests.support import ADMIN
@@ -44,8 +46,11 @@ def audit_rows(action: str) -> list[AuditRecord]:
     return list(db.session.scalars(select(AuditRecord).where(AuditRecord.action == action).order_by(AuditRecord.id)))
 
 
-def issued(sid: str = "session-1", name: str = AGENT[0]) -> str:
-    return relay.issue(users.find(name), sid, SERVER, ORIGIN)
+LIMITS = relay.Limits(lifetime=12 * 3600, idle=3600)
+
+
+def issued(sid: str = "session-1", name: str = AGENT[0], limit: int = 10) -> str:
+    return relay.issue(users.find(name), sid, SERVER, ORIGIN, limit)
 
 
 def test_a_ticket_is_redeemed_once_with_everything_it_grants(ctx):
@@ -134,17 +139,33 @@ def test_old_tickets_are_cleared_when_new_ones_are_issued(ctx):
     assert db.session.scalar(select(db.func.count()).select_from(RelayTicket)) == 1
 
 
-def connected(sid: str = "session-1") -> int:
-    user_id, sid = signed_in(sid=sid)
-    ticket = relay.redeem(issued(sid), session_id=sid, user_id=user_id, origin=ORIGIN)
-    return relay.opened(ticket, client="192.0.2.7", instance="relay-a:1")
+def connected(sid: str = "session-1", name: str = AGENT[0]) -> int:
+    return relay.opened(ticket_of(sid, name), client="192.0.2.7", instance="relay-a:1")
+
+
+def ticket_of(sid: str = "session-1", name: str = AGENT[0]) -> relay.Ticket:
+    user_id, sid = signed_in(name, sid=sid)
+    return relay.redeem(issued(sid, name), session_id=sid, user_id=user_id, origin=ORIGIN)
+
+
+def live(row_id: int, server: ServerInfo = SERVER, **fields) -> relay.LiveReport:
+    """The relay's report of one of its consoles (as it would build it from the row's ticket)."""
+    row = db.session.get(LiveConsole, row_id)
+    ticket = relay.Ticket(row.user_id, row.username, row.session_id, row.server_id, row.server_name, row.cloud, ORIGIN)
+    db.session.rollback()
+    values = {"to_cloud": 0, "to_browser": 0, "used_at": None, **fields}
+    return relay.LiveReport(row_id, ticket, server, "192.0.2.7", "relay-a:1", datetime.now(UTC), **values)
+
+
+def to_end(*row_ids: int, limits: relay.Limits = LIMITS) -> dict[int, int]:
+    return relay.report([live(row_id) for row_id in row_ids], limits)
 
 
 def test_a_connection_is_listed_with_its_bytes_and_audited_when_it_ends(ctx):
     row_id = connected()
-    relay.progress({row_id: (1200, 5_000_000)})
-    [live] = relay.listing()
-    assert (live.username, live.server_name, live.cloud, live.client, live.to_cloud, live.to_browser) == (
+    relay.report([live(row_id, to_cloud=1200, to_browser=5_000_000)], LIMITS)
+    [listed] = relay.listing()
+    assert (listed.username, listed.server_name, listed.cloud, listed.client, listed.to_cloud, listed.to_browser) == (
         AGENT[0],
         "web-01",
         "lab",
@@ -154,8 +175,10 @@ def test_a_connection_is_listed_with_its_bytes_and_audited_when_it_ends(ctx):
     )
     relay.closed(row_id, reason="the browser closed it", to_cloud=1300, to_browser=5_100_000)
     assert relay.listing() == []
-    connect, disconnect = audit_rows("relay")
-    assert (connect.detail, disconnect.detail) == ("connect", "disconnect")
+    [opened] = audit_rows("console")
+    assert (opened.outcome, opened.detail, opened.reason) == ("ok", "relay", "connected through relay relay-a:1")
+    [disconnect] = audit_rows("relay")
+    assert disconnect.detail == "disconnect"
     assert disconnect.server_name == "web-01" and disconnect.username == AGENT[0]
     assert disconnect.reason == "the browser closed it; 0 s, 1300 bytes to the cloud, 5100000 bytes to the browser"
 
@@ -170,10 +193,10 @@ def test_a_relay_that_stopped_reporting_is_not_listed(ctx):
 
 def test_an_admin_ends_a_console_through_the_audited_path(ctx):
     row_id = connected()
-    assert relay.to_end([row_id]) == {}
+    assert to_end(row_id) == {}
     text = management.end_console(ADMIN[0], row_id)
     assert "web-01" in text and AGENT[0] in text
-    assert relay.to_end([row_id]) == {row_id: relay.ENDED_BY_ADMIN}
+    assert to_end(row_id) == {row_id: relay.ENDED_BY_ADMIN}
     [record] = [r for r in audit_rows("admin") if r.detail == "relay_end"]
     assert (record.username, record.outcome) == (ADMIN[0], "ok")
     assert relay.listing()[0].ending
@@ -193,18 +216,181 @@ def test_consoles_end_when_their_session_does(ctx, how):
     if how == "sign-out":
         db.session.execute(update(UserSession).where(UserSession.id == "session-1").values(ended_at=datetime.now(UTC)))
         db.session.commit()
-        assert relay.to_end([row_id, other]) == {row_id: relay.SIGNED_OUT}
+        assert to_end(row_id, other) == {row_id: relay.SIGNED_OUT}
         return
     if how == "password":
         management.set_password(ADMIN[0], AGENT[0], "a-new-password-for-the-agent")
     else:
         management.remove_user(ADMIN[0], AGENT[0])
-    assert relay.to_end([row_id, other]) == {row_id: relay.SIGNED_OUT, other: relay.SIGNED_OUT}
+    assert to_end(row_id, other) == {row_id: relay.SIGNED_OUT, other: relay.SIGNED_OUT}
 
 
-def test_rows_of_a_dead_relay_are_forgotten(ctx):
-    row_id = connected()
-    db.session.execute(update(LiveConsole).values(seen_at=datetime.now(UTC) - timedelta(hours=1)))
+def test_rows_of_a_dead_relay_are_removed_by_the_next_poll_of_any_relay(ctx):
+    dead = connected()
+    alive = connected(sid="session-other")
+    stale = datetime.now(UTC) - timedelta(seconds=relay.STALE_AFTER + 1)
+    db.session.execute(update(LiveConsole).where(LiveConsole.id == dead).values(seen_at=stale))
     db.session.commit()
-    assert relay.forget_stale() == 1
-    assert relay.to_end([row_id]) == {row_id: relay.ENDED_BY_ADMIN}
+    assert relay.report([], LIMITS) == {}  # a relay carrying nothing cleans up too
+    assert [row.id for row in db.session.scalars(select(LiveConsole))] == [alive]
+
+
+def test_a_console_whose_row_was_taken_while_its_relay_was_cut_off_is_written_back(ctx):
+    """After a database outage a live relay's heartbeat looks as old as a dead one's; its consoles go on."""
+    row_id = connected()
+    report = live(row_id, to_cloud=10, to_browser=20)
+    db.session.execute(delete(LiveConsole))
+    db.session.commit()
+    assert relay.report([report], LIMITS) == {}
+    [row] = db.session.scalars(select(LiveConsole)).all()
+    assert (row.id, row.username, row.server_id, row.to_cloud) == (row_id, AGENT[0], SERVER.id, 10)
+
+
+# -- access that ends ends the console ----------------------------------------------------------------
+
+
+def test_a_console_closes_when_its_session_passes_the_idle_limit_and_the_session_ends(ctx):
+    row_id = connected()
+    idle = datetime.now(UTC) - timedelta(seconds=LIMITS.idle + 5)
+    db.session.execute(update(UserSession).values(seen_at=idle, started_at=idle))
+    db.session.commit()
+    assert to_end(row_id) == {row_id: relay.SIGNED_OUT}
+    session = db.session.get(UserSession, "session-1")
+    assert session.ended_at is not None
+    [record] = audit_rows("sign_out")
+    assert (record.username, record.reason) == (AGENT[0], "session was idle too long (seen by the relay)")
+    assert to_end(row_id) == {row_id: relay.SIGNED_OUT}
+    assert len(audit_rows("sign_out")) == 1  # ended once, however many polls see it
+
+
+def test_typing_in_a_console_is_use_that_keeps_its_session(ctx):
+    row_id = connected()
+    idle = datetime.now(UTC) - timedelta(seconds=LIMITS.idle + 5)
+    db.session.execute(update(UserSession).values(seen_at=idle, started_at=idle))
+    db.session.commit()
+    typed_now = datetime.now(UTC)
+    assert relay.report([live(row_id, used_at=typed_now)], LIMITS) == {}
+    assert relay.aware(db.session.get(UserSession, "session-1").seen_at) >= typed_now - timedelta(seconds=1)
+
+
+def test_a_console_closes_when_its_session_reaches_its_absolute_lifetime_however_used(ctx):
+    row_id = connected()
+    old = datetime.now(UTC) - timedelta(seconds=LIMITS.lifetime + 5)
+    db.session.execute(update(UserSession).values(started_at=old))
+    db.session.commit()
+    assert relay.report([live(row_id, used_at=datetime.now(UTC))], LIMITS) == {row_id: relay.SIGNED_OUT}
+    [record] = audit_rows("sign_out")
+    assert record.reason == "session reached its maximum age (seen by the relay)"
+
+
+def test_nothing_is_minted_for_a_session_past_its_limits(ctx, app):
+    ticket = ticket_of()
+    old = datetime.now(UTC) - timedelta(seconds=LIMITS.lifetime + 5)
+    db.session.execute(update(UserSession).values(started_at=old))
+    db.session.commit()
+    with pytest.raises(relay.SessionOver, match="maximum age"):
+        relay.mint(ConsoleWithNoCloud(), LIMITS, ticket, None)
+    assert db.session.get(UserSession, "session-1").ended_at is not None
+
+
+def test_nothing_is_minted_for_a_session_that_has_ended(ctx):
+    ticket = ticket_of()
+    db.session.execute(update(UserSession).values(ended_at=datetime.now(UTC)))
+    db.session.commit()
+    with pytest.raises(relay.SessionOver):
+        relay.mint(ConsoleWithNoCloud(), LIMITS, ticket, SERVER)
+
+
+class ConsoleWithNoCloud:
+    """A console service that fails the test if anything reaches it."""
+
+    def mint(self, *args, **kwargs):
+        raise AssertionError("minted for a session that is over")
+
+    mint_confirmed = mint
+
+
+def rule_for(name: str, pattern: str = "web-*") -> None:
+    management.add_rule(ADMIN[0], user=name, cloud="lab", name_pattern=pattern)
+
+
+@pytest.fixture
+def no_rules(ctx):
+    """Nobody but admins may open anything until a test grants it."""
+    for rule in policy.all_rules():
+        policy.remove_rule(rule.id)
+    db.session.commit()
+
+
+@pytest.mark.parametrize("change", ["rule removed", "left the group", "no longer admin"])
+def test_a_console_closes_within_one_poll_when_its_user_may_no_longer_open_the_server(no_rules, change):
+    if change == "rule removed":
+        rule_for(AGENT[0])
+        name = AGENT[0]
+    elif change == "left the group":
+        management.add_group(ADMIN[0], "helpdesk")
+        management.add_member(ADMIN[0], "helpdesk", AGENT[0])
+        management.add_rule(ADMIN[0], group="helpdesk", cloud="lab", name_pattern="web-*")
+        name = AGENT[0]
+    else:
+        name = ADMIN[0]
+    row_id = connected(name=name)
+    assert to_end(row_id) == {}
+    if change == "rule removed":
+        [rule] = policy.all_rules()
+        management.remove_rule(ADMIN[0], rule.id)
+    elif change == "left the group":
+        management.remove_member(ADMIN[0], "helpdesk", AGENT[0])
+    else:
+        management.add_user(ADMIN[0], "second-admin", "a-long-enough-password-2", "admin")
+        management.set_role("second-admin", ADMIN[0], "agent")
+    assert to_end(row_id) == {row_id: relay.NOT_ALLOWED}
+
+
+def test_rights_are_judged_on_the_server_as_last_minted(no_rules):
+    rule_for(AGENT[0], pattern="web-*")
+    row_id = connected()
+    renamed = ServerInfo(id=SERVER.id, name="db-01", status="ACTIVE", cloud="lab")
+    assert relay.report([live(row_id, server=renamed)], LIMITS) == {row_id: relay.NOT_ALLOWED}
+    assert relay.report([live(row_id)], LIMITS) == {}
+
+
+def test_ending_a_console_from_the_admin_page_ends_its_sign_in_too(ctx):
+    row_id = connected()
+    other = connected(sid="session-other")
+    text = management.end_console(ADMIN[0], row_id)
+    assert "must sign in again" in text
+    assert db.session.get(UserSession, "session-1").ended_at is not None
+    assert db.session.get(UserSession, "session-other").ended_at is None
+    with pytest.raises(relay.TicketRefused) as refused:
+        relay.redeem(issued("session-1"), session_id="session-1", user_id=users.find(AGENT[0]).id, origin=ORIGIN)
+    assert refused.value.status == 401
+    [record] = [r for r in audit_rows("admin") if r.detail == "relay_end"]
+    assert (record.username, record.outcome) == (ADMIN[0], "ok")
+    assert AGENT[0] in record.reason and "sign-in session" in record.reason
+    assert to_end(row_id, other) == {row_id: relay.ENDED_BY_ADMIN}
+
+
+# -- a cap per person -----------------------------------------------------------------------------------
+
+
+def test_a_ticket_past_the_users_console_limit_is_refused_naming_how_many_are_open(ctx):
+    for n in range(3):
+        connected(sid=f"session-{n}")
+    before = db.session.scalar(select(db.func.count()).select_from(RelayTicket))
+    with pytest.raises(relay.TooManyConsoles, match="You have 3 consoles open, the most one person may have at once"):
+        issued("session-0", limit=3)
+    assert db.session.scalar(select(db.func.count()).select_from(RelayTicket)) == before
+    [refusal] = [r for r in audit_rows("console") if r.outcome == "refused"]
+    assert refusal.reason == "3 consoles open, at the limit of 3 (BROKER_MAX_CONSOLES_PER_USER)"
+    issued("session-0", limit=4)  # below the limit: issued
+    issued("session-0", name=ADMIN[0], limit=3)  # another person's consoles are their own
+
+
+def test_consoles_of_a_dead_relay_do_not_count_against_the_limit(ctx):
+    connected()
+    stale = datetime.now(UTC) - timedelta(seconds=relay.STALE_AFTER + 1)
+    db.session.execute(update(LiveConsole).values(seen_at=stale))
+    db.session.commit()
+    assert relay.open_consoles(users.find(AGENT[0]).id) == 0
+    issued("session-1", limit=1)

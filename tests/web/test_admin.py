@@ -5,11 +5,15 @@ from __future__ import annotations
 import csv
 import io
 
+from datetime import UTC
+from datetime import datetime
+
 import pytest
 from bs4 import BeautifulSoup
 from sqlalchemy.exc import IntegrityError
 
 from broker import state
+from broker.cloud.types import ServerInfo
 from broker.extensions import db
 from broker.models import AccessRule
 from broker.models import AuditRecord
@@ -432,8 +436,18 @@ def live_console(app, username: str = "agent", server_name: str = "web-<01>") ->
         db.session.commit()
         ticket = relay.Ticket(user.id, username, f"sid-{username}", "srv-1", server_name, "lab", "http://localhost")
         row_id = relay.opened(ticket, client="192.0.2.9", instance="relay-host:4242")
-        relay.progress({row_id: (2048, 3 * 1024 * 1024)})
+        relay.report([report_of(row_id, ticket, to_cloud=2048, to_browser=3 * 1024 * 1024)], LIMITS)
         return row_id
+
+
+LIMITS = relay.Limits(lifetime=3600, idle=3600)
+
+
+def report_of(row_id: int, ticket: relay.Ticket, to_cloud: int = 0, to_browser: int = 0) -> relay.LiveReport:
+    """The relay's poll report of the console ``live_console`` registered."""
+    server = ServerInfo(ticket.server_id, ticket.server_name, "ACTIVE", ticket.cloud)
+    started = datetime.now(UTC)
+    return relay.LiveReport(row_id, ticket, server, "192.0.2.9", "relay-host:4242", started, to_cloud, to_browser)
 
 
 def test_live_consoles_are_listed_with_who_where_and_how_much(admin, app):
@@ -446,14 +460,18 @@ def test_live_consoles_are_listed_with_who_where_and_how_much(admin, app):
     assert row.select_one("button.end-session")["aria-label"] == "End the console of web-<01> opened by agent"
 
 
-def test_end_session_asks_the_relay_to_close_it_and_is_audited(admin, auth, app):
+def test_end_session_asks_the_relay_to_close_it_ends_that_sign_in_and_is_audited(admin, auth, app):
     row_id = live_console(app)
     response = post(admin, auth, f"/admin/sessions/{row_id}/end")
     assert response.status_code == 302 and response.headers["Location"].endswith("/admin/sessions")
     with app.app_context():
-        assert relay.to_end([row_id]) == {row_id: relay.ENDED_BY_ADMIN}
+        user = users.find("agent")
+        ticket = relay.Ticket(user.id, "agent", "sid-agent", "srv-1", "web-<01>", "lab", "http://localhost")
+        assert relay.report([report_of(row_id, ticket)], LIMITS) == {row_id: relay.ENDED_BY_ADMIN}
+        assert db.session.get(UserSession, "sid-agent").ended_at is not None
         [row] = audit.search(audit.Filter(action="admin"))[0]
         assert (row.username, row.detail, row.outcome) == ("admin", "relay_end", "ok")
+        assert row.reason.endswith("and that sign-in session: agent must sign in again")
     page = BeautifulSoup(admin.get("/admin/sessions").get_data(as_text=True), "html.parser")
     assert page.select_one("#live-consoles tbody tr").get_text(" ", strip=True).endswith("ending…")
 

@@ -15,13 +15,16 @@ from broker import state
 from broker.demo.cloud import OTHER_PROJECT_SERVER_ID
 from broker.extensions import db
 from broker.models import AuditRecord
+from broker.models import LiveConsole
 from broker.models import PowerConfirmation
 from broker.services import policy
 from broker.services import shortcuts
+from broker.services import users
 from broker.services.consoles import NOT_FOUND
 from broker.throttle import parse_limit
 from broker.web import api as api_module
 from tests.support import ADMIN
+from tests.support import AGENT
 from tests.support import AuthActions
 from tests.support import server_id
 
@@ -395,6 +398,33 @@ def test_in_relay_mode_no_console_url_reaches_a_browser(api, app, console_mode, 
     assert fake.counts["console"] == 0
     [row] = audit_rows(app)
     assert (row["outcome"], row["reason"]) == ("refused", "this cloud's consoles open only through the relay")
+
+
+@pytest.mark.parametrize("console_mode", ["relay"])
+@pytest.mark.parametrize("env_overrides", [{"BROKER_MAX_CONSOLES_PER_USER": "2"}])
+def test_a_ticket_past_the_consoles_one_person_may_have_open_is_refused_with_429(
+    relay_api, app, console_mode, env_overrides
+):
+    with app.app_context():
+        user = users.find(AGENT[0])
+        for n in range(2):
+            db.session.add(
+                LiveConsole(
+                    user_id=user.id,
+                    username=user.username,
+                    session_id=f"s{n}",
+                    server_id=server_id(n + 1),
+                    cloud="lab",
+                    instance="relay-a:1",
+                )
+            )
+        db.session.commit()
+    response = relay_api(server_id(1), query_string={"cloud": "lab"})
+    assert response.status_code == 429
+    error = response.get_json()["error"]
+    assert error["code"] == "too_many_consoles"
+    assert error["message"].startswith("You have 2 consoles open, the most one person may have at once (2).")
+    assert "ticket" not in response.get_json()
 
 
 def test_an_iframe_cloud_gives_no_relay_tickets(relay_api):
