@@ -13,6 +13,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from websockets.protocol import State
@@ -33,6 +34,7 @@ from bench.stats import percentile
 from bench.viewer import BACKSPACE
 from bench.viewer import Viewer
 from bench.viewer import ViewerError
+from bench.viewer import pointer_events
 from broker.relay.upstream import websocket_target
 
 TITLE = "Relay mode"
@@ -46,6 +48,17 @@ OPENERS = 16
 SETTLE = 5.0
 MB = 1 << 20
 BUDGET = 200 * MB
+# One agent's script sent the largest websocket messages the relay takes from a browser (a
+# pasted clipboard's size), each one full of pointer events.
+FLOOD_EVENTS = MB // 6
+# The flood runs this long before the other console's keystrokes are timed, so they meet it in full;
+# the relay's CPU is taken over the second half, while it carries nothing else.
+FLOOD_LEAD = 2.0
+# The floods timed: moves the relay may merge, and presses and releases it must pass on one by one.
+FLOODS = {"pointer moves": False, "button presses and releases": True}
+# After a flood, the next figure waits until keystrokes echo this fast again (at most CALM_WAIT s).
+CALM = 0.010
+CALM_WAIT = 120.0
 
 
 def run(args: argparse.Namespace, workdir: Path, step: Callable[[str], None]) -> Section:
@@ -58,7 +71,11 @@ def run(args: argparse.Namespace, workdir: Path, step: Callable[[str], None]) ->
         running = relaystack.start(stack, workdir)
         step("relay: console page assets")
         rows = assets.rows(running.client, running.server, "steady")
-        rows += asyncio.run(measure(running, args, step))
+        unbudgeted = None
+        if args.relay_keys:
+            step("relay: starting a second relay without per-connection budgets")
+            unbudgeted = relaystack.start_unbudgeted(stack, running, workdir)
+        rows += asyncio.run(measure(running, args, step, unbudgeted))
         return Section(TITLE, setup_line(running, time.monotonic() - began), rows)
 
 
@@ -70,11 +87,14 @@ def setup_line(running: RelayStack, seconds: float) -> str:
         "and VNC server (`python -m bench.vncproxy`: `broker.demo.consoleproxy.handle`, enforce_session_timeout on, "
         f"no cursor blink) and two stand-in clouds whose console tokens last {relaystack.STEADY_TTL} s and "
         f"{EXPIRING_TTL} s, each in its own process; the viewer is the bench's own (`bench/viewer.py`), "
-        "in the bench's process"
+        "in the bench's process; beside the relay, the same relay without per-connection budgets "
+        "(`python -m bench.unbudgeted`) for the budget's cost"
     )
 
 
-async def measure(running: RelayStack, args: argparse.Namespace, step: Callable[[str], None]) -> list[Row]:
+async def measure(
+    running: RelayStack, args: argparse.Namespace, step: Callable[[str], None], unbudgeted: int | None
+) -> list[Row]:
     rows: list[Row] = []
     if args.relay_keys or args.relay_seconds:
         step("relay: a console through the relay and one straight to the proxy")
@@ -86,6 +106,8 @@ async def measure(running: RelayStack, args: argparse.Namespace, step: Callable[
             if args.relay_keys:
                 step(f"relay: {args.relay_keys} keystrokes each way, interleaved")
                 rows += keystroke_rows(*await keystrokes(relayed, direct, args.relay_keys))
+                step(f"relay: {args.relay_keys} keystrokes each way, with and without per-connection budgets")
+                rows.append(budget_row(*await budget_cost(running, relayed, unbudgeted, args.relay_keys)))
             if args.relay_seconds:
                 step(f"relay: full-screen updates for {args.relay_seconds:g} s each way")
                 rows.append(throughput_row(await throughput(relayed, direct, args.relay_seconds)))
@@ -97,6 +119,8 @@ async def measure(running: RelayStack, args: argparse.Namespace, step: Callable[
     if args.relay_idle:
         step(f"relay: {args.relay_idle:,} idle consoles")
         rows.append(await idle(running, args.relay_idle))
+    if args.relay_keys:
+        rows += await floods(running, args.relay_keys, step)
     return rows
 
 
@@ -159,6 +183,119 @@ def keystroke_rows(through: Samples, straight: Samples) -> list[Row]:
             verdict(added <= 0.001, f"{ratio(through.median, straight.median)} / {ratio(through.p95, straight.p95)}"),
         ),
     ]
+
+
+# -- the per-connection budget's cost -------------------------------------------------------------------
+
+
+async def budget_cost(running: RelayStack, relayed: Viewer, port: int, count: int) -> tuple[Samples, Samples]:
+    """``count`` echoes through the relay and as many through the relay without budgets on ``port``, in turn."""
+    unbudgeted = await running.through_relay_at(port, "steady")
+    try:
+        await first_screen(unbudgeted)
+        return await keystrokes(relayed, unbudgeted, count)
+    finally:
+        await unbudgeted.close()
+
+
+def budget_row(budgeted: Samples, unbudgeted: Samples) -> Row:
+    added = budgeted.median - unbudgeted.median
+    return Row(
+        f"keystroke to echo through the relay with / without per-connection budgets, p50 / p95 "
+        f"(n={len(budgeted.seconds)})",
+        f"{median_p95(budgeted)} / {median_p95(unbudgeted)}: the budget adds {added * 1e6:.0f} µs at p50",
+        "<= 0.1 ms at p50",
+        verdict(added <= 0.0001, f"{ratio(budgeted.median, unbudgeted.median)}"),
+    )
+
+
+# -- one console flooding ------------------------------------------------------------------------------
+
+
+@dataclass
+class Flood:
+    """One console sending the same message over and over, as fast as the relay takes it."""
+
+    viewer: Viewer
+    message: bytes
+    sent: int = 0
+
+    async def run(self) -> None:
+        while True:
+            await self.viewer.websocket.send(self.message)
+            self.sent += 1
+
+
+@dataclass
+class Flooded:
+    """Another console's echoes during a flood; the flood's messages sent before and during them; the relay's CPU."""
+
+    samples: Samples
+    before: int
+    during: int
+    seconds: float
+    cpu: float  # the relay's, with the flood alone
+
+
+async def floods(running: RelayStack, count: int, step: Callable[[str], None]) -> list[Row]:
+    """Each flood in turn against one other console. Last of all: a flooding console that leaves
+    outlives it in the relay until the websocket's keepalive gives up on it (about 40 s), holding
+    its queued messages, which would be charged to any figure after it."""
+    other = await running.through_relay("steady")
+    rows = []
+    try:
+        await first_screen(other)
+        for kind, clicks in FLOODS.items():
+            step(f"relay: {count} keystrokes while another console floods the relay with {kind}")
+            rows.append(flood_row(kind, await flooded(running, other, count, clicks)))
+    finally:
+        await other.close()
+    return rows
+
+
+async def flooded(running: RelayStack, other: Viewer, count: int, clicks: bool) -> Flooded:
+    """``count`` echoes on ``other`` while a second console through the relay floods it with pointer events."""
+    flooder = await running.through_relay("steady")
+    flood = Flood(flooder, pointer_events(FLOOD_EVENTS, clicks=clicks))
+    task = asyncio.create_task(flood.run())
+    try:
+        await asyncio.sleep(FLOOD_LEAD / 2)
+        cpu = cpu_seconds(running.relay.popen.pid)
+        await asyncio.sleep(FLOOD_LEAD / 2)
+        busy = (cpu_seconds(running.relay.popen.pid) - cpu) / (FLOOD_LEAD / 2)
+        samples = Samples("flooded")
+        before, start = flood.sent, time.monotonic()
+        for _ in range(count):
+            samples.seconds.append(await echo(other))
+        result = Flooded(samples, before, flood.sent - before, time.monotonic() - start, busy)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await flooder.abandon()
+    await calm(other)
+    return result
+
+
+async def calm(viewer: Viewer) -> None:
+    """Wait until ``viewer``'s keystrokes echo quickly again (three in a row), so a flood's leftovers
+    (in the relay, or in the proxy's queue) are not charged to the next figure."""
+    deadline = time.monotonic() + CALM_WAIT
+    quick = 0
+    while quick < 3 and time.monotonic() < deadline:
+        quick = quick + 1 if await echo(viewer) < CALM else 0
+
+
+def flood_row(kind: str, flood: Flooded) -> Row:
+    samples = flood.samples
+    return Row(
+        f"keystroke to echo through the relay while another console floods it with 1 MB websocket messages "
+        f"of {kind}, p50 / p95 (n={len(samples.seconds)})",
+        f"{median_p95(samples)}; the flooding console sent {flood.before} messages in the first "
+        f"{FLOOD_LEAD:g} s, {flood.during} more in the {flood.seconds:.1f} s timed; the relay's CPU for the "
+        f"flood alone {flood.cpu:.0%} of a core",
+        "< 50 ms at p95",
+        verdict(samples.p95 < 0.050, f"{samples.p95 / 0.050:.0%} of target"),
+    )
 
 
 # -- throughput -------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bench import procs
 from bench.clients import BrokerClient
@@ -42,6 +44,8 @@ class RelayStack:
     server: str = ""
     # The relay's RSS once it listens, before any console.
     rss_at_start: int = 0
+    # The broker's and the relay's environment (another relay process of the same broker starts with it).
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def origin(self) -> str:
@@ -69,6 +73,12 @@ class RelayStack:
         """A viewer on the relay, as the console page opens it: a ticket, the session cookie, the page's Origin."""
         url, ticket = await asyncio.to_thread(self.ticket, cloud, client)
         return await Viewer.open(url, origin=self.origin, cookie=self.cookie(client), ticket=ticket)
+
+    async def through_relay_at(self, port: int, cloud: str) -> Viewer:
+        """As ``through_relay``, through another relay process of the same broker, listening on ``port``."""
+        url, ticket = await asyncio.to_thread(self.ticket, cloud)
+        url = urlsplit(url)._replace(netloc=f"127.0.0.1:{port}").geturl()
+        return await Viewer.open(url, origin=self.origin, cookie=self.cookie(), ticket=ticket)
 
     def rss(self) -> int:
         """The relay process's resident memory in bytes (VmRSS)."""
@@ -169,7 +179,7 @@ def start(stack: contextlib.ExitStack, workdir: Path) -> RelayStack:
     wait_for_port(relay, relay_port, "relay")
     client = BrokerClient.sign_in(broker.url, "bench", password)
     stack.callback(client.close)
-    running = RelayStack(broker, relay, proxy, clouds, client)
+    running = RelayStack(broker, relay, proxy, clouds, client, env=env)
     running.rss_at_start = running.rss()
     running.server = first_server(client)
     return running
@@ -190,3 +200,13 @@ def expiries(proxy: Proc) -> list[float]:
     """When the proxy closed a session at its token's expiry (time.monotonic() of the machine)."""
     lines = proxy.log.read_text().splitlines()
     return [float(line.split()[1]) for line in lines if line.startswith("expired ")]
+
+
+def start_unbudgeted(stack: contextlib.ExitStack, running: RelayStack, logdir: Path) -> int:
+    """A second relay of the same broker without per-connection budgets (``bench.unbudgeted``); its port."""
+    port = procs.free_port()
+    env = running.env | {"RELAY_BIND": f"127.0.0.1:{port}"}
+    proc = procs.spawn("relay-unbudgeted", [sys.executable, "-m", "bench.unbudgeted"], env, logdir)
+    stack.callback(proc.stop)
+    wait_for_port(proc, port, "relay without budgets")
+    return port

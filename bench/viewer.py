@@ -26,8 +26,15 @@ FRAMEBUFFER_UPDATE = 0
 BELL = 2
 SERVER_CUT_TEXT = 3
 BACKSPACE = 0xFF08
+POINTER_EVENT = 5
 # A whole screen of raw pixels is 1.7 MB; the relay passes on what the proxy sent, in 64 KB messages.
 MAX_MESSAGE = 16 << 20
+
+
+def pointer_events(count: int, *, clicks: bool = False) -> bytes:
+    """``count`` PointerEvents in one message: the pointer moving across the screen, the left button
+    up throughout, or (``clicks``) pressed and released in turn, so that no two events may be merged."""
+    return b"".join(struct.pack(">BBHH", POINTER_EVENT, clicks and n % 2, n % 960, n % 450) for n in range(count))
 
 
 class ViewerError(RuntimeError):
@@ -83,7 +90,7 @@ class Viewer:
         while len(self.buffer) < size:
             message = await self.websocket.recv()
             if isinstance(message, str):
-                raise ViewerError("a text message on an RFB websocket")
+                continue  # the relay's news for the person (a JSON text frame), which noVNC's RFB ignores too
             self.buffer += message
             self.received += len(message)
         data = bytes(self.buffer[:size])
@@ -115,6 +122,11 @@ class Viewer:
     async def key(self, keysym: int) -> None:
         """A key pressed and released, in one message as a quick typist's two events arrive."""
         await self.websocket.send(struct.pack(">BBxxIBBxxI", 4, 1, keysym, 4, 0, keysym))
+
+    async def abandon(self) -> None:
+        """Drop the connection without a close handshake (a flooded relay would read the close too late)."""
+        self.websocket.transport.abort()
+        await self.websocket.wait_closed()
 
     async def update(self) -> Update:
         """The next FramebufferUpdate (a Bell or cut text before it is read and dropped)."""

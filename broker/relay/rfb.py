@@ -208,7 +208,7 @@ def filter_encodings(message: bytes) -> bytes:
     return set_encodings(e for e in encodings_of(message) if e in ALLOWED_ENCODINGS)
 
 
-def client_message_length(buffer: bytes | bytearray) -> int | None:
+def client_message_length(buffer: bytes | bytearray | memoryview) -> int | None:
     """Length of the client message at the start of ``buffer``, or None until enough of it is there to tell."""
     kind = buffer[0]
     if kind in FIXED_CLIENT_LENGTHS:
@@ -228,7 +228,7 @@ def client_message_length(buffer: bytes | bytearray) -> int | None:
     raise RfbError(f"client message type {kind} is not supported")
 
 
-def cut_text_length(buffer: bytes | bytearray) -> int:
+def cut_text_length(buffer: bytes | bytearray | memoryview) -> int:
     """Length of a ClientCutText message; a negative length is the extended clipboard's, of that many bytes."""
     (length,) = struct.unpack(">i", buffer[4:8])
     if abs(length) > MAX_CUT_TEXT:
@@ -239,6 +239,21 @@ def cut_text_length(buffer: bytes | bytearray) -> int:
 def supersedes(new: bytes, old: bytes) -> bool:
     """True when ``new`` makes ``old`` pointless while both wait: a pointer move after a move with the same buttons."""
     return new[0] == old[0] == POINTER_EVENT and new[1] == old[1]
+
+
+def coalesce(messages: list[bytes]) -> list[bytes]:
+    """``messages`` with each run of pointer events holding the same buttons merged into its last one.
+
+    A press or a release changes the buttons, so it always starts a run of its own: no button
+    change is lost, and nothing moves across a key or any other message.
+    """
+    merged: list[bytes] = []
+    for message in messages:
+        if merged and supersedes(message, merged[-1]):
+            merged[-1] = message
+        else:
+            merged.append(message)
+    return merged
 
 
 class ClientFramer:
@@ -255,14 +270,29 @@ class ClientFramer:
 
     def feed(self, data: bytes) -> list[bytes]:
         """The whole messages ``data`` completes, in order."""
+        self.push(data)
+        return self.take()
+
+    def push(self, data: bytes) -> None:
+        """Add ``data`` to what is waiting to be cut (``take`` cuts it)."""
         self._buffer += data
+
+    def take(self, limit: int | None = None) -> list[bytes]:
+        """The whole messages waiting, in order: at most ``limit`` of them, the rest kept for the next call.
+
+        A websocket message may hold a hundred thousand events: taken a slice at a time, they
+        never hold the loop for long.
+        """
         messages = []
-        while self._buffer:
-            length = client_message_length(self._buffer)
-            if length is None or len(self._buffer) < length:
-                break
-            messages.append(self._note(bytes(self._buffer[:length])))
-            del self._buffer[:length]
+        at = 0
+        with memoryview(self._buffer) as view:
+            while at < len(view) and len(messages) != limit:
+                length = client_message_length(view[at:])
+                if length is None or len(view) - at < length:
+                    break
+                messages.append(self._note(bytes(view[at : at + length])))
+                at += length
+        del self._buffer[:at]
         return messages
 
     def _note(self, message: bytes) -> bytes:

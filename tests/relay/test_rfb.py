@@ -186,6 +186,65 @@ def test_a_pointer_move_supersedes_a_move_with_the_same_buttons_only():
     assert not rfb.supersedes(key(True, 1), key(True, 1))
 
 
+def test_client_messages_are_taken_a_slice_at_a_time_and_the_rest_waits():
+    framer = ClientFramer()
+    stream = b"".join(CLIENT_MESSAGES)
+    framer.push(stream + stream[:3])  # and the start of one more
+    slices = [framer.take(2) for _ in range(0, len(CLIENT_MESSAGES), 2)]
+    assert slices == [CLIENT_MESSAGES[n : n + 2] for n in range(0, len(CLIENT_MESSAGES), 2)]
+    assert framer.take(2) == []
+    assert framer.feed(stream[3:]) == CLIENT_MESSAGES
+
+
+def test_a_bad_message_is_refused_when_the_slice_reaches_it():
+    framer = ClientFramer()
+    framer.push(key(True, 1) + key(False, 1) + b"\x07")
+    assert framer.take(2) == [key(True, 1), key(False, 1)]
+    with pytest.raises(RfbError, match="type 7"):
+        framer.take(2)
+
+
+def test_pointer_moves_with_the_same_buttons_are_merged_into_the_last():
+    moves = [pointer(0, x, 1) for x in range(100)]
+    assert rfb.coalesce(moves) == [pointer(0, 99, 1)]
+    assert rfb.coalesce([pointer(1, 1, 1), pointer(1, 2, 2)]) == [pointer(1, 2, 2)]  # a drag: where it went
+
+
+def test_presses_and_releases_are_never_merged_away_nor_moved_across_keys():
+    clicks = [pointer(n % 2, n, 1) for n in range(10)]
+    assert rfb.coalesce(clicks) == clicks
+    messages = [
+        pointer(0, 1, 1),
+        pointer(0, 2, 1),
+        pointer(1, 3, 1),  # press
+        pointer(1, 4, 1),
+        key(True, 0x61),
+        key(False, 0x61),
+        pointer(1, 5, 1),  # not merged with the move before the keys
+        pointer(0, 6, 1),  # release
+        pointer(0, 7, 1),
+        rfb.framebuffer_update_request(True, 0, 0, 8, 8),
+        pointer(0, 8, 1),
+    ]
+    merged = rfb.coalesce(messages)
+    assert merged == [
+        pointer(0, 2, 1),
+        pointer(1, 4, 1),
+        key(True, 0x61),
+        key(False, 0x61),
+        pointer(1, 5, 1),
+        pointer(0, 7, 1),
+        rfb.framebuffer_update_request(True, 0, 0, 8, 8),
+        pointer(0, 8, 1),
+    ]
+    # What the cloud sees of the buttons and keys is unchanged: up, down, the key, still down, up.
+    changes = [m[1] if m[0] == rfb.POINTER_EVENT else m for m in messages]
+    kept = [m[1] if m[0] == rfb.POINTER_EVENT else m for m in merged]
+    assert [c for n, c in enumerate(changes) if n == 0 or c != changes[n - 1]] == [
+        c for n, c in enumerate(kept) if n == 0 or c != kept[n - 1]
+    ]
+
+
 # -- cloud to browser: framing -------------------------------------------------------------------------
 
 
