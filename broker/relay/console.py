@@ -10,10 +10,14 @@ a full screen), and what the viewer sent meanwhile follows in order, once.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
 from collections.abc import Awaitable
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC
+from datetime import datetime
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -22,7 +26,9 @@ from websockets.exceptions import ConnectionClosed
 
 from broker.aio import first_to_finish
 from broker.cloud import errors
+from broker.cloud.types import ServerInfo
 from broker.relay import rfb
+from broker.relay.budget import Budget
 from broker.relay.rfb import ClientFramer
 from broker.relay.rfb import RfbError
 from broker.relay.rfb import ServerFramer
@@ -31,6 +37,9 @@ from broker.relay.upstream import ByteReader
 from broker.relay.upstream import SecurityRefused
 from broker.relay.upstream import Upstream
 from broker.relay.upstream import UpstreamError
+from broker.services.relay import DatabaseUnavailable
+from broker.services.relay import LiveReport
+from broker.services.relay import SessionOver
 
 if TYPE_CHECKING:
     from broker.relay.server import Admission
@@ -48,6 +57,7 @@ NOT_ALLOWED = 4403
 NOT_RUNNING = 4409
 ENDED_BY_ADMIN = 4410
 UNREACHABLE = 4502
+DATABASE_UNAVAILABLE = 4503
 # The reason sent with each code, which the viewer may show.
 REASONS = {
     GOING_AWAY: "The relay is restarting",
@@ -55,12 +65,15 @@ REASONS = {
     NOT_ALLOWED: "No server with this ID that you may open",
     ENDED_BY_ADMIN: "Ended by an administrator",
     UNREACHABLE: "The cloud's console is unreachable",
+    DATABASE_UNAVAILABLE: "The broker's database is unavailable",
 }
 # Why a console ended from outside, for the audit.
 AUDIT_REASONS = {
     GOING_AWAY: "the relay shut down",
     SIGNED_OUT: "the sign-in session ended",
+    NOT_ALLOWED: "the user may no longer open this server",
     ENDED_BY_ADMIN: "ended by an administrator",
+    DATABASE_UNAVAILABLE: "the broker's database could not be reached",
 }
 # Failures another try cannot mend: the console ends at once rather than at the end of the budget.
 PERMANENT = (SecurityRefused, errors.ConsoleUnavailable, errors.CloudRefused, errors.CloudBadResponse)
@@ -72,6 +85,10 @@ MAX_BACKLOG = 1 << 20
 # enforce_session_timeout) drops what is in flight when it does, so the relay leaves first.
 ROTATE_BEFORE = 5.0
 SWITCH_CLOSE_TIMEOUT = 1.0
+# The viewer hears of the cloud's side in text messages, which noVNC's RFB ignores (a JSON object
+# is no length): "away" when what it sends can no longer reach the server, "back" when it does.
+AWAY = "away"
+BACK = "back"
 
 
 @dataclass(frozen=True)
@@ -127,6 +144,31 @@ class Console:
         self.started = asyncio.Event()
         # When (event-loop time) to replace the cloud's side before its token expires; None: not now.
         self.rotate_at: float | None = None
+        # When (event-loop time) the token of the cloud's side in use expires.
+        self.expires_at = 0.0
+        # The server as the last mint found it: the rights it was granted on (judged again each poll).
+        self.confirmed: ServerInfo | None = None
+        # Console URLs minted for it, and tries at one: counted in its record, not recorded one by one.
+        self.mints = 0
+        self.tries = 0
+        self.started_at = datetime.now(UTC)
+        # The person's last key or pointer event: use of the sign-in session, as a request is.
+        self.used_at: datetime | None = None
+
+    def report(self, instance: str) -> LiveReport:
+        """What the relay's poll tells the broker of this console."""
+        server = self.confirmed or ServerInfo(self.ticket.server_id, self.server_name, "", self.ticket.cloud)
+        return LiveReport(
+            self.row_id,
+            self.ticket,
+            server,
+            self.admission.caller.client,
+            instance,
+            self.started_at,
+            self.to_cloud,
+            self.to_browser,
+            self.used_at,
+        )
 
     def describe(self) -> str:
         """The console in a log line: server, cloud and user (never a URL)."""
@@ -161,11 +203,12 @@ class Console:
             rest = await self._greet()
             self.greeted.set()
             await self.started.wait()
-            await self._forward(rest)
+            budget = Budget()
+            await self._forward(rest, budget)
             async for message in self.browser:
                 if isinstance(message, str):
                     raise Ended(PROTOCOL_ERROR, "RFB is binary", "the browser sent text")
-                await self._forward(message)
+                await self._forward(message, budget)
         except ConnectionClosed:
             pass
         self.ending = self.ending or self._browser_closed()
@@ -192,22 +235,36 @@ class Console:
         await reader.read(1)
         return reader.rest()
 
-    async def _forward(self, data: bytes) -> None:
-        """The whole client messages ``data`` completes, to the cloud, or to the backlog while it is away."""
-        try:
-            messages = self.client.feed(data)
-        except RfbError as exc:
-            raise Ended(PROTOCOL_ERROR, "Unsupported RFB message", f"the browser sent what it may not: {exc}") from None
-        if not messages:
-            return
-        for message in messages:
-            self.server.follow(message)
-        batch = b"".join(messages)
-        if self.upstream is not None and await self.upstream.send(batch):
-            self.to_cloud += len(batch)
-            return
-        for message in messages:
-            self._queue(message)
+    async def _forward(self, data: bytes, budget: Budget) -> None:
+        """The whole client messages ``data`` completes, to the cloud, or to the backlog while it is away.
+
+        They go a slice at a time, as the browser's budget allows: a console that floods the relay
+        waits for its own budget, and every other console runs between its slices.
+        """
+        self.client.push(data)
+        while True:
+            try:
+                taken = self.client.take(budget.slice)
+            except RfbError as exc:
+                raise Ended(
+                    PROTOCOL_ERROR, "Unsupported RFB message", f"the browser sent what it may not: {exc}"
+                ) from None
+            if not taken:
+                return
+            messages = await budget.admit(taken)
+            if budget.waited and self.browser.close_code is not None:
+                # The browser left while its flood waited for the budget: nobody is there for the rest.
+                raise self._browser_closed()
+            if any(map(rfb.is_input, messages)):
+                self.used_at = datetime.now(UTC)
+            for message in messages:
+                self.server.follow(message)
+            batch = b"".join(messages)
+            if self.upstream is not None and await self.upstream.send(batch):
+                self.to_cloud += len(batch)
+                continue
+            for message in messages:
+                self._queue(message)
 
     def _queue(self, message: bytes) -> None:
         if self.backlog and rfb.supersedes(message, self.backlog[-1]):
@@ -239,6 +296,8 @@ class Console:
             self.ending = self.ending or self._browser_closed()
 
     async def _open_first(self) -> None:
+        # Nothing is asked of the cloud for a websocket that never speaks RFB.
+        await self.greeted.wait()
         upstream = await self._retrying(self._open)
         try:
             await self._start(upstream)
@@ -248,15 +307,17 @@ class Console:
 
     async def _start(self, upstream: Upstream) -> None:
         """Once the browser is greeted: record the console, hand the browser the server's ServerInit, start piping."""
-        await self.greeted.wait()
-        self.row_id = await self.relay.call(
-            self.admission.caller,
-            self.relay.services.opened,
-            self.ticket,
-            client=self.admission.caller.client,
-            instance=self.relay.instance,
-            server_name=self.server_name,
-        )
+        try:
+            self.row_id = await self.relay.call(
+                self.admission.caller,
+                self.relay.services.opened,
+                self.ticket,
+                client=self.admission.caller.client,
+                instance=self.relay.instance,
+                server_name=self.server_name,
+            )
+        except DatabaseUnavailable:
+            raise ended(DATABASE_UNAVAILABLE) from None
         self.init = upstream.init
         self.server = ServerFramer(upstream.init)
         await self.browser.send(upstream.init.to_bytes())
@@ -282,11 +343,11 @@ class Console:
                 raise ended(UNREACHABLE, f"the cloud's console sent what the relay cannot frame: {exc}") from None
             await self._to_browser(data)
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[Upstream]]) -> Upstream:
+    async def _retrying(self, attempt: Callable[[], Awaitable[Upstream]], budget: float | None = None) -> Upstream:
         """``attempt`` until it gives an upstream: quick tries, then backing off, all within the retry budget."""
         retry = self.relay.retry
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + retry.budget
+        deadline = loop.time() + min(retry.budget, budget if budget is not None else retry.budget)
         failures = 0
         failure = "timed out"
         while True:
@@ -294,12 +355,21 @@ class Console:
                 async with asyncio.timeout_at(deadline):
                     return await attempt()
             except PERMANENT as exc:
+                self.tries += 1
                 raise ended(UNREACHABLE, getattr(exc, "message", None) or str(exc)) from None
             except (errors.CloudError, UpstreamError) as exc:
                 failure = getattr(exc, "message", None) or str(exc)
             except TimeoutError:
                 pass  # the budget ran out during a try: the failure before it says more
             failures += 1
+            self.tries += 1
+            log.warning(
+                "console %s: the cloud's console could not be opened (try %d): %s",
+                self.describe(),
+                failures,
+                failure,
+                **self._log(),
+            )
             delay = retry.delay(failures)
             if loop.time() + delay >= deadline:
                 raise ended(UNREACHABLE, f"the cloud's console could not be reached ({failures} tries): {failure}")
@@ -310,17 +380,24 @@ class Console:
         return await self.relay.open_upstream(await self._mint())
 
     async def _mint(self) -> str:
-        """A fresh console URL: the server's state or the user's rights may have changed since the last one."""
+        """A fresh console URL: the server's state, the session or the user's rights may have changed since the last."""
         try:
-            minted = await self.relay.call(self.admission.caller, self.relay.services.mint, self.ticket)
+            minted = await self.relay.call(self.admission.caller, self.relay.services.mint, self.ticket, self.confirmed)
+        except SessionOver as over:
+            raise ended(SIGNED_OUT, f"the sign-in session ended: {over}") from None
+        except DatabaseUnavailable:
+            raise ended(DATABASE_UNAVAILABLE) from None
         except errors.ServerNotReady as exc:
             status = getattr(exc, "server_status", "") or "not running"
             raise Ended(NOT_RUNNING, f"Server not running ({status})", f"the server is {status}") from None
         except errors.ServerNotFound:
             raise ended(NOT_ALLOWED, "the mint was refused: no server with this ID that the user may open") from None
         self.server_name = minted.server.name
+        self.confirmed = minted.server
+        self.mints += 1
         lifetime = minted.expires_in
-        self.rotate_at = asyncio.get_running_loop().time() + lifetime - min(ROTATE_BEFORE, lifetime / 4)
+        self.expires_at = asyncio.get_running_loop().time() + lifetime
+        self.rotate_at = self.expires_at - min(ROTATE_BEFORE, lifetime / 4)
         return minted.console.url
 
     async def _rotate(self) -> None:
@@ -329,13 +406,16 @@ class Console:
         What the viewer sent until the switch went down the old side, which delivers it before
         its close; what it sends during the switch waits in the backlog for the new side.
         """
-        started = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        # Tries end before the token does: past it, a proxy that cuts consoles at expiry has cut this one.
+        expiry = self.expires_at
         self.rotate_at = None  # the mint below sets the next one
         try:
-            upstream = await self._retrying(self._open)
+            upstream = await self._retrying(self._open, budget=max(0.0, expiry - loop.time()))
         except Ended as end:
-            if end.code != UNREACHABLE:
-                raise  # the server stopped, or the user may no longer open it
+            if end.code not in (UNREACHABLE, DATABASE_UNAVAILABLE):
+                raise  # the server stopped, the session ended, or the user may no longer open it
             # The cloud cannot give a new side now: keep the one that works; a cut is resumed as any other.
             log.info(
                 "console %s: no new side before expiry (%s); keeping this one",
@@ -372,7 +452,13 @@ class Console:
         self.upstream = None
         log.info("console %s: the cloud's side closed (%s); resuming", self.describe(), why(cause), **self._log())
         await self._finish_cut_message()
+        await self._tell(AWAY)
         await self._reconnect(started)
+        await self._tell(BACK)
+
+    async def _tell(self, status: str) -> None:
+        """A status message to the viewer (a text frame, which RFB never uses), for it to show the person."""
+        await self.browser.send(json.dumps({"relay": status}))
 
     async def _finish_cut_message(self) -> None:
         """The server's message under way when its side went, finished with filler so the viewer stays in step."""
@@ -423,8 +509,8 @@ class Console:
     # -- the end ---------------------------------------------------------------------------------------
 
     async def _finish(self) -> None:
-        """Close both sides and write the disconnect's record (duration and bytes)."""
-        ending = self.ending or ended(INTERNAL_ERROR, "the relay failed")
+        """Close both sides; write the console's record: how it ended (time, bytes, mints) or why it never opened."""
+        ending = self._undelivered(self.ending or ended(INTERNAL_ERROR, "the relay failed"))
         await self.browser.close(ending.code, ending.reason)
         if self.upstream is not None:
             # A close handshake, so that the proxy logs a client that left rather than a lost connection.
@@ -437,19 +523,42 @@ class Console:
             self.to_browser,
             **self._log(),
         )
-        if self.row_id is None:
+        record = self._record(ending)
+        if record is None:
             return
         try:
-            await self.relay.call(
-                self.admission.caller,
-                self.relay.services.closed,
+            await self.relay.call(self.admission.caller, record)
+        except DatabaseUnavailable:
+            log.warning("console %s: its record waits for the database", self.describe(), **self._log())
+            self.relay.defer(self.admission.caller, record)
+        except Exception:
+            log.exception("console %s: its record could not be written", self.describe(), **self._log())
+
+    def _record(self, ending: Ended) -> Callable[[], None] | None:
+        """The console's record as a call to make: its disconnect, or its failure to open (none when it asked
+        the cloud nothing, or when the mint's refusal is on record already)."""
+        services = self.relay.services
+        if self.row_id is not None:
+            minted = f"{self.mints} console URL{'s' if self.mints != 1 else ''} minted"
+            return functools.partial(
+                services.closed,
                 self.row_id,
-                reason=ending.audit,
+                reason=f"{ending.audit}; {minted}",
                 to_cloud=self.to_cloud,
                 to_browser=self.to_browser,
             )
-        except Exception:
-            log.exception("console %s: its disconnect could not be recorded", self.describe(), **self._log())
+        if (self.mints or self.tries) and ending.code != NOT_ALLOWED:
+            return functools.partial(services.failed, self.ticket, reason=f"{ending.audit} ({self.tries} failed tries)")
+        return None
+
+    def _undelivered(self, ending: Ended) -> Ended:
+        """``ending``, its reason saying how many keys the person typed that never reached the server."""
+        keys = sum(1 for message in self.backlog if rfb.is_key_press(message))
+        if not keys:
+            return ending
+        note = f"{keys} key{'s' if keys != 1 else ''} typed did not reach the server"
+        reason = f"{ending.reason}: {note}" if ending.reason else note.capitalize()
+        return Ended(ending.code, reason, f"{ending.audit}; {note}")
 
     def _log(self) -> dict[str, Any]:
         """Keyword arguments that give a log line this console's request ID."""

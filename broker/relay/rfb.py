@@ -537,3 +537,18 @@ class ServerFramer:
         # A black tile. Not a bare 0 ("same background as before"): noVNC has no background before
         # the first tile that names one.
         return bytes([HEXTILE_BACKGROUND]) + bytes(self.bytes_per_pixel)
+
+
+def is_input(message: bytes) -> bool:
+    """True for what a person does in a console (keys, pointer, paste), not what the viewer asks on its own."""
+    kind = message[0]
+    return kind in (KEY_EVENT, POINTER_EVENT, CLIENT_CUT_TEXT) or (
+        kind == QEMU_CLIENT and message[1] == QEMU_EXTENDED_KEY_EVENT
+    )
+
+
+def is_key_press(message: bytes) -> bool:
+    """True for a key going down, as a KeyEvent or QEMU's extended key event."""
+    if message[0] == KEY_EVENT:
+        return bool(message[1])
+    return message[0] == QEMU_CLIENT and message[1] == QEMU_EXTENDED_KEY_EVENT and any(message[2:4])

@@ -9,6 +9,7 @@ inside ``relay_context``, which gives the audit its client address, user agent a
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -39,9 +40,8 @@ from websockets.typing import Subprotocol
 from werkzeug.http import parse_cookie
 
 from broker import state
+from broker.cloud.types import ServerInfo
 from broker.config import Settings
-from broker.extensions import db
-from broker.models import User
 from broker.relay import upstream
 from broker.relay.console import GOING_AWAY
 from broker.relay.console import REASONS
@@ -49,9 +49,10 @@ from broker.relay.console import Console
 from broker.relay.console import Retry
 from broker.relay.upstream import Upstream
 from broker.services import relay as live
-from broker.services.consoles import NOT_FOUND
 from broker.services.consoles import Minted
-from broker.services.consoles import NoSuchServer
+from broker.services.relay import DatabaseUnavailable
+from broker.services.relay import Limits
+from broker.services.relay import LiveReport
 from broker.services.relay import Ticket
 from broker.services.relay import TicketRefused
 
@@ -80,29 +81,32 @@ def relay_context(app: Flask, client: str, user_agent: str, request_id: str | No
         yield
 
 
-def mint_for(ticket: Ticket) -> Minted:
-    """A console URL for the ticket's server, through the one path every mint takes (authorization, audit)."""
-    user = db.session.get(User, ticket.user_id)
-    if user is None:
-        raise NoSuchServer(NOT_FOUND)
-    return state.consoles().mint(user, ticket.server_id, ticket.cloud, detail="relay")
-
-
 @dataclass(frozen=True)
 class Services:
-    """What the relay asks of the broker; each is synchronous and is called in a thread inside ``relay_context``."""
+    """What the relay asks of the broker; each is synchronous and is called in a thread inside ``relay_context``.
+
+    Each may raise DatabaseUnavailable: the relay rides that out (consoles open go on, records wait).
+    """
 
     redeem: Callable[..., Ticket]
-    mint: Callable[[Ticket], Minted]
+    # The ticket, and the server as the console's last mint found it (None before the first).
+    mint: Callable[[Ticket, ServerInfo | None], Minted]
     opened: Callable[..., int]
-    progress: Callable[[dict[int, tuple[int, int]]], None]
+    failed: Callable[..., None]
+    report: Callable[[list[LiveReport]], dict[int, int]]
     closed: Callable[..., None]
-    to_end: Callable[[list[int]], dict[int, int]]
 
     @classmethod
-    def of_broker(cls) -> Services:
-        """The broker's own: broker.services.relay, and minting through the console service."""
-        return cls(live.redeem, mint_for, live.opened, live.progress, live.closed, live.to_end)
+    def of_broker(cls, settings: Settings) -> Services:
+        """The broker's own: broker.services.relay, minting through the console service, the session limits."""
+        limits = Limits(settings.session_lifetime, settings.session_idle)
+
+        def mint(ticket: Ticket, confirmed: ServerInfo | None) -> Minted:
+            return live.mint(state.consoles(), limits, ticket, confirmed)
+
+        return cls(
+            live.redeem, mint, live.opened, live.failed, functools.partial(live.report, limits=limits), live.closed
+        )
 
 
 @dataclass(frozen=True)
@@ -192,7 +196,7 @@ class Relay:
     ) -> None:
         self.app = app
         self.settings = state.of(app).settings
-        self.services = services or Services.of_broker()
+        self.services = services or Services.of_broker(self.settings)
         self.retry = retry or Retry()
         self.poll_interval = poll_interval
         self.handshake_timeout = handshake_timeout
@@ -205,6 +209,9 @@ class Relay:
         self.server: Server | None = None
         self._admitted: WeakKeyDictionary[ServerConnection, Admission] = WeakKeyDictionary()
         self._poller: asyncio.Task | None = None
+        # Records of consoles that ended while the database could not be reached, written once it can.
+        self.deferred: list[tuple[Caller, Callable[[], Any]]] = []
+        self.database_down = False
 
     # -- serving -----------------------------------------------------------------------------------
 
@@ -281,6 +288,9 @@ class Relay:
             )
         except TicketRefused as refused:
             return connection.respond(refused.status, f"{HTTPStatus(refused.status).phrase}\n")
+        except DatabaseUnavailable:
+            log.warning("a relay ticket could not be checked: the database cannot be reached")
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Service Unavailable: database unavailable\n")
         except Exception:
             log.exception("a relay ticket could not be checked", extra={"request_id": caller.request_id})
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Service Unavailable\n")
@@ -329,15 +339,36 @@ class Relay:
                 log.exception("live consoles could not be reported")
 
     async def poll_once(self) -> None:
-        """One round of ``_poll``."""
+        """One round of ``_poll``: records kept back are written, consoles reported, those that must end closed.
+
+        While the database cannot be reached, consoles go on with the rights last confirmed; the
+        first poll after it is back judges them by the rules as they are then.
+        """
         consoles = {console.row_id: console for console in self.consoles if console.row_id is not None}
-        if not consoles:
+        reports = [console.report(self.instance) for console in consoles.values()]
+        try:
+            await self._write_deferred()
+            ending = await self.call(RELAY_CALLER, self.services.report, reports)
+        except DatabaseUnavailable:
+            if not self.database_down:
+                log.warning(
+                    "the database cannot be reached: %d consoles go on with their rights as last confirmed",
+                    len(consoles),
+                )
+            self.database_down = True
             return
-        counts = {row_id: (console.to_cloud, console.to_browser) for row_id, console in consoles.items()}
-        ending = await self.call(RELAY_CALLER, self._report, counts)
+        if self.database_down:
+            log.warning("the database is back: consoles are judged by the rules again")
+        self.database_down = False
         endings = [consoles[row_id].end(code) for row_id, code in ending.items() if row_id in consoles]
         await asyncio.gather(*endings)
 
-    def _report(self, counts: dict[int, tuple[int, int]]) -> dict[int, int]:
-        self.services.progress(counts)
-        return self.services.to_end(list(counts))
+    def defer(self, caller: Caller, record: Callable[[], Any]) -> None:
+        """A console's record to write once the database can be reached again (in order, none lost)."""
+        self.deferred.append((caller, record))
+
+    async def _write_deferred(self) -> None:
+        while self.deferred:
+            caller, record = self.deferred[0]
+            await self.call(caller, record)
+            self.deferred.pop(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import struct
 import time
 from collections.abc import Callable
@@ -199,13 +200,16 @@ class Browser:
         self.init: ServerInit | None = None
         self.framer: ServerFramer | None = None
         self.messages: list[bytes] = []
+        # What the relay said of the cloud's side, in its text messages ("away", "back").
+        self.statuses: list[str] = []
         self.received = 0
         self._partial = bytearray()
         self._reader: asyncio.Task | None = None
         # A stream the viewer could not frame: raised by screens() and closed(), so the test says so.
         self.error: RfbError | None = None
 
-    async def handshake(self) -> ServerInit:
+    async def greet(self) -> ByteReader:
+        """The browser's side of the RFB handshake, up to its ClientInit (the relay then opens the cloud's side)."""
         reader = ByteReader(self.websocket)
         assert await reader.read(12) == rfb.VERSION_3_8
         await self.websocket.send(rfb.VERSION_3_8)
@@ -213,6 +217,10 @@ class Browser:
         await self.websocket.send(b"\x01")
         assert await reader.read(4) == rfb.SECURITY_OK
         await self.websocket.send(b"\x01")
+        return reader
+
+    async def handshake(self) -> ServerInit:
+        reader = await self.greet()
         header = await reader.read(rfb.SERVER_INIT_HEADER)
         self.init = ServerInit.parse(header + await reader.read(rfb.name_length(header)))
         self.framer = ServerFramer(self.init)
@@ -230,7 +238,10 @@ class Browser:
     async def _read(self) -> None:
         try:
             async for data in self.websocket:
-                self._take(data)
+                if isinstance(data, str):
+                    self.statuses.append(json.loads(data)["relay"])
+                else:
+                    self._take(data)
         except ConnectionClosed:
             pass
         except RfbError as exc:

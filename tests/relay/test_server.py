@@ -37,6 +37,8 @@ from broker.relay.server import relay_context
 from broker.relay.server import relay_path
 from broker.services.consoles import Minted
 from broker.services.consoles import NoSuchServer
+from broker.services.relay import DatabaseUnavailable
+from broker.services.relay import LiveReport
 from broker.services.relay import Ticket
 from broker.services.relay import TicketRefused
 from tests.relay import FILTERED
@@ -84,16 +86,23 @@ class FakeServices:
         self.mint_gate = threading.Event()
         self.mint_gate.set()
         self.opened: list[dict] = []
-        self.progress: list[dict] = []
+        self.failed: list[dict] = []
+        self.reports: list[list[LiveReport]] = []
         self.closed: list[dict] = []
         self.ending: dict[int, int] = {}
+        # Set by a test: every call raises DatabaseUnavailable, as while PostgreSQL is unreachable.
+        self.database_down = False
 
     def issue(self, token: str = "t1", origin: str = ORIGIN) -> str:
         self.tickets[token] = Ticket(7, "agent", "sid-1", SERVER_ID, "web-01", "lab", origin)
         return token
 
     def services(self) -> Services:
-        return Services(self._redeem, self._mint, self._opened, self.progress.append, self._closed, self._to_end)
+        return Services(self._redeem, self._mint, self._opened, self._failed, self._report, self._closed)
+
+    def _database(self) -> None:
+        if self.database_down:
+            raise DatabaseUnavailable("the broker's database cannot be reached")
 
     def _context(self) -> dict:
         return {"client": request.remote_addr, "agent": request.user_agent.string, "request_id": g.request_id}
@@ -109,8 +118,8 @@ class FakeServices:
             raise TicketRefused("another session or origin")
         return ticket
 
-    def _mint(self, ticket: Ticket) -> Minted:
-        self.mints.append({"server_id": ticket.server_id, **self._context()})
+    def _mint(self, ticket: Ticket, confirmed: ServerInfo | None) -> Minted:
+        self.mints.append({"server_id": ticket.server_id, "confirmed": confirmed, **self._context()})
         assert self.mint_gate.wait(5)
         if self.mint_errors:
             raise self.mint_errors.pop(0)
@@ -118,14 +127,23 @@ class FakeServices:
         return Minted(Console(self.console_url), server, self.expires_in, datetime.now(UTC), "idle")
 
     def _opened(self, ticket: Ticket, *, client: str, instance: str, server_name: str) -> int:
+        self._database()
         self.opened.append({"ticket": ticket, "client": client, "instance": instance, "server_name": server_name})
         return 40 + len(self.opened)
 
+    def _failed(self, ticket: Ticket, *, reason: str) -> None:
+        self._database()
+        self.failed.append({"ticket": ticket, "reason": reason, **self._context()})
+
     def _closed(self, row_id: int, *, reason: str, to_cloud: int, to_browser: int) -> None:
+        self._database()
         self.closed.append({"row": row_id, "reason": reason, "to_cloud": to_cloud, "to_browser": to_browser})
 
-    def _to_end(self, row_ids: list[int]) -> dict[int, int]:
-        return {row: code for row, code in self.ending.items() if row in row_ids}
+    def _report(self, reports: list[LiveReport]) -> dict[int, int]:
+        self._database()
+        self.reports.append(reports)
+        rows = {item.row_id for item in reports}
+        return {row: code for row, code in self.ending.items() if row in rows}
 
 
 async def open_browser(
@@ -159,6 +177,11 @@ async def connected(app, relay: Relay, proxy: FakeProxy) -> Browser:
     await browser.start()
     await eventually(lambda: browser.screens() == [1])
     return browser
+
+
+def reported(fakes: FakeServices) -> dict[int, LiveReport]:
+    """The consoles the relay's last poll reported, by row."""
+    return {item.row_id: item for item in fakes.reports[-1]} if fakes.reports else {}
 
 
 def sent_keys(proxy: FakeProxy) -> list[bytes]:
@@ -195,7 +218,9 @@ def test_a_console_connects_and_pipes_both_ways(app):
     assert (redeemed["client"], redeemed["agent"]) == ("127.0.0.1", USER_AGENT)
     # Ticket, mint, connect and disconnect records share the websocket's request ID.
     assert re.fullmatch(r"[0-9a-f]{32}", redeemed["request_id"])
-    assert fakes.mints == [{"server_id": SERVER_ID, "client": "127.0.0.1", "agent": USER_AGENT, **ids(redeemed)}]
+    assert fakes.mints == [
+        {"server_id": SERVER_ID, "confirmed": None, "client": "127.0.0.1", "agent": USER_AGENT, **ids(redeemed)}
+    ]
     [opened] = fakes.opened
     assert (opened["client"], opened["server_name"]) == ("127.0.0.1", "web-01")
     assert opened["ticket"].server_id == SERVER_ID
@@ -291,7 +316,7 @@ def test_bytes_each_way_are_counted_and_reported(app):
             for message in typed("abc"):
                 await browser.websocket.send(message)
             await eventually(lambda: len(sent_keys(proxy)) == 6)
-            await eventually(lambda: fakes.progress and fakes.progress[-1][41][0] == proxy.sessions[0].received)
+            await eventually(lambda: reported(fakes) and reported(fakes)[41].to_cloud == proxy.sessions[0].received)
             await browser.websocket.close()
             await eventually(lambda: fakes.closed)
             return browser, proxy
@@ -301,8 +326,12 @@ def test_bytes_each_way_are_counted_and_reported(app):
     # RFB after the handshakes: what the proxy's server read, and what the viewer read after ServerInit.
     assert closed["to_cloud"] == proxy.sessions[0].received
     assert closed["to_browser"] == browser.received == 4 + 12 + 32 * 24 * 4
-    assert closed["reason"] == "the browser closed the connection (1000)"
+    assert closed["reason"] == "the browser closed the connection (1000); 1 console URL minted"
     assert closed["row"] == 41
+    last = reported(fakes)[41]
+    assert (last.client, last.server.name, last.ticket.username) == ("127.0.0.1", "web-01", "agent")
+    # Typing is use of the sign-in session: the poll says when it last happened.
+    assert last.used_at is not None
 
 
 # -- resuming ---------------------------------------------------------------------------------------
@@ -483,6 +512,7 @@ def test_a_server_that_is_not_running_closes_with_4409(app, during):
             if during == "connect":
                 fakes.mint_errors.append(stopped)
                 browser = await open_browser(app, relay)
+                await browser.greet()
             else:
                 browser = await connected(app, relay, proxy)
                 fakes.mint_errors.append(stopped)
@@ -515,10 +545,54 @@ def test_a_console_the_cloud_cannot_give_is_not_retried(app):
     async def scenario():
         async with running(app, fakes) as (relay, proxy):
             browser = await open_browser(app, relay)
+            await browser.greet()
             return await browser.closed()
 
     assert run(scenario()) == (4502, "The cloud's console is unreachable")
     assert len(fakes.mints) == 1
+    # One record of the console, saying why it never opened; no connect record.
+    assert fakes.opened == [] and fakes.closed == []
+    [failed] = fakes.failed
+    assert failed["reason"] == "The cloud has no noVNC console for this server. (1 failed tries)"
+    assert failed["request_id"] == fakes.redeemed[0]["request_id"]
+
+
+def test_a_console_whose_cloud_never_answers_is_one_failure_on_record_with_its_cause(app, caplog):
+    fakes = FakeServices()
+    fakes.issue()
+    fakes.mint_errors.extend([errors.CloudUnreachable("The cloud lab cannot be reached.")] * 50)
+
+    async def scenario():
+        async with running(app, fakes, retry=Retry(delays=(0.01,), budget=0.3)) as (relay, proxy):
+            browser = await open_browser(app, relay)
+            await browser.greet()
+            return await browser.closed()
+
+    with caplog.at_level(logging.WARNING, logger="broker.relay"):
+        assert run(scenario()) == (4502, "The cloud's console is unreachable")
+    tries = len(fakes.mints)
+    assert tries > 3
+    [failed] = fakes.failed
+    assert failed["reason"].startswith(f"the cloud's console could not be reached ({tries} tries)")
+    assert "The cloud lab cannot be reached." in failed["reason"]
+    assert fakes.opened == [] and fakes.closed == []
+    # Each failed try is a warning at once, not only the ending.
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "could not be opened" in r.message]
+    assert len(warnings) == tries
+
+
+def test_a_websocket_that_never_speaks_rfb_costs_the_cloud_nothing(app):
+    fakes = FakeServices()
+    fakes.issue()
+
+    async def scenario():
+        async with running(app, fakes, handshake_timeout=0.3) as (relay, proxy):
+            browser = await open_browser(app, relay)
+            return await browser.closed(), proxy
+
+    (code, _), proxy = run(scenario())
+    assert code == 1002
+    assert fakes.mints == [] and fakes.failed == [] and proxy.sessions == []
 
 
 def test_a_cloud_blip_while_connecting_is_retried(app):
@@ -542,6 +616,7 @@ def test_a_cloud_blip_while_connecting_is_retried(app):
     [
         (4410, "Ended by an administrator", "ended by an administrator"),
         (4401, "Sign in again", "the sign-in session ended"),
+        (4403, "No server with this ID that you may open", "the user may no longer open this server"),
     ],
 )
 def test_consoles_the_broker_ends_are_closed_with_its_code(app, code, reason, audit):
@@ -555,7 +630,7 @@ def test_consoles_the_broker_ends_are_closed_with_its_code(app, code, reason, au
             return await browser.closed()
 
     assert run(scenario()) == (code, reason)
-    assert fakes.closed[0]["reason"] == audit
+    assert fakes.closed[0]["reason"] == f"{audit}; 1 console URL minted"
 
 
 def test_shutdown_closes_every_browser_with_1001(app):
@@ -572,7 +647,7 @@ def test_shutdown_closes_every_browser_with_1001(app):
             return await first.closed(), await second.closed()
 
     assert run(scenario()) == ((1001, "The relay is restarting"),) * 2
-    assert [closed["reason"] for closed in fakes.closed] == ["the relay shut down"] * 2
+    assert [closed["reason"] for closed in fakes.closed] == ["the relay shut down; 1 console URL minted"] * 2
 
 
 def test_a_browser_sending_what_rfb_does_not_have_is_closed(app):
@@ -735,7 +810,7 @@ def test_sigterm_closes_every_browser_with_1001_and_stops(app):
             return await browser.closed()
 
     assert run(scenario()) == (1001, "The relay is restarting")
-    assert fakes.closed[0]["reason"] == "the relay shut down"
+    assert fakes.closed[0]["reason"] == "the relay shut down; 1 console URL minted"
 
 
 def test_a_plain_get_on_the_relay_path_proves_the_address_reaches_the_relay(app):
@@ -753,3 +828,97 @@ def test_a_plain_get_on_the_relay_path_proves_the_address_reaches_the_relay(app)
     assert answer.startswith(b"HTTP/1.1 200 ")
     assert answer.endswith(b"\r\n\r\nconsole-broker relay\n")
     assert fakes.redeemed == []
+
+
+# -- riding out trouble ------------------------------------------------------------------------------
+
+
+def test_the_viewer_hears_at_once_when_its_keys_cannot_reach_the_server_and_when_they_can_again(app):
+    fakes = FakeServices()
+    fakes.issue()
+
+    async def scenario():
+        async with running(app, fakes) as (relay, proxy):
+            browser = await connected(app, relay, proxy)
+            fakes.mint_gate.clear()  # the cloud is slow to give a new side
+            await proxy.sessions[0].close(1000)
+            await eventually(lambda: browser.statuses == ["away"])
+            for message in typed("ok"):
+                await browser.websocket.send(message)
+            fakes.mint_gate.set()
+            await eventually(lambda: browser.statuses == ["away", "back"])
+            await eventually(lambda: len(sent_keys(proxy)) == 4)
+            return browser, proxy
+
+    browser, proxy = run(scenario())
+    assert sent_keys(proxy) == typed("ok")  # what waited was sent once it could be
+    assert browser.framer.at_boundary  # text messages never disturbed the RFB stream
+
+
+def test_keys_the_relay_had_to_drop_are_counted_in_the_reason_the_viewer_gets(app):
+    fakes = FakeServices()
+    fakes.issue()
+
+    async def scenario():
+        async with running(app, fakes, retry=Retry(delays=(0.05,), budget=0.6)) as (relay, proxy):
+            browser = await connected(app, relay, proxy)
+            proxy.refuse_status = 503  # the cloud's proxy does not come back within the budget
+            await proxy.sessions[0].close(1000)
+            await eventually(lambda: browser.statuses == ["away"])
+            for message in typed("lost"):
+                await browser.websocket.send(message)
+            return await browser.closed()
+
+    code, reason = run(scenario())
+    assert code == 4502
+    assert reason == "The cloud's console is unreachable: 4 keys typed did not reach the server"
+    assert re.fullmatch(
+        r"the cloud's console could not be reached \(\d+ tries\): .*HTTP 503; 4 keys typed did not reach the server; "
+        r"\d+ console URLs minted",
+        fakes.closed[0]["reason"],
+    )
+
+
+def test_consoles_open_ride_out_a_database_outage_and_their_records_wait_for_it(app):
+    """PostgreSQL unreachable: no poll, no record, yet the console goes on, its token replaced on the rights
+    last confirmed; once the database is back, the disconnect is recorded and the rules judge it again."""
+    fakes = FakeServices()
+    fakes.expires_in = 2  # replaced while the database is away
+    fakes.issue()
+
+    async def scenario():
+        async with running(app, fakes) as (relay, proxy):
+            browser = await connected(app, relay, proxy)
+            fakes.database_down = True
+            await eventually(lambda: len(proxy.sessions) == 2, timeout=5)
+            for message in typed("up"):
+                await browser.websocket.send(message)
+            await eventually(lambda: len(sent_keys(proxy)) == 4)
+            await browser.websocket.close()
+            await eventually(lambda: not relay.consoles)
+            assert fakes.closed == [] and relay.deferred
+            fakes.database_down = False
+            await eventually(lambda: fakes.closed)
+            return browser
+
+    browser = run(scenario())
+    assert browser.websocket.close_code == 1000
+    # The second mint was asked with the rights last confirmed, for the broker to use if it must.
+    assert fakes.mints[0]["confirmed"] is None
+    assert fakes.mints[1]["confirmed"].name == "web-01"
+    [closed] = fakes.closed
+    assert closed["reason"] == "the browser closed the connection (1000); 2 console URLs minted"
+
+
+def test_a_new_console_while_the_database_is_unreachable_is_refused_saying_so(app):
+    fakes = FakeServices()
+    fakes.issue()
+    fakes.database_down = True
+
+    async def scenario():
+        async with running(app, fakes) as (relay, proxy):
+            browser = await open_browser(app, relay)
+            await browser.greet()
+            return await browser.closed()
+
+    assert run(scenario()) == (4503, "The broker's database is unavailable")
