@@ -327,21 +327,27 @@ def _end_session(session: UserSession, username: str, reason: str) -> None:
 @database_required
 def opened(ticket: Ticket, *, client: str, instance: str, server_name: str = "") -> int:
     """Record a console now connected through ``instance``: its one record of success."""
-    row = LiveConsole(
-        user_id=ticket.user_id,
-        username=ticket.username,
-        session_id=ticket.session_id,
-        server_id=ticket.server_id,
-        server_name=(server_name or ticket.server_name)[:255],
-        cloud=ticket.cloud,
-        client=client[:64],
-        instance=instance[:128],
-    )
+    row = _live_row(ticket, client, instance, server_name or ticket.server_name)
     db.session.add(row)
     db.session.flush()
     row_id = row.id
     audit.record("console", "ok", **_fields(row), detail=RELAY, reason=f"connected through relay {instance}")
     return row_id
+
+
+def _live_row(ticket: Ticket, client: str, instance: str, server_name: str, **columns) -> LiveConsole:
+    """The row of a console its ticket opened, carried by relay ``instance``."""
+    return LiveConsole(
+        user_id=ticket.user_id,
+        username=ticket.username,
+        session_id=ticket.session_id,
+        server_id=ticket.server_id,
+        server_name=server_name[:255],
+        cloud=ticket.cloud,
+        client=client[:64],
+        instance=instance[:128],
+        **columns,
+    )
 
 
 @database_required
@@ -402,17 +408,12 @@ def _heartbeat(reports: list[LiveReport], moment: datetime) -> None:
 
 
 def _row_of(item: LiveReport, moment: datetime) -> LiveConsole:
-    ticket = item.ticket
-    return LiveConsole(
+    return _live_row(
+        item.ticket,
+        item.client,
+        item.instance,
+        item.server.name,
         id=item.row_id,
-        user_id=ticket.user_id,
-        username=ticket.username,
-        session_id=ticket.session_id,
-        server_id=ticket.server_id,
-        server_name=item.server.name[:255],
-        cloud=ticket.cloud,
-        client=item.client[:64],
-        instance=item.instance[:128],
         started_at=item.started_at,
         seen_at=moment,
         to_cloud=item.to_cloud,
