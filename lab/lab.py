@@ -153,6 +153,8 @@ class Lab:
     # How long a power action keeps its transitional state (task "powering-on", status REBOOT) before
     # the guest is started or reset, so a page following the server sees it as a person would.
     action_seconds: float = 2.0
+    # The broker's database (an SQLAlchemy URL, e.g. PostgreSQL's); empty: a SQLite file in the workdir.
+    database_url: str = ""
     workdir: Path | None = None
     # Where the Linux guest's initramfs is kept between runs (default ~/.cache/console-lab).
     cache_dir: Path | None = None
@@ -329,6 +331,16 @@ class Lab:
         relay = self._spawn("relay", argv, env=dict(env, RELAY_BIND=f"127.0.0.1:{self.relay_port}"), cwd=REPO)
         wait_for_port(relay, self.relay_port, timeout=30)
 
+    def stop_relay(self) -> None:
+        """Stop the relay: its consoles close with 1001, and nothing listens on its port until ``start_relay``."""
+        relay = next(child for child in self.children if child.name == "relay")
+        relay.stop()
+        self.children.remove(relay)
+
+    def start_relay(self) -> None:
+        """Start the relay again on its port, after ``stop_relay``."""
+        self._start_relay(self.broker_env())
+
     def _wait_healthy(self, broker: Child, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -391,7 +403,7 @@ class Lab:
         env.update(serve.environment(self.cloud))
         env.update(
             BROKER_SECRET_KEY=self._broker_secret,
-            BROKER_DATABASE_URL=f"sqlite:///{self.workdir / 'broker.db'}",
+            BROKER_DATABASE_URL=self.database_url or f"sqlite:///{self.workdir / 'broker.db'}",
             BROKER_CONSOLE_TTL=str(self.console_ttl),
             BROKER_REFRESH_MARGIN=str(self.refresh_margin),
             BROKER_IDLE_SWAP_AFTER=str(self.idle_swap_after),

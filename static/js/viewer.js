@@ -1,7 +1,8 @@
 // The relay-mode console page: noVNC's RFB core draws the server's screen from the broker's own
 // relay websocket, so the cloud's console URL and token never reach the browser. Each websocket is
 // opened with a fresh single-use ticket from one POST; the relay's close code says whether to come
-// back. Nothing typed (keys or Type text) is logged or sent anywhere but down the websocket.
+// back, and its text messages say when the cloud's side is away. Nothing typed (keys or Type text)
+// is logged or sent anywhere but down the websocket.
 // Power actions, the server panel and following a start or reboot come from power.js.
 
 import RFB from "../vendor/novnc/core/rfb.js";
@@ -23,9 +24,17 @@ const typeInput = $("type-input");
 const typeMessage = $("type-message");
 const csrfToken = document.querySelector('meta[name="csrf-token"]').content;
 
+// When a console ends for a cause that may pass (the cloud's console, the relay, the broker's
+// database, the network), the page tries again by itself: after 0.25 s, doubling to at most 30 s
+// between tries, for 5 minutes in a row; then it stops and waits for Reconnect. Five minutes
+// covers a relay's restart, a database's failover and a console proxy's restart; an outage longer
+// than that needs someone who knows of it, not a page that keeps asking the cloud every 30 s.
 const RETRY_FIRST_MS = 250;
-const RETRY_MAX_MS = 4000;
-const GIVE_UP_MS = 30000;
+const RETRY_MAX_MS = 30000;
+const GIVE_UP_MS = 5 * 60 * 1000;
+// Websockets closed in a row without ever opening before the page says the relay cannot be reached:
+// one may be a blip, two are the relay (or the way to it) being down.
+const UNREACHABLE_AFTER = 2;
 const QUEUE_LIMIT = 2000; // key events kept while reconnecting; past that someone leans on a key
 // Type text paces itself: QEMU delays each key event it gets (10 ms by default) and drops what
 // overflows its input queue, so a long text goes in chunks the guest keeps up with.
@@ -38,6 +47,13 @@ const ENDED = 4410;
 const NOT_RUNNING = 4409;
 const NO_LONGER_ALLOWED = 4403; // the server is gone, or a rule no longer grants it
 const UNREACHABLE = 4502;
+const DATABASE_UNAVAILABLE = 4503;
+const GOING_AWAY = 1001; // the relay restarting
+// What the relay's close reason ends with when keys it held for the server had to be dropped.
+const UNDELIVERED = /(\d+) keys? typed did not reach the server/i;
+const UNDELIVERED_SUFFIX = /:? ?\d+ keys? typed did not reach the server\.?$/i;
+// While the relay replaces the cloud's side, what the person types waits in the relay.
+const AWAY_TEXT = "Your keys are not reaching the server: reconnecting to the cloud's console…";
 
 const STATUS_TEXT = {
   loading: "Connecting…",
@@ -63,6 +79,13 @@ const state = {
   retryTimer: null,
   giveUpTimer: null, // set at the first failure in a row
   queue: [], // [keysym, code, down] typed while reconnecting, sent after the next connect
+  away: false, // the relay said the cloud's side is gone: keys wait in the relay (#console[data-upstream])
+  heldKeys: 0, // key presses sent while away: the relay holds them, and drops them if the connection ends
+  unsent: 0, // keys typed that never reached the server, told until the person dismisses it
+  cause: "", // why the page is trying again, shown with the countdown
+  nextTryAt: 0, // performance.now() of the next try
+  tickTimer: null, // the countdown to it
+  failedOpens: 0, // websockets in a row that closed without ever opening
   typing: false,
   scale: true,
 };
@@ -78,7 +101,7 @@ function enter(phase, detail = "") {
   const live = phase === "live";
   if (live && state.typing) detail = "typing…";
   // While following, #live-status keeps what power.js announced.
-  if (!state.follow) announce(detail ? `${STATUS_TEXT[phase]} (${detail})` : STATUS_TEXT[phase]);
+  if (!state.follow) announce(statusText(phase, detail));
   $("ctrl-alt-del").disabled = !live;
   $("screenshot").disabled = !live;
   $("type-text").disabled = !live || state.typing;
@@ -87,16 +110,54 @@ function enter(phase, detail = "") {
   if (!live && typeDialog.open) typeDialog.close();
 }
 
+function statusText(phase, detail) {
+  if (phase === "live" && state.away) return AWAY_TEXT;
+  return detail ? `${STATUS_TEXT[phase]} (${detail})` : STATUS_TEXT[phase];
+}
+
 function trying() {
   return state.connects > 0 ? "reconnecting" : "loading";
 }
 
-function showNotice(text, { signin = false, reconnect = false, start = false } = {}) {
+function showNotice(text, { signin = false, reconnect = false, start = false, dismiss = false } = {}) {
+  clearInterval(state.tickTimer);
   $("notice-text").textContent = text;
+  $("notice-next").textContent = "";
   $("notice-signin").hidden = !signin;
   $("notice-retry").hidden = !reconnect;
+  $("notice-dismiss").hidden = !dismiss;
   if ($("power-start")) $("power-start").hidden = !start;
   notice.hidden = false;
+}
+
+function plural(count, noun) {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
+}
+
+// A reason from the relay, as a sentence.
+function sentence(text) {
+  return /[.!?…]$/.test(text) ? text : `${text}.`;
+}
+
+// Key presses (not releases) in the page's own queue: what the person would count as typed.
+function keyPresses(queue) {
+  return queue.filter(([, , down]) => down).length;
+}
+
+// Nothing dropped goes unsaid: once connected again, how many keys never arrived stays in sight
+// until the person dismisses it (they may need to type them again).
+function showUnsent() {
+  if (!state.unsent) return false;
+  showNotice(`${plural(state.unsent, "key")} you typed did not reach the server: type again what is still needed.`, {
+    dismiss: true,
+  });
+  return true;
+}
+
+function dismissUnsent() {
+  state.unsent = 0;
+  notice.hidden = true;
+  focusScreen();
 }
 
 function showServer(server) {
@@ -106,47 +167,73 @@ function showServer(server) {
 function clearTimers() {
   clearTimeout(state.retryTimer);
   clearTimeout(state.giveUpTimer);
-  state.retryTimer = state.giveUpTimer = null;
+  clearInterval(state.tickTimer);
+  state.retryTimer = state.giveUpTimer = state.tickTimer = null;
 }
 
-// Leave the current session and any attempt under way, without acting on their events.
+// Leave the current session and any attempt under way, without acting on their events. Returns
+// how many key presses the relay was holding for the server: leaving drops them.
 function abandon() {
   const session = state.session;
   state.session = null;
   state.attempt += 1;
+  const held = leaveAway();
   if (session) {
     keepLastFrame(session);
     session.rfb.disconnect();
   }
+  return held;
 }
 
-// Nothing more happens until the person acts: sign in, reconnect, or leave.
+// Nothing more happens until the person acts: sign in, reconnect, or leave. Keys still waiting
+// (in the page's queue, or held by the relay) are dropped, and the notice says how many.
 function stop(phase, text, options = {}) {
   clearTimers();
-  abandon();
+  const dropped = abandon() + keyPresses(state.queue);
   state.queue = [];
   state.retryMs = RETRY_FIRST_MS;
-  showNotice(text, options);
+  state.cause = "";
+  state.unsent += dropped;
+  showNotice(dropped ? `${text} ${plural(dropped, "key")} you typed were not sent.` : text, options);
   enter(phase);
 }
 
-// Behind the scenes: a fresh ticket after 0.25 s, doubling to 4 s, for at most 30 s in a row.
-function retry(reason = "") {
-  enter(trying(), reason);
+// A cause that may pass: a fresh ticket after a wait that doubles (see RETRY_FIRST_MS), in sight:
+// the notice says why and counts down to the next try, and Reconnect tries at once.
+function retry(cause) {
+  const wait = state.retryMs;
+  state.retryMs = Math.min(wait * 2, RETRY_MAX_MS);
   state.giveUpTimer ??= setTimeout(giveUp, GIVE_UP_MS);
   clearTimeout(state.retryTimer);
-  state.retryTimer = setTimeout(connect, state.retryMs);
-  state.retryMs = Math.min(state.retryMs * 2, RETRY_MAX_MS);
+  state.retryTimer = setTimeout(connect, wait);
+  state.nextTryAt = performance.now() + wait;
+  state.cause = sentence(cause);
+  showNotice(`${state.cause} Reconnecting by itself.`, { reconnect: true });
+  countDown();
+  enter(trying(), `next try in ${Math.ceil(wait / 1000)} s`);
+}
+
+// The countdown is for the eye (aria-hidden): the live region said the wait once, in enter().
+function countDown() {
+  const tick = () => {
+    const left = Math.ceil((state.nextTryAt - performance.now()) / 1000);
+    $("notice-next").textContent = left > 0 ? `Next try in ${left} s.` : "Trying now…";
+    if (left <= 0) clearInterval(state.tickTimer);
+  };
+  tick();
+  state.tickTimer = setInterval(tick, 1000);
 }
 
 function giveUp() {
-  stop("failed", "The console connection was lost and could not be re-established.", { reconnect: true });
+  const cause = state.cause || "The console connection was lost.";
+  stop("failed", `${cause} No connection after 5 minutes of tries; Reconnect tries again.`, { reconnect: true });
 }
 
 function reconnectNow() {
   clearTimers();
-  abandon();
+  state.unsent += abandon(); // the queue stays: it is sent after the connect
   state.retryMs = RETRY_FIRST_MS;
+  state.cause = "";
   notice.hidden = true;
   enter(trying());
   connect();
@@ -180,7 +267,7 @@ async function connect() {
     });
     body = await response.json().catch(() => ({})); // not JSON: the status says enough
   } catch {
-    if (attempt === state.attempt) retry("the broker cannot be reached");
+    if (attempt === state.attempt) retry("The broker cannot be reached");
     return;
   }
   if (attempt !== state.attempt) return; // Reconnect was pressed, or it gave up, meanwhile
@@ -195,15 +282,19 @@ function open(ticket) {
     // The ticket rides in a subprotocol offer, not the URL: no proxy logs that header.
     socket = new WebSocket(ticket.url, ["binary", `ticket.${ticket.ticket}`]);
   } catch {
-    retry("the relay's address is unusable");
+    retry("The console relay's address is unusable");
     return;
   }
   // RFB's "disconnect" event carries no close code, so the page opens the WebSocket itself and
   // hands it to RFB (its documented urlOrChannel argument may be a WebSocket). This listener is
   // added before RFB sets the socket's onclose, so it runs first: the code is known by the time
   // RFB dispatches "disconnect".
-  let closed = null;
-  socket.addEventListener("close", (event) => (closed = event));
+  const seen = { opened: false, closed: null };
+  socket.addEventListener("open", () => {
+    seen.opened = true;
+    state.failedOpens = 0;
+  });
+  socket.addEventListener("close", (event) => (seen.closed = event));
   const rfb = new RFB(screen, socket);
   rfb.focusOnClick = true;
   rfb.background = "transparent"; // the last frame, under it, shows until the new one is drawn
@@ -212,15 +303,43 @@ function open(ticket) {
   const session = { rfb, canvas: screen.lastElementChild.querySelector("canvas"), painted: false };
   state.session = session;
   rfb.addEventListener("connect", () => session === state.session && connected(session));
-  rfb.addEventListener("disconnect", () => session === state.session && disconnected(session, closed));
+  rfb.addEventListener("disconnect", () => session === state.session && disconnected(session, seen));
+  // RFB is binary; a text message is the relay's own word ({"relay": "away" | "back"}), which RFB ignores.
+  socket.addEventListener("message", (event) => {
+    if (typeof event.data === "string" && session === state.session) relayTold(event.data);
+  });
+}
+
+function relayTold(text) {
+  let told;
+  try {
+    told = JSON.parse(text).relay;
+  } catch {
+    return; // not the relay's: nothing to act on
+  }
+  if (told === "away" || told === "back") setAway(told === "away");
+}
+
+// "away": the cloud's side is gone and the relay is opening another; keys typed now wait in the
+// relay, so the person must know at once. "back": they were delivered, and typing reaches the server.
+function setAway(away) {
+  state.away = away;
+  state.heldKeys = 0;
+  if (away) root.dataset.upstream = "away";
+  else delete root.dataset.upstream;
+  if (state.phase !== "live") return;
+  enter("live");
+  if (away) showNotice(AWAY_TEXT);
+  else if (!showUnsent()) notice.hidden = true;
 }
 
 function connected(session) {
   clearTimers();
   state.retryMs = RETRY_FIRST_MS;
+  state.cause = "";
   state.connects += 1;
   root.dataset.connects = String(state.connects);
-  notice.hidden = true;
+  if (!showUnsent()) notice.hidden = true;
   enter("live");
   if (!typeDialog.open) session.rfb.focus({ preventScroll: true });
   for (const [keysym, code, down] of state.queue) session.rfb.sendKey(keysym, code, down);
@@ -228,31 +347,59 @@ function connected(session) {
   whenPainted(session);
 }
 
-function disconnected(session, closed) {
+function disconnected(session, { opened, closed }) {
   state.session = null;
   keepLastFrame(session);
   const code = closed?.code;
+  const found = UNDELIVERED.exec(closed?.reason || "");
+  const held = leaveAway();
+  // The keys that never reached the server: as the relay counts them in its reason, or, when a
+  // connection the relay was holding keys on ended without its word, those sent since "away".
+  const lost = found ? Number(found[1]) : held;
+  state.unsent += lost;
+  const note = lost ? ` ${plural(lost, "key")} typed did not reach the server.` : "";
+  const reason = (closed?.reason || "").replace(UNDELIVERED_SUFFIX, "");
+  if (!opened) state.failedOpens += 1;
   if (state.follow && ![SIGNED_OUT, ENDED, NO_LONGER_ALLOWED].includes(code)) {
     waitForServer(); // the reboot cut it: power.js says when the server is back
   } else if (code === SIGNED_OUT) {
-    stop("signin", "Your sign-in has ended.", { signin: true });
+    stop("signin", `Your sign-in has ended.${note}`, { signin: true });
   } else if (code === ENDED) {
-    stop("ended", "An administrator ended this session.");
+    stop("ended", `An administrator ended this session.${note}`);
   } else if (code === NO_LONGER_ALLOWED) {
-    stop("refused", closed.reason || "You may no longer open this console.", { reconnect: true });
+    stop("refused", sentence(reason || "You may no longer open this console") + note, { reconnect: true });
   } else if (code === NOT_RUNNING) {
-    const status = /\(([A-Z_]+)\)/.exec(closed.reason);
+    const status = /\(([A-Z_]+)\)/.exec(reason);
     if (status) showServer({ status: status[1] });
-    stop("not-running", closed.reason || "The server is not running.", { reconnect: true, start: controls.canStart() });
-  } else if (code === UNREACHABLE) {
-    stop("failed", "The cloud's console is unreachable.", { reconnect: true });
+    const options = { reconnect: true, start: controls.canStart() };
+    stop("not-running", sentence(reason || "The server is not running") + note, options);
   } else {
-    // The relay restarting (1001), a network drop (1006), an error (1011): come back unseen.
+    // A cause that may pass: the cloud (4502), the database (4503), the relay restarting (1001),
+    // a drop (1006) or an error (1011). Keys typed from now on are queued in the page, not lost.
     if (screen.contains(document.activeElement) || document.activeElement === document.body) {
-      lastFrame.focus({ preventScroll: true }); // keys typed now are queued, not lost
+      lastFrame.focus({ preventScroll: true });
     }
-    retry();
+    retry(sentence(dropCause(code, reason, opened)) + note);
   }
+}
+
+// The connection is over: the relay's word on its side goes with it. Returns the key presses the
+// relay was holding for the server (none unless it had said "away").
+function leaveAway() {
+  const held = state.away ? state.heldKeys : 0;
+  state.away = false;
+  state.heldKeys = 0;
+  delete root.dataset.upstream;
+  return held;
+}
+
+function dropCause(code, reason, opened) {
+  if (code === UNREACHABLE) return reason || "The cloud's console is unreachable";
+  if (code === DATABASE_UNAVAILABLE) return reason || "The broker's database is unavailable";
+  if (code === GOING_AWAY) return "The console relay is restarting";
+  if (!opened && state.failedOpens >= UNREACHABLE_AFTER) return "The console relay cannot be reached";
+  if (!opened) return "The console relay did not answer";
+  return "The connection to the console was lost";
 }
 
 // -- following a start or reboot (power.js polls; this page connects when the server is back) ---
@@ -260,7 +407,7 @@ function disconnected(session, closed) {
 // No tickets while the server is on its way: each would ask the cloud for a console in vain.
 function waitForServer() {
   clearTimers();
-  abandon();
+  state.unsent += abandon();
   enter(trying());
 }
 
@@ -329,10 +476,13 @@ function whenPainted(session, deadline = performance.now() + 10000) {
   requestAnimationFrame(check);
 }
 
+function inConsole(event) {
+  return event.target === document.body || screen.contains(event.target);
+}
+
 // While reconnecting, keys pressed in the console are kept and sent after the next connect.
 function queueKey(event) {
-  const inConsole = event.target === document.body || screen.contains(event.target);
-  if (state.phase !== "reconnecting" || !inConsole) return;
+  if (state.phase !== "reconnecting" || !inConsole(event)) return;
   event.preventDefault();
   const keysym = getKeysym(event);
   if (keysym && state.queue.length < QUEUE_LIMIT) {
@@ -358,6 +508,7 @@ function focusScreen() {
 }
 
 function ctrlAltDel() {
+  if (state.away) state.heldKeys += 3;
   state.session?.rfb.sendCtrlAltDel();
   focusScreen();
 }
@@ -412,6 +563,7 @@ function untypable(text) {
 
 function typeChar(rfb, char) {
   const shift = SHIFTED.has(char);
+  if (state.away) state.heldKeys += shift ? 2 : 1;
   if (shift) rfb.sendKey(KeyTable.XK_Shift_L, null, true);
   rfb.sendKey(keysymOf(char), null); // down and up
   if (shift) rfb.sendKey(KeyTable.XK_Shift_L, null, false);
@@ -480,6 +632,12 @@ function typeDialogClosed() {
   focusScreen();
 }
 
+// While away, what is typed in the console (noVNC sends it) waits in the relay: counted, so that
+// a connection that ends holding it can say how much was lost.
+function holdKey(event) {
+  if (state.away && state.phase === "live" && screen.contains(event.target)) state.heldKeys += 1;
+}
+
 // The sign-in session times out after a while without requests, and a console carried by the
 // relay makes none: while someone is using it, the page tells the broker now and then.
 let usedSinceKeepalive = false;
@@ -497,6 +655,7 @@ async function keepAlive() {
 
 $("reconnect").addEventListener("click", reconnectNow);
 $("notice-retry").addEventListener("click", reconnectNow);
+$("notice-dismiss").addEventListener("click", dismissUnsent);
 $("ctrl-alt-del").addEventListener("click", ctrlAltDel);
 $("scale").addEventListener("click", toggleScale);
 $("screenshot").addEventListener("click", screenshot);
@@ -509,6 +668,7 @@ typeDialog.addEventListener("close", typeDialogClosed);
 document.addEventListener("fullscreenchange", fullscreenChanged);
 document.addEventListener("keydown", queueKey);
 document.addEventListener("keyup", queueKey);
+document.addEventListener("keydown", holdKey, { capture: true });
 document.addEventListener("keydown", used, { capture: true });
 document.addEventListener("pointerdown", used, { capture: true });
 setInterval(keepAlive, page.keepaliveEvery * 1000);

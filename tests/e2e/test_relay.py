@@ -422,9 +422,10 @@ def test_iframe_mode_console_is_cut_at_its_token_expiry(browser: Browser, iframe
 # -- 4. an administrator ends a live console -----------------------------------------------------------------
 
 
-def test_admin_ends_a_live_console_and_it_stays_ended(
+def test_admin_ends_a_live_console_and_that_sign_in(
     sign_in_context: Callable[..., BrowserContext], relay: RelayLab
 ) -> None:
+    """The console stays ended, and so does the sign-in it belonged to: the next page asks to sign in again."""
     lab = relay.lab
     agent = open_console(sign_in_context(), BIOS)
     admin = broker_page(sign_in_context(ADMIN))
@@ -444,9 +445,16 @@ def test_admin_ends_a_live_console_and_it_stays_ended(
 
     ended = audit_rows(lab, "admin", "relay_end", "ok")
     assert [(row["username"], row["reason"]) for row in ended] == [
-        (ADMIN, f"ended the console of {BIOS} ({CLOUD_NAME}) opened by {lab.username}")
+        (
+            ADMIN,
+            f"ended the console of {BIOS} ({CLOUD_NAME}) opened by {lab.username}, "
+            f"and that sign-in session: {lab.username} must sign in again",
+        )
     ]
-    summary = re.compile(r"ended by an administrator; \d+ s, \d+ bytes to the cloud, [1-9]\d* bytes to the browser")
+    summary = re.compile(
+        r"ended by an administrator; \d+ console URLs? minted; "
+        r"\d+ s, \d+ bytes to the cloud, [1-9]\d* bytes to the browser"
+    )
     disconnects = eventually(
         lambda: [
             row
@@ -456,6 +464,10 @@ def test_admin_ends_a_live_console_and_it_stays_ended(
         what="the disconnect's record",
     )
     assert [(row["server_name"], row["cloud"]) for row in disconnects] == [(BIOS, CLOUD_NAME)]
+    # The same browser, the same cookie: its next page is the sign-in page.
+    agent.goto(f"/console/{BIOS}")
+    expect(agent).to_have_url(re.compile(r"/login\?next="))
+    expect(agent.locator("#username")).to_be_visible()
 
 
 # -- 5. signing out ends the console -----------------------------------------------------------------------
