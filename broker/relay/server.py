@@ -368,7 +368,16 @@ class Relay:
         self.deferred.append((caller, record))
 
     async def _write_deferred(self) -> None:
+        """The records kept back, oldest first; DatabaseUnavailable leaves the rest for the next poll."""
         while self.deferred:
             caller, record = self.deferred[0]
-            await self.call(caller, record)
+            try:
+                await self.call(caller, record)
+            except DatabaseUnavailable:
+                raise
+            except Exception:
+                # Never a record that blocks every later one (and the poll) for ever: logged, and dropped.
+                log.exception(
+                    "a console's record kept back could not be written", extra={"request_id": caller.request_id}
+                )
             self.deferred.pop(0)

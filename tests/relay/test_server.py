@@ -30,6 +30,7 @@ from broker.relay.__main__ import bind_address
 from broker.relay.__main__ import serve
 from broker.relay.console import Retry
 from broker.relay.rfb import ServerInit
+from broker.relay.server import RELAY_CALLER
 from broker.relay.server import Relay
 from broker.relay.server import Services
 from broker.relay.server import client_address
@@ -922,3 +923,21 @@ def test_a_new_console_while_the_database_is_unreachable_is_refused_saying_so(ap
             return await browser.closed()
 
     assert run(scenario()) == (4503, "The broker's database is unavailable")
+
+
+def test_a_kept_back_record_that_cannot_be_written_never_blocks_the_ones_after_it(app, caplog):
+    fakes = FakeServices()
+    written = []
+
+    def broken() -> None:
+        raise RuntimeError("a bug, not an outage")
+
+    async def scenario():
+        async with running(app, fakes) as (relay, proxy):
+            relay.defer(RELAY_CALLER, broken)
+            relay.defer(RELAY_CALLER, lambda: written.append("second"))
+            await eventually(lambda: not relay.deferred)
+
+    run(scenario())
+    assert written == ["second"]
+    assert "a console's record kept back could not be written" in caplog.text
