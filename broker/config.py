@@ -231,6 +231,8 @@ def load_settings(env: Mapping[str, str], instance_path: str) -> Settings:
     swap = env.get("BROKER_CONSOLE_SWAP", "idle").strip().lower() or "idle"
     if swap not in ("idle", "always"):
         raise ConfigError(f"BROKER_CONSOLE_SWAP must be 'idle' or 'always', got {swap!r}")
+    # Before the throttle's storage, which is this URL unless BROKER_RATELIMIT_STORAGE_URL is set.
+    redis_url = _redis_url(env, "BROKER_REDIS_URL")
     return Settings(
         secret_key=secret_key,
         database_url=_database_url(env, "BROKER_DATABASE_URL", default_db),
@@ -254,9 +256,9 @@ def load_settings(env: Mapping[str, str], instance_path: str) -> Settings:
         session_idle=_int(env, "BROKER_SESSION_IDLE", 3600, minimum=60),
         secure_cookies=_bool(env, "BROKER_SECURE_COOKIES", False),
         trusted_proxies=_int(env, "BROKER_TRUSTED_PROXIES", 0),
-        ratelimit_storage=_storage_url(env, "BROKER_RATELIMIT_STORAGE_URL", env.get("BROKER_REDIS_URL") or "memory://"),
+        ratelimit_storage=_storage_url(env, "BROKER_RATELIMIT_STORAGE_URL", redis_url),
         login_limit=_limit(env, "BROKER_LOGIN_LIMIT", "5 per 5 minutes"),
-        redis_url=_redis_url(env, "BROKER_REDIS_URL"),
+        redis_url=redis_url,
         metrics_token=_metrics_token(env, "BROKER_METRICS_TOKEN"),
         metrics_allow=_networks(env, "BROKER_METRICS_ALLOW"),
         log_format=_choice(env, "BROKER_LOG_FORMAT", ("text", "json")),
@@ -374,13 +376,14 @@ def _limit(env: Mapping[str, str], name: str, default: str) -> str:
     return raw
 
 
-def _storage_url(env: Mapping[str, str], name: str, default: str) -> str:
-    """``memory://`` or a storage URL of the ``limits`` library, such as ``redis://host:6379``."""
-    raw = env.get(name) or default
+def _storage_url(env: Mapping[str, str], name: str, redis_url: str | None) -> str:
+    """``memory://`` or a storage URL of the ``limits`` library, such as ``redis://host:6379``; unset:
+    ``redis_url`` (BROKER_REDIS_URL), and a problem with that one names the variable the operator set."""
+    raw = env.get(name) or redis_url or "memory://"
     try:
         Throttle(raw)
     except ThrottleConfigError as exc:
-        raise ConfigError(f"{name}: {exc}") from None
+        raise ConfigError(f"{name if env.get(name) else 'BROKER_REDIS_URL'}: {exc}") from None
     return raw
 
 
@@ -410,12 +413,11 @@ def _redis_url(env: Mapping[str, str], name: str) -> str | None:
     if not raw:
         return None
     parts = urlsplit(raw)
-    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
-        raise ConfigError(
-            f"{name} must look like redis://host:6379/0 (or rediss:// for TLS), "
-            f"got a {parts.scheme or 'schemeless'} URL"
-        )
-    return raw
+    if "://" in raw and parts.scheme in ("redis", "rediss", "unix") and (parts.hostname or parts.path):
+        return raw
+    # Never the value itself: it may hold the password. "host:6379" parses as scheme "host".
+    got = f"{parts.scheme}://" if "://" in raw else "no scheme"
+    raise ConfigError(f"{name} must look like redis://host:6379/0 (or rediss:// for TLS, unix:///path), got {got}")
 
 
 def _metrics_token(env: Mapping[str, str], name: str) -> str | None:

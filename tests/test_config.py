@@ -76,6 +76,25 @@ def test_bad_values_name_the_variable(tmp_path, name, value):
         load_settings({"BROKER_SECRET_KEY": "k" * 32, name: value}, str(tmp_path))
 
 
+@pytest.mark.parametrize(
+    "value", ["127.0.0.1:6379", "redis.example.com:6379/0", ":s3cret@cache:6379", "http://cache:6379"]
+)
+def test_a_redis_url_without_its_scheme_names_the_variable_the_operator_set(tmp_path, value):
+    """BROKER_REDIS_URL is also the throttle's storage unless BROKER_RATELIMIT_STORAGE_URL is set: an
+    error must name the one the operator wrote, and never echo the value (it may hold a password)."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"BROKER_SECRET_KEY": "k" * 32, "BROKER_REDIS_URL": value}, str(tmp_path))
+    message = str(caught.value)
+    assert message.startswith("BROKER_REDIS_URL must look like redis://host:6379/0")
+    assert "BROKER_RATELIMIT_STORAGE_URL" not in message and value not in message and "s3cret" not in message
+
+
+def test_a_bad_storage_url_still_names_its_own_variable(tmp_path):
+    env = {"BROKER_SECRET_KEY": "k" * 32, "BROKER_REDIS_URL": "redis://cache:6379/0"}
+    with pytest.raises(ConfigError, match="^BROKER_RATELIMIT_STORAGE_URL: "):
+        load_settings({**env, "BROKER_RATELIMIT_STORAGE_URL": "nosuch://host"}, str(tmp_path))
+
+
 def test_relay_mode_settings(tmp_path):
     base = {"BROKER_SECRET_KEY": "k" * 32, "OS_CLOUD": "prod"}
     default = load_settings(base, str(tmp_path))
