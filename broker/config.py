@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
 import secrets
 import sys
+from collections.abc import Iterator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
@@ -47,6 +49,118 @@ def stop(message: str) -> NoReturn:
     text = f"console-broker: configuration error: {message}"
     print(text, file=sys.stderr, flush=True)
     raise StartupStopped(text)
+
+
+# -- every variable the broker reads: the one list ------------------------------------------------
+# load_settings reads BROKER_* names only through Environment, which refuses any name missing here;
+# start-up refuses a BROKER_* variable missing here, naming the closest one; and the tests check that
+# no code reads a variable missing here and that deploy/broker.env.example shows every one.
+SETTINGS = frozenset(
+    {
+        "BROKER_SECRET_KEY",
+        "BROKER_DATABASE_URL",
+        "BROKER_REDIS_URL",
+        "BROKER_RATELIMIT_STORAGE_URL",
+        "BROKER_LOGIN_LIMIT",
+        "BROKER_METRICS_TOKEN",
+        "BROKER_METRICS_ALLOW",
+        "BROKER_LOG_FORMAT",
+        "BROKER_TRUSTED_PROXIES",
+        "BROKER_SECURE_COOKIES",
+        "BROKER_SESSION_LIFETIME",
+        "BROKER_SESSION_IDLE",
+        "BROKER_CLOUDS",
+        "BROKER_CONSOLE_HOSTS",
+        "BROKER_CONSOLE_TTL",
+        "BROKER_REFRESH_MARGIN",
+        "BROKER_CONSOLE_SWAP",
+        "BROKER_IDLE_SWAP_AFTER",
+        "BROKER_PAUSE_AFTER",
+        "BROKER_SERVER_CACHE_TTL",
+        "BROKER_CONNECT_TIMEOUT",
+        "BROKER_READ_TIMEOUT",
+        "BROKER_PANEL_METADATA",
+        "BROKER_CONSOLE_MODE",
+        "BROKER_RELAY_PATH",
+        "BROKER_RELAY_URL",
+        "BROKER_MAX_CONSOLES_PER_USER",
+        "BROKER_DEMO",
+        "BROKER_DEMO_SERVERS",
+        "BROKER_AUTH",
+        "BROKER_ADMIN_GROUPS",
+        "BROKER_OIDC_ISSUER",
+        "BROKER_OIDC_CLIENT_ID",
+        "BROKER_OIDC_CLIENT_SECRET",
+        "BROKER_OIDC_NAME",
+        "BROKER_OIDC_SCOPES",
+        "BROKER_OIDC_USERNAME_CLAIM",
+        "BROKER_OIDC_GROUPS_CLAIM",
+        "BROKER_LDAP_URL",
+        "BROKER_LDAP_START_TLS",
+        "BROKER_LDAP_CA_FILE",
+        "BROKER_LDAP_VERIFY",
+        "BROKER_LDAP_BIND_DN",
+        "BROKER_LDAP_BIND_PASSWORD",
+        "BROKER_LDAP_USER_BASE",
+        "BROKER_LDAP_USER_FILTER",
+        "BROKER_LDAP_GROUP_BASE",
+        "BROKER_LDAP_GROUP_FILTER",
+        "BROKER_AUTH_HEADER",
+        "BROKER_AUTH_HEADER_FROM",
+        "BROKER_AUTH_GROUPS_HEADER",
+    }
+)
+# Read by the Procfile's lines (gunicorn, the relay) and gunicorn.conf.py, not by load_settings.
+PROCESS_VARIABLES = frozenset(
+    {"BIND", "PORT", "WEB_CONCURRENCY", "GUNICORN_THREADS", "RELAY_BIND", "RELAY_PORT", "PROMETHEUS_MULTIPROC_DIR"}
+)
+# The OS_* variables the broker reads itself; openstack.config reads the others (OS_USERNAME...) on its own.
+CLOUD_VARIABLES = frozenset({"OS_CLOUD", "OS_AUTH_URL", "OS_AUTH_TYPE", "OS_CLIENT_CONFIG_FILE"})
+PREFIX = "BROKER_"
+# The test suite's own variables (tests/support.py: BROKER_TEST_DB...): the broker never reads them,
+# and a run's servers inherit them, so they are neither settings nor typos.
+TEST_PREFIX = "BROKER_TEST_"
+
+
+class UndeclaredSetting(Exception):
+    """The parser read a ``BROKER_*`` name that SETTINGS lacks: a bug, so that the list cannot drift."""
+
+
+class Environment(Mapping[str, str]):
+    """The environment as load_settings sees it: reading a ``BROKER_*`` name missing from SETTINGS raises."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def __getitem__(self, name: str) -> str:
+        if name.startswith(PREFIX) and name not in SETTINGS:
+            # Not a KeyError, which Mapping.get would turn into the default.
+            raise UndeclaredSetting(f"{name} is read but missing from broker.config.SETTINGS")
+        return self._env[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._env)
+
+    def __len__(self) -> int:
+        return len(self._env)
+
+
+def unknown_settings(env: Mapping[str, str]) -> list[str]:
+    """``BROKER_*`` variables set but read by nothing: a misspelt name silently leaves the default in force."""
+    return sorted(n for n in env if n.startswith(PREFIX) and not n.startswith(TEST_PREFIX) and n not in SETTINGS)
+
+
+def refuse_unknown_settings(env: Mapping[str, str]) -> None:
+    """Stop on any unknown ``BROKER_*`` variable, naming for each the known setting closest to it."""
+    unknown = unknown_settings(env)
+    if unknown:
+        named = "; ".join(
+            f"{name} is not a broker setting: did you mean {difflib.get_close_matches(name, SETTINGS, 1, 0)[0]}?"
+            for name in unknown
+        )
+        raise ConfigError(
+            f"{named} (a misspelt setting would leave its default in force; deploy/broker.env.example lists them all)"
+        )
 
 
 AUTH_METHODS = ("local", "oidc", "ldap", "header")
@@ -212,7 +326,9 @@ def demo_secret_key(instance_path: str) -> str:
 
 
 def load_settings(env: Mapping[str, str], instance_path: str) -> Settings:
-    """Read and check every ``BROKER_*`` variable; raise ConfigError naming a bad one."""
+    """Read and check every ``BROKER_*`` variable; raise ConfigError naming a bad or unknown one."""
+    refuse_unknown_settings(env)
+    env = Environment(env)
     demo_explicit = _bool(env, "BROKER_DEMO", False)
     demo = _bool(env, "BROKER_DEMO", not has_cloud_config(env))
     secret_key = env.get("BROKER_SECRET_KEY", "")

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from broker import config
 from broker import create_app
 from broker.config import ConfigError
+from broker.config import Environment
+from broker.config import UndeclaredSetting
 from broker.config import load_settings
 from broker.extensions import db
 from broker.models import AccessRule
@@ -95,6 +99,106 @@ def test_a_bad_storage_url_still_names_its_own_variable(tmp_path):
         load_settings({**env, "BROKER_RATELIMIT_STORAGE_URL": "nosuch://host"}, str(tmp_path))
 
 
+TYPOS = [
+    ("BROKER_LOGIN_LIMT", "BROKER_LOGIN_LIMIT"),
+    ("BROKER_REDIS", "BROKER_REDIS_URL"),
+    ("BROKER_DATABASE", "BROKER_DATABASE_URL"),
+    ("BROKER_TRUSTED_PROXY", "BROKER_TRUSTED_PROXIES"),
+    ("BROKER_CONSOLE_MODES", "BROKER_CONSOLE_MODE"),
+    ("BROKER_OIDC_SECRET", "BROKER_OIDC_CLIENT_SECRET"),
+]
+
+
+@pytest.mark.parametrize(("typo", "meant"), TYPOS)
+def test_an_unknown_setting_stops_start_up_naming_the_closest_one(tmp_path, typo, meant):
+    """A typo used to be ignored: the default stayed in force and nothing said so."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"BROKER_SECRET_KEY": "k" * 32, "OS_CLOUD": "prod", typo: "1"}, str(tmp_path))
+    assert str(caught.value) == (
+        f"{typo} is not a broker setting: did you mean {meant}? (a misspelt setting would leave its default "
+        "in force; deploy/broker.env.example lists them all)"
+    )
+
+
+def test_every_unknown_setting_is_named_at_once(tmp_path):
+    env = {"BROKER_SECRET_KEY": "k" * 32, "BROKER_SESION_IDLE": "60", "BROKER_REDIS": "redis://r"}
+    with pytest.raises(ConfigError, match="BROKER_REDIS is not .* BROKER_SESION_IDLE is not .*BROKER_SESSION_IDLE"):
+        load_settings(env, str(tmp_path))
+
+
+def test_other_variables_are_not_settings(tmp_path):
+    """The test suite's own BROKER_TEST_*, the deploy wrapper's CONSOLE_BROKER_*, OS_*: none is refused."""
+    env = {
+        "BROKER_SECRET_KEY": "k" * 32,
+        "BROKER_TEST_DB": "postgresql",
+        "BROKER_TEST_SOMETHING_NEW": "1",
+        "CONSOLE_BROKER_ENV": "/etc/console-broker/broker.env",
+        "OS_CLOUD": "prod",
+        "OS_REGION_NAME": "RegionOne",
+        "RELAY_BIND": "127.0.0.1:5001",
+    }
+    assert load_settings(env, str(tmp_path)).clouds == ("prod",)
+
+
+class Recording(dict):
+    """An environment that remembers each name read from it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read: set[str] = set()
+
+    def __getitem__(self, name):
+        self.read.add(name)
+        return super().__getitem__(name)
+
+    def __contains__(self, name):
+        self.read.add(name)
+        return super().__contains__(name)
+
+
+def test_the_parser_reads_exactly_the_declared_settings(tmp_path):
+    """SETTINGS is the one list: every branch of the parser (all sign-in methods on) reads each name in it and
+    no other (a name it lacks cannot be read at all), so the list cannot drift from the parser."""
+    everything = {
+        "BROKER_SECRET_KEY": "k" * 32,
+        "BROKER_AUTH": "local,oidc,ldap,header",
+        "BROKER_OIDC_ISSUER": "https://idp.example.com",
+        "BROKER_OIDC_CLIENT_ID": "broker",
+        "BROKER_OIDC_CLIENT_SECRET": "secret",
+        "BROKER_LDAP_URL": "ldaps://ldap.example.com",
+        "BROKER_LDAP_USER_BASE": "ou=people,dc=example,dc=com",
+        "BROKER_AUTH_HEADER": "X-Remote-User",
+        "BROKER_AUTH_HEADER_FROM": "127.0.0.1",
+    }
+    env = Recording(everything)
+    load_settings(env, str(tmp_path))
+    assert {name for name in env.read if name.startswith("BROKER_")} == config.SETTINGS
+    with pytest.raises(UndeclaredSetting, match="BROKER_NOT_DECLARED is read but missing"):
+        Environment({}).get("BROKER_NOT_DECLARED")
+
+
+# Where the broker's processes read their environment: the package, the app and gunicorn's files, the Procfile.
+SOURCES = [*sorted((ROOT / "broker").rglob("*.py")), ROOT / "app.py", ROOT / "gunicorn.conf.py"]
+# (Not request.environ: that is a request's WSGI environment.)
+ENV_READ = re.compile(r"""(?<!request\.)(?:environ|env|getenv)\s*(?:\.get\(|\[|\()\s*f?["']([A-Z][A-Z0-9_]+)["']""")
+BROKER_NAME = re.compile(r"(?<![A-Z0-9_])BROKER_[A-Z0-9_]*[A-Z0-9]")
+
+
+def test_every_variable_the_code_reads_is_declared():
+    """Names read outside the parser (the relay's RELAY_BIND, the Procfile's WEB_CONCURRENCY...) and every
+    BROKER_* name the code mentions are in broker.config's lists too."""
+    known = config.SETTINGS | config.PROCESS_VARIABLES | config.CLOUD_VARIABLES
+    read: dict[str, str] = {}
+    for path in SOURCES:
+        text = path.read_text()
+        for name in {*ENV_READ.findall(text), *BROKER_NAME.findall(text)}:
+            if not (name + "_").startswith(config.TEST_PREFIX):  # the test suite's own, named in config.py
+                read.setdefault(name, str(path.relative_to(ROOT)))
+    read.update((name, "Procfile") for name in re.findall(r"\$\{([A-Z][A-Z0-9_]*)", (ROOT / "Procfile").read_text()))
+    assert {"RELAY_BIND", "OS_CLIENT_CONFIG_FILE", "WEB_CONCURRENCY", "BROKER_LOG_FORMAT"} <= read.keys()
+    assert {name: where for name, where in read.items() if name not in known} == {}
+
+
 def test_relay_mode_settings(tmp_path):
     base = {"BROKER_SECRET_KEY": "k" * 32, "OS_CLOUD": "prod"}
     default = load_settings(base, str(tmp_path))
@@ -137,6 +241,10 @@ BAD_STARTS = [
     ({"BROKER_DEMO": "1", "BROKER_DATABASE_URL": "postgres://u@db/broker"}, "write postgresql+psycopg://"),
     ({"BROKER_DEMO": "1", "BROKER_DATABASE_URL": "redis://x"}, "no database dialect called 'redis'"),
     ({"BROKER_DEMO": "1", "BROKER_DATABASE_URL": "not a url"}, "BROKER_DATABASE_URL is not a database URL"),
+    (
+        {"BROKER_DEMO": "1", "BROKER_LOGIN_LIMT": "3 per hour"},
+        "BROKER_LOGIN_LIMT is not a broker setting: did you mean",
+    ),
 ]
 
 
@@ -167,6 +275,16 @@ def test_bad_configuration_stops_a_command_with_exit_3(tmp_path, extra, message)
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 3
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_unknown_setting_stops_check(tmp_path):
+    env = operator_env(tmp_path, {"BROKER_DATABASE_URL": f"sqlite:///{tmp_path}/b.sqlite3", "BROKER_DEMO": "1"})
+    argv = [sys.executable, "-m", "flask", "--app", "app", "check"]
+    done = subprocess.run(
+        argv, cwd=ROOT, env={**env, "BROKER_LOGIN_LIMT": "3 per hour"}, capture_output=True, text=True
+    )
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    assert "BROKER_LOGIN_LIMT is not a broker setting: did you mean BROKER_LOGIN_LIMIT?" in done.stderr
 
 
 def test_no_users_yet_says_how_to_create_the_first_admin(tmp_path, caplog):
