@@ -13,17 +13,43 @@ from flask.cli import with_appcontext
 
 from broker import schema
 from broker import state
+from broker.config import Settings
 from broker.services import checks
 from broker.services import management
 from broker.services import policy
 from broker.services import users
 
+# The servers' environment: the EnvironmentFile= of deploy/console-broker@.service and the relay's unit.
+ENV_FILE = "/etc/console-broker/broker.env"
+
+
+class NotConfigured(click.ClickException):
+    """A command refused before it did anything, for want of its environment (exit 2, as a usage error)."""
+
+    exit_code = 2
+
+
+def require_database(settings: Settings) -> None:
+    """Commands act on the servers' database. In a shell without their environment (no BROKER_DATABASE_URL,
+    no cloud) the app falls back to the demo's database, which no server of theirs reads: refuse there."""
+    if settings.demo and not settings.demo_explicit and not settings.database_url_set:
+        raise NotConfigured(
+            "no database is configured (BROKER_DATABASE_URL is not set, nor a cloud), so this command would use "
+            f"the demo's own database ({settings.database_url}), which your servers never read. Run it in their "
+            f"environment: first 'set -a; . {ENV_FILE}; set +a' (the EnvironmentFile= of console-broker@.service), "
+            "or through deploy/console-broker-flask. For the demo itself, set BROKER_DEMO=1."
+        )
+
+
+def loaded_app() -> Flask:
+    return click.get_current_context().ensure_object(ScriptInfo).load_app()
+
 
 def require_current_schema() -> None:
-    """Before any users/groups/rules command: an empty database gets its schema (as a server start gives
-    it); one that is not the code's stops the command, naming the fix."""
-    app = click.get_current_context().ensure_object(ScriptInfo).load_app()
-    with app.app_context():
+    """Before any users/groups/rules command: the servers' database; an empty one gets its schema (as a
+    server start gives it); one that is not the code's stops the command, naming the fix."""
+    with loaded_app().app_context():
+        require_database(state.settings())
         if problem := schema.prepare(auto_upgrade=False).problem():
             raise click.ClickException(problem)
 
@@ -173,8 +199,9 @@ MARKS = {"ok": "ok  ", "note": "note", "fail": "FAIL"}
 @with_appcontext
 def check() -> None:
     """Check settings, clouds (sign in, endpoint, one server listed), users and rules; mint nothing."""
-    service = state.consoles()
     settings = state.settings()
+    require_database(settings)
+    service = state.consoles()
     database = checks.check_database()
     findings = [
         *database,
@@ -197,3 +224,24 @@ def register_commands(app: Flask) -> None:
     for group in (users_cli, groups_cli, rules_cli):
         app.cli.add_command(group)
     app.cli.add_command(check)
+    guard_migrations(app)
+
+
+def guard_migrations(app: Flask) -> None:
+    """Flask-Migrate's ``db`` group (migrate.init_app added it) behind require_database, since 'db upgrade'
+    without the environment would upgrade the demo's database: a group of this app's own with the same
+    options and commands, so the library's shared group is left as it is."""
+    migrations = app.cli.commands.get("db")
+    if not isinstance(migrations, click.Group) or migrations.callback is None:
+        return
+    run = migrations.callback
+
+    @with_appcontext
+    def refuse_then_run(**options):
+        require_database(state.settings())
+        return run(**options)
+
+    guarded = click.Group(
+        "db", commands=migrations.commands, params=migrations.params, help=migrations.help, callback=refuse_then_run
+    )
+    app.cli.add_command(guarded)

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from broker import cli
+from broker import create_app
 from broker.extensions import db
 from broker.models import User
 from broker.services import identity
@@ -169,3 +171,49 @@ def test_users_list_shows_source_and_last_sign_in(runner, app, auth):
     assert rows["olga"][1:3] == ["agent", "header"] and rows["olga"][4] != "-"
     assert rows["agent"][1:3] == ["agent", "local"] and rows["agent"][4] != "-"  # signed in just now
     assert rows["admin"][2] == "local" and rows["admin"][4] == "-"  # never signed in
+
+
+# What a command run without the servers' environment file is told (the file is the units' EnvironmentFile=).
+NO_DATABASE = "no database is configured (BROKER_DATABASE_URL is not set, nor a cloud)"
+SOURCE_IT = "set -a; . /etc/console-broker/broker.env; set +a"
+REFUSED = [
+    ["users", "add", "olga", "--admin", "--password-stdin"],
+    ["users", "list"],
+    ["groups", "add", "ops"],
+    ["rules", "list"],
+    ["db", "upgrade"],
+    ["db", "current"],
+    ["check"],
+]
+
+
+def bare_app(tmp_path, **env):
+    """The app as a command builds it in a shell without the servers' environment: no database, no cloud."""
+    return create_app({"ENV": env, "INSTANCE_PATH": str(tmp_path / "instance")})
+
+
+@pytest.mark.parametrize("args", REFUSED, ids=[" ".join(a[:2]) for a in REFUSED])
+def test_commands_without_the_servers_environment_refuse(tmp_path, args):
+    """Before, 'users add --admin' exited 0 and made an admin in instance/demo.sqlite3, which no server reads."""
+    app = bare_app(tmp_path)
+    result = app.test_cli_runner().invoke(args=args, input="olga-password-1\n")
+    assert result.exit_code == 2, result.output
+    assert NO_DATABASE in result.output and SOURCE_IT in result.output and "BROKER_DEMO=1" in result.output
+    with app.app_context():
+        assert users.all_users() == []
+
+
+def test_the_demo_chosen_by_name_or_a_configured_database_is_used(tmp_path):
+    demo = bare_app(tmp_path / "demo", BROKER_DEMO="1")
+    assert demo.test_cli_runner().invoke(args=["users", "list"]).output.startswith("demo\tadmin")
+    database = f"sqlite:///{tmp_path}/b.sqlite3"
+    own = bare_app(tmp_path / "own", BROKER_DATABASE_URL=database)
+    result = own.test_cli_runner().invoke(args=["users", "add", "olga", "--password-stdin"], input="olga-password-1\n")
+    assert result.exit_code == 0, result.output
+    assert own.test_cli_runner().invoke(args=["db", "current"]).exit_code == 0
+
+
+def test_the_file_named_is_the_units_environment_file():
+    for unit in ("console-broker@.service", "console-broker-relay.service"):
+        assert f"EnvironmentFile={cli.ENV_FILE}\n" in (ROOT / "deploy" / unit).read_text()
+    assert f"ENV_FILE=${{CONSOLE_BROKER_ENV:-{cli.ENV_FILE}}}" in (ROOT / "deploy" / "console-broker-flask").read_text()
