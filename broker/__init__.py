@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import click
@@ -30,6 +31,7 @@ from broker.cloud.registry import load_clouds
 from broker.cloud.types import Timeouts
 from broker.config import ConfigError
 from broker.config import Settings
+from broker.config import StartupStopped
 from broker.config import load_settings
 from broker.config import stop
 from broker.extensions import csrf
@@ -159,10 +161,14 @@ def limiter_storage_options(url: str) -> dict:
 
 
 def engine_options(url: str) -> dict:
-    """PostgreSQL: stored times are UTC whatever the server's zone, and a restarted server is survived."""
+    """PostgreSQL: stored times are UTC whatever the server's zone, a restarted server is survived (each
+    pooled connection is tried before use), and a host that drops packets costs seconds, not minutes."""
     if not url.startswith("postgresql"):
         return {}
-    return {"pool_pre_ping": True, "connect_args": {"options": "-c timezone=UTC"}}
+    return {
+        "pool_pre_ping": True,
+        "connect_args": {"options": "-c timezone=UTC", "connect_timeout": schema.CONNECT_TIMEOUT},
+    }
 
 
 def register_extensions(app: Flask) -> None:
@@ -286,17 +292,35 @@ def prepare_schema(settings: Settings, instance: str) -> None:
             db.engine.dispose()
 
 
+class DatabaseNotReady(StartupStopped):
+    """Start-up stopped by a database that may become usable by itself (down, starting, its schema not made
+    yet): exit 75 (EX_TEMPFAIL), which systemd restarts on, where exit 3 means "fix the settings first"."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.code = os.EX_TEMPFAIL
+
+
+def not_ready(message: str) -> NoReturn:
+    """Print why the database cannot be used yet and stop with exit 75 (try again later)."""
+    text = f"console-broker: database unavailable: {message} (exit {os.EX_TEMPFAIL}, so that systemd tries again)"
+    print(text, file=sys.stderr, flush=True)
+    raise DatabaseNotReady(text)
+
+
 @contextmanager
 def database_errors(settings: Settings) -> Iterator[None]:
-    """A database that cannot be reached stops start-up with its address (never its password)."""
+    """A database that cannot be used stops start-up with its address (never its password) and what is
+    wrong: no such host, database or role, a refused password, nothing listening, no answer."""
     try:
         yield
     except SQLAlchemyError as exc:
-        where = make_url(settings.database_url).render_as_string(hide_password=True)
-        stop(
-            f"cannot use the database {where} ({type(getattr(exc, 'orig', None) or exc).__name__}): "
-            "check BROKER_DATABASE_URL and that the database server is up"
-        )
+        url = make_url(settings.database_url)
+        found = schema.unreachable(exc, url)
+        message = f"cannot use the database {url.render_as_string(hide_password=True)}: {found.cause}"
+        if found.lasting:
+            stop(message)
+        not_ready(message)
 
 
 # How long a process that does not own the schema (the relay) waits for the web process to make it.

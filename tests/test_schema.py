@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC
 from datetime import datetime
 
+import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -17,6 +18,7 @@ from sqlalchemy import create_engine
 from sqlalchemy import inspect
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from werkzeug.security import generate_password_hash
 
 import broker
@@ -192,9 +194,75 @@ def test_an_unreachable_database_stops_start_up_naming_it_without_its_password(t
     url = "postgresql+psycopg://broker:s3cret-pw@127.0.0.1:9/broker"
     with pytest.raises(StartupStopped) as stopped:
         start(url, tmp_path)
-    message = str(stopped.value)
-    assert "cannot use the database postgresql+psycopg://broker:***@127.0.0.1:9/broker (OperationalError)" in message
-    assert "check BROKER_DATABASE_URL" in message and "s3cret-pw" not in message
+    assert str(stopped.value) == (
+        "console-broker: database unavailable: cannot use the database postgresql+psycopg://broker:***@127.0.0.1:9/"
+        "broker: nothing accepts connections at 127.0.0.1:9 (connection refused): is PostgreSQL running there, "
+        "and are the host and port in BROKER_DATABASE_URL right? (exit 75, so that systemd tries again)"
+    )
+    # A server that is down may come back: not exit 3, which the units' RestartPreventExitStatus= keeps down.
+    assert stopped.value.code == os.EX_TEMPFAIL
+
+
+@pytest.mark.parametrize(
+    ("change", "cause"),
+    [
+        ({"host": "db.invalid"}, "the host name db.invalid does not resolve: fix the host in BROKER_DATABASE_URL"),
+        (
+            {"database": "no_such_db"},
+            'the server has no database "no_such_db": create it (createdb --owner ROLE no_such_db) '
+            "or fix the database name in BROKER_DATABASE_URL",
+        ),
+        (
+            {"username": "no_such_role"},
+            'the server has no role "no_such_role": create it (createuser no_such_role) or fix the user in '
+            "BROKER_DATABASE_URL",
+        ),
+    ],
+    ids=["host", "database", "role"],
+)
+def test_a_database_that_cannot_be_used_stops_start_up_saying_which_setting_is_wrong(
+    postgres_url, tmp_path, change, cause
+):
+    url = make_url(postgres_url).set(**change)
+    with pytest.raises(StartupStopped) as stopped:
+        start(url.render_as_string(hide_password=False), tmp_path)
+    where = url.render_as_string(hide_password=True)
+    assert str(stopped.value) == f"console-broker: configuration error: cannot use the database {where}: {cause}"
+    assert stopped.value.code == 3  # a restart cannot fix it
+
+
+@pytest.mark.parametrize(
+    ("driver_says", "cause", "lasting"),
+    [
+        (
+            'connection failed: connection to server at "10.0.0.5", port 5432 failed: FATAL:  password '
+            'authentication failed for user "broker"',
+            'the server refused the password of role "broker": fix the password in BROKER_DATABASE_URL',
+            True,
+        ),
+        (
+            'could not translate host name "db" to address: Name or service not known',
+            "the host name db does not resolve: fix the host in BROKER_DATABASE_URL",
+            True,
+        ),
+        (
+            "connection timeout expired",
+            "no answer from db:5432 within 10 s: is the host in BROKER_DATABASE_URL right, and does a firewall "
+            "let this host through?",
+            False,
+        ),
+        (
+            'connection to server at "10.0.0.5", port 5432 failed: FATAL:  the database system is starting up',
+            "the database server at db:5432 is starting up",
+            False,
+        ),
+        ("something new", "OperationalError: something new", True),
+    ],
+)
+def test_the_drivers_words_become_the_operators(driver_says, cause, lasting):
+    error = OperationalError("SELECT 1", {}, psycopg.OperationalError(driver_says))
+    found = schema.unreachable(error, make_url("postgresql+psycopg://broker:pw@db/broker"))
+    assert (found.cause, found.lasting) == (cause, lasting)
 
 
 def test_a_server_on_a_schema_behind_the_code_refuses_to_start(database, tmp_path):

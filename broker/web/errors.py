@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
+import time
+from collections.abc import Callable
 
 from flask import Flask
 from flask import current_app
@@ -14,14 +18,18 @@ from flask import url_for
 from flask_limiter import RateLimitExceeded
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
+from broker import schema
 from broker.cloud import errors
 from broker.cloud.errors import CloudError
+from broker.extensions import db
 from broker.services import audit
 from broker.services.consoles import ViewerOnly
 from broker.services.power import PowerRefused
 from broker.services.relay import TooManyConsoles
+from broker.services.relay import is_unreachable
 from broker.services.shortcuts import PinError
 from broker.web.observability import request_id
 
@@ -88,6 +96,10 @@ def unauthorized():
 
 def handle_http(exc: HTTPException):
     status = exc.code or 500
+    # What a handler of another error raised (say, reading the user for a CSRF record) ends here.
+    original = getattr(exc, "original_exception", None)
+    if status == 500 and original is not None and is_unreachable(original):
+        return database_unavailable(original)
     return error_response(status, SLUGS.get(status, "error"), exc.description or exc.name)
 
 
@@ -149,18 +161,82 @@ def handle_too_many_consoles(exc: TooManyConsoles):
     return error_response(429, "too_many_consoles", str(exc))
 
 
+# While the database is unreachable every request that needs it fails alike: one line per this
+# many seconds (per process) says so, with the count since the last, instead of a traceback each.
+OUTAGE_LOG_EVERY = 5.0
+OUTAGE_LOG = "database_outage_log"
+
+
+class OutageLog:
+    """Says at most once per OUTAGE_LOG_EVERY seconds that requests found the database unreachable."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.last: float | None = None
+        self.refused = 0
+
+    def refused_one(self, exc: BaseException) -> None:
+        """Count one refused request; log when the last line is old enough."""
+        with self.lock:
+            self.refused += 1
+            now = self.clock()
+            if self.last is not None and now - self.last < OUTAGE_LOG_EVERY:
+                return
+            self.last, refused, self.refused = now, self.refused, 0
+        log.error(
+            "database unreachable: %s; pages and the API answer 503 until it is back (%d refused since the last line)",
+            schema.unreachable(exc, db.engine.url).cause,
+            refused,
+        )
+
+
+def database_unavailable(exc: BaseException):
+    """503 for a request that needed the database while it cannot be reached (logged once per few seconds)."""
+    current_app.extensions[OUTAGE_LOG].refused_one(exc)
+    # Nobody is signed in for the rest of this request: the error page must not ask the database
+    # again who is (flask-login's template context would, and fail the same way).
+    current_app.login_manager._update_request_context_with_user()
+    return error_response(503, "database_unavailable", "The broker's database is unavailable. Try again in a minute.")
+
+
+def handle_database(exc: DBAPIError):
+    """The database out of reach is an outage (503), not a bug; any other database error is one."""
+    if is_unreachable(exc):
+        return database_unavailable(exc)
+    return handle_unexpected(exc)
+
+
+def recording(handler: Callable):
+    """``handler``, which writes a record: the database out of reach makes its answer the outage's."""
+
+    @functools.wraps(handler)
+    def handling(exc: Exception):
+        try:
+            return handler(exc)
+        except DBAPIError as trouble:
+            if not is_unreachable(trouble):
+                raise
+            db.session.rollback()
+            return database_unavailable(trouble)
+
+    return handling
+
+
 def handle_unexpected(exc: Exception):
     log.exception("unhandled error on %s %s", request.method, request.path)
     return error_response(500, "internal_error", "Something went wrong in the broker. It has been logged.")
 
 
 def register_errorhandlers(app: Flask) -> None:
-    app.register_error_handler(CSRFError, handle_csrf)
-    app.register_error_handler(RateLimitExceeded, handle_throttled)
+    app.register_error_handler(CSRFError, recording(handle_csrf))
+    app.register_error_handler(RateLimitExceeded, recording(handle_throttled))
     app.register_error_handler(HTTPException, handle_http)
     app.register_error_handler(CloudError, handle_cloud)
     app.register_error_handler(ViewerOnly, handle_viewer_only)
     app.register_error_handler(PowerRefused, handle_power_refused)
     app.register_error_handler(PinError, handle_pin_error)
     app.register_error_handler(TooManyConsoles, handle_too_many_consoles)
+    app.register_error_handler(DBAPIError, handle_database)
     app.register_error_handler(Exception, handle_unexpected)
+    app.extensions[OUTAGE_LOG] = OutageLog()

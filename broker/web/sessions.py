@@ -39,6 +39,9 @@ def clock() -> float:
 
 # Writing the last-seen time on every request would re-send the cookie each time.
 SEEN_RESOLUTION = 30
+# Endpoints that never read the sign-in session: static files, and the probes, which answer the same
+# whatever cookie a browser or a monitor sends (and /healthz whether or not the database answers).
+SESSIONLESS = frozenset({"static", "healthz", "observability.readyz", "observability.prometheus_metrics"})
 
 
 class BrokerSessionInterface(SecureCookieSessionInterface):
@@ -143,7 +146,7 @@ def register_session_limits(app: Flask, lifetime: int, idle: int) -> None:
 
     @app.before_request
     def enforce_limits():
-        if request.endpoint == "static" or not current_user.is_authenticated:
+        if request.endpoint in SESSIONLESS or not current_user.is_authenticated:
             return
         reason = expired_reason(lifetime, idle)
         if reason:
