@@ -19,6 +19,7 @@ from broker.cloud.types import ServerInfo
 from broker.extensions import db
 from broker.services import audit
 from broker.services.inventory import Inventory
+from broker.services.inventory import Lookup
 from broker.services.inventory import Overview
 from broker.services.inventory import Recent
 from broker.services.inventory import Sighting
@@ -37,8 +38,11 @@ RELAY = "relay"
 # "view" marks a console page (not a mint) that was refused.
 
 # The one answer for every ID that ends without a server the user may open, whatever the
-# reason (unknown, forbidden, lookups spent, a cloud failing): the reason goes to the audit.
+# reason (unknown, forbidden, lookups spent): the reason goes to the audit. A cloud that could
+# not answer is not such a reason: that is cloud trouble (see ``undecided``).
 NOT_FOUND = "No server with this ID that you may open."
+# Seconds a person is told to wait when a cloud kept an ID from being judged (or the cloud's own, if longer).
+UNDECIDED_RETRY = 5.0
 
 
 class NoSuchServer(errors.ServerNotFound):
@@ -87,6 +91,31 @@ class Minted:
 
 def looks_like_id(value: str) -> bool:
     return bool(SERVER_ID.match(value or ""))
+
+
+def undecided(trouble: dict[str, errors.CloudError]) -> errors.CloudError:
+    """The answer when clouds the user may use could not say whether they hold an ID.
+
+    It names those clouds and nothing of the ID: a cloud's trouble is the same whatever is
+    asked of it, so an unknown and a forbidden ID get the same answer, as they get the same 404.
+    A cloud still answering is 504 (its lookup goes on, and its answer is kept); a failure, 503.
+    """
+    names = ", ".join(sorted(trouble))
+    retry = max([UNDECIDED_RETRY, *(exc.retry_after or 0.0 for exc in trouble.values())])
+    if all(isinstance(exc, errors.CloudPending) for exc in trouble.values()):
+        error: errors.CloudError = errors.CloudPending(
+            f"Cloud {names} has not answered in time, so the broker cannot tell yet whether you may open "
+            "this server. Try again in a moment.",
+            retry_after=retry,
+        )
+    else:
+        error = errors.ServerUnconfirmed(
+            f"Cloud {names} could not answer, so the broker cannot tell yet whether you may open this server. "
+            "Try again in a moment.",
+            retry_after=retry,
+        )
+    error.__cause__ = next(iter(trouble.values()))  # the cloud's own words, for the audit
+    return error
 
 
 def audit_reason(exc: errors.CloudError) -> str:
@@ -143,7 +172,11 @@ class ConsoleService:
             # A mistyped name is not worth a call to every cloud: only a UUID or a cached ID is looked up.
             if named or not (seen or UUID.match(ref)):
                 return self._named(access, named, note)
-        found = self._by_id(user, access, ref, cloud, seen)
+        try:
+            found = self._by_id(user, access, ref, cloud, seen)
+        except errors.CloudError as exc:
+            audit.record("console", "failed", reason=audit_reason(exc), **note)
+            raise
         if isinstance(found, Denial):
             self._record(found, note)
             return []
@@ -206,40 +239,55 @@ class ConsoleService:
     ) -> ServerInfo | Denial:
         """An ID this user cannot open from the cache: asked of the clouds, within the user's lookup budget.
 
-        Unknown and forbidden IDs take this same path (a GET on the owning cloud, or on
-        every cloud at once), so neither the answer nor its time tells them apart.
+        Unknown and forbidden IDs take this same path (a GET on every cloud the user may use,
+        at once), so neither the answer nor its time tells them apart. Clouds the user has no
+        rule on are neither asked nor waited for: nothing there could be granted to them.
 
-        A worker with no list of a cloud yet (cold) sends IDs the user may open here too.
-        That GET costs one lookup like any other, taken before the call whatever it finds:
-        the budget bounds calls made before their answer is known, so it cannot wait to
-        see whether the server is granted, and no kind of ID gets cheaper to try. The
-        charge is once per ID and cloud (the answer is remembered) and only while the
-        worker is cold, which ends when the list fetch the lookup starts has landed. With
-        the budget spent, the cold clouds' lists judge the ID instead (waited for at most
-        ``cold_wait``, one walk shared by everyone), as they did before: nobody loses a
-        console to a cold worker, and a prober learns nothing a warm list would not tell.
+        A denial needs every one of those clouds to have said so. One that failed or is still
+        answering leaves the ID undecided, which is cloud trouble (503/504, ``undecided``), and
+        is not remembered: the next request asks again. Since a cloud's trouble does not depend
+        on the ID, that answer tells nothing an unknown ID would not.
+
+        The budget is what keeps a prober from making the broker hammer the clouds: every GET
+        by ID a request causes is started only after that user's budget granted one lookup
+        (once for all the clouds it asks), so the GETs a user causes are at most their budget.
+        A request that finds the answer remembered (for the cache lifetime) or joins the GET of
+        that ID already in flight (``Inventory.look_up``, one per cloud and ID) causes no call
+        and spends nothing: fifty people opening one server on a slow cloud cost one GET.
+
+        A worker with no list of a cloud yet (cold) sends IDs the user may open here too. That
+        GET costs one lookup like any other, taken before the call whatever it finds: the
+        budget bounds calls made before their answer is known, so it cannot wait to see whether
+        the server is granted. With the budget spent, the clouds' lists judge the ID instead
+        (a cold one waited for at most ``cold_wait``, one walk shared by everyone); a cloud with
+        no list to tell is trouble, as above.
         """
         if not seen and not UUID.match(server_id):
             return Denial("failed", "no such server")
-        owner = seen[0].server if seen else None
-        names = [owner.cloud] if owner else self.inventory.names(cloud)
-        lookup = self.inventory.look_up(server_id, names, lambda: self.lookup_budget(user.username))
-        if lookup.budget_spent and not owner and len(self.inventory.listed(names)) < len(names):
-            listed = self.inventory.sightings(server_id, cloud)
-            found = self._granted(access, listed)
-            if found is not None:
-                return found
-            owner = listed[0].server if listed else None
+        usable = [name for name in self.inventory.names(cloud) if access.may_use_cloud(name)]
+        lookup = self.inventory.look_up(server_id, usable, lambda: self.lookup_budget(user.username))
+        trouble, listed = dict(lookup.trouble), []
+        if lookup.budget_spent:
+            listed, unlisted = self.inventory.listed_as(server_id, list(lookup.unasked))
+            trouble.update(unlisted)
+            granted = self._granted(access, listed)
+            if granted is not None:
+                return granted
         allowed = [server for server in lookup.servers if access.allows(server)]
         if allowed:
             return allowed[0]
+        if trouble:
+            raise undecided(trouble)
+        return self._denial(lookup, [*listed, *seen])
+
+    def _denial(self, lookup: Lookup, seen: list[Sighting]) -> Denial:
+        """Why every cloud asked (or its list) said no, for the audit."""
+        spent = " (the user's server lookups are spent for now)" if lookup.budget_spent else ""
         if lookup.servers:
-            return Denial("refused", "no access rule grants this server", lookup.servers[0])
-        why = "the user's server lookups are spent for now" if lookup.budget_spent else ""
-        why = why or "; ".join(lookup.trouble.values())
-        if owner:
-            return Denial("refused", f"no access rule grants this server as last listed ({why})", owner)
-        return Denial("failed", f"no such server ({why})" if why else "no such server")
+            return Denial("refused", f"no access rule grants this server{spent}", lookup.servers[0])
+        if seen:
+            return Denial("refused", f"no access rule grants this server as last listed{spent}", seen[0].server)
+        return Denial("failed", f"no such server{spent}")
 
     def _record(self, denial: Denial, note: dict, action: str = "console") -> None:
         """Audit a denial with its true reason (and the server, when there is one)."""

@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 COLD_WAIT = 3.0
 # A failed list fetch is answered from memory this long (at most the cache lifetime).
 FAILURE_MEMORY = 10.0
-# ID lookups in flight per cloud; more wait their turn (each caller waits at most ``cold_wait``).
+# ID lookups in flight per cloud (one GET per ID, however many wait for it); more wait their
+# turn (each caller waits at most ``cold_wait``).
 LOOKUP_THREADS = 4
 # Remembered ID answers at most; the oldest go first.
 MAX_REMEMBERED = 10_000
@@ -118,11 +119,16 @@ class Sighting:
 
 @dataclass(frozen=True)
 class Lookup:
-    """What asking clouds for one server ID found: the servers, or why none (for the audit)."""
+    """What asking clouds for one server ID found: the servers, the clouds that could not say, and
+    the clouds not asked because the caller's lookups were spent."""
 
     servers: tuple[ServerInfo, ...] = ()
-    trouble: dict[str, str] = field(default_factory=dict)
-    budget_spent: bool = False
+    trouble: dict[str, errors.CloudError] = field(default_factory=dict)
+    unasked: tuple[str, ...] = ()
+
+    @property
+    def budget_spent(self) -> bool:
+        return bool(self.unasked)
 
 
 class Recent:
@@ -274,6 +280,9 @@ class Inventory:
         self._lock = threading.Lock()  # guards _states; never held across a call to a cloud
         # Answers of GET /servers/{id}: a ServerInfo or GONE, per (cloud, id).
         self._known = Recent(clock)
+        # The GET of each (cloud, id) in flight: everyone who needs that answer meanwhile shares it.
+        self._asking: dict[tuple[str, str], Future] = {}
+        self._asking_lock = threading.Lock()
         # Threads start on first use, so a gunicorn fork before any request inherits none.
         self._list_pools = {name: ThreadPoolExecutor(1, f"list-{name}") for name in self.clouds}
         self._lookup_pools = {name: ThreadPoolExecutor(LOOKUP_THREADS, f"lookup-{name}") for name in self.clouds}
@@ -503,23 +512,35 @@ class Inventory:
         return seen
 
     def look_up(self, server_id: str, names: list[str], budget: Callable[[], bool]) -> Lookup:
-        """Ask clouds ``names`` for one server by ID, in parallel.
+        """Ask clouds ``names`` for one server by ID, in parallel, one GET per cloud and ID at a time.
 
-        Answers given within the cache lifetime are reused; otherwise ``budget()`` must
-        allow the calls. Waits at most ``cold_wait``; a cloud still answering is trouble.
+        An answer given within the cache lifetime is reused, and a GET already in flight is
+        joined: neither calls the cloud, so neither needs ``budget()``. Only a GET this caller
+        starts does, once for all the clouds it asks; when it refuses, those clouds are
+        ``unasked``. Waits at most ``cold_wait``; a cloud that failed or is still answering is
+        ``trouble`` (its GET goes on, and its answer is kept for the next caller).
         """
-        servers, ask = [], []
+        servers, calls, ask = [], {}, []
         for name in names:
+            call = self._in_flight(name, server_id)  # before the memory: a GET leaves it after answering
+            if call is not None:
+                calls[name] = call
+                continue
             known = self._known.get((name, server_id), self.ttl)
             if isinstance(known, ServerInfo):
                 servers.append(known)
             elif known is None:
                 ask.append(name)
-        if not ask:
-            return Lookup(tuple(servers))
-        if not budget():
-            return Lookup(tuple(servers), budget_spent=True)
-        calls = {name: self._lookup_pools[name].submit(self._get, name, server_id) for name in ask}
+        if ask and not budget():
+            return self._collect(servers, calls, unasked=tuple(ask))
+        calls.update({name: self._ask(name, server_id) for name in ask})
+        lookup = self._collect(servers, calls)
+        # Only now: a cold cloud's list walk must not compete with the lookup it would have delayed.
+        self.warm(calls)
+        return lookup
+
+    def _collect(self, servers: list[ServerInfo], calls: dict[str, Future], unasked: tuple[str, ...] = ()) -> Lookup:
+        """The servers known and found by ``calls`` (waited for until one deadline), and the clouds in trouble."""
         deadline = time.monotonic() + self.cold_wait
         trouble = {}
         for name, call in calls.items():
@@ -527,18 +548,41 @@ class Inventory:
             if isinstance(outcome, ServerInfo):
                 servers.append(outcome)
             elif not isinstance(outcome, errors.ServerNotFound):
-                trouble[name] = outcome.message
-        # Only now: a cold cloud's list walk must not compete with the lookup it would have delayed.
-        self.warm(ask)
-        return Lookup(tuple(servers), trouble)
+                trouble[name] = outcome
+        return Lookup(tuple(servers), trouble, unasked)
+
+    def listed_as(self, server_id: str, names: list[str]) -> tuple[list[Sighting], dict[str, errors.CloudError]]:
+        """Where the lists of ``names`` have ``server_id`` (a cold one waited for at most ``cold_wait``),
+        and the clouds that have no list to tell."""
+        seen, trouble = [], {}
+        for name, listing in self._gather(names).items():
+            if isinstance(listing, errors.CloudError):
+                trouble[name] = listing
+            elif server_id in listing.by_id:
+                self._answered_from(name, listing)
+                seen.append(Sighting(listing.by_id[server_id], self.fresh(listing)))
+        return seen, trouble
 
     def current(self, server: ServerInfo) -> ServerInfo:
         """``server`` as its cloud has it now (GET by ID, waiting at most ``cold_wait``), or a CloudError."""
-        call = self._lookup_pools[server.cloud].submit(self._get, server.cloud, server.id)
+        call = self._ask(server.cloud, server.id)
         outcome = self._outcome(server.cloud, call, time.monotonic() + self.cold_wait)
         if isinstance(outcome, errors.CloudError):
             raise outcome
         return outcome
+
+    def _in_flight(self, name: str, server_id: str) -> Future | None:
+        with self._asking_lock:
+            return self._asking.get((name, server_id))
+
+    def _ask(self, name: str, server_id: str) -> Future:
+        """The GET of ``server_id`` on cloud ``name``: the one in flight, else a new one (single flight)."""
+        key = (name, server_id)
+        with self._asking_lock:
+            call = self._asking.get(key)
+            if call is None:
+                call = self._asking[key] = self._lookup_pools[name].submit(self._get, name, server_id)
+            return call
 
     def _outcome(self, name: str, call: Future, deadline: float) -> ServerInfo | errors.CloudError:
         try:
@@ -547,7 +591,18 @@ class Inventory:
             return errors.CloudPending(f"cloud {name} has not answered yet.")
 
     def _get(self, name: str, server_id: str) -> ServerInfo | errors.CloudError:
-        """GET one server (in the cloud's pool) and remember the answer; errors are returned, not raised."""
+        """GET one server (in the cloud's pool) and remember the answer; errors are returned, not raised.
+
+        The answer is remembered before the call leaves ``_asking``, so whoever finds no call
+        in flight finds its answer (a failure is not remembered: the next caller asks again).
+        """
+        try:
+            return self._answer(name, server_id)
+        finally:
+            with self._asking_lock:
+                self._asking.pop((name, server_id), None)
+
+    def _answer(self, name: str, server_id: str) -> ServerInfo | errors.CloudError:
         try:
             server = self.clouds[name].client.get_server(server_id)
         except errors.ServerNotFound as exc:

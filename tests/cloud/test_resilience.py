@@ -274,8 +274,9 @@ def test_mint_failing_on_the_server_lookup_is_audited(client, auth, app, fake):
     fake.faults.fail_next["show"] = [503] * 3
     state.of(app).consoles.inventory.ttl = 0
     response = client.post("/api/consoles/00000000-0000-4000-8000-000000000042", headers={"X-CSRFToken": token})
-    # Said like any other miss, so a cloud's trouble does not tell which IDs exist.
-    assert response.status_code == 404
+    # Cloud trouble, never "no such server": the same for every ID, so it tells nothing of which exist.
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "server_unconfirmed"
     with app.app_context():
         [row] = audit.search(audit.Filter(action="console"))[0]
         assert row.outcome == "failed" and "cloud lab answered HTTP 503" in row.reason
