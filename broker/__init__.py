@@ -323,8 +323,10 @@ def database_errors(settings: Settings) -> Iterator[None]:
         not_ready(message)
 
 
-# How long a process that does not own the schema (the relay) waits for the web process to make it.
+# How long a process that does not own the schema (the relay) waits for the web process to make it,
+# saying so at once and then this often.
 SCHEMA_WAIT = 60
+SCHEMA_NOTICE_EVERY = 10
 
 
 def init_database(app: Flask, settings: Settings) -> None:
@@ -360,19 +362,33 @@ def init_database(app: Flask, settings: Settings) -> None:
 
 def wait_for_schema(app: Flask, settings: Settings) -> None:
     """The relay: the web process makes the schema (and the demo account); wait for it, change nothing."""
-    deadline = time.monotonic() + SCHEMA_WAIT
+    started = time.monotonic()
+    noticed: float | None = None
     with app.app_context(), database_errors(settings):
         found = schema.inspect_state()
         # Empty: the web process is making it. The demo's own database: it is upgrading it.
-        while not found.up_to_date and (found.empty or owns_schema(settings)) and time.monotonic() < deadline:
+        while not found.up_to_date and (found.empty or owns_schema(settings)):
+            waited = time.monotonic() - started
+            if waited >= SCHEMA_WAIT:
+                break
+            if noticed is None or waited - noticed >= SCHEMA_NOTICE_EVERY:
+                noticed = waited
+                log.warning(
+                    "waiting for the database schema (%d s of %d): run '%s' with this environment, "
+                    "or start the web process, which makes it in an empty database",
+                    waited,
+                    SCHEMA_WAIT,
+                    schema.UPGRADE_COMMAND,
+                )
             time.sleep(0.5)
             found = schema.inspect_state()
         db.engine.dispose()
-    if not found.up_to_date:
-        stop(
-            found.problem()
-            or f"the database has no schema yet: start the web process (it makes it) or run '{schema.UPGRADE_COMMAND}'"
-        )
+    if found.up_to_date:
+        return
+    if problem := found.problem():
+        stop(problem)
+    # The web process or the operator may still make it: exit 75, which systemd restarts on.
+    not_ready(f"the database has no schema yet: start the web process (it makes it) or run '{schema.UPGRADE_COMMAND}'")
 
 
 def owns_schema(settings: Settings) -> bool:

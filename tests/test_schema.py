@@ -3,6 +3,7 @@ server never starts on a schema that is not the code's. On SQLite and on Postgre
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -348,6 +349,46 @@ def test_the_relay_waits_for_the_schema_and_never_makes_it(database, tmp_path, m
     start(database, tmp_path)  # the web process makes it
     with create_app(relay).app_context():
         assert schema.inspect_state().up_to_date
+
+
+class Clock:
+    """``time`` as broker/__init__.py uses it, on a clock that moves only when it sleeps."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_the_relay_says_at_once_and_every_10_s_that_it_waits_for_the_schema(database, tmp_path, monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(broker, "time", clock)
+    said: list[tuple[float, str]] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append((clock.now, record.getMessage()))
+
+    keep = Keep(logging.WARNING)
+    logging.getLogger("broker").addHandler(keep)
+    relay = {"ENV": operator_env(database), "CLOUDS": [], "INSTANCE_PATH": str(tmp_path / "i"), "SCHEMA_OWNER": False}
+    try:
+        with pytest.raises(StartupStopped, match="no schema yet") as stopped:
+            create_app(relay)
+    finally:
+        logging.getLogger("broker").removeHandler(keep)
+    waiting = [(at, line) for at, line in said if line.startswith("waiting for the database schema")]
+    assert [at for at, _ in waiting] == [0, 10, 20, 30, 40, 50]
+    assert waiting[1][1] == (
+        "waiting for the database schema (10 s of 60): run 'flask --app app db upgrade' with this environment, "
+        "or start the web process, which makes it in an empty database"
+    )
+    # The web process or the operator may still make it: exit 75, which systemd restarts on (not 3).
+    assert stopped.value.code == os.EX_TEMPFAIL
 
 
 def test_agent_day_upgrade_gives_existing_rules_no_power_and_downgrade_keeps_them(database, tmp_path):

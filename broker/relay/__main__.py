@@ -8,6 +8,7 @@ database, services and audit; it serves no pages. It listens on ``RELAY_BIND``, 
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import os
@@ -34,9 +35,14 @@ SERVICE_THREADS = 16
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+def bind_setting(env: Mapping[str, str]) -> str:
+    """The variable that says where the relay listens: ``RELAY_BIND`` when set, else ``RELAY_PORT``."""
+    return "RELAY_BIND" if env.get("RELAY_BIND") else "RELAY_PORT"
+
+
 def bind_address(env: Mapping[str, str]) -> tuple[str, int]:
     """(host, port) from ``RELAY_BIND`` (``host:port``, ``[::1]:port``) or ``RELAY_PORT``; a bad one stops start-up."""
-    name = "RELAY_BIND" if env.get("RELAY_BIND") else "RELAY_PORT"
+    name = bind_setting(env)
     bind = env.get("RELAY_BIND") or f"127.0.0.1:{env.get('RELAY_PORT') or DEFAULT_PORT}"
     host, _, port = bind.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -44,11 +50,38 @@ def bind_address(env: Mapping[str, str]) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def serve(relay: Relay, host: str, port: int) -> None:
-    """Serve until SIGTERM or SIGINT, then close every browser (1001) and wait for their records."""
+# Why an address cannot be listened on, and what to change, by errno; others give the system's words.
+LISTEN_ERRORS = {
+    errno.EADDRINUSE: (
+        "the address is already in use (by another relay or program: ss -ltnp 'sport = :{port}'); "
+        "stop that one or set {setting} to a free {what}"
+    ),
+    errno.EADDRNOTAVAIL: "{host} is not an address of this host; set {setting} to one of its addresses",
+    errno.EACCES: "ports below 1024 need privileges the relay should not have; set {setting} to a port above 1023",
+}
+
+
+def cannot_listen(exc: OSError, host: str, port: int, setting: str) -> str:
+    """One line naming the address, why it cannot be had, and the variable that chose it."""
+    where = f"the relay cannot listen on {host}:{port}"
+    why = LISTEN_ERRORS.get(exc.errno)
+    if why is None:
+        return f"{where}: {exc.strerror or exc}; check {setting}"
+    what = "host:port" if setting == "RELAY_BIND" else "port"
+    return f"{where}: " + why.format(host=host, port=port, setting=setting, what=what)
+
+
+async def serve(relay: Relay, host: str, port: int, setting: str = "RELAY_BIND") -> None:
+    """Serve until SIGTERM or SIGINT, then close every browser (1001) and wait for their records.
+
+    An address it cannot listen on stops it (exit 3), naming ``setting``, the variable that chose it.
+    """
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(SERVICE_THREADS, thread_name_prefix="relay-service"))
-    await relay.start(host, port)
+    try:
+        await relay.start(host, port)
+    except OSError as exc:
+        stop(cannot_listen(exc, host, port, setting))
     log.info("relay listening on %s:%d, path %s (instance %s)", host, relay.port, relay.path, relay.instance)
     stopping = asyncio.Event()
     for signum in SIGNALS:
@@ -88,7 +121,7 @@ def main() -> None:
         # Rows a relay left behind when it died (not listed, but never removed by it).
         if gone := live.forget_stale():
             log.info("relay: forgot %d live consoles of relays that stopped without closing them", gone)
-    asyncio.run(serve(Relay(app, mounts=demo_mounts(app, host, port)), host, port))
+    asyncio.run(serve(Relay(app, mounts=demo_mounts(app, host, port)), host, port, bind_setting(os.environ)))
 
 
 if __name__ == "__main__":
