@@ -206,6 +206,7 @@ def check() -> None:
     findings = [
         *database,
         *checks.check_redis(state.redis()),
+        *checks.check_clouds_files(settings),
         *checks.check_clouds(service),
         # Users and rules can only be read from a schema this code knows.
         *(checks.check_access(service.inventory.names()) if database[0].level == "ok" else []),

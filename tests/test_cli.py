@@ -217,3 +217,24 @@ def test_the_file_named_is_the_units_environment_file():
     for unit in ("console-broker@.service", "console-broker-relay.service"):
         assert f"EnvironmentFile={cli.ENV_FILE}\n" in (ROOT / "deploy" / unit).read_text()
     assert f"ENV_FILE=${{CONSOLE_BROKER_ENV:-{cli.ENV_FILE}}}" in (ROOT / "deploy" / "console-broker-flask").read_text()
+
+
+@pytest.mark.parametrize(
+    ("mode", "line"),
+    [
+        (
+            0o644,
+            "FAIL  {path} is readable by its group and every user (mode 0644), and it holds the clouds' credentials",
+        ),
+        (0o600, "ok    {path} is readable by its owner only"),
+    ],
+)
+def test_check_fails_on_a_clouds_file_others_may_read(tmp_path, mode, line):
+    """At start-up it is a warning (container secrets are often mounted 0644); check fails on it."""
+    path = tmp_path / "clouds.yaml"
+    path.touch(mode=mode)
+    path.chmod(mode)  # whatever the umask
+    done = operator(tmp_path, "check")
+    assert line.format(path=path) in done.stdout, done.stdout
+    assert done.returncode == 1  # the cloud at 127.0.0.1:9 never answers either
+    assert (f"{path} is readable by" in done.stderr) == (mode == 0o644)  # the start's warning

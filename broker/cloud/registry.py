@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from broker.cloud.client import ComputeClient
 from broker.cloud.types import Timeouts
+
+log = logging.getLogger(__name__)
 
 SWAP_POLICIES = ("idle", "always")
 CONSOLE_MODES = ("iframe", "relay")
@@ -86,6 +90,37 @@ def check_files(paths: list[str]) -> list[str]:
     return found
 
 
+def credentials_files(loader=None) -> list[str]:
+    """The clouds.yaml (and secure.yaml) openstack.config reads, the first of its search path that exists."""
+    if loader is None:
+        from openstack import config as os_config
+        from openstack import exceptions as os_exc
+
+        try:
+            loader = os_config.OpenStackConfig()
+        except os_exc.ConfigException:
+            return []
+    return [path for path in (loader.config_filename, loader.secure_config_filename) if path]
+
+
+def exposure(path: str) -> str | None:
+    """What is wrong with a credentials file that its group or other users may read; None when only its owner may.
+
+    A warning, not a stop: container secrets are often mounted 0644.
+    """
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return None
+    readers = [who for bit, who in ((stat.S_IRGRP, "its group"), (stat.S_IROTH, "every user")) if mode & bit]
+    if not readers:
+        return None
+    return (
+        f"{path} is readable by {' and '.join(readers)} (mode {mode:04o}), and it holds the clouds' "
+        "credentials: chmod 600 it, owned by the broker's user"
+    )
+
+
 def not_found(name: str, loader, files: list[str], paths: list[str]) -> CloudConfigError:
     """Which files were searched and which cloud names they hold."""
     if not files:
@@ -141,6 +176,8 @@ def load_clouds(
     except os_exc.ConfigException as exc:
         raise CloudConfigError(f"cannot load cloud configuration: {exc}") from None
     source = loader.config_filename or "the OS_* variables"
+    for problem in filter(None, map(exposure, credentials_files(loader) if names else [])):
+        log.warning(problem)
     regions = []
     for name in names:
         cloud = name.partition("/")[0]

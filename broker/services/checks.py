@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker import schema
+from broker.cloud import registry
 from broker.cloud.health import Finding
 from broker.config import Settings
 from broker.services import policy
@@ -62,6 +63,17 @@ def check_clouds(service: ConsoleService) -> list[Finding]:
     findings: list[Finding] = []
     for cloud in service.inventory.clouds.values():
         findings.extend(cloud.client.probe())
+    return findings
+
+
+def check_clouds_files(settings: Settings) -> list[Finding]:
+    """clouds.yaml (and secure.yaml) hold the service credentials: only their owner may read them."""
+    if not settings.clouds:  # the demo, or one cloud from the OS_* variables: no file holds them
+        return []
+    findings = []
+    for path in registry.credentials_files():
+        problem = registry.exposure(path)
+        findings.append(Finding("fail", problem) if problem else Finding("ok", f"{path} is readable by its owner only"))
     return findings
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -95,3 +96,34 @@ def test_the_broker_stops_on_them_as_the_operator_starts_it(tmp_path, label, tex
     assert done.returncode == 3
     assert message.format(file=path) in done.stderr
     assert "Traceback" not in done.stderr and "service-password-1" not in done.stderr
+
+
+@pytest.fixture
+def registry_log(caplog):
+    """The broker's loggers do not propagate to the root logger caplog watches once an app has set them up."""
+    broker_log = logging.getLogger("broker")
+    watch = not broker_log.propagate
+    if watch:
+        broker_log.addHandler(caplog.handler)
+    caplog.set_level(logging.WARNING, logger="broker")
+    yield caplog
+    if watch:
+        broker_log.removeHandler(caplog.handler)
+
+
+@pytest.mark.parametrize(
+    ("mode", "readers"),
+    [(0o644, "its group and every user"), (0o640, "its group"), (0o604, "every user"), (0o600, None), (0o400, None)],
+)
+def test_a_clouds_file_others_may_read_is_a_warning_at_start(clouds_file, registry_log, mode, readers):
+    clouds_file.write_text(GOOD)
+    clouds_file.chmod(mode)
+    [cloud] = load("prod")  # a warning, not a stop: container secrets are often mounted 0644
+    warned = [r.getMessage() for r in registry_log.records if r.levelno == logging.WARNING]
+    if readers is None:
+        assert warned == []
+    else:
+        assert warned == [
+            f"{clouds_file} is readable by {readers} (mode {mode:04o}), and it holds the clouds' credentials: "
+            "chmod 600 it, owned by the broker's user"
+        ]
