@@ -163,6 +163,9 @@ def refuse_unknown_settings(env: Mapping[str, str]) -> None:
         )
 
 
+# Shorter is refused: a placeholder such as "changeme" rather than a key. The documented command makes 64.
+SECRET_KEY_MIN_LENGTH = 16
+
 AUTH_METHODS = ("local", "oidc", "ldap", "header")
 CONSOLE_MODES = ("iframe", "relay")
 
@@ -339,8 +342,8 @@ def load_settings(env: Mapping[str, str], instance_path: str) -> Settings:
                 "(generate one with: python -c 'import secrets; print(secrets.token_hex(32))')"
             )
         secret_key = demo_secret_key(instance_path)
-    elif len(secret_key) < 16:
-        raise ConfigError("BROKER_SECRET_KEY is too short; use at least 16 random characters")
+    elif len(secret_key) < SECRET_KEY_MIN_LENGTH:
+        raise ConfigError(f"BROKER_SECRET_KEY is too short; use at least {SECRET_KEY_MIN_LENGTH} random characters")
     # The demo keeps its own database, so it never shares one with real users by default.
     default_db = "sqlite:///" + str(Path(instance_path) / ("demo.sqlite3" if demo else "broker.sqlite3"))
     ttl = _int(env, "BROKER_CONSOLE_TTL", 600, minimum=10)
