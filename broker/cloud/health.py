@@ -95,6 +95,12 @@ class Health:
         status = f"upstream status {upstream_status}" if upstream_status else "no upstream status"
         log.error("cloud %s is failing: %s (%s; %s)", self.cloud, message, status, self.identity)
 
+    def answered_within(self, seconds: float) -> bool:
+        """True when this process's last call to the cloud succeeded, less than ``seconds`` ago."""
+        with self._lock:
+            last = self._last_success
+            return self._state == "ok" and last is not None and self.clock() - last < seconds
+
     def snapshot(self) -> Snapshot:
         with self._lock:
             return Snapshot(self._state, self._last_success, self._last_error, self._last_error_at, self._status)

@@ -10,6 +10,11 @@ shared by every worker and instance, and one of them (holding a lock in Redis) w
 cloud once per cache lifetime for all. Each process keeps its own copy, so a request
 answered within the lifetime asks Redis nothing. Without Redis, or while it is down, each
 process fetches for itself as before.
+
+The list is shared; trouble is not. A failed walk stays the walker's own (another instance
+may reach the cloud well), and a process shows another's list only once its own calls to
+that cloud have succeeded lately, checking with one small call of its own if they have not:
+an instance with wrong credentials says so instead of hiding behind the others' lists.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ LOOKUP_THREADS = 4
 MAX_REMEMBERED = 10_000
 # A cloud's answer to GET /servers/{id}: 404, or a server of another project.
 GONE = "gone"
-# Keys in the deployment's Redis: the list, its fetch time, the refresher's lock, a failure.
+# Keys in the deployment's Redis: the list, its fetch time, the refresher's lock.
 SHARED_PREFIX = "broker:servers:"
 # How long the refresher's lock lives: a walk that takes longer may be done twice.
 LOCK_TTL = 60.0
@@ -174,7 +179,7 @@ class _State:
 
 
 class SharedLists:
-    """Each cloud's list in the deployment's Redis: its copy and fetch time, the refresher's lock, a failure.
+    """Each cloud's list in the deployment's Redis: its copy and fetch time, and the refresher's lock.
 
     Every step returns ``DOWN`` (after SharedRedis noted why) when Redis cannot be used now.
     """
@@ -183,12 +188,12 @@ class SharedLists:
         self.redis = redis
         self.lock_ttl = lock_ttl
 
-    def stamp(self, cloud: str) -> tuple[float | None, str | None] | object:
-        """When the shared list was fetched (wall clock), and a failure remembered for everyone."""
+    def stamp(self, cloud: str) -> float | None | object:
+        """When the shared list was fetched (wall clock), or None when there is none."""
 
-        def work(client) -> tuple[float | None, str | None]:
-            at, failure = client.mget(f"{SHARED_PREFIX}{cloud}:at", f"{SHARED_PREFIX}{cloud}:error")
-            return (float(at) if at else None), (failure.decode() if failure else None)
+        def work(client) -> float | None:
+            at = client.get(f"{SHARED_PREFIX}{cloud}:at")
+            return float(at) if at else None
 
         return self.redis.run(work, lambda: DOWN)
 
@@ -212,15 +217,11 @@ class SharedLists:
             with client.pipeline(transaction=True) as pipe:
                 pipe.set(f"{SHARED_PREFIX}{cloud}", body, ex=KEEP_FOR)
                 pipe.set(f"{SHARED_PREFIX}{cloud}:at", repr(listing.wall), ex=KEEP_FOR)
+                # The previous release shared a failed walk under this key: a fresh list ends it (rolling update).
                 pipe.delete(f"{SHARED_PREFIX}{cloud}:error")
                 pipe.execute()
 
         self.redis.run(work, lambda: None)
-
-    def fail(self, cloud: str, message: str, memory: float) -> None:
-        """Remember a failed walk for everyone, ``memory`` seconds."""
-        key = f"{SHARED_PREFIX}{cloud}:error"
-        self.redis.run(lambda client: client.set(key, message, px=max(1, int(memory * 1000))), lambda: None)
 
     def lock(self, cloud: str, token: str) -> bool | object:
         """Take the cloud's refresh lock (True), or learn someone holds it (False)."""
@@ -371,24 +372,25 @@ class Inventory:
 
         Runs in the cloud's list pool (the process's one fetch of it); waits for another
         process's walk at most the lock's lifetime, and shows the shared stale copy meanwhile.
+        Another's list is shown only if this process reaches the cloud itself (``_own_trouble``).
         """
         token = secrets.token_hex(16)
         deadline = time.monotonic() + self.shared.lock_ttl + 1
         while True:
-            stamp = self.shared.stamp(name)
-            if stamp is DOWN:
+            at = self.shared.stamp(name)
+            if at is DOWN:
                 return None
-            at, failure = stamp
             if at is not None and self._newer(name, at):
                 copy = self._load(name)
                 if copy is DOWN:
                     return None
+                trouble = self._own_trouble(name) if copy is not None else None
+                if trouble is not None:
+                    return trouble
                 if copy is not None and self.fresh(copy):
                     return copy
                 if copy is not None:
                     self._offer(name, copy)  # stale, but shown while the refresh runs
-            if failure is not None:
-                return errors.CloudError(failure)  # another process's walk failed a moment ago
             won = self.shared.lock(name, token)
             if won is DOWN:
                 return None
@@ -397,6 +399,19 @@ class Inventory:
             if time.monotonic() >= deadline:
                 return pending(name)
             time.sleep(POLL)
+
+    def _own_trouble(self, name: str) -> errors.CloudError | None:
+        """What keeps this process from the cloud, before it shows another's list of it; None when nothing.
+
+        Its own calls that succeeded within the cache lifetime say enough; otherwise one small
+        call of its own does (sign in, find the endpoint, list one server: ``probe``), at most
+        once per lifetime while it works, and once per failure memory while it does not.
+        """
+        client = self.clouds[name].client
+        if client.health.answered_within(self.ttl):
+            return None
+        failed = next((finding for finding in client.probe() if finding.level == "fail"), None)
+        return errors.CloudError(failed.text) if failed else None
 
     def _newer(self, name: str, at: float) -> bool:
         """True when the shared list fetched at ``at`` is newer than this process's copy."""
@@ -419,18 +434,17 @@ class Inventory:
                 state.listing = listing
 
     def _refresh(self, name: str, token: str) -> Listing | errors.CloudError:
-        """Holding the lock: walk the cloud and publish the outcome, unless someone just did."""
+        """Holding the lock: walk the cloud and publish the list, unless someone just did."""
         try:
-            stamp = self.shared.stamp(name)
-            if stamp is not DOWN and stamp[0] is not None and self.wall() - stamp[0] < self.ttl:
+            at = self.shared.stamp(name)
+            if at is not DOWN and at is not None and self.wall() - at < self.ttl:
                 copy = self._load(name)  # published between our look and our lock
                 if isinstance(copy, Listing):
-                    return copy
+                    return self._own_trouble(name) or copy
             outcome = self._walk(name)
             if isinstance(outcome, Listing):
                 self.shared.write(name, outcome)
-            else:
-                self.shared.fail(name, outcome.message, self.failure_memory)
+            # A failure is not published: it may be this instance's alone (its credentials, its network).
             return outcome
         finally:
             self.shared.release(name, token)

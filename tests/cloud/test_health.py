@@ -131,3 +131,18 @@ def test_identity_never_includes_a_secret():
     health = Health("x", text)
     health.failed("boom", 503)
     assert health.snapshot().upstream_status == 503
+
+
+def test_answered_within_is_this_processs_own_recent_success():
+    """What the inventory asks before it shows a list another process walked."""
+    now = [1000.0]
+    health = Health("lab", "auth_url=x", clock=lambda: now[0])
+    assert not health.answered_within(30)  # never called: unknown
+    health.succeeded()
+    now[0] += 29
+    assert health.answered_within(30)
+    now[0] += 2
+    assert not health.answered_within(30)  # too long ago to say
+    health.succeeded()
+    health.failed("refused")
+    assert not health.answered_within(30)  # the last call failed

@@ -1,6 +1,9 @@
 """The server lists shared through Redis: one walk per cloud and cache lifetime for the whole
-deployment, a lock only its owner releases, failures remembered for everyone, and per-process
-lists exactly as without Redis while Redis is down."""
+deployment, a lock only its owner releases, each instance's trouble its own, and per-process
+lists exactly as without Redis while Redis is down.
+
+Before a worker shows a list another walked, it checks its own access with a list of one
+server (``fake.counts["list"]`` counts those too) unless its own calls succeeded lately."""
 
 from __future__ import annotations
 
@@ -98,17 +101,17 @@ def test_one_walk_per_cache_lifetime_for_every_worker(fake, shared_redis, clock)
     fake.faults.latency = 0.2  # everyone asks while the one walk is under way
     results = all_at_once([worker.overview for worker in workers for _ in range(8)])
     assert {len(r.servers) for r in results} == {7} and not any(r.failures for r in results)
-    assert fake.counts["list"] == 1
+    assert fake.counts["list"] == 2  # one walk, and the other worker's check of its own access
     clock.now += 20  # still within the lifetime: nobody walks
     all_at_once([worker.overview for worker in workers for _ in range(4)])
-    assert fake.counts["list"] == 1
+    assert fake.counts["list"] == 2
     # Past it: one refresh in total, and both workers show what it found.
     clock.now += 11
     fake.servers[server_id(1)].name = "web-01-renamed"
     results = all_at_once([worker.overview for worker in workers for _ in range(8)])
-    assert fake.counts["list"] == 2
+    assert fake.counts["list"] == 3
     assert all(w.overview("renamed").servers for w in workers)
-    assert fake.counts["list"] == 2
+    assert fake.counts["list"] == 3
 
 
 def test_a_worker_answers_from_its_own_copy_without_asking_redis(fake, shared_redis, clock):
@@ -117,7 +120,7 @@ def test_a_worker_answers_from_its_own_copy_without_asking_redis(fake, shared_re
     worker = inventory_on(fake, second, clock)
     clock.now += 10
     assert len(worker.overview().servers) == 7  # loaded from Redis: no walk
-    assert fake.counts["list"] == 1
+    assert fake.counts["list"] == 2  # the walk, and this worker's list of one server
     assert worker.overview().stale == {}  # the shared list's age is the deployment's, not the load's
     runs = second.runs
     for query in ("", "web", "10.1.0.4"):
@@ -126,22 +129,62 @@ def test_a_worker_answers_from_its_own_copy_without_asking_redis(fake, shared_re
     assert second.runs == runs  # warm: Redis is not asked
 
 
-def test_a_failed_walk_is_remembered_for_every_worker(fake, shared_redis, clock):
-    # A lifetime of 2 s keeps the failure memory (at most the lifetime) short for the test.
-    first, second = (inventory_on(fake, shared_redis(), clock, ttl=2) for _ in range(2))
+def test_a_failed_walk_is_remembered_by_its_own_worker_only(fake, shared_redis, clock):
+    first, second = (inventory_on(fake, shared_redis(), clock) for _ in range(2))
     fake.faults.fail_next["list"] = [500] * 3  # one walk's three tries
     assert "answered HTTP 500" in first.overview().failures["lab"]
-    assert "answered HTTP 500" in second.overview().failures["lab"]
-    assert fake.counts["list"] == 3  # the second worker did not walk
-    time.sleep(2.1)  # the failure memory is Redis's own expiry (real time)
-    clock.now += 3  # and each worker's memory of it
-    assert len(second.overview().servers) == 7
-    assert len(first.overview().servers) == 7
+    assert len(second.overview().servers) == 7  # its own walk: the first one's failure was not its own
     assert fake.counts["list"] == 4
+    assert "answered HTTP 500" in first.overview().failures["lab"]  # remembered where it happened
+    clock.now += 11  # past the failure memory
+    assert len(first.overview().servers) == 7  # the shared list, after its own one-server check
+    assert fake.counts["list"] == 5
+
+
+def misconfigured(fake: FakeCloud, shared: SharedRedis, clock: FakeClock) -> Inventory:
+    """An instance whose clouds.yaml entry for the same cloud has a wrong password."""
+    inventory = inventory_on(fake, shared, clock)
+    inventory.clouds["lab"].client.adapter.session.auth.auth_methods[0].password = "not-the-password-9"
+    return inventory
+
+
+def test_one_instances_cloud_error_is_not_shown_by_the_others(fake, shared_redis, clock):
+    broken, healthy = misconfigured(fake, shared_redis(), clock), inventory_on(fake, shared_redis(), clock)
+    assert "credentials" in broken.overview().failures["lab"]
+    overview = healthy.overview()  # within the broken one's failure memory
+    assert (len(overview.servers), overview.failures, overview.stale) == (7, {}, {})
+    assert healthy.clouds["lab"].client.health.snapshot().state == "ok"
+    assert "credentials" in broken.overview().failures["lab"]  # its own trouble stays its own
+
+
+def test_a_misconfigured_instance_does_not_hide_behind_the_shared_list(fake, shared_redis, clock):
+    healthy, broken = inventory_on(fake, shared_redis(), clock), misconfigured(fake, shared_redis(), clock)
+    assert len(healthy.overview().servers) == 7  # walked and shared
+    overview = broken.overview()
+    assert (
+        overview.servers == [] and "the credentials (or their project scope) were refused" in overview.failures["lab"]
+    )
+    assert broken.clouds["lab"].client.health.snapshot().state == "failing"  # /admin and the log say so too
+    assert fake.counts["list"] == 1  # it walked nothing, and took no lock
+    assert healthy.overview().failures == {}
+
+
+def test_a_worker_checks_its_own_access_once_before_showing_the_shared_list(fake, shared_redis, clock):
+    walker = inventory_on(fake, shared_redis(), clock)
+    walker.overview()
+    worker = inventory_on(fake, shared_redis(), clock)
+    assert len(worker.overview().servers) == 7
+    assert fake.counts["list"] == 2  # the walk, and the worker's own list of one server (not a walk)
+    clock.now += 31
+    fake.servers[server_id(1)].name = "web-01-renamed"
+    walker.overview()  # the next walk
+    assert worker.overview("renamed").servers  # loaded: its own call succeeded within the lifetime
+    assert fake.counts["list"] == 3
 
 
 def test_a_cold_worker_waits_for_the_walk_another_holds_the_lock_for(fake, shared_redis, clock):
     holder, waiter = inventory_on(fake, shared_redis(), clock), inventory_on(fake, shared_redis(), clock, cold_wait=5)
+    waiter.clouds["lab"].client.probe()  # its own calls work (a mint, say): it needs no check of its own
     fake.faults.latency = 0.5
     walking = threading.Thread(target=holder.overview)
     walking.start()
@@ -152,7 +195,7 @@ def test_a_cold_worker_waits_for_the_walk_another_holds_the_lock_for(fake, share
     assert len(waiter.overview().servers) == 7  # the holder's list, as soon as it landed
     assert time.monotonic() - began < 2
     walking.join(5)
-    assert fake.counts["list"] == 1
+    assert fake.counts["list"] == 2  # the probe's list of one server, and the holder's walk
 
 
 def test_a_stale_shared_list_is_shown_while_another_worker_refreshes(fake, shared_redis, clock):
@@ -164,13 +207,13 @@ def test_a_stale_shared_list_is_shown_while_another_worker_refreshes(fake, share
     began = time.monotonic()
     overview = newcomer.overview()
     assert time.monotonic() - began < 1
-    assert len(overview.servers) == 7 and fake.counts["list"] == 1  # the stale copy, no second walk
+    assert len(overview.servers) == 7 and fake.counts["list"] == 2  # the stale copy, no second walk (one check)
     assert client.get(f"{SHARED_PREFIX}lab:lock") == b"someone-else"  # not ours to take or release
     client.delete(f"{SHARED_PREFIX}lab:lock")  # the other worker gave up: this one refreshes
     deadline = time.monotonic() + 5
-    while fake.counts["list"] < 2 and time.monotonic() < deadline:
+    while fake.counts["list"] < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert fake.counts["list"] == 2
+    assert fake.counts["list"] == 3
 
 
 def test_the_lock_is_released_only_by_its_owner(shared_redis):
@@ -205,7 +248,7 @@ def test_redis_down_means_lists_per_process_until_it_is_back(fake, shared_redis,
     stored = json.loads(redis.Redis.from_url(REDIS_URL).get(f"{SHARED_PREFIX}lab"))
     assert "web-01-again" in [item[1] for item in stored["servers"]]  # shared again
     other = inventory_on(fake, shared_redis(), clock)
-    assert other.overview("again").servers and fake.counts["list"] == 3
+    assert other.overview("again").servers and fake.counts["list"] == 4  # its check, no walk
 
 
 def test_a_warm_list_of_10000_servers_stays_fast(shared_redis, clock):
@@ -224,7 +267,7 @@ def test_a_warm_list_of_10000_servers_stays_fast(shared_redis, clock):
             timings.append(time.monotonic() - began)
         p95 = sorted(timings)[int(len(timings) * 0.95) - 1]
         print(f"10,000 servers: loaded from Redis in {loaded * 1000:.0f} ms; warm list/search p95 {p95 * 1000:.1f} ms")
-        assert big.counts["list"] == 10  # one walk of ten pages for both workers
+        assert big.counts["list"] == 11  # one walk of ten pages for both workers, and one server's check
         assert p95 < 0.05
     finally:
         running.stop()
@@ -237,7 +280,7 @@ def test_the_panels_details_travel_with_the_shared_list(fake, shared_redis, cloc
     inventory_on(fake, shared_redis(), clock).overview()
     other = inventory_on(fake, shared_redis(), clock)
     [seen] = [s for s in other.overview().servers if s.id == server_id(4)]
-    assert fake.counts["list"] == 1  # the second worker read the list from Redis
+    assert fake.counts["list"] == 2  # the second worker read the list from Redis (after its check)
     assert (seen.details.fault_code, seen.details.fault_message, seen.details.flavor) == (
         500,
         "No valid host was found.",
