@@ -101,8 +101,8 @@ def register_header_sign_in(app: Flask, settings: HeaderSettings) -> None:
 
     @app.before_request
     def trusted_header():
-        if request.endpoint == "static":
-            return
+        if request.endpoint in sessions.SESSIONLESS:
+            return  # static files and the probes: nobody is signed in by them, and /healthz touches nothing
         peer = peer_address()
         if address_allowed(peer, settings.trusted):
             follow_proxy(settings)

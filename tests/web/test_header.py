@@ -87,6 +87,15 @@ def test_the_proxys_user_is_signed_in_on_the_request_itself(client, app, groups)
     assert len(records(app, "sign_in")) == 1 and len(live_sessions(app)) == 1
 
 
+@pytest.mark.parametrize("probe", ["/healthz", "/readyz"])
+def test_the_probes_sign_nobody_in_even_with_the_proxys_header(client, app, probe):
+    """A monitor behind the authenticating proxy: /healthz must not reach the database (it answers while it is down)."""
+    response = as_from(client, PROXY).get(probe, headers={HEADER: "Alice", GROUPS: "helpdesk"})
+    assert response.status_code == 200
+    assert live_sessions(app) == [] and user_names(app) == sorted([AGENT[0], "admin"])
+    assert records(app, "sign_in") == []
+
+
 def test_admin_groups_make_an_admin(client, app):
     proxy = as_from(client, PROXY)
     assert proxy.get("/admin/", headers={HEADER: "bob", GROUPS: "helpdesk,broker-admins"}).status_code == 200
