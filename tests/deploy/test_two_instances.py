@@ -632,8 +632,11 @@ def test_the_list_is_walked_once_for_both_instances_and_all_their_workers(deploy
     assert {(status, total) for status, total, _ in answered} == {(200, SERVERS)}
     assert {address for _, _, address in answered} == set(deployment.instances)
     assert all(len(workers) == 2 for workers in served.values()), served
-    # One walk (3 pages) for 2 instances x 2 workers, however many requests.
-    assert deployment.cloud.counts["list"] - deployment.list_calls_before == PAGES, len(answered)
+    # One walk (3 pages) for 2 instances x 2 workers, however many requests; and each of the other
+    # three workers checks its own access to the cloud once before it shows the shared list (a list
+    # of one server each).
+    own_checks = deployment.cloud.counts["list"] - deployment.list_calls_before - PAGES
+    assert 0 <= own_checks <= 2 * 2 - 1, len(answered)
 
 
 def test_every_mint_from_both_instances_is_in_the_one_audit_trail(deployment):

@@ -299,10 +299,6 @@ def spend_lookups(app, fake):
     state.of(app).consoles.lookup_budget = lambda username: False
 
 
-def fail_lookups(app, fake):
-    fake.faults.fail_next["show"] = [503] * 3
-
-
 @pytest.mark.usefixtures("web_only_agent")
 class TestEveryMissAnswersAlike:
     """The agent may open web-* only: nothing in an answer tells why a server cannot be opened."""
@@ -317,9 +313,8 @@ class TestEveryMissAnswersAlike:
             (OTHER_PROJECT_SERVER_ID, None, "failed"),  # web-elsewhere, in a project not the broker's
             (server_id(99), spend_lookups, "failed"),
             (server_id(3), spend_lookups, "refused"),
-            (server_id(99), fail_lookups, "failed"),
         ],
-        ids=["unknown", "forbidden", "other-project", "lookups-spent", "forbidden-lookups-spent", "cloud-failing"],
+        ids=["unknown", "forbidden", "other-project", "lookups-spent", "forbidden-lookups-spent"],
     )
     def test_mint(self, api, app, fake, target, setup, outcome):
         api(server_id(1))  # the list is cached
@@ -332,6 +327,20 @@ class TestEveryMissAnswersAlike:
         assert (response.status_code, body) == (404, self.MISS)
         assert fake.counts["console"] == 1
         assert audit_rows(app)[-1]["outcome"] == outcome
+
+    def test_a_failing_cloud_is_cloud_trouble_whatever_the_id(self, api, app, fake):
+        """Not "no such server": the cloud said nothing about the ID, so the answer does not depend on it."""
+        api(server_id(1))  # the list is cached
+        fake.faults.fail_next["show"] = [503] * 50  # every lookup, its retries included
+        answers = []
+        for target in (server_id(99), server_id(3)):
+            response = api(target)
+            body = response.get_json()
+            assert body["error"].pop("request_id") == response.headers["X-Request-ID"]
+            answers.append((response.status_code, body))
+        assert answers[0] == answers[1]
+        assert answers[0][0] == 503 and answers[0][1]["error"]["code"] == "server_unconfirmed"
+        assert fake.counts["console"] == 1
 
     def test_console_page(self, client, auth):
         auth.login()
