@@ -5,8 +5,9 @@ checked, so parallel guesses cannot slip past the limit. A browser that has sign
 to an account before, with any method that takes the password here (local or LDAP),
 carries a signed device cookie for it; its attempts count against that device instead,
 so strangers guessing an account's password cannot lock its owner out (OWASP's "device
-cookies"). Password checks are memory-hungry on purpose, so only a few run at once; the
-rest are told to retry.
+cookies"). It has its own flood budget too: with everyone behind one address (a proxy the
+broker does not believe), nobody else's failures block it. Password checks are memory-hungry
+on purpose, so only a few run at once; the rest are told to retry.
 
 The password form is checked against each password method in ``BROKER_AUTH``'s order
 (``local``, ``ldap``); the first that accepts wins, so with ``local,ldap`` a break-glass
@@ -36,6 +37,7 @@ from flask import redirect
 from flask import render_template
 from flask import request
 from flask import url_for
+from flask_limiter.util import get_remote_address
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from itsdangerous import BadSignature
@@ -118,8 +120,8 @@ def device_serializer() -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt="sign-in-device")
 
 
-def device_for(name: str) -> str | None:
-    """This browser's device id for account ``name``, if its cookie is genuine and recent."""
+def device_cookie() -> dict | None:
+    """This browser's device cookie (``u``: the account, ``d``: the device id), if it is genuine and recent."""
     raw = request.cookies.get(DEVICE_COOKIE)
     if not raw:
         return None
@@ -127,9 +129,26 @@ def device_for(name: str) -> str | None:
         data = device_serializer().loads(raw, max_age=DEVICE_DAYS * 86400)
     except BadSignature:
         return None
-    if not isinstance(data, dict) or data.get("u") != name.lower() or not isinstance(data.get("d"), str):
+    if not isinstance(data, dict) or not isinstance(data.get("u"), str) or not isinstance(data.get("d"), str):
         return None
-    return data["d"]
+    return data
+
+
+def device_for(name: str) -> str | None:
+    """This browser's device id for account ``name``, if its cookie is genuine, recent and for that account."""
+    data = device_cookie()
+    return data["d"] if data is not None and data["u"] == name.lower() else None
+
+
+def flood_key() -> str:
+    """Whom the flood guard counts: a browser that signed in here before by itself, anyone else by address.
+
+    Behind a proxy the broker does not believe (BROKER_TRUSTED_PROXIES too low) everyone has the
+    proxy's address, and one stranger's flood would shut out every person; a known browser keeps
+    its own budget, as it does for guesses (take_attempt).
+    """
+    data = device_cookie()
+    return f"device:{data['d']}" if data is not None else get_remote_address()
 
 
 def remember_device(response: Response, name: str) -> None:
@@ -327,7 +346,7 @@ def external_refused(found: identity.ExternalIdentity, exc: identity.IdentityRef
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(FLOOD_LIMIT, methods=["POST"], scope="login-flood")
+@limiter.limit(FLOOD_LIMIT, methods=["POST"], scope="login-flood", key_func=flood_key)
 def login():
     form = LoginForm()
     wanted = safe_next(request.values.get("next"))

@@ -293,6 +293,40 @@ def test_a_flood_of_sign_in_requests_is_cut_off_per_address(client, auth, app):
     assert len(refusals) <= 2  # one per kind of refusal and minute, not one per request
 
 
+def test_a_forged_device_cookie_has_no_flood_budget_of_its_own(client):
+    client.set_cookie("broker_device", "e30.forged.sig")
+    token = csrf_from(client.get("/login").get_data(as_text=True))
+    data = {"username": "nobody", "password": "wrong-password-1", "csrf_token": token}
+    assert [client.post("/login", data=data).status_code for _ in range(61)][-1] == 429
+    client.delete_cookie("broker_device")
+    assert client.post("/login", data=data).status_code == 429  # the same address's budget
+
+
+class TestEveryoneBehindOneAddress:
+    """BROKER_TRUSTED_PROXIES=0 behind nginx: every person has nginx's address (the broker warns of it)."""
+
+    NGINX = "10.0.0.2"
+
+    def person(self, app, address: str) -> AuthActions:
+        """A browser reaching the broker through nginx, which names it in X-Forwarded-For (not believed)."""
+        client = app.test_client()
+        client.environ_base.update(REMOTE_ADDR=self.NGINX, HTTP_X_FORWARDED_FOR=address)
+        return AuthActions(client)
+
+    def test_nobody_elses_guesses_or_flood_block_a_browser_that_signed_in_before(self, app):
+        owner = self.person(app, "198.51.100.7")
+        assert owner.login().status_code == 302
+        owner.logout()
+        stranger = self.person(app, "203.0.113.9")
+        guesses = [stranger.login(username=n, password="wrong-password-1").status_code for n in ("agent", "admin") * 4]
+        assert guesses[-1] == 429  # the address is spent: for every person without a device cookie
+        token = csrf_from(stranger.client.get("/login").get_data(as_text=True))
+        data = {"username": "nobody", "password": "wrong-password-1", "csrf_token": token}
+        assert [stranger.client.post("/login", data=data).status_code for _ in range(61)][-1] == 429
+        assert self.person(app, "192.0.2.50").login(*ADMIN).status_code == 429  # a newcomer shares nginx's address
+        assert owner.login().status_code == 302  # but a browser that signed in before has budgets of its own
+
+
 class TestRedisDown:
     """BROKER_REDIS_URL set but Redis not answering: sign-in works and is limited, per process."""
 
