@@ -212,6 +212,7 @@ def check() -> None:
         *(checks.check_access(service.inventory.names()) if database[0].level == "ok" else []),
         *checks.check_console_hosts(service, bool(settings.console_hosts)),
         *checks.check_relay(settings, service),
+        *checks.check_proxies(settings, state.redis()),
     ]
     for finding in findings:
         click.echo(f"{MARKS[finding.level]}  {finding.text}")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import time
 from collections.abc import Callable
 from collections.abc import Mapping
+from dataclasses import asdict
 from dataclasses import dataclass
 from http.client import HTTPConnection
 from http.client import HTTPException
@@ -256,3 +258,102 @@ def check_relay(settings: Settings, service: ConsoleService, env: Mapping[str, s
         return [Finding("fail", str(exc))]
     answer = probe_relay(target)
     return [Finding("ok" if answer.ok else "fail", answer.reason)]
+
+
+# -- the proxy count (seen by the web processes, read here) ---------------------------------
+
+
+# check runs in its own process and sees no request: each web process notes here, at most once a
+# minute, a request whose X-Forwarded-For BROKER_TRUSTED_PROXIES does not match. Redis, because every
+# instance and check share it and it needs no table; the note lapses an hour after the last one.
+PROXY_SIGHTING_KEY = "broker:proxy-mismatch"
+PROXY_SIGHTING_TTL = 3600
+
+
+@dataclass(frozen=True)
+class ProxySighting:
+    """A request with X-Forwarded-For that the proxy count did not match: its peer, how many addresses
+    the header listed, the count it met and when (epoch seconds)."""
+
+    peer: str
+    hops: int
+    count: int
+    at: float
+
+    def describe(self) -> str:
+        """What is wrong and what to set, naming the setting."""
+        peer = self.peer or "the proxy"
+        if self.count == 0:
+            wrong = f"X-Forwarded-For came from {peer} but BROKER_TRUSTED_PROXIES=0 believes no proxy"
+        else:
+            listed = f"{self.hops} address{'es' if self.hops > 1 else ''}"
+            wrong = (
+                f"X-Forwarded-For came from {peer} with {listed} but BROKER_TRUSTED_PROXIES={self.count} "
+                f"expects {self.count}, so it is ignored"
+            )
+        fix = "Set BROKER_TRUSTED_PROXIES to the number of proxies in front (1 for the shipped nginx)"
+        unproxied = "; with none in front, a client sent the header itself" if self.count == 0 else ""
+        return f"{wrong}: every client has {peer}'s address (sign-in limits, audit). {fix}{unproxied}"
+
+
+def proxy_sighting(count: int, hops: int, peer: str, at: float) -> ProxySighting | None:
+    """A sighting when ``hops`` forwarded addresses came in while BROKER_TRUSTED_PROXIES is ``count``
+    and ProxyFix believes none of them (no proxy trusted, or fewer addresses than proxies), else None."""
+    if hops == 0 or hops >= count > 0:
+        return None
+    return ProxySighting(peer, hops, count, at)
+
+
+def note_proxy_sighting(shared: SharedRedis, sighting: ProxySighting) -> None:
+    """Keep ``sighting`` where check and every instance's /readyz read it (nothing while Redis is down)."""
+    value = json.dumps(asdict(sighting))
+    shared.run(lambda client: client.set(PROXY_SIGHTING_KEY, value, ex=PROXY_SIGHTING_TTL), lambda: None)
+
+
+def last_proxy_sighting(shared: SharedRedis) -> ProxySighting | None:
+    """The latest sighting any web process noted within the hour, or None (also when Redis is down)."""
+    raw = shared.run(lambda client: client.get(PROXY_SIGHTING_KEY), lambda: None)
+    try:
+        return ProxySighting(**json.loads(raw)) if raw else None
+    except (TypeError, ValueError):  # not a note this code wrote
+        return None
+
+
+def proxy_finding(count: int, sighting: ProxySighting | None, now: float) -> Finding:
+    """A sighting under this count fails; one under an older count (an instance not restarted yet) is a note."""
+    if sighting is None:
+        return Finding(
+            "ok",
+            f"BROKER_TRUSTED_PROXIES={count}: no request in the last hour had an X-Forwarded-For it does not match",
+        )
+    minutes = int(max(0.0, now - sighting.at) // 60)
+    ago = f"{minutes} min ago" if minutes else "less than a minute ago"
+    if sighting.count == count:
+        return Finding("fail", f"{sighting.describe()}; seen {ago}")
+    return Finding(
+        "note",
+        f"{sighting.describe()}; seen {ago} under BROKER_TRUSTED_PROXIES={sighting.count}, which is {count} now: "
+        "this lapses an hour after an instance with the old value last saw such a request",
+    )
+
+
+def check_proxies(settings: Settings, shared: SharedRedis | None, now: float | None = None) -> list[Finding]:
+    """Whether the web processes saw X-Forwarded-For that BROKER_TRUSTED_PROXIES does not match (through Redis)."""
+    count = settings.trusted_proxies
+    if shared is None:
+        return [
+            Finding(
+                "note",
+                f"BROKER_TRUSTED_PROXIES={count}: without BROKER_REDIS_URL check cannot see whether requests match it; "
+                "the web log warns 'X-Forwarded-For came from' when they do not",
+            )
+        ]
+    sighting = last_proxy_sighting(shared)
+    if sighting is None and not shared.usable():
+        return [
+            Finding(
+                "note",
+                f"BROKER_TRUSTED_PROXIES={count}: not known whether requests match it ({shared.where} unreachable)",
+            )
+        ]
+    return [proxy_finding(count, sighting, time.time() if now is None else now)]

@@ -4,6 +4,8 @@
 address in ``BROKER_METRICS_ALLOW``; everyone else gets the same 404 as any unknown path,
 so the endpoint is not advertised, and with neither setting it is off. ``/readyz`` answers
 anyone with its status alone, and the metrics token's holder with each check's details.
+An X-Forwarded-For that ``BROKER_TRUSTED_PROXIES`` does not match is a warning in the log and
+a failing check in ``/readyz`` and ``flask --app app check``.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import hmac
 import ipaddress
 import logging
 import re
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from functools import lru_cache
 
 from flask import Blueprint
@@ -26,6 +30,7 @@ from flask import jsonify
 from flask import request
 from flask import request_started
 from sqlalchemy import text
+from werkzeug.http import parse_list_header
 
 from broker import metrics
 from broker import state
@@ -43,6 +48,10 @@ bp = Blueprint("observability", __name__)
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # This app's relay probe (checks.RelayProbe), which keeps each answer a few seconds.
 RELAY_PROBE = "broker.relay_probe"
+# This app's ProxyWatch: what its requests showed of the proxy count.
+PROXY_WATCH = "broker.proxy_watch"
+# A wrong proxy count shows on every request: say so this often at most, per process.
+PROXY_WARN_EVERY = 60.0
 
 
 # -- request IDs -------------------------------------------------------------------
@@ -72,6 +81,72 @@ def assign_request_id(sender: Flask, **extra) -> None:
 def send_request_id(response: Response) -> Response:
     response.headers["X-Request-ID"] = request_id()
     return response
+
+
+# -- the proxy count ---------------------------------------------------------------
+
+
+class ProxyWatch:
+    """This process's latest sighting of an X-Forwarded-For that BROKER_TRUSTED_PROXIES does not match,
+    and when it last said so."""
+
+    def __init__(self, every: float = PROXY_WARN_EVERY, clock: Callable[[], float] = time.time) -> None:
+        self.every = every
+        self.clock = clock
+        self.last: service_checks.ProxySighting | None = None
+        self._said: float | None = None
+        self._lock = threading.Lock()
+
+    def saw(self, sighting: service_checks.ProxySighting) -> bool:
+        """Keep ``sighting``; True when it is to be said (the first, then at most once per ``every`` seconds)."""
+        with self._lock:
+            self.last = sighting
+            if self._said is not None and sighting.at - self._said < self.every:
+                return False
+            self._said = sighting.at
+            return True
+
+    def latest(self) -> service_checks.ProxySighting | None:
+        """The last sighting, while it is recent enough to report (as long as check reports one)."""
+        last = self.last
+        return last if last is not None and self.clock() - last.at < service_checks.PROXY_SIGHTING_TTL else None
+
+
+def forwarded_hops() -> int:
+    """How many addresses this request's X-Forwarded-For lists (0 without one)."""
+    return len([item for item in parse_list_header(request.headers.get("X-Forwarded-For", "")) if item])
+
+
+def connection_peer() -> str:
+    """The connection's own peer, before ProxyFix replaced REMOTE_ADDR (as header.peer_address reads it)."""
+    original = request.environ.get("werkzeug.proxy_fix.orig") or {}
+    return original.get("REMOTE_ADDR") or request.environ.get("REMOTE_ADDR") or ""
+
+
+@bp.before_app_request
+def watch_proxy_count() -> None:
+    """Behind a proxy that the count does not match, every person has the proxy's address: one sign-in
+    limit and one audit address for all. Warn (at most once a minute) and note it for check and /readyz."""
+    watch: ProxyWatch = current_app.extensions[PROXY_WATCH]
+    count = state.settings().trusted_proxies
+    sighting = service_checks.proxy_sighting(count, forwarded_hops(), connection_peer(), watch.clock())
+    if sighting is None or not watch.saw(sighting):
+        return
+    log.warning("%s (said at most once a minute)", sighting.describe())
+    shared = state.redis()
+    if shared is not None:
+        service_checks.note_proxy_sighting(shared, sighting)
+
+
+def proxies_check() -> dict:
+    """This worker's own sighting, else one any web process noted in Redis; one under this count is not ok."""
+    watch: ProxyWatch = current_app.extensions[PROXY_WATCH]
+    sighting = watch.latest()
+    shared = state.redis()
+    if sighting is None and shared is not None:
+        sighting = service_checks.last_proxy_sighting(shared)
+    finding = service_checks.proxy_finding(state.settings().trusted_proxies, sighting, watch.clock())
+    return {"ok": finding.level != "fail", "reason": finding.text}
 
 
 # -- mint latency ------------------------------------------------------------------
@@ -226,8 +301,9 @@ def readyz():
 
     A Redis that is down is reported ("degraded") but keeps the instance in the pool: every
     instance shares it, so 503 would take them all out at once, while each can go on with
-    per-process state. Open circuits and the relay are reported likewise (see clouds_check,
-    relay_check). Only the token's holder reads the checks; the relay is probed only for them.
+    per-process state. Open circuits, the relay and a wrong proxy count are reported likewise (see
+    clouds_check, relay_check, proxies_check). Only the token's holder reads the checks; the relay is
+    probed only for them.
     """
     details = may_read_readiness()
     checks = {"database": database_check()}
@@ -235,6 +311,7 @@ def readyz():
     if shared is not None:
         checks["redis"] = shared
     checks["clouds"] = clouds_check()
+    checks["proxies"] = proxies_check()
     relay = relay_check() if details else None
     if relay is not None:
         checks["relay"] = relay
@@ -248,7 +325,9 @@ def readyz():
 
 
 def register_observability(app: Flask) -> None:
-    """The blueprint, the request ID chosen before any other hook of a request, and the relay probe's memory."""
+    """The blueprint, the request ID chosen before any other hook of a request, the relay probe's memory
+    and the proxy count's watch."""
     app.register_blueprint(bp)
     request_started.connect(assign_request_id, app)
     app.extensions[RELAY_PROBE] = service_checks.RelayProbe()
+    app.extensions[PROXY_WATCH] = ProxyWatch()

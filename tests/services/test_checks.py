@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from alembic.script import ScriptDirectory
@@ -270,4 +271,54 @@ class TestRelayUrlToTheWebApp:
         assert (
             f"FAIL  relay: http://127.0.0.1:{elsewhere[0]}/relay answers HTTP 404 but it is not the relay: "
             "fix BROKER_RELAY_URL or the proxy's route for /relay"
+        ) in result.output.splitlines()
+
+
+# -- the proxy count (what the web processes saw, through Redis) ----------------------------
+
+# What check says of a request with X-Forwarded-For from 127.0.0.1 (the test client) to a broker
+# that believes no proxy.
+NO_PROXY_BELIEVED = (
+    "X-Forwarded-For came from 127.0.0.1 but BROKER_TRUSTED_PROXIES=0 believes no proxy: every client has "
+    "127.0.0.1's address (sign-in limits, audit). Set BROKER_TRUSTED_PROXIES to the number of proxies in front "
+    "(1 for the shipped nginx); with none in front, a client sent the header itself"
+)
+
+
+def test_without_redis_check_says_it_cannot_see_the_requests(runner):
+    result = runner.invoke(args=["check"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "note  BROKER_TRUSTED_PROXIES=0: without BROKER_REDIS_URL check cannot see whether requests match it; "
+        "the web log warns 'X-Forwarded-For came from' when they do not"
+    ) in result.output.splitlines()
+
+
+class TestProxyCount:
+    @pytest.fixture
+    def env_overrides(self, redis_url) -> dict:
+        return {"BROKER_REDIS_URL": redis_url}
+
+    def test_what_a_web_process_saw_fails_the_check(self, client, runner):
+        before = runner.invoke(args=["check"])
+        assert before.exit_code == 0, before.output
+        assert (
+            "ok    BROKER_TRUSTED_PROXIES=0: no request in the last hour had an X-Forwarded-For it does not match"
+        ) in before.output.splitlines()
+        client.get("/login", headers={"X-Forwarded-For": "198.51.100.7"})  # nginx, as the broker sees it
+        result = runner.invoke(args=["check"])
+        assert result.exit_code == 1
+        assert f"FAIL  {NO_PROXY_BELIEVED}; seen less than a minute ago" in result.output.splitlines()
+
+    def test_one_seen_under_another_count_is_a_note(self, app, runner):
+        seen = checks.ProxySighting(peer="10.0.0.5", hops=1, count=2, at=time.time() - 600)
+        checks.note_proxy_sighting(state.of(app).redis, seen)
+        result = runner.invoke(args=["check"])
+        assert result.exit_code == 0, result.output
+        assert (
+            "note  X-Forwarded-For came from 10.0.0.5 with 1 address but BROKER_TRUSTED_PROXIES=2 expects 2, so it "
+            "is ignored: every client has 10.0.0.5's address (sign-in limits, audit). Set BROKER_TRUSTED_PROXIES "
+            "to the number of proxies in front (1 for the shipped nginx); seen 10 min ago under "
+            "BROKER_TRUSTED_PROXIES=2, which is 0 now: this lapses an hour after an instance with the old value "
+            "last saw such a request"
         ) in result.output.splitlines()

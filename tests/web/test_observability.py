@@ -20,7 +20,9 @@ from broker.extensions import db
 from broker.logs import broker_handler
 from broker.models import AuditRecord
 from broker.services import checks
+from broker.web.observability import PROXY_WATCH
 from broker.web.observability import RELAY_PROBE
+from broker.web.observability import ProxyWatch
 from tests.support import free_port
 from tests.support import http_answering
 from tests.support import relay_listening
@@ -161,6 +163,10 @@ def test_ready(client, fake):
     circuits = {"lab": {"lists": "closed", "consoles": "closed"}}
     assert body["checks"]["clouds"] == {"ok": True, "reason": "all circuits closed", "circuits": circuits}
     assert "redis" not in body["checks"] and "relay" not in body["checks"]
+    assert body["checks"]["proxies"] == {
+        "ok": True,
+        "reason": "BROKER_TRUSTED_PROXIES=0: no request in the last hour had an X-Forwarded-For it does not match",
+    }
     assert dict(fake.counts) == calls  # no upstream call
     assert TOKEN not in response.get_data(as_text=True)
 
@@ -411,6 +417,95 @@ class TestRequestIdBehindAProxy:
         with app.app_context():
             row = db.session.scalars(select(AuditRecord).order_by(AuditRecord.id.desc())).first()
             assert (row.action, row.request_id) == ("console", "req-404-abc")
+
+
+# -- the proxy count -------------------------------------------------------------------
+
+FORWARDED = {"X-Forwarded-For": "198.51.100.7"}
+# What the log says when X-Forwarded-For reaches a broker that believes no proxy (127.0.0.1: the test client).
+NO_PROXY_BELIEVED = (
+    "X-Forwarded-For came from 127.0.0.1 but BROKER_TRUSTED_PROXIES=0 believes no proxy: every client has "
+    "127.0.0.1's address (sign-in limits, audit). Set BROKER_TRUSTED_PROXIES to the number of proxies in front "
+    "(1 for the shipped nginx); with none in front, a client sent the header itself"
+)
+
+
+def proxy_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "X-Forwarded-For" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    ("env_overrides", "forwarded", "warned"),
+    [
+        ({}, None, None),
+        ({}, "198.51.100.7", "came from 127.0.0.1 but BROKER_TRUSTED_PROXIES=0 believes no proxy"),
+        ({}, "203.0.113.9, 198.51.100.7", "came from 127.0.0.1 but BROKER_TRUSTED_PROXIES=0 believes no proxy"),
+        ({"BROKER_TRUSTED_PROXIES": "1"}, None, None),
+        ({"BROKER_TRUSTED_PROXIES": "1"}, "198.51.100.7", None),
+        ({"BROKER_TRUSTED_PROXIES": "1"}, "203.0.113.9, 198.51.100.7", None),
+        (
+            {"BROKER_TRUSTED_PROXIES": "2"},
+            "198.51.100.7",
+            "came from 127.0.0.1 with 1 address but BROKER_TRUSTED_PROXIES=2 expects 2, so it is ignored",
+        ),
+    ],
+    ids=["none-none", "none-one", "none-two", "one-none", "one-one", "one-two", "two-one"],
+)
+def test_a_forwarded_address_the_count_does_not_believe_is_warned_of(client, caplog, forwarded, warned):
+    client.get("/healthz", headers={"X-Forwarded-For": forwarded} if forwarded else {})
+    if warned is None:
+        assert proxy_warnings(caplog) == []
+    else:
+        [line] = proxy_warnings(caplog)
+        assert warned in line and "every client has 127.0.0.1's address (sign-in limits, audit)" in line
+
+
+def test_the_warning_names_the_setting_at_most_once_a_minute(app, client, monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr(broker_handler(logging.getLogger("broker")), "stream", stream)
+    now = [1_700_000_000.0]
+    app.extensions[PROXY_WATCH].clock = lambda: now[0]
+
+    def warnings() -> list[str]:
+        return [line for line in stream.getvalue().splitlines() if "X-Forwarded-For came from" in line]
+
+    for _ in range(5):
+        client.get("/login", headers=FORWARDED)
+    [line] = warnings()
+    # The whole line, as the journal shows it: time, level, logger, the request's ID, the message.
+    said = re.escape(f"{NO_PROXY_BELIEVED} (said at most once a minute)")
+    assert re.fullmatch(rf"\S+ \S+ WARNING broker\.web\.observability \[[0-9a-f]{{32}}\]: {said}", line), line
+    now[0] += 59
+    client.get("/login", headers=FORWARDED)
+    assert len(warnings()) == 1
+    now[0] += 1
+    client.get("/login", headers=FORWARDED)
+    assert len(warnings()) == 2
+
+
+def test_readyz_details_show_it_and_strangers_read_degraded(client):
+    client.get("/login", headers=FORWARDED)
+    assert client.get("/readyz").get_json() == {"status": "degraded"}
+    response = client.get("/readyz", headers=BEARER)
+    assert response.status_code == 200  # a wrong count is no reason to leave the load balancer
+    body = response.get_json()
+    assert body["status"] == "degraded"
+    assert body["checks"]["proxies"] == {"ok": False, "reason": f"{NO_PROXY_BELIEVED}; seen less than a minute ago"}
+
+
+class TestProxyCountThroughRedis:
+    """Each web process notes what it saw in Redis, where every worker's /readyz (and check) read it."""
+
+    @pytest.fixture
+    def env_overrides(self, redis_url) -> dict:
+        return {"BROKER_REDIS_URL": redis_url, "BROKER_METRICS_TOKEN": TOKEN}
+
+    def test_another_worker_reports_what_one_saw(self, app, client):
+        client.get("/login", headers=FORWARDED)
+        app.extensions[PROXY_WATCH] = ProxyWatch()  # another worker, which saw nothing itself
+        proxies = client.get("/readyz", headers=BEARER).get_json()["checks"]["proxies"]
+        assert proxies == {"ok": False, "reason": f"{NO_PROXY_BELIEVED}; seen less than a minute ago"}
+        assert 3500 < state.of(app).redis.client.ttl(checks.PROXY_SIGHTING_KEY) <= checks.PROXY_SIGHTING_TTL
 
 
 def test_the_error_page_shows_the_reference(client):
