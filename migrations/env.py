@@ -31,16 +31,24 @@ def run_offline() -> None:
 def run_online() -> None:
     engine = current_app.extensions["migrate"].db.engine
     with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
         # SQLite alters a table by copying it (batch mode); PostgreSQL alters in place.
         context.configure(
             connection=connection,
             target_metadata=metadata(),
-            render_as_batch=connection.dialect.name == "sqlite",
+            render_as_batch=sqlite,
+            transactional_ddl=True,
             compare_type=True,
             process_revision_directives=skip_empty,
         )
         with context.begin_transaction():
-            if connection.dialect.name == "postgresql":
+            if sqlite:
+                # The driver opens a transaction only before a row changes, so each CREATE or ALTER would
+                # commit as it ran: open it now, so that an upgrade that stops (a refusal, an error) leaves
+                # the file as it was, as on PostgreSQL. IMMEDIATE takes the write lock first: two upgrades
+                # take turns, as the advisory lock makes them on PostgreSQL.
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
                 # Held until this transaction ends; the next instance then sees the new revision.
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": UPGRADE_LOCK})
             context.run_migrations()

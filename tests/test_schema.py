@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 from sqlalchemy import inspect
 from sqlalchemy import text
@@ -28,11 +29,13 @@ from broker import schema
 from broker.config import StartupStopped
 from broker.extensions import db
 from broker.services import audit
+from broker.services import policy
 from broker.services import users
 from tests.support import ROOT
 from tests.support import require_postgres
 
-HEAD = "0006"
+# The newest revision the scripts define: every upgrade must reach it.
+HEAD = ScriptDirectory(str(ROOT / "migrations")).get_current_head()
 UPGRADE = "run 'flask --app app db upgrade' with the server's environment"
 
 
@@ -78,10 +81,21 @@ def flask(url: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=ROOT, env=operator_env(url), capture_output=True, text=True, timeout=120)
 
 
-def load_old_schema(url: str) -> None:
-    """The tables the broker's create_all made before migrations existed, exactly."""
+# Every release that changed the schema, oldest first, frozen as it made it in
+# tests/data/schema-<release>.<dialect>.sql: by create_all before migrations existed, then by its
+# migrations (the revision it reached). Each names its stop and last commit in its first line.
+RELEASES = {
+    "1-create_all": None,  # stop 6: users, groups, rules, audit; no sign-in sessions
+    "2-create_all": None,  # stop 14: sign-in sessions, unique lower(username)
+    "3-0004": "0004",  # stop 15: migrations, identity sources, relay
+    "4-0005": "0005",  # stop 16: pins, power
+}
+
+
+def load_schema(url: str, release: str) -> None:
+    """The tables a release made, exactly."""
     engine = create_engine(url)
-    script = (ROOT / "tests" / "data" / f"schema-0-create_all.{engine.dialect.name}.sql").read_text()
+    script = (ROOT / "tests" / "data" / f"schema-{release}.{engine.dialect.name}.sql").read_text()
     with engine.begin() as connection:
         raw = connection.connection.driver_connection
         if engine.dialect.name == "sqlite":
@@ -91,20 +105,31 @@ def load_old_schema(url: str) -> None:
     engine.dispose()
 
 
+def tables(url: str) -> set[str]:
+    engine = create_engine(url)
+    names = set(inspect(engine).get_table_names())
+    engine.dispose()
+    return names
+
+
 def add_old_rows(url: str) -> None:
-    """A user, a group with a rule, a session and an audit record, written as the old broker wrote them."""
+    """Two users, a group with a member and a rule, an audit record and, in releases that kept them, a
+    sign-in session and a pin: written as every release wrote them (no column a later one added)."""
     engine = create_engine(url)
     now = datetime.now(UTC).replace(tzinfo=None)
+    present = set(inspect(engine).get_table_names())
     with engine.begin() as connection:
-        connection.execute(
-            text(
-                "INSERT INTO users (id, username, password_hash, role, session_token, created_at) "
-                "VALUES (1, 'olga', :hash, 'admin', 'tok', :now)"
-            ),
-            {"hash": generate_password_hash("olga-password-1"), "now": now},
-        )
+        for id_, name, role in ((1, "olga", "admin"), (2, "ivan", "agent")):
+            password_hash = generate_password_hash(f"{name}-password-1")
+            connection.execute(
+                text(
+                    "INSERT INTO users (id, username, password_hash, role, session_token, created_at) "
+                    "VALUES (:id, :name, :hash, :role, 'tok', :now)"
+                ),
+                {"id": id_, "name": name, "hash": password_hash, "role": role, "now": now},
+            )
         connection.execute(text("INSERT INTO groups (id, name) VALUES (1, 'ops')"))
-        connection.execute(text("INSERT INTO group_members (group_id, user_id) VALUES (1, 1)"))
+        connection.execute(text("INSERT INTO group_members (group_id, user_id) VALUES (1, 2)"))
         connection.execute(
             text(
                 "INSERT INTO access_rules (id, group_id, cloud, name_pattern, meta_key, meta_value) "
@@ -119,6 +144,20 @@ def add_old_rows(url: str) -> None:
             ),
             {"now": now},
         )
+        if engine.dialect.name == "postgresql":
+            # Numbered as the release numbered them: its sequences, not the explicit IDs above, give the next.
+            for table in ("users", "groups", "access_rules"):
+                last = f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), max(id)) FROM {table}"
+                connection.execute(text(last))
+        if "user_sessions" in present:
+            connection.execute(
+                text("INSERT INTO user_sessions (id, user_id, started_at) VALUES ('s-olga', 1, :now)"), {"now": now}
+            )
+        if "pins" in present:
+            connection.execute(
+                text("INSERT INTO pins (user_id, cloud, server_id, created_at) VALUES (2, 'prod', 's1', :now)"),
+                {"now": now},
+            )
     engine.dispose()
 
 
@@ -145,10 +184,13 @@ def test_flask_db_upgrade_creates_the_schema_from_empty(database):
     assert revision(database) == HEAD
 
 
-def test_a_database_made_before_migrations_is_refused_then_upgraded_with_its_data(database, tmp_path):
-    load_old_schema(database)
+@pytest.mark.parametrize("release", RELEASES)
+def test_every_releases_database_is_refused_at_start_then_upgraded_in_place_with_its_data(database, tmp_path, release):
+    load_schema(database, release)
     add_old_rows(database)
-    with pytest.raises(StartupStopped, match="made by a broker older than its migrations") as stopped:
+    made_by = RELEASES[release]
+    behind = f"behind this broker \\(at {made_by}," if made_by else "made by a broker older than its migrations"
+    with pytest.raises(StartupStopped, match=behind) as stopped:
         start(database, tmp_path)
     assert UPGRADE in str(stopped.value)
     refused = flask(database, "users", "list")
@@ -159,19 +201,37 @@ def test_a_database_made_before_migrations_is_refused_then_upgraded_with_its_dat
     assert revision(database) == HEAD
     app = start(database, tmp_path)
     with app.app_context():
+        with db.engine.connect() as connection:
+            assert compare_metadata(MigrationContext.configure(connection), db.metadata) == []
         assert users.authenticate("OLGA", "olga-password-1").role == "admin"
+        assert users.authenticate("ivan", "ivan-password-1").source == "local"
+        assert [(g.name, [u.username for u in g.members]) for g in policy.all_groups()] == [("ops", ["ivan"])]
         [record] = audit.page(audit.Filter())
         assert (record.username, record.server_name, record.request_id) == ("olga", "web-01", "")
     listed = flask(database, "rules", "list")
-    assert listed.returncode == 0 and "7\tgroup ops may open web-* on cloud prod" in listed.stdout
-
-
-def test_an_old_database_with_names_differing_in_case_stops_the_upgrade_naming_them(database, tmp_path):
-    load_old_schema(database)
+    assert listed.returncode == 0 and listed.stdout.splitlines() == ["7\tgroup ops may open web-* on cloud prod"]
     engine = create_engine(database)
     with engine.begin() as connection:
-        # The old broker made the unique lower(username) index only on new databases.
-        connection.execute(text("DROP INDEX ix_users_username_folded"))
+        if made_by:  # a release that kept them: still there, and the one live session still live
+            assert connection.execute(text("SELECT seen_at IS NOT NULL FROM user_sessions")).scalar_one()
+        if made_by == "0005":
+            assert connection.execute(text("SELECT user_id, server_id FROM pins")).one() == (2, "s1")
+        # Rule numbers are never reused, whatever release made the table: the audit trail names rules by number.
+        connection.execute(text("DELETE FROM access_rules WHERE id = 7"))
+        connection.execute(
+            text(
+                "INSERT INTO access_rules (group_id, cloud, name_pattern, meta_key, meta_value) "
+                "VALUES (1, 'p', '*', '', '')"
+            )
+        )
+        assert connection.execute(text("SELECT id FROM access_rules")).scalar_one() == 8
+    engine.dispose()
+
+
+def test_a_first_release_database_with_names_differing_in_case_stops_the_upgrade_untouched_naming_them(database):
+    load_schema(database, "1-create_all")  # the first release had no unique lower(username) index
+    engine = create_engine(database)
+    with engine.begin() as connection:
         for n, name in enumerate(["Alice", "alice", "bob"], start=1):
             connection.execute(
                 text(
@@ -180,10 +240,13 @@ def test_an_old_database_with_names_differing_in_case_stops_the_upgrade_naming_t
                 ),
                 {"id": n, "name": name, "now": datetime.now(UTC).replace(tzinfo=None)},
             )
+    before = tables(database)
     done = flask(database, "db", "upgrade")
     assert done.returncode == 1
     assert "user names that differ only in case must be made unique first" in done.stderr
     assert "alice" in done.stderr and "bob" not in done.stderr
+    # The upgrade is one transaction on SQLite too: 0001's new table and copied rules are rolled back.
+    assert tables(database) == before and revision(database) is None
     with engine.begin() as connection:
         connection.execute(text("DELETE FROM users WHERE username = 'Alice'"))
     engine.dispose()
@@ -293,6 +356,20 @@ def test_the_first_schema_refuses_a_database_that_is_not_the_brokers(database, t
     assert "has some of the broker's tables (users) but not all" in done.stderr
 
 
+def test_tables_named_like_the_first_releases_but_not_made_by_it_are_refused_untouched(database):
+    engine = create_engine(database)
+    with engine.begin() as connection:
+        for table in ("users", "groups", "group_members", "access_rules", "audit"):
+            connection.execute(text(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, note VARCHAR(10))"))
+    engine.dispose()
+    before = tables(database)
+    done = flask(database, "db", "upgrade")
+    assert done.returncode == 1
+    assert "tables named like the broker's have other columns (access_rules: lacks cloud" in done.stderr
+    assert "it was not made by the broker" in done.stderr
+    assert tables(database) == before and revision(database) is None
+
+
 def test_two_instances_starting_together_on_an_empty_postgresql_both_come_up(postgres_url, tmp_path):
     server = make_url(postgres_url)
     name = f"broker_schema_{uuid.uuid4().hex[:12]}"
@@ -322,12 +399,12 @@ def test_identity_sources_upgrade_keeps_accounts_local_and_downgrade_removes_the
     assert flask(database, "db", "upgrade").returncode == 0
     engine = create_engine(database)
     with engine.connect() as connection:
-        row = connection.execute(text("SELECT username, source, external_id FROM users")).one()
-    assert tuple(row) == ("olga", "local", None)
+        rows = connection.execute(text("SELECT username, source, external_id FROM users ORDER BY id")).all()
+    assert [tuple(row) for row in rows] == [("olga", "local", None), ("ivan", "local", None)]
     done = flask(database, "db", "downgrade", "0002")
     assert done.returncode == 0, done.stderr
     with engine.connect() as connection:
-        assert connection.execute(text("SELECT username FROM users")).scalar_one() == "olga"
+        assert connection.execute(text("SELECT username FROM users ORDER BY id")).scalars().all() == ["olga", "ivan"]
         # The expression index survived: names still clash whatever their case.
         with pytest.raises(Exception, match="(?i)unique"):
             connection.execute(

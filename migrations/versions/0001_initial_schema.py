@@ -1,7 +1,10 @@
 """The schema of the broker as it was before migrations: users, groups, rules, sessions, the audit trail.
 
-A database made by that broker's ``create_all`` already holds these tables; it is
-adopted as it is, with its data, and only stamped with this revision.
+A database made by an earlier broker's ``create_all`` already holds these tables; it is
+adopted as it is, with its data, and stamped with this revision. The first release (up to
+0e35992) kept no sign-in sessions, so its databases get that table here; the second (up to
+26eee57) made them all. Anything else holding some of these names is not the broker's and
+is refused before any change.
 
 Revision ID: 0001
 Revises:
@@ -16,21 +19,76 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-TABLES = {"users", "groups", "group_members", "access_rules", "user_sessions", "audit"}
+# The columns create_all made in every release before migrations (tests/data/schema-1-* and -2-*).
+COLUMNS = {
+    "users": {"id", "username", "password_hash", "role", "session_token", "created_at"},
+    "groups": {"id", "name"},
+    "group_members": {"group_id", "user_id"},
+    "access_rules": {"id", "user_id", "group_id", "cloud", "name_pattern", "meta_key", "meta_value"},
+    "user_sessions": {"id", "user_id", "started_at", "ended_at"},
+    "audit": {
+        "id",
+        "at",
+        "username",
+        "action",
+        "outcome",
+        "cloud",
+        "server_id",
+        "server_name",
+        "detail",
+        "reason",
+        "client",
+        "user_agent",
+    },
+}
+TABLES = set(COLUMNS)
+FIRST_RELEASE = TABLES - {"user_sessions"}
+NOT_OURS = "it was not made by the broker: use an empty database, or restore a backup"
 
 
 def upgrade():
-    existing = set(sa.inspect(op.get_bind()).get_table_names()) & TABLES
-    if existing == TABLES:
-        return  # made by create_all before migrations existed: adopted as it is
-    if existing:
+    inspector = sa.inspect(op.get_bind())
+    existing = set(inspector.get_table_names()) & TABLES
+    if not existing:
+        create_users_and_groups()
+        create_sessions()
+        create_audit()
+        return
+    refuse_unless_made_by_create_all(inspector, existing)
+    if "user_sessions" not in existing:
+        create_sessions()  # the first release kept no sign-in sessions
+    if op.get_bind().dialect.name == "sqlite":
+        never_reuse_rule_numbers()
+
+
+def refuse_unless_made_by_create_all(inspector, existing: set[str]) -> None:
+    """Adopt only the tables an earlier release made (the first's or the second's), with exactly its columns."""
+    if existing not in (TABLES, FIRST_RELEASE):
         raise RuntimeError(
-            f"the database has some of the broker's tables ({', '.join(sorted(existing))}) but not all; "
-            "it was not made by the broker: use an empty database, or restore a backup"
+            f"the database has some of the broker's tables ({', '.join(sorted(existing))}) but not all; {NOT_OURS}"
         )
-    create_users_and_groups()
-    create_sessions()
-    create_audit()
+    differences = []
+    for table in sorted(existing):
+        found = {column["name"] for column in inspector.get_columns(table)}
+        lacks, extra = COLUMNS[table] - found, found - COLUMNS[table]
+        if lacks or extra:
+            said = [f"lacks {', '.join(sorted(lacks))}"] if lacks else []
+            said += [f"has {', '.join(sorted(extra))}"] if extra else []
+            differences.append(f"{table}: {'; '.join(said)}")
+    if differences:
+        raise RuntimeError(
+            f"the database's tables named like the broker's have other columns ({' / '.join(differences)}); {NOT_OURS}"
+        )
+
+
+def never_reuse_rule_numbers() -> None:
+    """SQLite: rules made by the first release reuse the number of the last one removed (no AUTOINCREMENT);
+    the audit trail names rules by number, so the table is copied into one that never does."""
+    made = sa.text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'access_rules'")
+    if "AUTOINCREMENT" in op.get_bind().execute(made).scalar_one().upper():
+        return
+    with op.batch_alter_table("access_rules", recreate="always", table_kwargs={"sqlite_autoincrement": True}):
+        pass
 
 
 def create_users_and_groups():

@@ -21,7 +21,7 @@ FOLDED = "ix_users_username_folded"
 
 
 def upgrade():
-    # Checked before any change: SQLite does not roll DDL back, so a refusal must leave the file untouched.
+    # Checked before any change; the upgrade is one transaction (env.py), so a refusal leaves the database as it was.
     bind = op.get_bind()
     # (The inspector cannot see expression indexes on SQLite, so the check is the query itself.)
     clashes = bind.execute(
