@@ -41,6 +41,7 @@ from broker.extensions import login_manager
 from broker.extensions import migrate
 from broker.logs import configure_logging
 from broker.services import audit
+from broker.services import instances
 from broker.services import policy
 from broker.services import users
 from broker.services.consoles import ConsoleService
@@ -105,6 +106,8 @@ def create_app(test_config: Mapping | None = None) -> Flask:
         app, service.console_hosts, settings.demo, form_origins(settings), relay_url=settings.relay_url
     )
     init_database(app, settings)
+    if not in_command():
+        record_instance(app, settings)
     return app
 
 
@@ -130,6 +133,10 @@ def register_proxies(app: Flask, count: int) -> None:
 def configure_flask(app: Flask, settings: Settings, overrides: Mapping) -> None:
     app.config.update(
         SECRET_KEY=settings.secret_key,
+        # Old keys still accepted while the instances move to a new one: sessions (Flask) and CSRF tokens
+        # (Flask-WTF takes a list of keys, the last one signing, as Flask does).
+        SECRET_KEY_FALLBACKS=list(settings.secret_key_fallbacks),
+        WTF_CSRF_SECRET_KEY=[*settings.secret_key_fallbacks, settings.secret_key],
         SQLALCHEMY_DATABASE_URI=settings.database_url,
         SQLALCHEMY_ENGINE_OPTIONS=engine_options(settings.database_url),
         SESSION_COOKIE_HTTPONLY=True,
@@ -286,6 +293,9 @@ def prepare_schema(settings: Settings, instance: str) -> None:
         try:
             if problem := schema.prepare(auto_upgrade=owns_schema(settings)).problem():
                 stop(problem)
+            # Before any worker: one message, and a running instance never loses a worker to it later.
+            if conflict := instances.key_conflict(instances.profile(settings, ()), instances.running()):
+                stop(conflict)
             if settings.demo_explicit:
                 ensure_demo_user(app, settings, announce=True)
         finally:
@@ -358,6 +368,22 @@ def init_database(app: Flask, settings: Settings) -> None:
             )
         warn_about_orphan_rules(state.of(app).consoles.inventory.names())
         db.engine.dispose()
+
+
+def record_instance(app: Flask, settings: Settings) -> None:
+    """This process in the instances table, kept fresh until it exits; stop beside running instances whose
+    secret key and this one's refuse each other (gunicorn's master checked before forking its workers)."""
+    role = "web" if app.config.get("SCHEMA_OWNER", True) else "relay"
+    me = instances.profile(settings, state.of(app).consoles.inventory.clouds.values())
+    with app.app_context(), database_errors(settings):
+        if not checked_by_master and (conflict := instances.key_conflict(me, instances.running())):
+            stop(conflict)
+        app.extensions[instances.EXTENSION] = instances.Registration(me, role, instances.register(me, role))
+        db.session.commit()
+        db.engine.dispose()
+    # Tests build an app each and beat by hand.
+    if not app.testing:
+        instances.heartbeat.add(app)
 
 
 def wait_for_schema(app: Flask, settings: Settings) -> None:

@@ -210,6 +210,7 @@ def check() -> None:
         *checks.check_clouds(service),
         # Users and rules can only be read from a schema this code knows.
         *(checks.check_access(service.inventory.names()) if database[0].level == "ok" else []),
+        *(checks.check_instances(settings, service) if database[0].level == "ok" else []),
         *checks.check_console_hosts(service, bool(settings.console_hosts)),
         *checks.check_relay(settings, service),
         *checks.check_proxies(settings, state.redis()),

@@ -58,6 +58,7 @@ def stop(message: str) -> NoReturn:
 SETTINGS = frozenset(
     {
         "BROKER_SECRET_KEY",
+        "BROKER_SECRET_KEY_FALLBACKS",
         "BROKER_DATABASE_URL",
         "BROKER_REDIS_URL",
         "BROKER_RATELIMIT_STORAGE_URL",
@@ -216,6 +217,8 @@ class Settings:
     secret_key: str
     database_url: str
     demo: bool
+    # Old keys still accepted (never used to sign), while the instances move to a new one.
+    secret_key_fallbacks: tuple[str, ...] = field(default=(), repr=False)
     # Demo mode asked for by name (BROKER_DEMO=1, as ./dev demo does): only then does
     # the broker create the demo account.
     demo_explicit: bool = False
@@ -354,6 +357,7 @@ def load_settings(env: Mapping[str, str], instance_path: str) -> Settings:
     redis_url = _redis_url(env, "BROKER_REDIS_URL")
     return Settings(
         secret_key=secret_key,
+        secret_key_fallbacks=_fallback_keys(env, "BROKER_SECRET_KEY_FALLBACKS"),
         database_url=_database_url(env, "BROKER_DATABASE_URL", default_db),
         database_url_set=bool(env.get("BROKER_DATABASE_URL")),
         demo=demo,
@@ -483,6 +487,18 @@ def _header(env: Mapping[str, str]) -> HeaderSettings:
     return HeaderSettings(
         header=header, trusted=trusted, groups_header=env.get("BROKER_AUTH_GROUPS_HEADER", "").strip() or None
     )
+
+
+def _fallback_keys(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Old secret keys, comma-separated, each as long as a key must be; never echoed, being secrets."""
+    keys = _list(env, name)
+    for number, key in enumerate(keys, start=1):
+        if len(key) < SECRET_KEY_MIN_LENGTH:
+            raise ConfigError(
+                f"{name}: key {number} of {len(keys)} is too short; each must have at least "
+                f"{SECRET_KEY_MIN_LENGTH} characters, like BROKER_SECRET_KEY"
+            )
+    return keys
 
 
 def _limit(env: Mapping[str, str], name: str, default: str) -> str:

@@ -208,6 +208,37 @@ def test_relay_mode_settings(tmp_path):
     assert (relay.console_mode, relay.relay_path, relay.relay_url) == ("relay", "/c/ws", "wss://{host}:5001/ws")
 
 
+def test_old_secret_keys_are_accepted_from_fallbacks_and_given_to_flask(tmp_path):
+    env = {"BROKER_SECRET_KEY": "n" * 32, "OS_CLOUD": "prod", "BROKER_SECRET_KEY_FALLBACKS": f" {'o' * 32} , "}
+    settings = load_settings(env, str(tmp_path))
+    assert settings.secret_key_fallbacks == ("o" * 32,)
+    assert "o" * 32 not in repr(settings)
+    assert load_settings({"BROKER_SECRET_KEY": "n" * 32}, str(tmp_path)).secret_key_fallbacks == ()
+    app = create_app(
+        {
+            "ENV": {**env, "BROKER_DATABASE_URL": f"sqlite:///{tmp_path}/b.sqlite3"},
+            "CLOUDS": [],
+            "INSTANCE_PATH": str(tmp_path / "instance"),
+            "TESTING": True,
+        }
+    )
+    assert app.config["SECRET_KEY_FALLBACKS"] == ["o" * 32]
+    # Flask-WTF signs with the last key, as Flask's sessions do, and accepts the others.
+    assert app.config["WTF_CSRF_SECRET_KEY"] == ["o" * 32, "n" * 32]
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_a_short_fallback_key_stops_start_up_without_echoing_it(tmp_path):
+    env = {"BROKER_SECRET_KEY": "n" * 32, "BROKER_SECRET_KEY_FALLBACKS": f"{'o' * 32},changeme"}
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env, str(tmp_path))
+    assert str(caught.value) == (
+        "BROKER_SECRET_KEY_FALLBACKS: key 2 of 2 is too short; each must have at least 16 characters, "
+        "like BROKER_SECRET_KEY"
+    )
+
+
 def test_demo_key_is_generated_once_and_kept(tmp_path):
     first = load_settings({}, str(tmp_path))
     second = load_settings({}, str(tmp_path))

@@ -1,5 +1,5 @@
 """Tables only: users, groups and access rules, sign-in sessions, the audit trail, relay tickets and live
-consoles, pins and power confirmations."""
+consoles, pins and power confirmations, and the running instances."""
 
 from broker.models.access import AccessRule
 from broker.models.access import Group
@@ -7,6 +7,7 @@ from broker.models.access import memberships
 from broker.models.agent import Pin
 from broker.models.agent import PowerConfirmation
 from broker.models.audit import AuditRecord
+from broker.models.instance import Instance
 from broker.models.relay import LiveConsole
 from broker.models.relay import RelayTicket
 from broker.models.session import UserSession
@@ -22,6 +23,7 @@ __all__ = [
     "AccessRule",
     "AuditRecord",
     "Group",
+    "Instance",
     "LiveConsole",
     "Pin",
     "PowerConfirmation",

@@ -21,6 +21,7 @@ from broker import schema
 from broker.cloud import registry
 from broker.cloud.health import Finding
 from broker.config import Settings
+from broker.services import instances
 from broker.services import policy
 from broker.services import users
 from broker.services.consoles import ConsoleService
@@ -104,6 +105,13 @@ def check_access(clouds: list[str]) -> list[Finding]:
             )
         )
     return findings
+
+
+def check_instances(settings: Settings, service: ConsoleService) -> list[Finding]:
+    """The web and relay processes running on this database agree (secret key, clouds, console mode), and
+    this environment agrees with them."""
+    me = instances.profile(settings, service.inventory.clouds.values())
+    return instances.findings(instances.running(), me)
 
 
 def check_console_hosts(service: ConsoleService, configured: bool) -> list[Finding]:

@@ -1,4 +1,4 @@
-"""Admin pages: users, groups and access rules, and the audit trail with CSV export."""
+"""Admin pages: users, groups and access rules, the audit trail with CSV export, live consoles and instances."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from flask_login import login_required
 
 from broker.extensions import db
 from broker.services import audit
+from broker.services import instances
 from broker.services import management
 from broker.services import policy
 from broker.services import relay
@@ -214,6 +215,13 @@ PER_PAGE = 50
 def live_sessions():
     """Consoles connected through the relay right now, on every instance."""
     return render_template("admin/sessions.html", consoles=relay.listing(), stale_after=relay.STALE_AFTER)
+
+
+@bp.get("/instances")
+@admin_required
+def instance_list():
+    """The web and relay processes running on this database, and where they disagree."""
+    return render_template("admin/instances.html", fleet=instances.fleet(), running_within=instances.RUNNING_WITHIN)
 
 
 @bp.post("/sessions/<int:row_id>/end")

@@ -6,21 +6,27 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
+from broker import create_app
 from broker import state
+from broker.cloud.registry import Cloud
 from broker.extensions import db
 from broker.models import AccessRule
 from broker.relay import server as relay_server
 from broker.services import checks
+from broker.services import instances
 from broker.services import policy
 from broker.services import users
 from tests.support import ROOT
+from tests.support import broker_env
 from tests.support import free_port
 from tests.support import http_answering
+from tests.support import make_client
 from tests.support import relay_listening
 
 
@@ -322,3 +328,76 @@ class TestProxyCount:
             "BROKER_TRUSTED_PROXIES=2, which is 0 now: this lapses an hour after an instance with the old value "
             "last saw such a request"
         ) in result.output.splitlines()
+
+
+# -- instances that disagree ----------------------------------------------------------------------
+
+
+def another_instance(tmp_path, fake, names=("lab",), mode="iframe"):
+    """A second instance on the app fixture's database (and key), with clouds and console mode of its own."""
+    clouds = [Cloud(name, make_client(fake, name), 600, "idle", mode) for name in names]
+    config = {"ENV": broker_env(tmp_path), "CLOUDS": clouds, "INSTANCE_PATH": str(tmp_path / "i2"), "TESTING": True}
+    return create_app(config)
+
+
+def process(app) -> str:
+    with app.app_context():
+        [row] = [row for row in instances.running() if row.id == app.extensions[instances.EXTENSION].row_id]
+        return f"{row.name} {row.role}"
+
+
+def test_instances_that_agree_pass(runner, app, tmp_path, fake):
+    other = another_instance(tmp_path, fake)
+    result = runner.invoke(args=["check"])
+    assert result.exit_code == 0, result.output
+    assert (
+        f"ok    2 running instance processes ({process(app)}, {process(other)}) agree on clouds and console mode, "
+        "and accept each other's BROKER_SECRET_KEY"
+    ) in result.output.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("names", "mode", "what"),
+    [(("lab", "prod"), "iframe", "clouds"), (("lab",), "relay", "console mode")],
+    ids=["clouds", "console-mode"],
+)
+def test_instances_with_other_clouds_or_console_mode_both_run_and_fail_the_check(
+    runner, app, tmp_path, fake, names, mode, what
+):
+    other = another_instance(tmp_path, fake, names, mode)  # started: only the secret key refuses a start
+    result = runner.invoke(args=["check"])
+    assert result.exit_code == 1
+    lab = f"lab {fake.auth_url} {fake.region}"
+    theirs = {"clouds": f"{lab}; prod {fake.auth_url} {fake.region}", "console mode": "relay"}[what]
+    ours = {"clouds": lab, "console mode": "iframe"}[what]
+    fix = {
+        "clouds": "a person's server list depends on the instance that answers; give every instance the same "
+        "BROKER_CLOUDS (or OS_CLOUD) and clouds.yaml",
+        "console mode": "a console page from one instance may ask another for what it does not give; set the same "
+        "BROKER_CONSOLE_MODE (and console_mode in clouds.yaml) on every instance",
+    }[what]
+    assert (
+        f"FAIL  running instances disagree on {what} ({process(app)}: {ours}; {process(other)}: {theirs}): {fix}"
+    ) in result.output.splitlines()
+
+
+def test_this_environments_secret_key_is_held_against_the_running_instances(app):
+    with app.app_context():
+        settings = replace(state.settings(), secret_key="another-key-0123456789abcdef")
+        [line] = [f for f in checks.check_instances(settings, state.consoles()) if f.level == "fail"]
+        rotating = replace(settings, secret_key_fallbacks=(state.settings().secret_key,))
+        assert [f.level for f in checks.check_instances(rotating, state.consoles())] == ["ok"]
+    assert line.text.startswith(
+        f"this environment's BROKER_SECRET_KEY (key {instances.fingerprint(settings.secret_key)[:8]}) is neither the "
+        f"key of the running instances ({process(app)}) nor accepted by them: an instance started with it refuses"
+    )
+
+
+def test_no_running_instance_is_a_note(runner, app):
+    instances.leave(app)
+    result = runner.invoke(args=["check"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "note  no instance has recorded itself on this database in the last 90 s: none is running, or they run a "
+        "release from before instances were recorded"
+    ) in result.output.splitlines()

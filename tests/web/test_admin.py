@@ -11,7 +11,9 @@ import pytest
 from bs4 import BeautifulSoup
 from sqlalchemy.exc import IntegrityError
 
+from broker import create_app
 from broker import state
+from broker.cloud.registry import Cloud
 from broker.cloud.types import ServerInfo
 from broker.extensions import db
 from broker.models import AccessRule
@@ -21,10 +23,13 @@ from broker.models import User
 from broker.models import UserSession
 from broker.services import audit
 from broker.services import identity
+from broker.services import instances
 from broker.services import policy
 from broker.services import relay
 from broker.services import users
 from tests.support import ADMIN
+from tests.support import broker_env
+from tests.support import make_client
 
 
 @pytest.fixture
@@ -37,7 +42,7 @@ def post(client, auth, path, **data):
     return client.post(path, data={"csrf_token": auth.csrf(), **data})
 
 
-@pytest.mark.parametrize("path", ["/admin/", "/admin/audit", "/admin/audit.csv", "/admin/sessions"])
+@pytest.mark.parametrize("path", ["/admin/", "/admin/audit", "/admin/audit.csv", "/admin/sessions", "/admin/instances"])
 def test_agents_get_403_and_a_record(client, auth, app, path):
     auth.login()
     assert client.get(path).status_code == 403
@@ -498,3 +503,32 @@ def test_power_is_off_unless_the_rule_says_so_from_the_cli_or_the_page(admin, au
     page = BeautifulSoup(admin.get("/admin/").get_data(as_text=True), "html.parser")
     assert "agent may open and power worker on cloud lab" in page.find(id="rules").get_text()
     assert page.find("input", {"name": "power", "type": "checkbox"}).find_parent("label") is not None
+
+
+def test_instances_page_lists_each_process_and_marks_what_differs(admin, app, tmp_path, fake):
+    clouds = [Cloud(name, make_client(fake, name), 600, "idle", "relay") for name in ("lab", "prod")]
+    config = {"ENV": broker_env(tmp_path), "CLOUDS": clouds, "INSTANCE_PATH": str(tmp_path / "i2"), "TESTING": True}
+    other = create_app(config)  # another host's instance on the same database, with other clouds
+    html = admin.get("/admin/instances").get_data(as_text=True)
+    page = BeautifulSoup(html, "html.parser")
+    assert page.select_one('.subnav a[aria-current="page"]').get_text() == "Instances"
+    assert page.select_one("#instance-total").get_text() == "2"
+    [first, second] = page.select("#instances tbody tr")
+    assert [td.get_text(" ", strip=True) for td in first.select("td")[:6]] == [
+        first["data-name"],
+        "web",
+        instances.version(),
+        f"key {instances.fingerprint('test-secret-key-0123456789')[:8]}",
+        f"lab {fake.auth_url} {fake.region}",
+        "iframe",
+    ]
+    assert first.select(".differs") == []
+    assert [td["data-column"] for td in second.select(".differs")] == ["clouds", "console_mode"]
+    assert second.select_one('[data-column="clouds"]').get_text(" ", strip=True).endswith("(differs)")
+    findings = [li.get_text(" ", strip=True) for li in page.select("#instance-findings li")]
+    assert [text.split(":")[0] for text in findings] == ["Problem", "Problem"]
+    assert findings[0].startswith("Problem: running instances disagree on clouds (")
+    assert findings[1].startswith("Problem: running instances disagree on console mode (")
+    assert "test-secret-key-0123456789" not in html
+    with other.app_context():
+        db.engine.dispose()
