@@ -14,6 +14,10 @@ import tempfile
 # gunicorn's control socket has one default path per user, so two instances on a host would take
 # it from each other; the broker does not use it.
 control_socket_disable = True
+# How long a stopping instance (SIGTERM: systemctl stop or restart) lets its requests finish: as long
+# as nginx waits for an answer (proxy_read_timeout), which takes none later. The unit's
+# TimeoutStopSec= is longer still.
+graceful_timeout = 90
 
 MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
 # Names the directory this start created, so that exit removes it (a reload reads this file again).
@@ -55,6 +59,39 @@ def json_logs() -> None:
     use_json(access)
     if not any(isinstance(f, RedactQueryStrings) for f in access.filters):
         access.addFilter(RedactQueryStrings())
+
+
+def post_worker_init(worker) -> None:
+    """A stopping worker refuses new connections at once, and /readyz says it is stopping.
+
+    gunicorn's worker stops accepting on SIGTERM but keeps its listening socket open until its last
+    request is answered; connections meanwhile wait in the kernel's queue and are reset when it
+    exits, after nginx sent them a request. nginx then answers 502 to a POST, which it never sends
+    twice. A connection refused was never sent anything, so nginx passes any request to the next
+    instance. (gthread calls set_accept_enabled(False) when it stops, and when it is full.)
+    """
+    from broker.web import observability
+
+    toggle = worker.set_accept_enabled
+
+    def set_accept_enabled(enabled: bool) -> None:
+        toggle(enabled)
+        if not enabled and not worker.alive:
+            observability.STOPPING.set()
+            for listener in worker.sockets:
+                take_waiting(worker, listener)
+                listener.close()
+
+    worker.set_accept_enabled = set_accept_enabled
+
+
+def take_waiting(worker, listener) -> None:
+    """Connections already in the kernel's queue are answered, not reset (the listener does not block)."""
+    while True:
+        taken = worker.nr_conns
+        worker.accept(listener)
+        if worker.nr_conns == taken:
+            return
 
 
 def child_exit(server, worker) -> None:

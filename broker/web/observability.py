@@ -52,6 +52,8 @@ RELAY_PROBE = "broker.relay_probe"
 PROXY_WATCH = "broker.proxy_watch"
 # A wrong proxy count shows on every request: say so this often at most, per process.
 PROXY_WARN_EVERY = 60.0
+# Set in a gunicorn worker when its instance starts to stop (gunicorn.conf.py): /readyz answers 503 from then on.
+STOPPING = threading.Event()
 
 
 # -- request IDs -------------------------------------------------------------------
@@ -297,7 +299,7 @@ def may_read_readiness() -> bool:
 
 @bp.get("/readyz")
 def readyz():
-    """200 when this instance can serve, else 503: only the database decides.
+    """200 when this instance can serve, else 503: only the database decides, and a stop under way.
 
     A Redis that is down is reported ("degraded") but keeps the instance in the pool: every
     instance shares it, so 503 would take them all out at once, while each can go on with
@@ -315,9 +317,10 @@ def readyz():
     relay = relay_check() if details else None
     if relay is not None:
         checks["relay"] = relay
-    ready = checks["database"]["ok"]
+    stopping = STOPPING.is_set()
+    ready = checks["database"]["ok"] and not stopping
     degraded = not all(check["ok"] for check in checks.values())
-    status = "not ready" if not ready else "degraded" if degraded else "ready"
+    status = "stopping" if stopping else "not ready" if not ready else "degraded" if degraded else "ready"
     response = jsonify({"status": status, "checks": checks} if details else {"status": status})
     response.status_code = 200 if ready else 503
     response.headers["Cache-Control"] = "no-store"
