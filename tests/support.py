@@ -295,3 +295,67 @@ def http_answering(status: int, body: bytes = b"", headers: dict | None = None) 
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+class Forwarder:
+    """TCP from a local port to a server (PostgreSQL, in the outage tests), cut and restored at will: while
+    cut, open connections are dropped and new ones closed at once, as a server that went away looks to its
+    clients."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.down = threading.Event()
+        self.sockets: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True, name="pg-forwarder").start()
+
+    def cut(self) -> None:
+        self.down.set()
+        with self.lock:
+            for sock in self.sockets:
+                self._close(sock)
+            self.sockets.clear()
+
+    def restore(self) -> None:
+        self.down.clear()
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            if self.down.is_set():
+                self._close(client)
+                continue
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                self._close(client)
+                continue
+            server.settimeout(None)
+            with self.lock:
+                self.sockets |= {client, server}
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            self._close(sock)
+
+    @staticmethod
+    def _close(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()

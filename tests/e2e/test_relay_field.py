@@ -13,15 +13,12 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextlib import suppress
 from dataclasses import dataclass
 from dataclasses import field as field_of
 from datetime import UTC
@@ -64,6 +61,7 @@ from tests.e2e.test_relay import sleep_until
 from tests.e2e.test_relay import type_marker
 from tests.e2e.test_relay import wait_live
 from tests.support import POSTGRES_URL
+from tests.support import Forwarder
 from tests.support import needs
 
 # What the viewer says while the relay holds back what is typed (static/js/viewer.js).
@@ -77,69 +75,6 @@ PG_OPTIONS = {"options": "-c timezone=UTC"}
 USERS = ("idle-watcher", "lifetime-watcher", "ruled-out", "relay-down", "cloud-refuses", "cloud-gone", "db-outage")
 # The relay's log line for a console's record that waits for the database (broker.relay.console).
 RECORD_KEPT_BACK = "its record waits for the database"
-
-
-class Forwarder:
-    """TCP from a local port to PostgreSQL, cut and restored at will: while cut, open connections are
-    dropped and new ones closed at once, as a database that went away looks to its clients."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.down = threading.Event()
-        self.sockets: set[socket.socket] = set()
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True, name="pg-forwarder").start()
-
-    def cut(self) -> None:
-        self.down.set()
-        with self.lock:
-            for sock in self.sockets:
-                self._close(sock)
-            self.sockets.clear()
-
-    def restore(self) -> None:
-        self.down.clear()
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            if self.down.is_set():
-                self._close(client)
-                continue
-            try:
-                server = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                self._close(client)
-                continue
-            server.settimeout(None)
-            with self.lock:
-                self.sockets |= {client, server}
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        for sock in (source, sink):
-            self._close(sock)
-
-    @staticmethod
-    def _close(sock: socket.socket) -> None:
-        with suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-        sock.close()
 
 
 @contextmanager

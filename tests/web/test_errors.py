@@ -3,11 +3,8 @@ database out of reach answered as an outage (503) on a real PostgreSQL behind a 
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
-import socket
-import threading
 import uuid
 
 import pytest
@@ -23,6 +20,7 @@ from broker.web.errors import OUTAGE_LOG_EVERY
 from broker.web.errors import OutageLog
 from broker.web.errors import cloud_answer
 from tests.support import AGENT
+from tests.support import Forwarder
 from tests.support import csrf_from
 from tests.support import require_postgres
 from tests.support import server_id
@@ -55,58 +53,6 @@ def test_the_table_lists_only_cloud_errors():
 
 
 # -- the database out of reach -----------------------------------------------------------------------
-
-
-class Forwarder:
-    """A TCP forwarder of the test's own between the app and PostgreSQL: ``cut`` drops every connection
-    and closes each new one at once (a database server that went away), ``restore`` forwards again."""
-
-    def __init__(self, target: tuple[str, int]):
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.up = True
-        self.lock = threading.Lock()
-        self.sockets: set[socket.socket] = set()
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self) -> None:
-        while True:
-            try:
-                browser, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            if not self.up:
-                browser.close()
-                continue
-            server = socket.create_connection(self.target)
-            with self.lock:
-                self.sockets |= {browser, server}
-            for source, sink in ((browser, server), (server, browser)):
-                threading.Thread(target=self.pump, args=(source, sink), daemon=True).start()
-
-    def pump(self, source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-    def cut(self) -> None:
-        self.up = False
-        with self.lock:
-            dropped, self.sockets = self.sockets, set()
-        for sock in dropped:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def restore(self) -> None:
-        self.up = True
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
 
 
 @pytest.fixture
