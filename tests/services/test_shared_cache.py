@@ -185,11 +185,13 @@ def test_a_worker_checks_its_own_access_once_before_showing_the_shared_list(fake
 def test_a_cold_worker_waits_for_the_walk_another_holds_the_lock_for(fake, shared_redis, clock):
     holder, waiter = inventory_on(fake, shared_redis(), clock), inventory_on(fake, shared_redis(), clock, cold_wait=5)
     waiter.clouds["lab"].client.probe()  # its own calls work (a mint, say): it needs no check of its own
+    probed = fake.counts["list"]
     fake.faults.latency = 0.5
     walking = threading.Thread(target=holder.overview)
     walking.start()
     deadline = time.monotonic() + 5
-    while fake.counts["list"] == 0 and time.monotonic() < deadline:
+    # Until the holder's walk has reached the cloud (so it holds the lock); the probe's call is not it.
+    while fake.counts["list"] == probed and time.monotonic() < deadline:
         time.sleep(0.01)
     began = time.monotonic()
     assert len(waiter.overview().servers) == 7  # the holder's list, as soon as it landed
