@@ -27,6 +27,7 @@ from broker.demo.cloud import make_servers
 from tests.deploy.test_two_instances import METRICS_TOKEN
 from tests.deploy.test_two_instances import Deployment
 from tests.deploy.test_two_instances import clean_environment
+from tests.deploy.test_two_instances import command_environment
 from tests.deploy.test_two_instances import environment_file
 from tests.deploy.test_two_instances import fresh_database
 from tests.deploy.test_two_instances import nginx_configuration
@@ -92,12 +93,7 @@ def site(tmp_path_factory):
         # relay unit's RELAY_BIND; in this one file, so check and /readyz find it too).
         with env_file.open("a") as extra:
             extra.write(f"BROKER_CONSOLE_MODE=relay\nRELAY_BIND=127.0.0.1:{relay_port}\n")
-        flask_env = {
-            **clean_environment(),
-            "CONSOLE_BROKER_ENV": str(env_file),
-            "CONSOLE_BROKER_DIR": str(ROOT),
-            "CONSOLE_BROKER_VENV": sys.prefix,
-        }
+        flask_env = command_environment(env_file)
         deployment = Deployment(directory, cert, cloud, database, flask_env)
         for args, stdin in [
             (("db", "upgrade"), None),

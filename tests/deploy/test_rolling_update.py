@@ -32,6 +32,7 @@ from broker.demo.cloud import make_servers
 from tests.deploy.test_two_instances import Deployment
 from tests.deploy.test_two_instances import Instance
 from tests.deploy.test_two_instances import clean_environment
+from tests.deploy.test_two_instances import command_environment
 from tests.deploy.test_two_instances import environment_file
 from tests.deploy.test_two_instances import fresh_database
 from tests.deploy.test_two_instances import nginx_configuration
@@ -127,12 +128,7 @@ def site(tmp_path_factory):
         database = cleanup.enter_context(fresh_database())
         cert, key = self_signed_certificate(openssl, directory)
         env_file = environment_file(directory, cloud, database, shared)
-        flask_env = {
-            **clean_environment(),
-            "CONSOLE_BROKER_ENV": str(env_file),
-            "CONSOLE_BROKER_DIR": str(ROOT),
-            "CONSOLE_BROKER_VENV": sys.prefix,
-        }
+        flask_env = command_environment(env_file)
         deployment = Deployment(directory, cert, cloud, database, flask_env)
         upgraded = deployment.flask("db", "upgrade")
         assert upgraded.returncode == 0, upgraded.stderr

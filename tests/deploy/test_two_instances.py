@@ -104,6 +104,16 @@ def clean_environment() -> dict[str, str]:
     return env
 
 
+def command_environment(env_file: Path) -> dict:
+    """What deploy/console-broker-flask needs to run a management command with the servers' environment file."""
+    return {
+        **clean_environment(),
+        "CONSOLE_BROKER_ENV": str(env_file),
+        "CONSOLE_BROKER_DIR": str(ROOT),
+        "CONSOLE_BROKER_VENV": sys.prefix,
+    }
+
+
 # -- the pieces --------------------------------------------------------------------------
 
 
@@ -313,12 +323,7 @@ def deployment(tmp_path_factory):
         database = cleanup.enter_context(fresh_database())
         cert, key = self_signed_certificate(openssl, directory)
         env_file = environment_file(directory, cloud, database, shared)
-        flask_env = {
-            **clean_environment(),
-            "CONSOLE_BROKER_ENV": str(env_file),
-            "CONSOLE_BROKER_DIR": str(ROOT),
-            "CONSOLE_BROKER_VENV": sys.prefix,
-        }
+        flask_env = command_environment(env_file)
         deployment = Deployment(directory, cert, cloud, database, flask_env)
         # The deploy step: the schema first, then the servers.
         upgraded = deployment.flask("db", "upgrade")
