@@ -44,6 +44,27 @@ class StartupStopped(SystemExit):
         return self.message
 
 
+# Where the Procfile's relay: process listens without RELAY_BIND or RELAY_PORT.
+DEFAULT_RELAY_PORT = 5001
+
+
+def relay_bind_setting(env: Mapping[str, str]) -> str:
+    """The variable that says where the relay listens: ``RELAY_BIND`` when set, else ``RELAY_PORT``."""
+    return "RELAY_BIND" if env.get("RELAY_BIND") else "RELAY_PORT"
+
+
+def relay_bind(env: Mapping[str, str]) -> tuple[str, int]:
+    """(host, port) from ``RELAY_BIND`` (``host:port``, ``[::1]:port``) or ``RELAY_PORT``; ConfigError naming it."""
+    bind = env.get("RELAY_BIND") or f"127.0.0.1:{env.get('RELAY_PORT') or DEFAULT_RELAY_PORT}"
+    host, _, port = bind.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"{relay_bind_setting(env)} must give a host and a port such as 127.0.0.1:{DEFAULT_RELAY_PORT}, "
+            f"got {bind!r}"
+        )
+    return host.strip("[]"), int(port)
+
+
 def stop(message: str) -> NoReturn:
     """Print what is wrong (and what to change) and stop: under gunicorn, the whole server stops."""
     text = f"console-broker: configuration error: {message}"

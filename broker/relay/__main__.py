@@ -20,6 +20,9 @@ from flask import Flask
 
 from broker import create_app
 from broker import state
+from broker.config import ConfigError
+from broker.config import relay_bind
+from broker.config import relay_bind_setting
 from broker.config import stop
 from broker.demo import consoleproxy
 from broker.relay.server import Relay
@@ -27,7 +30,6 @@ from broker.services import relay as live
 
 log = logging.getLogger("broker.relay")
 
-DEFAULT_PORT = 5001
 # Worker threads for the synchronous service calls (tickets, mints, live-console rows). asyncio's
 # default (CPUs + 4) would make a burst of resumes (a cloud's proxy restarting under many
 # consoles) wait for each other's mints; more than the database pool holds would only queue there.
@@ -35,19 +37,12 @@ SERVICE_THREADS = 16
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def bind_setting(env: Mapping[str, str]) -> str:
-    """The variable that says where the relay listens: ``RELAY_BIND`` when set, else ``RELAY_PORT``."""
-    return "RELAY_BIND" if env.get("RELAY_BIND") else "RELAY_PORT"
-
-
 def bind_address(env: Mapping[str, str]) -> tuple[str, int]:
-    """(host, port) from ``RELAY_BIND`` (``host:port``, ``[::1]:port``) or ``RELAY_PORT``; a bad one stops start-up."""
-    name = bind_setting(env)
-    bind = env.get("RELAY_BIND") or f"127.0.0.1:{env.get('RELAY_PORT') or DEFAULT_PORT}"
-    host, _, port = bind.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        stop(f"{name} must give a host and a port such as 127.0.0.1:{DEFAULT_PORT}, got {bind!r}")
-    return host.strip("[]"), int(port)
+    """(host, port) from ``RELAY_BIND`` or ``RELAY_PORT``; a bad one stops start-up."""
+    try:
+        return relay_bind(env)
+    except ConfigError as exc:
+        stop(str(exc))
 
 
 # Why an address cannot be listened on, and what to change, by errno; others give the system's words.
@@ -121,7 +116,7 @@ def main() -> None:
         # Rows a relay left behind when it died (not listed, but never removed by it).
         if gone := live.forget_stale():
             log.info("relay: forgot %d live consoles of relays that stopped without closing them", gone)
-    asyncio.run(serve(Relay(app, mounts=demo_mounts(app, host, port)), host, port, bind_setting(os.environ)))
+    asyncio.run(serve(Relay(app, mounts=demo_mounts(app, host, port)), host, port, relay_bind_setting(os.environ)))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from broker import config
 from broker import schema
 from broker.cloud import registry
 from broker.cloud.health import Finding
@@ -35,7 +36,6 @@ RELAY_PROBE_TIMEOUT = 2.0
 # How long /readyz reuses a probe's answer: polled every second or two, it would otherwise open a
 # connection each time, and wait up to the timeout each time when the relay's host does not answer.
 RELAY_PROBE_TTL = 5.0
-DEFAULT_RELAY_PORT = 5001
 
 
 def check_database() -> list[Finding]:
@@ -155,15 +155,11 @@ def relay_mode(settings: Settings, service: ConsoleService) -> bool:
 
 
 def relay_bind(env: Mapping[str, str]) -> tuple[str, int]:
-    """(host, port) the relay listens on, read as the relay reads it (broker/relay/__main__.py's bind_address)."""
-    name = "RELAY_BIND" if env.get("RELAY_BIND") else "RELAY_PORT"
-    bind = env.get("RELAY_BIND") or f"127.0.0.1:{env.get('RELAY_PORT') or DEFAULT_RELAY_PORT}"
-    host, _, port = bind.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise RelaySettingError(
-            f"relay: {name} must give a host and a port such as 127.0.0.1:{DEFAULT_RELAY_PORT}, got {bind!r}"
-        )
-    return host.strip("[]"), int(port)
+    """(host, port) the relay listens on, read as the relay reads it."""
+    try:
+        return config.relay_bind(env)
+    except config.ConfigError as exc:
+        raise RelaySettingError(f"relay: {exc}") from None
 
 
 def reachable_host(host: str) -> str:
