@@ -9,10 +9,12 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import requests
@@ -172,6 +174,53 @@ class AuthActions:
 
     def logout(self):
         return self.client.post("/logout", data={"csrf_token": self.csrf()})
+
+
+# -- waiting for what another thread, process or browser does ----------------------
+
+T = TypeVar("T")
+
+
+def _polls(timeout: float, interval: float, message: str | Callable[[], str]) -> Iterator[float]:
+    """Pause lengths until ``timeout`` has passed, then the AssertionError; one clock for both kinds of wait."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        yield min(interval, left)
+    yield 0  # one last look at the deadline itself
+    text = message() if callable(message) else message
+    raise AssertionError(f"{text} (not within {timeout:g} s)")
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float = 5.0,
+    interval: float = 0.02,
+    message: str | Callable[[], str] = "condition not met",
+) -> T:
+    """``predicate()``'s first truthy answer, asked every ``interval`` s; AssertionError with ``message``
+    once ``timeout`` s pass without one (``message`` may be a callable, for a log read only on failure).
+
+    For a condition another thread or process makes true: the test goes on as soon as it holds, and a
+    slow machine gets the whole timeout rather than a guessed sleep."""
+    for pause in _polls(timeout, interval, message):
+        if value := predicate():
+            return value
+        time.sleep(pause)
+    raise AssertionError("unreachable")  # _polls raises first
+
+
+async def wait_until_async(
+    predicate: Callable[[], T],
+    timeout: float = 5.0,
+    interval: float = 0.01,
+    message: str | Callable[[], str] = "condition not met",
+) -> T:
+    """``wait_until`` inside an event loop: the pause yields to the loop, so its tasks can make the condition true."""
+    for pause in _polls(timeout, interval, message):
+        if value := predicate():
+            return value
+        await asyncio.sleep(pause)
+    raise AssertionError("unreachable")
 
 
 # -- servers started by tests --------------------------------------------------------

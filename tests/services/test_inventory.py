@@ -20,6 +20,7 @@ from broker.demo.cloud import Server
 from broker.services.inventory import Inventory
 from tests.support import make_client
 from tests.support import server_id
+from tests.support import wait_until
 
 # Longer than any test may take: a call into a hung cloud ends only when the test releases it.
 HANG = 30.0
@@ -85,13 +86,19 @@ def in_threads(count: int, call) -> tuple[list[threading.Thread], list]:
     return threads, results
 
 
-def wait_until(condition, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
+def joining(inventory: Inventory, monkeypatch) -> list:
+    """The plans callers have taken from the inventory (a fetch to wait for, or none), one per caller and cloud:
+    once a caller has one, a release can no longer make it start a fetch of its own."""
+    plans: list = []
+    real = inventory._due
+
+    def due(name: str):
+        plan = real(name)
+        plans.append(plan)
+        return plan
+
+    monkeypatch.setattr(inventory, "_due", due)
+    return plans
 
 
 @pytest.mark.parametrize(
@@ -99,14 +106,16 @@ def wait_until(condition, timeout: float = 5.0) -> bool:
     [(None, "7 servers"), (403, "Listing servers: Injected failure 403 for list.")],
     ids=["success", "failure"],
 )
-def test_waiters_on_a_first_fetch_share_its_outcome(fake, failure, expected):
+def test_waiters_on_a_first_fetch_share_its_outcome(fake, failure, expected, monkeypatch):
     inventory = Inventory([Cloud("lab", patient_client(fake, "lab"), 600, "idle")], ttl=30, cold_wait=HANG)
+    plans = joining(inventory, monkeypatch)
     fake.faults.hang["token"] = HANG  # Keystone hangs until released
     if failure:
         fake.faults.fail_next["list"] = [failure]
     threads, results = in_threads(8, inventory.overview)
     assert wait_until(lambda: fake.counts["token"] == 1)
-    time.sleep(0.2)  # every waiter is inside overview() by now
+    wait_until(lambda: len(plans) == 8, message="all eight waiters inside overview()")
+    assert all(fetch is plans[0][0] for fetch, _ in plans)  # one fetch in flight, for everyone
     fake.release_hangs()
     for thread in threads:
         thread.join(10)

@@ -30,6 +30,7 @@ from tests.support import REDIS_URL
 from tests.support import make_client
 from tests.support import require_redis
 from tests.support import server_id
+from tests.support import wait_until
 
 
 class FakeClock:
@@ -59,7 +60,7 @@ def shared_redis():
     """A SharedRedis on the test database, flushed first; skipped without Redis (failed under CI=true)."""
     require_redis()
     # A generous timeout: on a loaded machine a slow answer would send a worker to its own walk (by design).
-    return lambda: CountingRedis(REDIS_URL, retry_after=0.2, timeout=5)
+    return lambda **kwargs: CountingRedis(REDIS_URL, retry_after=0.2, timeout=5, **kwargs)
 
 
 @pytest.fixture
@@ -189,10 +190,8 @@ def test_a_cold_worker_waits_for_the_walk_another_holds_the_lock_for(fake, share
     fake.faults.latency = 0.5
     walking = threading.Thread(target=holder.overview)
     walking.start()
-    deadline = time.monotonic() + 5
     # Until the holder's walk has reached the cloud (so it holds the lock); the probe's call is not it.
-    while fake.counts["list"] == probed and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: fake.counts["list"] != probed, interval=0.01, message="the holder's walk reached the cloud")
     began = time.monotonic()
     assert len(waiter.overview().servers) == 7  # the holder's list, as soon as it landed
     assert time.monotonic() - began < 2
@@ -212,9 +211,7 @@ def test_a_stale_shared_list_is_shown_while_another_worker_refreshes(fake, share
     assert len(overview.servers) == 7 and fake.counts["list"] == 2  # the stale copy, no second walk (one check)
     assert client.get(f"{SHARED_PREFIX}lab:lock") == b"someone-else"  # not ours to take or release
     client.delete(f"{SHARED_PREFIX}lab:lock")  # the other worker gave up: this one refreshes
-    deadline = time.monotonic() + 5
-    while fake.counts["list"] < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: fake.counts["list"] >= 3, message="the newcomer's own refresh")
     assert fake.counts["list"] == 3
 
 
@@ -229,7 +226,7 @@ def test_the_lock_is_released_only_by_its_owner(shared_redis):
 
 
 def test_redis_down_means_lists_per_process_until_it_is_back(fake, shared_redis, clock):
-    shared = shared_redis()
+    shared = shared_redis(clock=clock)  # its retry_after passes on the test's clock, not in a sleep
     worker = inventory_on(fake, shared, clock)
     assert len(worker.overview().servers) == 7
     reachable = shared.client
@@ -242,8 +239,9 @@ def test_redis_down_means_lists_per_process_until_it_is_back(fake, shared_redis,
     assert fake.counts["list"] == 2 and not shared.usable()
     assert worker.overview("renamed").servers and fake.counts["list"] == 2  # and cached as before
     shared.client = reachable
-    time.sleep(0.25)  # SharedRedis tries again after retry_after
-    clock.now += 31
+    assert not shared.usable()  # not asked again before retry_after...
+    clock.now += 31  # ...which has passed by the next cache lifetime
+    assert shared.usable()
     fake.servers[server_id(1)].name = "web-01-again"
     assert worker.overview("again").servers
     assert fake.counts["list"] == 3 and shared.usable()
