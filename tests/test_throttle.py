@@ -7,7 +7,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -116,12 +115,16 @@ def test_with_redis_down_each_process_still_limits_on_its_own():
 
 
 def test_counting_goes_back_to_redis_when_it_answers_again(redis_url):
-    shared = SharedRedis(redis_url, retry_after=0.2)
+    now = [1000.0]
+    # Redis is tried again after retry_after on this clock, which the test moves instead of sleeping.
+    shared = SharedRedis(redis_url, retry_after=0.2, clock=lambda: now[0])
     throttle = Throttle(redis_url, shared=shared)
     limit = parse_limit("5 per minute")
     shared.failed(ConnectionError("the test cut it"))
     assert throttle.take(limit, "account").local
-    time.sleep(0.25)
+    now[0] += 0.19
+    assert throttle.take(limit, "account").local  # not asked again before retry_after
+    now[0] += 0.01
     assert not throttle.take(limit, "account").local
     # Another instance on the same Redis sees that one shared slot, not the local one.
     other = Throttle(redis_url)
