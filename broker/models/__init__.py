@@ -1,16 +1,15 @@
-"""Tables only: users, groups and access rules, sign-in sessions, the audit trail, relay tickets and live
-consoles, pins and power confirmations, and the running instances."""
+"""Tables only: users, groups and access rules, sign-in sessions, the audit trail, single-use tokens (relay
+tickets and power confirmations), live consoles, pins, and the running instances."""
 
 from broker.models.access import AccessRule
 from broker.models.access import Group
 from broker.models.access import memberships
 from broker.models.agent import Pin
-from broker.models.agent import PowerConfirmation
 from broker.models.audit import AuditRecord
 from broker.models.instance import Instance
 from broker.models.relay import LiveConsole
-from broker.models.relay import RelayTicket
 from broker.models.session import UserSession
+from broker.models.token import SingleUseToken
 from broker.models.user import NO_PASSWORD
 from broker.models.user import ROLES
 from broker.models.user import SOURCES
@@ -26,9 +25,12 @@ __all__ = [
     "Instance",
     "LiveConsole",
     "Pin",
-    "PowerConfirmation",
-    "RelayTicket",
+    "SingleUseToken",
     "User",
     "UserSession",
     "memberships",
 ]
+
+# The old name, kept only until tests/web/test_api.py (another engineer's, mid-change) imports
+# SingleUseToken; then remove it. Not a model of its own: power confirmations are rows of purpose "power".
+PowerConfirmation = SingleUseToken

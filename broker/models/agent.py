@@ -1,4 +1,4 @@
-"""An agent's own things: the servers they pinned, and the power confirmations they were given."""
+"""An agent's own things: the servers they pinned (power confirmations are single-use tokens, models/token.py)."""
 
 from __future__ import annotations
 
@@ -29,18 +29,3 @@ class Pin(db.Model):
     cloud: Mapped[str] = mapped_column(String(64))
     server_id: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=_now)
-
-
-class PowerConfirmation(db.Model):
-    """One confirmed power action a session may send, once, until it expires. Only its hash is kept."""
-
-    __tablename__ = "power_confirmations"
-
-    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    session_id: Mapped[str] = mapped_column(String(64))
-    server_id: Mapped[str] = mapped_column(String(64))
-    cloud: Mapped[str] = mapped_column(String(64))
-    action: Mapped[str] = mapped_column(String(16))
-    expires_at: Mapped[datetime] = mapped_column(index=True)
-    used_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -1,4 +1,4 @@
-"""Relay mode's tables: single-use websocket tickets, and the consoles connected right now."""
+"""Relay mode's table: the consoles connected right now (tickets are single-use tokens, models/token.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from datetime import UTC
 from datetime import datetime
 
 from sqlalchemy import BigInteger
-from sqlalchemy import ForeignKey
 from sqlalchemy import String
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
@@ -16,23 +15,6 @@ from broker.extensions import db
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-class RelayTicket(db.Model):
-    """What one ticket lets its session open, once, until it expires. Only the ticket's hash is kept."""
-
-    __tablename__ = "relay_tickets"
-
-    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    session_id: Mapped[str] = mapped_column(String(64))
-    server_id: Mapped[str] = mapped_column(String(64))
-    server_name: Mapped[str] = mapped_column(String(255), default="")
-    cloud: Mapped[str] = mapped_column(String(64))
-    # The page's scheme://host[:port]: the websocket must come from the same origin.
-    origin: Mapped[str] = mapped_column(String(255))
-    expires_at: Mapped[datetime] = mapped_column(index=True)
-    used_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class LiveConsole(db.Model):

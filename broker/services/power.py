@@ -11,26 +11,21 @@ detail the action's name).
 from __future__ import annotations
 
 import contextlib
-import secrets
 from dataclasses import dataclass
-from datetime import timedelta
-
-from sqlalchemy import delete
-from sqlalchemy import update
 
 from broker.cloud import errors
 from broker.cloud.types import ServerInfo
 from broker.extensions import db
-from broker.models import PowerConfirmation
 from broker.models import User
 from broker.services import audit
+from broker.services import tokens
 from broker.services.consoles import ConsoleService
 from broker.services.policy import access_for
-from broker.services.relay import digest
-from broker.services.relay import now
 
 # Time to read the question and decide; short, so a confirmation left in a page is worthless.
 CONFIRMATION_TTL = 120
+# A confirmation is a single-use token of this purpose (broker/services/tokens.py), its action the scope.
+PURPOSE = "power"
 # Each action, the statuses it fits (Nova refuses the others with 409), and the question asked.
 ACTIONS = {
     "start": (("SHUTOFF",), "Start server {name}?"),
@@ -85,18 +80,15 @@ class PowerService:
                 f"Server {server.name} is {server.status}: {action.replace('-', ' ')} needs it "
                 f"{' or '.join(statuses)}.",
             )
-        token = secrets.token_urlsafe(32)
-        db.session.execute(delete(PowerConfirmation).where(PowerConfirmation.expires_at < now()))
-        db.session.add(
-            PowerConfirmation(
-                digest=digest(token),
-                user_id=user.id,
-                session_id=session_id,
-                server_id=server.id,
-                cloud=server.cloud,
-                action=action,
-                expires_at=now() + timedelta(seconds=CONFIRMATION_TTL),
-            )
+        token = tokens.issue(
+            PURPOSE,
+            CONFIRMATION_TTL,
+            user_id=user.id,
+            session_id=session_id,
+            server_id=server.id,
+            cloud=server.cloud,
+            scope=action,
+            server_name=server.name,
         )
         db.session.commit()
         return Confirmation(token, action, server, question.format(name=server.name))
@@ -151,25 +143,18 @@ class PowerService:
 
     @staticmethod
     def _use(token: str, user: User, session_id: str, server: ServerInfo, action: str) -> bool:
-        """Use up the confirmation if every binding holds (one UPDATE: a replay never wins twice)."""
-        if not token or len(token) > 128:
-            return False
-        claimed = db.session.execute(
-            update(PowerConfirmation)
-            .where(
-                PowerConfirmation.digest == digest(token),
-                PowerConfirmation.used_at.is_(None),
-                PowerConfirmation.expires_at > now(),
-                PowerConfirmation.user_id == user.id,
-                PowerConfirmation.session_id == session_id,
-                PowerConfirmation.server_id == server.id,
-                PowerConfirmation.cloud == server.cloud,
-                PowerConfirmation.action == action,
-            )
-            .values(used_at=now())
-        ).rowcount
+        """Use up the confirmation if every binding holds; committed before the action goes to the cloud."""
+        claim = tokens.claim(
+            PURPOSE,
+            token,
+            user_id=user.id,
+            session_id=session_id,
+            server_id=server.id,
+            cloud=server.cloud,
+            scope=action,
+        )
         db.session.commit()
-        return bool(claimed)
+        return claim.granted
 
     def _current(self, server: ServerInfo) -> ServerInfo:
         """The server re-read after the action (the list's copy is out of date now); as it was if that fails."""

@@ -10,12 +10,9 @@ change, removal, back-channel logout) closes its consoles within seconds.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC
 from datetime import datetime
 from datetime import timedelta
 from typing import ParamSpec
@@ -32,10 +29,13 @@ from sqlalchemy.exc import OperationalError
 from broker.cloud.types import ServerInfo
 from broker.extensions import db
 from broker.models import LiveConsole
-from broker.models import RelayTicket
+from broker.models import SingleUseToken
 from broker.models import User
 from broker.models import UserSession
 from broker.services import audit
+from broker.services import tokens
+from broker.services.clock import aware
+from broker.services.clock import now
 from broker.services.consoles import RELAY
 from broker.services.consoles import ConsoleService
 from broker.services.consoles import Minted
@@ -49,6 +49,10 @@ T = TypeVar("T")
 # Long enough for a page to open its websocket on a slow link; short enough that a copied
 # ticket (it is in the websocket URL, so it may reach a proxy's access log) is worthless.
 TICKET_TTL = 30
+# A ticket is a single-use token of this purpose (broker/services/tokens.py).
+PURPOSE = "relay"
+# What a websocket is told when its ticket was never issued, is spent or has expired.
+LAPSED = {tokens.UNKNOWN: "unknown ticket", tokens.USED: "ticket already used", tokens.EXPIRED: "ticket expired"}
 # A row its relay has not touched for this long (five of its polls) belongs to a relay that died:
 # not listed, not counted against its user, and removed by the next relay that polls.
 STALE_AFTER = 10
@@ -150,19 +154,6 @@ class Live:
     ending: bool
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def aware(moment: datetime) -> datetime:
-    """SQLite hands datetimes back without their zone; every one stored here is UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def open_consoles(user_id: int) -> int:
     """How many relay consoles the user has connected now, on every relay."""
     fresh = now() - timedelta(seconds=STALE_AFTER)
@@ -182,19 +173,15 @@ def issue(user: User, session_id: str, server: ServerInfo, origin: str, limit: i
         fields = {"cloud": server.cloud, "server_id": server.id, "server_name": server.name}
         audit.record("console", "refused", username=user.username, detail="relay", reason=reason, **fields)
         raise refusal
-    token = secrets.token_urlsafe(32)
-    db.session.execute(delete(RelayTicket).where(RelayTicket.expires_at < now() - timedelta(seconds=TICKET_TTL)))
-    db.session.add(
-        RelayTicket(
-            digest=digest(token),
-            user_id=user.id,
-            session_id=session_id,
-            server_id=server.id,
-            server_name=server.name[:255],
-            cloud=server.cloud,
-            origin=origin[:255],
-            expires_at=now() + timedelta(seconds=TICKET_TTL),
-        )
+    token = tokens.issue(
+        PURPOSE,
+        TICKET_TTL,
+        user_id=user.id,
+        session_id=session_id,
+        server_id=server.id,
+        cloud=server.cloud,
+        scope=origin,
+        server_name=server.name,
     )
     db.session.commit()
     return token
@@ -203,43 +190,37 @@ def issue(user: User, session_id: str, server: ServerInfo, origin: str, limit: i
 @database_required
 def redeem(token: str, *, session_id: str | None, user_id: int | None, origin: str | None) -> Ticket:
     """The ticket's grant, used up now; TicketRefused (audited) when any binding does not hold."""
-    row, claimed = _claim(token or "")
+    claim = _claim(token or "", session_id, user_id, origin)
     try:
-        return _check(row, claimed, session_id, user_id, origin)
+        return _check(claim, session_id, user_id, origin)
     except TicketRefused as refused:
-        _audit_refusal(row, refused)
+        _audit_refusal(claim.row, refused)
         raise
 
 
-def _claim(token: str) -> tuple[RelayTicket | None, bool]:
-    """The ticket's row, and whether this call used it up (one UPDATE: two redeemers cannot both win)."""
-    key = digest(token)
-    claimed = db.session.execute(
-        update(RelayTicket).where(RelayTicket.digest == key, RelayTicket.used_at.is_(None)).values(used_at=now())
-    ).rowcount
+def _claim(token: str, session_id: str | None, user_id: int | None, origin: str | None) -> tokens.Claim:
+    """Use the ticket up, whatever the attempt brings: one tried by a thief is spent, even for its owner."""
+    claim = tokens.claim(
+        PURPOSE, token, spent_by_any_attempt=True, user_id=user_id, session_id=session_id, scope=origin
+    )
     db.session.commit()
-    return db.session.get(RelayTicket, key), bool(claimed)
+    return claim
 
 
-def _check(
-    row: RelayTicket | None, claimed: bool, session_id: str | None, user_id: int | None, origin: str | None
-) -> Ticket:
-    if row is None:
-        raise TicketRefused("unknown ticket")
-    if not claimed:
-        raise TicketRefused("ticket already used")
-    if aware(row.expires_at) < now():
-        raise TicketRefused("ticket expired")
+def _check(claim: tokens.Claim, session_id: str | None, user_id: int | None, origin: str | None) -> Ticket:
+    if claim.refusal in LAPSED:
+        raise TicketRefused(LAPSED[claim.refusal])
     if not session_id or user_id is None:
         raise TicketRefused("no sign-in session with the websocket", status=401)
-    if row.session_id != session_id or row.user_id != user_id:
+    if claim.refusal in ("user_id", "session_id"):
         raise TicketRefused("ticket of another sign-in session")
-    if not origin or origin != row.origin:
+    if not origin or claim.refusal == "scope":
         raise TicketRefused(f"websocket from another origin ({(origin or 'none')[:100]})")
+    row = claim.row
     user = _live_user(session_id)
     if user is None or user.id != row.user_id:
         raise TicketRefused("the sign-in session has ended", status=401)
-    return Ticket(user.id, user.username, session_id, row.server_id, row.server_name, row.cloud, row.origin)
+    return Ticket(user.id, user.username, session_id, row.server_id, row.server_name, row.cloud, row.scope)
 
 
 def _live_user(session_id: str) -> User | None:
@@ -250,7 +231,7 @@ def _live_user(session_id: str) -> User | None:
     )
 
 
-def _audit_refusal(row: RelayTicket | None, refused: TicketRefused) -> None:
+def _audit_refusal(row: SingleUseToken | None, refused: TicketRefused) -> None:
     fields = {"detail": "relay", "reason": refused.reason}
     if row is None:
         # Anyone can knock with a made-up ticket: stored once a minute per address at most.

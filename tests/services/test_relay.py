@@ -15,17 +15,20 @@ from broker.cloud.types import ServerInfo
 from broker.extensions import db
 from broker.models import AuditRecord
 from broker.models import LiveConsole
-from broker.models import RelayTicket
+from broker.models import SingleUseToken
 from broker.models import UserSession
 from broker.services import management
 from broker.services import policy
 from broker.services import relay
+from broker.services import tokens
 from broker.services import users
 from tests.support import ADMIN
 from tests.support import AGENT
 from tests.support import server_id
 
 ORIGIN = "https://broker.example"
+# Relay tickets among the single-use tokens.
+TICKETS = SingleUseToken.purpose == relay.PURPOSE
 SERVER = ServerInfo(id=server_id(1), name="web-01", status="ACTIVE", cloud="lab")
 
 
@@ -65,8 +68,8 @@ def test_a_ticket_is_redeemed_once_with_everything_it_grants(ctx):
 def test_only_the_tickets_hash_is_stored(ctx):
     _, sid = signed_in()
     token = issued(sid)
-    stored = db.session.scalars(select(RelayTicket)).one()
-    assert token not in repr(vars(stored)) and stored.digest == relay.digest(token)
+    stored = db.session.scalars(select(SingleUseToken).where(TICKETS)).one()
+    assert token not in repr(vars(stored)) and stored.digest == tokens.digest(token)
 
 
 @pytest.mark.parametrize(
@@ -114,7 +117,7 @@ def test_an_expired_ticket_is_refused(ctx):
     user_id, sid = signed_in()
     token = issued(sid)
     past = datetime.now(UTC) - timedelta(seconds=1)
-    db.session.execute(update(RelayTicket).values(expires_at=past))
+    db.session.execute(update(SingleUseToken).where(TICKETS).values(expires_at=past))
     db.session.commit()
     with pytest.raises(relay.TicketRefused, match="expired"):
         relay.redeem(token, session_id=sid, user_id=user_id, origin=ORIGIN)
@@ -133,10 +136,12 @@ def test_a_ticket_of_an_ended_session_is_refused_as_signed_out(ctx):
 def test_old_tickets_are_cleared_when_new_ones_are_issued(ctx):
     _, sid = signed_in()
     issued(sid)
-    db.session.execute(update(RelayTicket).values(expires_at=datetime.now(UTC) - timedelta(minutes=5)))
+    db.session.execute(
+        update(SingleUseToken).where(TICKETS).values(expires_at=datetime.now(UTC) - timedelta(minutes=5))
+    )
     db.session.commit()
     issued(sid)
-    assert db.session.scalar(select(db.func.count()).select_from(RelayTicket)) == 1
+    assert db.session.scalar(select(db.func.count()).select_from(SingleUseToken).where(TICKETS)) == 1
 
 
 def connected(sid: str = "session-1", name: str = AGENT[0]) -> int:
@@ -377,10 +382,10 @@ def test_ending_a_console_from_the_admin_page_ends_its_sign_in_too(ctx):
 def test_a_ticket_past_the_users_console_limit_is_refused_naming_how_many_are_open(ctx):
     for n in range(3):
         connected(sid=f"session-{n}")
-    before = db.session.scalar(select(db.func.count()).select_from(RelayTicket))
+    before = db.session.scalar(select(db.func.count()).select_from(SingleUseToken).where(TICKETS))
     with pytest.raises(relay.TooManyConsoles, match="You have 3 consoles open, the most one person may have at once"):
         issued("session-0", limit=3)
-    assert db.session.scalar(select(db.func.count()).select_from(RelayTicket)) == before
+    assert db.session.scalar(select(db.func.count()).select_from(SingleUseToken).where(TICKETS)) == before
     [refusal] = [r for r in audit_rows("console") if r.outcome == "refused"]
     assert refusal.reason == "3 consoles open, at the limit of 3 (BROKER_MAX_CONSOLES_PER_USER)"
     issued("session-0", limit=4)  # below the limit: issued
