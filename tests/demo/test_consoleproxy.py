@@ -23,6 +23,7 @@ from broker.demo.consoleproxy import Grant
 from tests.demo import Viewer
 from tests.demo import synchronous
 from tests.demo import until
+from tests.support import wait_until_async
 
 
 @dataclass
@@ -90,16 +91,9 @@ async def test_a_good_token_opens_the_named_servers_console_and_typing_is_answer
             assert "demo console of web-01" in viewer.text(0)
             viewer.type("hello\n")
             await until(viewer, lambda: viewer.text(4) == "demo: hello: command not found")
-        await until_true(lambda: len(proxy.ended) == 1)
+        await wait_until_async(lambda: len(proxy.ended) == 1, message="the proxy ended the session")
     assert "demo console of web-01 opened" in caplog.text
     assert token not in caplog.text
-
-
-async def until_true(check, seconds: float = 5) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 @synchronous
@@ -177,7 +171,7 @@ async def test_enforce_session_timeout_closes_at_expiry_as_websockify_does():
                 await viewer.update()
         assert (websocket.close_code, websocket.close_reason) == (1000, "Target closed")
         assert time.time() >= expires_at
-        await until_true(lambda: len(proxy.ended) == 1)
+        await wait_until_async(lambda: len(proxy.ended) == 1, message="the proxy ended the session")
 
 
 @synchronous
@@ -211,4 +205,4 @@ async def test_a_text_message_ends_the_session():
     async with running(lambda token: Grant("web-01")) as proxy, connect(f"{proxy.url}?token=t") as websocket:
         await viewer_on(websocket)
         await websocket.send("RFB in base64, as websockify's long-gone text mode did")
-        await until_true(lambda: len(proxy.ended) == 1)
+        await wait_until_async(lambda: len(proxy.ended) == 1, message="the proxy ended the session")
