@@ -9,6 +9,7 @@ import redis
 from sqlalchemy import create_engine
 from sqlalchemy import inspect
 from sqlalchemy import text
+from xdist.scheduler import LoadFileScheduling
 
 from broker import create_app
 from broker.cloud.client import ComputeClient
@@ -19,6 +20,7 @@ from broker.extensions import db
 from broker.extensions import limiter
 from broker.services import policy
 from broker.services import users
+from tests import workers  # before tests.support: it gives a parallel run's workers databases of their own
 from tests.support import ADMIN
 from tests.support import AGENT
 from tests.support import POSTGRES_URL
@@ -29,6 +31,48 @@ from tests.support import fleet
 from tests.support import make_client
 from tests.support import require_postgres
 from tests.support import require_redis
+
+# Run on one worker of a parallel run (pytest-xdist), each as a whole: the browser tests and the lab's
+# share one console lab and one Chromium (package fixtures) and start QEMU guests, whose VNC displays two
+# labs starting at once could both pick. Every other file is a unit of its own, so that its module
+# fixtures (a deployment behind nginx, say) start once.
+ONE_WORKER = {"tests/e2e/": "browser-and-lab", "tests/lab/": "browser-and-lab"}
+# The longest units, handed out first so that none starts last and keeps a run waiting on it alone.
+LONGEST_FIRST = ("tests/e2e/", "tests/lab/", "tests/deploy/")
+
+
+class FileOrGroupScheduling(LoadFileScheduling):
+    """pytest-xdist's ``--dist loadfile``, with the files of ``ONE_WORKER`` in one unit.
+
+    Not ``--dist loadgroup`` with markers: pytest-xdist 3.8 marks a test's group in an attribute pytest 9
+    no longer reads, so every test of a group went wherever it was sent.
+    """
+
+    def _split_scope(self, nodeid: str) -> str:
+        path = nodeid.partition("::")[0]
+        return next((group for prefix, group in ONE_WORKER.items() if path.startswith(prefix)), path)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own choice of scheduler
+def pytest_xdist_make_scheduler(config: pytest.Config, log) -> FileOrGroupScheduling | None:
+    """With ``-n`` (``--dist loadfile`` is in pyproject.toml): whole files to a worker, browser and lab together."""
+    return FileOrGroupScheduling(config, log) if config.getvalue("dist") == "loadfile" else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A worker of a parallel run makes its PostgreSQL database (tests.workers) before any test needs it."""
+    if workers.WORKER is not None:
+        workers.create_postgres_database(POSTGRES_URL)
+
+
+def hand_out_order(item: pytest.Item) -> int:
+    return next((n for n, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)), len(LONGEST_FIRST))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a worker of a parallel run, the longest units first: the scheduler hands out units in this order."""
+    if workers.WORKER is not None:
+        items.sort(key=hand_out_order)
 
 
 @pytest.fixture(scope="session")
