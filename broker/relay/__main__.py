@@ -1,7 +1,7 @@
 """``python -m broker.relay`` (the Procfile's ``relay:`` line): the relay process, until SIGTERM or SIGINT.
 
-It builds the same app as the web process, from the same environment, for its settings,
-database, services and audit; it serves no pages. It listens on ``RELAY_BIND``, else on
+Its host (``broker.relayhost``) builds the same app as the web process, from the same
+environment, for its settings, database, services and audit; it serves no pages. It listens on ``RELAY_BIND``, else on
 127.0.0.1:``RELAY_PORT`` (default 5001).
 """
 
@@ -9,24 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import functools
 import logging
 import os
 import signal
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-from flask import Flask
-
-from broker import create_app
-from broker import state
+from broker import relayhost
 from broker.config import ConfigError
 from broker.config import relay_bind
 from broker.config import relay_bind_setting
 from broker.config import stop
-from broker.demo import consoleproxy
 from broker.relay.server import Relay
-from broker.services import relay as live
 
 log = logging.getLogger("broker.relay")
 
@@ -90,33 +84,13 @@ async def serve(relay: Relay, host: str, port: int, setting: str = "RELAY_BIND")
     await relay.stop()
 
 
-def demo_mounts(app: Flask, host: str, port: int) -> dict:
-    """On the demo cloud, this relay also plays its console proxy: its console URLs name this relay."""
-    fake = state.of(app).demo_cloud
-    if fake is None:
-        return {}
-    # The relay reaches its own proxy over loopback whatever address it listens on.
-    own = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    fake.serve_consoles_at(f"http://{own}:{port}/demo-console", consoleproxy.PATH.lstrip("/"))
-
-    def lookup(token: str) -> consoleproxy.Grant | None:
-        server = fake.check_console_token(token)
-        return consoleproxy.Grant(server.name, fake.console_token_expiry(token)) if server else None
-
-    return {consoleproxy.PATH: functools.partial(consoleproxy.handle, lookup=lookup)}
-
-
 def main() -> None:
-    # The schema and the demo account are the web process's to make; the relay waits for them.
-    app = create_app({"SCHEMA_OWNER": False})
+    app = relayhost.broker_app()
     # websockets' DEBUG lines hold request paths, and so tickets: never those, whatever the root level.
     logging.getLogger("websockets").setLevel(logging.INFO)
     host, port = bind_address(os.environ)
-    with app.app_context():
-        # Rows a relay left behind when it died (not listed, but never removed by it).
-        if gone := live.forget_stale():
-            log.info("relay: forgot %d live consoles of relays that stopped without closing them", gone)
-    asyncio.run(serve(Relay(app, mounts=demo_mounts(app, host, port)), host, port, relay_bind_setting(os.environ)))
+    relay = relayhost.relay_process(app, host, port)
+    asyncio.run(serve(relay, host, port, relay_bind_setting(os.environ)))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ a full screen), and what the viewer sent meanwhile follows in order, once.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 from collections.abc import Awaitable
@@ -37,13 +36,14 @@ from broker.relay.upstream import ByteReader
 from broker.relay.upstream import SecurityRefused
 from broker.relay.upstream import Upstream
 from broker.relay.upstream import UpstreamError
+from broker.services.consoles import Minted
 from broker.services.relay import DatabaseUnavailable
 from broker.services.relay import LiveReport
 from broker.services.relay import SessionOver
+from broker.services.relay import Ticket
 
 if TYPE_CHECKING:
     from broker.relay.server import Admission
-    from broker.relay.server import Relay
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,26 @@ class Retry:
         return self.delays[min(failures, len(self.delays)) - 1]
 
 
+@dataclass(frozen=True)
+class Carrier:
+    """What a console may ask of the relay that carries it, and nothing more; each call is made for its browser."""
+
+    retry: Retry
+    handshake_timeout: float
+    # True once the relay is shutting down (a browser closed then was closed by the relay).
+    stopping: Callable[[], bool]
+    # The cloud's console proxy behind a console URL, past its RFB handshake.
+    connect: Callable[[str], Awaitable[Upstream]]
+    # A fresh console URL for the ticket's server (authorized as any mint), given the server as last confirmed.
+    mint: Callable[[Ticket, ServerInfo | None], Awaitable[Minted]]
+    # The console is open, showing the named server: its live row's ID (its record of success).
+    opened: Callable[[Ticket, str], Awaitable[int]]
+    # Its record once it ended (row, reason, bytes to the cloud, to the browser), or once it failed to open
+    # (ticket, reason): True when written now, False when kept back until the database can be reached.
+    closed: Callable[[int, str, int, int], Awaitable[bool]]
+    failed: Callable[[Ticket, str], Awaitable[bool]]
+
+
 class Ended(Exception):
     """The console ends: the browser is closed with ``code`` and ``reason``; ``audit`` is why, for the record."""
 
@@ -121,8 +141,8 @@ def ended(code: int, audit: str | None = None) -> Ended:
 class Console:
     """One browser's console through the relay; ``run`` returns when it is over and its record is written."""
 
-    def __init__(self, relay: Relay, browser: ServerConnection, admission: Admission) -> None:
-        self.relay = relay
+    def __init__(self, carrier: Carrier, browser: ServerConnection, admission: Admission) -> None:
+        self.carrier = carrier
         self.browser = browser
         self.admission = admission
         self.ticket = admission.ticket
@@ -216,7 +236,7 @@ class Console:
     async def _greet(self) -> bytes:
         """RFB's server side toward the browser, within the handshake timeout; what the browser sent after it."""
         try:
-            async with asyncio.timeout(self.relay.handshake_timeout):
+            async with asyncio.timeout(self.carrier.handshake_timeout):
                 return await self._handshake(ByteReader(self.browser))
         except TimeoutError:
             raise Ended(PROTOCOL_ERROR, "Handshake timed out", "the browser did not finish the RFB handshake") from None
@@ -275,7 +295,7 @@ class Console:
             raise ended(UNREACHABLE, "the viewer sent more than the relay keeps while the cloud's side is away")
 
     def _browser_closed(self) -> Ended:
-        if self.relay.stopping:
+        if self.carrier.stopping():
             return ended(GOING_AWAY)
         code = self.browser.close_code
         return Ended(code or ABNORMAL, "", f"the browser closed the connection ({code or 'no close code'})")
@@ -308,14 +328,7 @@ class Console:
     async def _start(self, upstream: Upstream) -> None:
         """Once the browser is greeted: record the console, hand the browser the server's ServerInit, start piping."""
         try:
-            self.row_id = await self.relay.call(
-                self.admission.caller,
-                self.relay.services.opened,
-                self.ticket,
-                client=self.admission.caller.client,
-                instance=self.relay.instance,
-                server_name=self.server_name,
-            )
+            self.row_id = await self.carrier.opened(self.ticket, self.server_name)
         except DatabaseUnavailable:
             raise ended(DATABASE_UNAVAILABLE) from None
         self.init = upstream.init
@@ -345,7 +358,7 @@ class Console:
 
     async def _retrying(self, attempt: Callable[[], Awaitable[Upstream]], budget: float | None = None) -> Upstream:
         """``attempt`` until it gives an upstream: quick tries, then backing off, all within the retry budget."""
-        retry = self.relay.retry
+        retry = self.carrier.retry
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(retry.budget, budget if budget is not None else retry.budget)
         failures = 0
@@ -377,12 +390,12 @@ class Console:
 
     async def _open(self) -> Upstream:
         """Mint a console URL (authorized and audited as any mint) and open its proxy's websocket."""
-        return await self.relay.open_upstream(await self._mint())
+        return await self.carrier.connect(await self._mint())
 
     async def _mint(self) -> str:
         """A fresh console URL: the server's state, the session or the user's rights may have changed since the last."""
         try:
-            minted = await self.relay.call(self.admission.caller, self.relay.services.mint, self.ticket, self.confirmed)
+            minted = await self.carrier.mint(self.ticket, self.confirmed)
         except SessionOver as over:
             raise ended(SIGNED_OUT, f"the sign-in session ended: {over}") from None
         except DatabaseUnavailable:
@@ -523,33 +536,23 @@ class Console:
             self.to_browser,
             **self._log(),
         )
-        record = self._record(ending)
-        if record is None:
-            return
         try:
-            await self.relay.call(self.admission.caller, record)
-        except DatabaseUnavailable:
-            log.warning("console %s: its record waits for the database", self.describe(), **self._log())
-            self.relay.defer(self.admission.caller, record)
+            written = await self._record(ending)
         except Exception:
             log.exception("console %s: its record could not be written", self.describe(), **self._log())
+            return
+        if not written:
+            log.warning("console %s: its record waits for the database", self.describe(), **self._log())
 
-    def _record(self, ending: Ended) -> Callable[[], None] | None:
-        """The console's record as a call to make: its disconnect, or its failure to open (none when it asked
-        the cloud nothing, or when the mint's refusal is on record already)."""
-        services = self.relay.services
+    async def _record(self, ending: Ended) -> bool:
+        """The console's record: its disconnect, or its failure to open (none when it asked the cloud nothing,
+        or when the mint's refusal is on record already); False when it waits for the database."""
         if self.row_id is not None:
             minted = f"{self.mints} console URL{'s' if self.mints != 1 else ''} minted"
-            return functools.partial(
-                services.closed,
-                self.row_id,
-                reason=f"{ending.audit}; {minted}",
-                to_cloud=self.to_cloud,
-                to_browser=self.to_browser,
-            )
+            return await self.carrier.closed(self.row_id, f"{ending.audit}; {minted}", self.to_cloud, self.to_browser)
         if (self.mints or self.tries) and ending.code != NOT_ALLOWED:
-            return functools.partial(services.failed, self.ticket, reason=f"{ending.audit} ({self.tries} failed tries)")
-        return None
+            return await self.carrier.failed(self.ticket, f"{ending.audit} ({self.tries} failed tries)")
+        return True
 
     def _undelivered(self, ending: Ended) -> Ended:
         """``ending``, its reason saying how many keys the person typed that never reached the server."""

@@ -1,9 +1,10 @@
 """The relay's websocket server: who may connect (checked before the upgrade), live consoles, and shutdown.
 
 One asyncio process carries every console: a connection costs two websockets, two small
-tasks and a few framing bytes, never a thread. Everything that touches the database or a
-cloud (ticket, mint, live-console rows, audit) is synchronous and runs in a worker thread
-inside ``relay_context``, which gives the audit its client address, user agent and request ID.
+tasks and a few framing bytes, never a thread. The relay knows the broker only through
+``Services`` (as websockify knows its tokens only through a plugin): who a cookie signs in,
+tickets, mints, live-console rows and audit. Each is synchronous and runs in a worker thread,
+one unit of work for a ``Caller``; ``broker.relayhost`` gives the broker's own.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ import socket
 import uuid
 from collections.abc import Awaitable
 from collections.abc import Callable
-from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -27,9 +26,6 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 from weakref import WeakKeyDictionary
 
-from flask import Flask
-from flask import g
-from itsdangerous import BadSignature
 from websockets.asyncio.server import Server
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve
@@ -37,21 +33,18 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request
 from websockets.http11 import Response
 from websockets.typing import Subprotocol
-from werkzeug.http import parse_cookie
 
-from broker import state
 from broker.cloud.types import ServerInfo
 from broker.config import Settings
 from broker.relay import upstream
 from broker.relay.console import GOING_AWAY
 from broker.relay.console import REASONS
+from broker.relay.console import Carrier
 from broker.relay.console import Console
 from broker.relay.console import Retry
 from broker.relay.upstream import Upstream
-from broker.services import relay as live
 from broker.services.consoles import Minted
 from broker.services.relay import DatabaseUnavailable
-from broker.services.relay import Limits
 from broker.services.relay import LiveReport
 from broker.services.relay import Ticket
 from broker.services.relay import TicketRefused
@@ -72,43 +65,6 @@ PROBE_ANSWER = "console-broker relay\n"
 TICKET_PREFIX = "ticket."
 
 
-@contextmanager
-def relay_context(app: Flask, client: str, user_agent: str, request_id: str | None = None) -> Iterator[None]:
-    """A request context for service calls: the audit records the browser's address and agent, and a request ID."""
-    environ = {"REMOTE_ADDR": client}
-    with app.test_request_context("/relay", environ_base=environ, headers={"User-Agent": user_agent}):
-        g.request_id = request_id or uuid.uuid4().hex
-        yield
-
-
-@dataclass(frozen=True)
-class Services:
-    """What the relay asks of the broker; each is synchronous and is called in a thread inside ``relay_context``.
-
-    Each may raise DatabaseUnavailable: the relay rides that out (consoles open go on, records wait).
-    """
-
-    redeem: Callable[..., Ticket]
-    # The ticket, and the server as the console's last mint found it (None before the first).
-    mint: Callable[[Ticket, ServerInfo | None], Minted]
-    opened: Callable[..., int]
-    failed: Callable[..., None]
-    report: Callable[[list[LiveReport]], dict[int, int]]
-    closed: Callable[..., None]
-
-    @classmethod
-    def of_broker(cls, settings: Settings) -> Services:
-        """The broker's own: broker.services.relay, minting through the console service, the session limits."""
-        limits = Limits(settings.session_lifetime, settings.session_idle)
-
-        def mint(ticket: Ticket, confirmed: ServerInfo | None) -> Minted:
-            return live.mint(state.consoles(), limits, ticket, confirmed)
-
-        return cls(
-            live.redeem, mint, live.opened, live.failed, functools.partial(live.report, limits=limits), live.closed
-        )
-
-
 @dataclass(frozen=True)
 class Caller:
     """Who is on the other end of a websocket, as the audit records it."""
@@ -122,6 +78,38 @@ class Caller:
 
 # The relay's own calls (the live-console poll), made for no browser in particular.
 RELAY_CALLER = Caller("", "console-broker relay", None)
+
+
+@dataclass(frozen=True)
+class SignIn:
+    """Whom a browser's session cookie names: the user and the sign-in session (not yet checked to be live)."""
+
+    user_id: int
+    session_id: str
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the relay asks of the broker.
+
+    ``identify`` reads the Cookie header (cheap, no database: it runs on the event loop). Every
+    other is synchronous, is called in a worker thread with the ``Caller`` it is done for first,
+    and is one unit of work; each may raise DatabaseUnavailable, which the relay rides out
+    (consoles open go on, records wait).
+    """
+
+    identify: Callable[[str], SignIn | None]
+    # (caller, token, *, session_id, user_id, origin): every binding of the ticket is checked and audited.
+    redeem: Callable[..., Ticket]
+    # The ticket, and the server as the console's last mint found it (None before the first).
+    mint: Callable[[Caller, Ticket, ServerInfo | None], Minted]
+    # (caller, ticket, *, client, instance, server_name): the console's live row, its ID.
+    opened: Callable[..., int]
+    # (caller, ticket, *, reason): a console that never connected.
+    failed: Callable[..., None]
+    report: Callable[[Caller, list[LiveReport]], dict[int, int]]
+    # (caller, row_id, *, reason, to_cloud, to_browser): a console that ended.
+    closed: Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -186,21 +174,20 @@ class Relay:
 
     def __init__(
         self,
-        app: Flask,
+        settings: Settings,
+        services: Services,
         *,
-        services: Services | None = None,
         retry: Retry | None = None,
         poll_interval: float = POLL_INTERVAL,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         mounts: Mapping[str, Mount] | None = None,
     ) -> None:
-        self.app = app
-        self.settings = state.of(app).settings
-        self.services = services or Services.of_broker(self.settings)
+        self.settings = settings
+        self.services = services
         self.retry = retry or Retry()
         self.poll_interval = poll_interval
         self.handshake_timeout = handshake_timeout
-        self.path = relay_path(self.settings)
+        self.path = relay_path(settings)
         self.mounts = dict(mounts or {})
         # Which relay carries a console, on the admin page.
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
@@ -246,14 +233,9 @@ class Relay:
         if self._poller is not None:
             self._poller.cancel()
 
-    async def call(self, caller: Caller, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``function`` in a worker thread inside ``relay_context`` for ``caller``: the loop never waits on it."""
-
-        def in_context() -> T:
-            with relay_context(self.app, caller.client, caller.user_agent, caller.request_id):
-                return function(*args, **kwargs)
-
-        return await asyncio.to_thread(in_context)
+    async def call(self, service: Callable[..., T], caller: Caller, *args: Any, **kwargs: Any) -> T:
+        """One of the services, for ``caller``, in a worker thread: the loop never waits on it."""
+        return await asyncio.to_thread(service, caller, *args, **kwargs)
 
     async def open_upstream(self, console_url: str) -> Upstream:
         """The console proxy's websocket behind ``console_url``, past its RFB handshake."""
@@ -274,17 +256,19 @@ class Relay:
         if "websocket" not in (one_header(headers, "Upgrade") or "").lower():
             # A plain GET is someone checking that this address reaches the relay (flask check, /readyz).
             return connection.respond(HTTPStatus.OK, PROBE_ANSWER)
-        peer = connection.remote_address[0] if connection.remote_address else ""
-        forwarded = ",".join(headers.get_all("X-Forwarded-For"))
-        client = client_address(peer, forwarded, self.settings.trusted_proxies)
-        caller = Caller(client, one_header(headers, "User-Agent") or "", uuid.uuid4().hex)
-        session_id, user_id = self._session(headers)
+        caller = self._caller(connection, headers)
+        signed_in = self.services.identify("; ".join(headers.get_all("Cookie")))
         token = offered_ticket(headers)
         origin = one_header(headers, "Origin")
         try:
             # Every binding (session, user, origin, lifetime, single use) is redeem's to check and audit.
             ticket = await self.call(
-                caller, self.services.redeem, token, session_id=session_id, user_id=user_id, origin=origin
+                self.services.redeem,
+                caller,
+                token,
+                session_id=signed_in.session_id if signed_in else None,
+                user_id=signed_in.user_id if signed_in else None,
+                origin=origin,
             )
         except TicketRefused as refused:
             return connection.respond(refused.status, f"{HTTPStatus(refused.status).phrase}\n")
@@ -297,22 +281,12 @@ class Relay:
         self._admitted[connection] = Admission(ticket, caller)
         return None
 
-    def _session(self, headers: Headers) -> tuple[str | None, int | None]:
-        """The sign-in session ID and user ID in the Flask session cookie, or None for what is not there."""
-        cookies = parse_cookie("; ".join(headers.get_all("Cookie")))
-        value = cookies.get(self.app.config["SESSION_COOKIE_NAME"])
-        serializer = self.app.session_interface.get_signing_serializer(self.app)
-        if not value or serializer is None:
-            return None, None
-        try:
-            # As Flask reads it: signed by this app, and no older than a session may live.
-            data = serializer.loads(value, max_age=int(self.app.permanent_session_lifetime.total_seconds()))
-        except BadSignature:
-            return None, None
-        sid = data.get("sid")
-        # flask-login keeps "<user id>:<session token>" (see broker.web.sessions.load_user).
-        raw_id = str(data.get("_user_id") or "").partition(":")[0]
-        return (sid if isinstance(sid, str) else None), (int(raw_id) if raw_id.isdigit() else None)
+    def _caller(self, connection: ServerConnection, headers: Headers) -> Caller:
+        """Who is connecting: the browser's address (through trusted proxies), its agent, a fresh request ID."""
+        peer = connection.remote_address[0] if connection.remote_address else ""
+        forwarded = ",".join(headers.get_all("X-Forwarded-For"))
+        client = client_address(peer, forwarded, self.settings.trusted_proxies)
+        return Caller(client, one_header(headers, "User-Agent") or "", uuid.uuid4().hex)
 
     # -- consoles ----------------------------------------------------------------------------------
 
@@ -322,12 +296,50 @@ class Relay:
         if admission is None:
             await self.mounts[browser.request.path.partition("?")[0]](browser)
             return
-        console = Console(self, browser, admission)
+        console = Console(self.carrier(admission.caller), browser, admission)
         self.consoles.add(console)
         try:
             await console.run()
         finally:
             self.consoles.discard(console)
+
+    def carrier(self, caller: Caller) -> Carrier:
+        """What a console may ask of this relay, each service call made for ``caller``."""
+        services = self.services
+
+        async def opened(ticket: Ticket, server_name: str) -> int:
+            return await self.call(
+                services.opened, caller, ticket, client=caller.client, instance=self.instance, server_name=server_name
+            )
+
+        async def closed(row_id: int, reason: str, to_cloud: int, to_browser: int) -> bool:
+            record = functools.partial(
+                services.closed, caller, row_id, reason=reason, to_cloud=to_cloud, to_browser=to_browser
+            )
+            return await self._record(caller, record)
+
+        async def failed(ticket: Ticket, reason: str) -> bool:
+            return await self._record(caller, functools.partial(services.failed, caller, ticket, reason=reason))
+
+        return Carrier(
+            retry=self.retry,
+            handshake_timeout=self.handshake_timeout,
+            stopping=lambda: self.stopping,
+            connect=self.open_upstream,
+            mint=lambda ticket, confirmed: self.call(services.mint, caller, ticket, confirmed),
+            opened=opened,
+            closed=closed,
+            failed=failed,
+        )
+
+    async def _record(self, caller: Caller, record: Callable[[], Any]) -> bool:
+        """Write a console's record now (True), or keep it back while the database cannot be reached (False)."""
+        try:
+            await asyncio.to_thread(record)
+        except DatabaseUnavailable:
+            self.defer(caller, record)
+            return False
+        return True
 
     async def _poll(self) -> None:
         """Every few seconds: report bytes (a heartbeat too), and close the consoles that must end now."""
@@ -348,7 +360,7 @@ class Relay:
         reports = [console.report(self.instance) for console in consoles.values()]
         try:
             await self._write_deferred()
-            ending = await self.call(RELAY_CALLER, self.services.report, reports)
+            ending = await self.call(self.services.report, RELAY_CALLER, reports)
         except DatabaseUnavailable:
             if not self.database_down:
                 log.warning(
@@ -372,7 +384,7 @@ class Relay:
         while self.deferred:
             caller, record = self.deferred[0]
             try:
-                await self.call(caller, record)
+                await asyncio.to_thread(record)
             except DatabaseUnavailable:
                 raise
             except Exception:

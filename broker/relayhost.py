@@ -1,0 +1,139 @@
+"""The relay's host: the broker behind the relay's ``Services`` seam, the Flask app entered once per call.
+
+The relay (broker/relay/) knows nothing of Flask, the session cookie or the database: all of it
+is here. Every service call the relay makes is one unit of work, begun and ended in
+``unit_of_work``: inside a request context for the browser it is made for (the audit records its
+address, agent and request ID), with the app's database session.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from typing import TypeVar
+
+from flask import Flask
+from flask import g
+from itsdangerous import BadSignature
+from werkzeug.http import parse_cookie
+
+from broker import create_app
+from broker import demo
+from broker import state
+from broker.cloud.types import ServerInfo
+from broker.relay.server import Caller
+from broker.relay.server import Mount
+from broker.relay.server import Relay
+from broker.relay.server import Services
+from broker.relay.server import SignIn
+from broker.services import relay as live
+from broker.services.consoles import Minted
+from broker.services.relay import Limits
+from broker.services.relay import Ticket
+
+log = logging.getLogger("broker.relay")
+
+T = TypeVar("T")
+
+
+@contextmanager
+def caller_context(app: Flask, caller: Caller) -> Iterator[None]:
+    """A request context for ``caller``: the audit records its address, its agent and a request ID."""
+    environ = {"REMOTE_ADDR": caller.client}
+    with app.test_request_context("/relay", environ_base=environ, headers={"User-Agent": caller.user_agent}):
+        g.request_id = caller.request_id or uuid.uuid4().hex
+        yield
+
+
+def unit_of_work(app: Flask, call: Callable[..., T], caller: Caller, *args: Any, **kwargs: Any) -> T:
+    """One service call for the relay, made for ``caller``: where each begins and ends."""
+    with caller_context(app, caller):
+        return call(*args, **kwargs)
+
+
+def identify(app: Flask, cookie_header: str) -> SignIn | None:
+    """Whom the Flask session cookie in ``cookie_header`` names, as ``broker.web.sessions.load_user`` reads it.
+
+    None without a cookie, for one this app did not sign (a forged or tampered one, another
+    key), one older than a session may live, or one that names no user and session.
+    """
+    value = parse_cookie(cookie_header).get(app.config["SESSION_COOKIE_NAME"])
+    serializer = app.session_interface.get_signing_serializer(app)
+    if not value or serializer is None:
+        return None
+    try:
+        # As Flask reads it: signed by this app (or a fallback key), and no older than a session may live.
+        data = serializer.loads(value, max_age=int(app.permanent_session_lifetime.total_seconds()))
+    except BadSignature:
+        return None
+    sid = data.get("sid")
+    # flask-login keeps "<user id>:<session token>"; the token is load_user's to compare, the relay's ticket
+    # is bound to the session instead (redeem checks that it is live).
+    raw_id = str(data.get("_user_id") or "").partition(":")[0]
+    if not isinstance(sid, str) or not sid or not raw_id.isdigit():
+        return None
+    return SignIn(int(raw_id), sid)
+
+
+def services(app: Flask) -> Services:
+    """The broker's own: broker.services.relay, minting through the console service, the session limits."""
+    settings = state.of(app).settings
+    limits = Limits(settings.session_lifetime, settings.session_idle)
+
+    def mint(ticket: Ticket, confirmed: ServerInfo | None) -> Minted:
+        return live.mint(state.consoles(), limits, ticket, confirmed)
+
+    def unit(call: Callable[..., T]) -> Callable[..., T]:
+        return functools.partial(unit_of_work, app, call)
+
+    return Services(
+        identify=functools.partial(identify, app),
+        redeem=unit(live.redeem),
+        mint=unit(mint),
+        opened=unit(live.opened),
+        failed=unit(live.failed),
+        report=unit(functools.partial(live.report, limits=limits)),
+        closed=unit(live.closed),
+    )
+
+
+def relay(app: Flask, **options: Any) -> Relay:
+    """A relay on ``app``'s settings and services (options as ``Relay`` takes them)."""
+    return Relay(state.of(app).settings, services(app), **options)
+
+
+def broker_app() -> Flask:
+    """The web process's app, from the same environment: the relay's settings, database, services and audit."""
+    # The schema and the demo account are the web process's to make; the relay waits for them.
+    return create_app({"SCHEMA_OWNER": False})
+
+
+def relay_process(app: Flask, host: str, port: int) -> Relay:
+    """The relay ``python -m broker.relay`` runs on ``host``:``port``, after forgetting what dead relays left."""
+    with app.app_context():
+        # Rows a relay left behind when it died (not listed, but never removed by it).
+        if gone := live.forget_stale():
+            log.info("relay: forgot %d live consoles of relays that stopped without closing them", gone)
+    return relay(app, mounts=demo_mounts(app, host, port))
+
+
+def demo_mounts(app: Flask, host: str, port: int) -> dict[str, Mount]:
+    """On the demo cloud, the relay also plays its console proxy: its console URLs name this relay."""
+    fake = state.of(app).demo_cloud
+    if fake is None:
+        return {}
+    proxy = demo.consoleproxy
+    # The relay reaches its own proxy over loopback whatever address it listens on.
+    own = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    fake.serve_consoles_at(f"http://{own}:{port}/demo-console", proxy.PATH.lstrip("/"))
+
+    def lookup(token: str) -> Any:
+        server = fake.check_console_token(token)
+        return proxy.Grant(server.name, fake.console_token_expiry(token)) if server else None
+
+    return {proxy.PATH: functools.partial(proxy.handle, lookup=lookup)}
