@@ -47,7 +47,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 # Long enough for a page to open its websocket on a slow link; short enough that a copied
-# ticket (it is in the websocket URL, so it may reach a proxy's access log) is worthless.
+# ticket (it crosses every proxy in the handshake's headers) is worthless.
 TICKET_TTL = 30
 # A ticket is a single-use token of this purpose (broker/services/tokens.py).
 PURPOSE = "relay"
