@@ -50,9 +50,11 @@ def caller_context(app: Flask, caller: Caller) -> Iterator[None]:
         yield
 
 
-def unit_of_work(app: Flask, call: Callable[..., T], caller: Caller, *args: Any, **kwargs: Any) -> T:
-    """One service call for the relay, made for ``caller``: where each begins and ends."""
+def unit_of_work(app: Flask, call: Callable[..., T], caller: Caller, /, *args: Any, **kwargs: Any) -> T:
+    """One service call for the relay, made for ``caller``: the one place where each begins and ends."""
     with caller_context(app, caller):
+        # The relay's services commit their own work today; once services only stage, this is where
+        # a call's work is committed, or rolled back when it raises.
         return call(*args, **kwargs)
 
 
@@ -132,7 +134,7 @@ def demo_mounts(app: Flask, host: str, port: int) -> dict[str, Mount]:
     own = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     fake.serve_consoles_at(f"http://{own}:{port}/demo-console", proxy.PATH.lstrip("/"))
 
-    def lookup(token: str) -> Any:
+    def lookup(token: str) -> demo.consoleproxy.Grant | None:
         server = fake.check_console_token(token)
         return proxy.Grant(server.name, fake.console_token_expiry(token)) if server else None
 
