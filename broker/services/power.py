@@ -56,6 +56,17 @@ class Confirmation:
     question: str
 
 
+def _bindings(user: User, session_id: str, server: ServerInfo, action: str) -> dict[str, str | int]:
+    """All a confirmation is bound to: the user and sign-in session, the server and its cloud, and the action."""
+    return {
+        "user_id": user.id,
+        "session_id": session_id,
+        "server_id": server.id,
+        "cloud": server.cloud,
+        "scope": action,
+    }
+
+
 def actions_for(status: str) -> list[str]:
     """The power actions that fit a server in ``status`` (the console toolbar offers these)."""
     return [name for name, (statuses, _) in ACTIONS.items() if status in statuses]
@@ -80,16 +91,8 @@ class PowerService:
                 f"Server {server.name} is {server.status}: {action.replace('-', ' ')} needs it "
                 f"{' or '.join(statuses)}.",
             )
-        token = tokens.issue(
-            PURPOSE,
-            CONFIRMATION_TTL,
-            user_id=user.id,
-            session_id=session_id,
-            server_id=server.id,
-            cloud=server.cloud,
-            scope=action,
-            server_name=server.name,
-        )
+        bindings = _bindings(user, session_id, server, action)
+        token = tokens.issue(PURPOSE, CONFIRMATION_TTL, **bindings, server_name=server.name)
         db.session.commit()
         return Confirmation(token, action, server, question.format(name=server.name))
 
@@ -144,15 +147,7 @@ class PowerService:
     @staticmethod
     def _use(token: str, user: User, session_id: str, server: ServerInfo, action: str) -> bool:
         """Use up the confirmation if every binding holds; committed before the action goes to the cloud."""
-        claim = tokens.claim(
-            PURPOSE,
-            token,
-            user_id=user.id,
-            session_id=session_id,
-            server_id=server.id,
-            cloud=server.cloud,
-            scope=action,
-        )
+        claim = tokens.claim(PURPOSE, token, **_bindings(user, session_id, server, action))
         db.session.commit()
         return claim.granted
 
