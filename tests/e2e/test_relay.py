@@ -50,6 +50,7 @@ from lab.browser import wait_connected
 from lab.lab import CLOUD_NAME
 from lab.lab import REPO
 from tests.axe import assert_accessible
+from tests.support import wait_until
 
 TTL = 20
 PHONE = {"width": 390, "height": 844}
@@ -142,9 +143,36 @@ def relay(linux_lab_tools: None, tmp_path_factory: pytest.TempPathFactory) -> It
         yield setup
 
 
+def live_consoles(lab: Lab) -> int:
+    """Consoles the relay counts as connected (a row each, gone when its connection is)."""
+    with closing(database(lab)) as db:
+        return db.execute("SELECT COUNT(*) FROM live_consoles").fetchone()[0]
+
+
+def last_audit_id(lab: Lab) -> int:
+    with closing(database(lab)) as db:
+        return db.execute("SELECT COALESCE(MAX(id), 0) FROM audit").fetchone()[0]
+
+
 @pytest.fixture
-def sign_in_context(browser: Browser, relay: RelayLab) -> Iterator[Callable[..., BrowserContext]]:
-    """Contexts each signed in once (own sign-in session): ``sign_in_context(user=None, viewport, color_scheme)``."""
+def settled(relay: RelayLab) -> int:
+    """The module's lab as a test run alone finds it; the id of the last audit record before the test, so that
+    the test reads only the records it caused.
+
+    Waits until no console an earlier test opened is still live (its browser context is closed, and the relay
+    drops the row once it sees the connection go): such a console would count towards the user's limit,
+    mint for its server and show on the admin's page. batch-01 is SHUTOFF again, whoever started it."""
+    wait_until(lambda: live_consoles(relay.lab) == 0, timeout=30, interval=0.1, message="earlier consoles ended")
+    if relay.lab.server("batch-01").status != "SHUTOFF":
+        relay.lab.shut_off("batch-01")
+    return last_audit_id(relay.lab)
+
+
+@pytest.fixture
+def sign_in_context(browser: Browser, relay: RelayLab, settled: int) -> Iterator[Callable[..., BrowserContext]]:
+    """Contexts each signed in once (own sign-in session): ``sign_in_context(user=None, viewport, color_scheme)``.
+
+    Depends on ``settled``: every test that signs in starts from the lab a test alone would find."""
     contexts: list[BrowserContext] = []
 
     def make(user: str | None = None, viewport: dict = DESKTOP, color_scheme: str = "light") -> BrowserContext:
@@ -180,24 +208,17 @@ def open_console(context: BrowserContext, name: str) -> Page:
 
 def wait_live(page: Page, timeout: float = 20.0) -> None:
     expect(page.locator("#console")).to_have_attribute("data-state", "live", timeout=timeout * 1000)
-    deadline = time.monotonic() + timeout
-    while page.evaluate(VIEWER_LIT_PIXELS_JS) < 500:
-        assert time.monotonic() < deadline, "connected, but the guest's screen never showed"
-        time.sleep(0.1)
+    wait_until(
+        lambda: page.evaluate(VIEWER_LIT_PIXELS_JS) >= 500,
+        timeout=timeout,
+        interval=0.1,
+        message="connected, but the guest's screen never showed",
+    )
 
 
 def states(page: Page) -> list[tuple[str, str]]:
     """(attribute, value) of every change of #console's data-state and data-connects so far."""
     return [(name, value) for _, name, value in page.evaluate("window.__states")]
-
-
-def eventually(check: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
-    """``check()``'s first truthy answer, polled until ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        assert time.monotonic() < deadline, f"{what} not met within {timeout:.0f} s"
-        time.sleep(0.1)
-    return found
 
 
 def database(lab: Lab) -> sqlite3.Connection:
@@ -206,23 +227,28 @@ def database(lab: Lab) -> sqlite3.Connection:
     return connection
 
 
-def audit_rows(lab: Lab, action: str, detail: str, outcome: str) -> list[dict]:
+def audit_rows(lab: Lab, action: str, detail: str, outcome: str, after: int = 0) -> list[dict]:
+    """Audit records of one kind, oldest first; ``after``: only those with a greater id (a test's own)."""
     with closing(database(lab)) as db:
         rows = db.execute(
-            "SELECT * FROM audit WHERE action = ? AND detail = ? AND outcome = ? ORDER BY id", (action, detail, outcome)
+            "SELECT * FROM audit WHERE action = ? AND detail = ? AND outcome = ? AND id > ? ORDER BY id",
+            (action, detail, outcome, after),
         )
         return [dict(row) for row in rows]
 
 
-def refusals(lab: Lab) -> list[dict]:
-    """The relay's refused websockets (and tickets), as audited."""
-    return audit_rows(lab, "console", "relay", "refused")
+def refusals(lab: Lab, after: int = 0) -> list[dict]:
+    """The relay's refused websockets (and tickets), as audited (after the record ``after``)."""
+    return audit_rows(lab, "console", "relay", "refused", after)
 
 
-def refused_with(lab: Lab, reason: str) -> dict:
-    """The one refusal whose reason starts with ``reason`` (waited for: the relay writes it)."""
-    found = eventually(
-        lambda: [row for row in refusals(lab) if row["reason"].startswith(reason)], what=f"a refusal {reason!r}"
+def refused_with(lab: Lab, reason: str, after: int) -> dict:
+    """The one refusal since ``after`` whose reason starts with ``reason`` (waited for: the relay writes it)."""
+    found = wait_until(
+        lambda: [row for row in refusals(lab, after) if row["reason"].startswith(reason)],
+        timeout=10,
+        interval=0.1,
+        message=f"a refusal {reason!r}",
     )
     assert len(found) == 1, found
     return found[0]
@@ -331,7 +357,9 @@ def test_console_outlives_three_token_lifetimes_without_losing_a_key(
     page.click("#screen")  # the console has the keyboard, as when someone clicks into it
     mark("first")
     for lifetime in range(3):
-        mints = eventually(lambda: relay.mints_of(SHELL)[before + lifetime :], what="the latest mint")
+        mints = wait_until(
+            lambda: relay.mints_of(SHELL)[before + lifetime :], timeout=10, interval=0.1, message="the latest mint"
+        )
         switch = mints[0] + SWITCH_AFTER  # the relay opens the next side and moves over to it
         sleep_until(switch - 3)
         mark("before")  # done about 1.5 s before the switch
@@ -340,7 +368,7 @@ def test_console_outlives_three_token_lifetimes_without_losing_a_key(
         sleep_until(switch + 0.3)
         mark("after")  # typed just after it
     # The last side lives past the token expiry the proxy would have enforced on the first one.
-    eventually(lambda: len(relay.mints_of(SHELL)) >= before + 4, what="the third switch")
+    wait_until(lambda: len(relay.mints_of(SHELL)) >= before + 4, timeout=10, interval=0.1, message="the third switch")
     mark("last")
 
     lab.wait_for_serial(SHELL, markers[-1], timeout=10)
@@ -423,7 +451,7 @@ def test_iframe_mode_console_is_cut_at_its_token_expiry(browser: Browser, iframe
 
 
 def test_admin_ends_a_live_console_and_that_sign_in(
-    sign_in_context: Callable[..., BrowserContext], relay: RelayLab
+    sign_in_context: Callable[..., BrowserContext], relay: RelayLab, settled: int
 ) -> None:
     """The console stays ended, and so does the sign-in it belonged to: the next page asks to sign in again."""
     lab = relay.lab
@@ -443,7 +471,7 @@ def test_admin_ends_a_live_console_and_that_sign_in(
     expect(agent.locator("#console")).to_have_attribute("data-state", "ended")
     expect(agent.locator("#console")).to_have_attribute("data-connects", "1")
 
-    ended = audit_rows(lab, "admin", "relay_end", "ok")
+    ended = audit_rows(lab, "admin", "relay_end", "ok", after=settled)
     assert [(row["username"], row["reason"]) for row in ended] == [
         (
             ADMIN,
@@ -455,13 +483,14 @@ def test_admin_ends_a_live_console_and_that_sign_in(
         r"ended by an administrator; \d+ console URLs? minted; "
         r"\d+ s, \d+ bytes to the cloud, [1-9]\d* bytes to the browser"
     )
-    disconnects = eventually(
+    disconnects = wait_until(
         lambda: [
             row
-            for row in audit_rows(lab, "relay", "disconnect", "ok")
+            for row in audit_rows(lab, "relay", "disconnect", "ok", after=settled)
             if row["username"] == lab.username and summary.fullmatch(row["reason"])
         ],
-        what="the disconnect's record",
+        timeout=10,
+        message="the disconnect's record",
     )
     assert [(row["server_name"], row["cloud"]) for row in disconnects] == [(BIOS, CLOUD_NAME)]
     # The same browser, the same cookie: its next page is the sign-in page.
@@ -474,7 +503,7 @@ def test_admin_ends_a_live_console_and_that_sign_in(
 
 
 def test_signing_out_in_another_tab_ends_the_console(
-    sign_in_context: Callable[..., BrowserContext], relay: RelayLab
+    sign_in_context: Callable[..., BrowserContext], relay: RelayLab, settled: int
 ) -> None:
     context = sign_in_context()
     console = open_console(context, BIOS)
@@ -485,14 +514,16 @@ def test_signing_out_in_another_tab_ends_the_console(
     expect(console.locator("#notice-signin")).to_be_visible()
     expect(console.locator("#console")).to_have_attribute("data-connects", "1")
     # The relay closed it (4401), not a drop the viewer then failed to come back from.
-    eventually(
+    closed = wait_until(
         lambda: [
             row
-            for row in audit_rows(relay.lab, "relay", "disconnect", "ok")
+            for row in audit_rows(relay.lab, "relay", "disconnect", "ok", after=settled)
             if row["reason"].startswith("the sign-in session ended; ")
         ],
-        what="the disconnect's record",
+        timeout=10,
+        message="the disconnect's record",
     )
+    assert [(row["username"], row["server_name"]) for row in closed] == [(relay.lab.username, BIOS)]
 
 
 # -- a stopped server -------------------------------------------------------------------------------------
@@ -509,7 +540,7 @@ def test_a_stopped_server_says_so(sign_in_context: Callable[..., BrowserContext]
 
 
 @pytest.fixture
-def batch_stays_off(relay: RelayLab) -> Iterator[str]:
+def batch_stays_off(relay: RelayLab, settled: int) -> Iterator[str]:
     """batch-01 SHUTOFF, and so again after the test, whatever it did."""
     assert relay.lab.server("batch-01").status == "SHUTOFF"
     yield "batch-01"
@@ -577,45 +608,51 @@ def test_viewer_has_no_serious_accessibility_violations(
 # -- 6. websockets that may not connect -----------------------------------------------------------------------
 
 
-def test_a_ticket_works_once(sign_in_context: Callable[..., BrowserContext], relay: RelayLab) -> None:
+def test_a_ticket_works_once(sign_in_context: Callable[..., BrowserContext], relay: RelayLab, settled: int) -> None:
     page = broker_page(sign_in_context())
     token = fresh_ticket(page, BIOS, relay)
     assert try_websocket(page, relay, token)["opened"]
     assert_refused(page, relay, token)
-    row = refused_with(relay.lab, "ticket already used")
+    row = refused_with(relay.lab, "ticket already used", settled)
     assert (row["username"], row["server_name"]) == (relay.lab.username, BIOS)
 
 
-def test_an_expired_ticket_is_refused(sign_in_context: Callable[..., BrowserContext], relay: RelayLab) -> None:
+def test_an_expired_ticket_is_refused(
+    sign_in_context: Callable[..., BrowserContext], relay: RelayLab, settled: int
+) -> None:
     page = broker_page(sign_in_context())
     token = fresh_ticket(page, BIOS, relay)
     past = (datetime.now(UTC) - timedelta(seconds=1)).replace(tzinfo=None)
     with closing(database(relay.lab)) as db, db:
         changed = db.execute(
-            "UPDATE relay_tickets SET expires_at = ? WHERE digest = ?",
+            "UPDATE single_use_tokens SET expires_at = ? WHERE digest = ? AND purpose = 'relay'",
             (past.isoformat(sep=" "), hashlib.sha256(token.encode()).hexdigest()),
         ).rowcount
     assert changed == 1
     assert_refused(page, relay, token)
-    row = refused_with(relay.lab, "ticket expired")
+    row = refused_with(relay.lab, "ticket expired", settled)
     assert (row["username"], row["server_name"]) == (relay.lab.username, BIOS)
 
 
-def test_a_forged_ticket_is_refused(sign_in_context: Callable[..., BrowserContext], relay: RelayLab) -> None:
+def test_a_forged_ticket_is_refused(
+    sign_in_context: Callable[..., BrowserContext], relay: RelayLab, settled: int
+) -> None:
     page = broker_page(sign_in_context())
     assert_refused(page, relay, secrets.token_urlsafe(32))
-    assert refused_with(relay.lab, "unknown ticket")["username"] == ""
+    assert refused_with(relay.lab, "unknown ticket", settled)["username"] == ""
 
 
-def test_another_users_ticket_is_refused(sign_in_context: Callable[..., BrowserContext], relay: RelayLab) -> None:
+def test_another_users_ticket_is_refused(
+    sign_in_context: Callable[..., BrowserContext], relay: RelayLab, settled: int
+) -> None:
     theirs = fresh_ticket(broker_page(sign_in_context(WEB_AGENT)), BIOS, relay)
     mine = broker_page(sign_in_context())
     assert_refused(mine, relay, theirs)
-    assert refused_with(relay.lab, "ticket of another sign-in session")["username"] == WEB_AGENT
+    assert refused_with(relay.lab, "ticket of another sign-in session", settled)["username"] == WEB_AGENT
 
 
 def test_a_websocket_from_another_origin_is_refused(
-    sign_in_context: Callable[..., BrowserContext], relay: RelayLab
+    sign_in_context: Callable[..., BrowserContext], relay: RelayLab, settled: int
 ) -> None:
     context = sign_in_context()
     token = fresh_ticket(broker_page(context), BIOS, relay)
@@ -623,12 +660,12 @@ def test_a_websocket_from_another_origin_is_refused(
     elsewhere = context.new_page()
     elsewhere.goto(relay.lab.proxy_url + "/vnc_lite.html")
     assert_refused(elsewhere, relay, token)
-    row = refused_with(relay.lab, f"websocket from another origin ({relay.lab.proxy_url})")
+    row = refused_with(relay.lab, f"websocket from another origin ({relay.lab.proxy_url})", settled)
     assert row["username"] == relay.lab.username
 
 
 def test_no_ticket_for_a_server_the_user_may_not_open(
-    sign_in_context: Callable[..., BrowserContext], relay: RelayLab
+    sign_in_context: Callable[..., BrowserContext], relay: RelayLab, settled: int
 ) -> None:
     page = broker_page(sign_in_context(WEB_AGENT))
     answer = ticket(page, SHELL, relay)
@@ -636,7 +673,7 @@ def test_no_ticket_for_a_server_the_user_may_not_open(
     assert "ticket" not in (answer["body"] or {})
     found = [
         row
-        for row in refusals(relay.lab)
+        for row in refusals(relay.lab, settled)
         if row["username"] == WEB_AGENT and row["server_id"] == relay.lab.server(SHELL).id
     ]
     assert len(found) == 1, found

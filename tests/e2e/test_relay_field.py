@@ -52,7 +52,6 @@ from tests.e2e.test_relay import ENDING_SECONDS
 from tests.e2e.test_relay import SHELL
 from tests.e2e.test_relay import SWITCH_AFTER
 from tests.e2e.test_relay import TTL
-from tests.e2e.test_relay import eventually
 from tests.e2e.test_relay import flask
 from tests.e2e.test_relay import open_console
 from tests.e2e.test_relay import proxy_cuts
@@ -63,6 +62,7 @@ from tests.e2e.test_relay import wait_live
 from tests.support import POSTGRES_URL
 from tests.support import Forwarder
 from tests.support import needs
+from tests.support import wait_until
 
 # What the viewer says while the relay holds back what is typed (static/js/viewer.js).
 AWAY = "Your keys are not reaching the server: reconnecting to the cloud's console…"
@@ -263,7 +263,7 @@ def test_removing_the_users_rule_closes_their_open_console(
     expect(page.locator("#notice-text")).to_contain_text("you may open")
     expect(page.locator("#console")).to_have_attribute("data-connects", "1")
     # The relay's poll closed it, not a refused mint (which would name the mint).
-    found = eventually(lambda: disconnects(field, user), what="the disconnect's record")
+    found = wait_until(lambda: disconnects(field, user), timeout=10, interval=0.1, message="the disconnect's record")
     assert found[0]["reason"].startswith("the user may no longer open this server;"), found
 
 
@@ -329,12 +329,14 @@ def test_keys_held_back_while_the_cloud_refuses_are_said_at_once_and_delivered(
     before = len(field.mints_of(SHELL))
     page = open_console(signed_in("cloud-refuses"), SHELL)
     page.click("#screen")
-    minted = eventually(lambda: field.mints_of(SHELL)[before:], what="the console's mint")[0]
+    minted = wait_until(lambda: field.mints_of(SHELL)[before:], timeout=10, interval=0.1, message="the console's mint")[
+        0
+    ]
     cuts = proxy_cuts(lab)
     sleep_until(minted + SWITCH_AFTER - 1)
     with mints_refused(lab) as lift:
         # The relay's replacement fails; the proxy cuts the side it kept when its token expires.
-        eventually(lambda: proxy_cuts(lab) > cuts, timeout=TTL, what="the proxy's cut at expiry")
+        wait_until(lambda: proxy_cuts(lab) > cuts, timeout=TTL, interval=0.1, message="the proxy's cut at expiry")
         cut = time.monotonic()
         expect(page.locator("#console")).to_have_attribute("data-upstream", "away", timeout=2000)
         assert time.monotonic() - cut < 2, "the page said it late"
@@ -415,7 +417,9 @@ def test_a_database_outage_leaves_a_working_console_alone(
     before = len(field.mints_of(SHELL))
     page = open_console(signed_in(user), SHELL)
     page.click("#screen")
-    minted = eventually(lambda: field.mints_of(SHELL)[before:], what="the console's mint")[0]
+    minted = wait_until(lambda: field.mints_of(SHELL)[before:], timeout=10, interval=0.1, message="the console's mint")[
+        0
+    ]
     markers = []
     field.forwarder.cut()
     try:
@@ -428,7 +432,12 @@ def test_a_database_outage_leaves_a_working_console_alone(
         changes = [value for _, name, value in page.evaluate("window.__states") if name == "data-state"]
         kept_back = relay_log(lab).count(RECORD_KEPT_BACK)
         page.close()  # its record must wait for the database
-        eventually(lambda: relay_log(lab).count(RECORD_KEPT_BACK) > kept_back, what="the record kept back")
+        wait_until(
+            lambda: relay_log(lab).count(RECORD_KEPT_BACK) > kept_back,
+            timeout=10,
+            interval=0.1,
+            message="the record kept back",
+        )
         assert not disconnects(field, user)
     finally:
         field.forwarder.restore()
@@ -437,7 +446,7 @@ def test_a_database_outage_leaves_a_working_console_alone(
     positions = [log.find(marker) for marker in markers]
     assert -1 not in positions and positions == sorted(positions), dict(zip(markers, positions, strict=True))
     assert len(field.mints_of(SHELL)) - before >= 2, "the outage did not span a switch"
-    found = eventually(lambda: disconnects(field, user), timeout=10, what="the disconnect's record")
+    found = wait_until(lambda: disconnects(field, user), timeout=10, interval=0.1, message="the disconnect's record")
     assert len(found) == 1 and found[0]["reason"].startswith("the browser closed the connection"), found
     assert not field.query("SELECT id FROM live_consoles WHERE username = :user", user=user), (
         "its live console row stayed"
