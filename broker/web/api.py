@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from urllib.parse import urlsplit
 
 from flask import Blueprint
@@ -24,10 +23,12 @@ from broker.services.power import CONFIRMATION_TTL
 from broker.throttle import parse_limit
 from broker.web import sessions
 from broker.web.errors import error_response
+from broker.web.params import cloud_arg
+from broker.web.params import json_object
+from broker.web.presentation import no_store
+from broker.web.presentation import panel
+from broker.web.presentation import server_list
 from broker.web.security import page_host
-from broker.web.views import console_links
-from broker.web.views import notices
-from broker.web.views import panel
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -42,27 +43,18 @@ MAX_MINT_BODY = 256
 
 def mint_reason() -> str:
     """The optional ``{"reason": ...}`` body of a mint; anything else is a 400, never a traceback."""
-    raw = request.get_data(cache=False)
-    if not raw.strip():
-        return "load"
-    if len(raw) > MAX_MINT_BODY:
-        abort(400, description=f"The request body must be a small JSON object (at most {MAX_MINT_BODY} bytes).")
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        abort(400, description="The request body is not valid JSON.")
-    if not isinstance(body, dict) or set(body) - {"reason"} or body.get("reason", "load") not in MINT_DETAILS:
-        abort(400, description=f'The request body must be {{"reason": one of {", ".join(MINT_DETAILS)}}}.')
-    return body.get("reason", "load")
+    shape = f'{{"reason": one of {", ".join(MINT_DETAILS)}}}'
+    reason = json_object(MAX_MINT_BODY, {"reason"}, shape).get("reason", "load")
+    if reason not in MINT_DETAILS:
+        abort(400, description=f"The request body must be {shape}.")
+    return reason
 
 
 @bp.post("/consoles/<path:server_id>")
 @login_required
 def mint(server_id: str):
-    minted = service().mint(current_user, server_id, request.args.get("cloud") or None, mint_reason())
-    response = jsonify(minted.to_json())
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    minted = service().mint(current_user, server_id, cloud_arg(), mint_reason())
+    return no_store(jsonify(minted.to_json()))
 
 
 def page_origin() -> str:
@@ -84,17 +76,13 @@ def relay_url() -> str:
 @login_required
 def relay_ticket(server_id: str):
     """A single-use ticket for the relay's websocket, after the same authorization as a mint."""
-    server = service().permitted(current_user, server_id, request.args.get("cloud") or None)
+    server = service().permitted(current_user, server_id, cloud_arg())
     if service().mode(server) != "relay":
         abort(400, description=f"Consoles of cloud {server.cloud} open in the cloud's own page, not through the relay.")
     limit = state.settings().max_consoles_per_user
     ticket = relay.issue(current_user, sessions.current_id(), server, page_origin(), limit)
-    response = jsonify(
-        {"ticket": ticket, "url": relay_url(), "expires_in": relay.TICKET_TTL, "server": server.to_json()}
-    )
-    response.status_code = 201
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    body = {"ticket": ticket, "url": relay_url(), "expires_in": relay.TICKET_TTL, "server": server.to_json()}
+    return no_store(jsonify(body), 201)
 
 
 @bp.post("/session/keepalive")
@@ -108,28 +96,11 @@ def keepalive():
 @login_required
 def servers():
     """The list page's rows as JSON; ``console_page``, ``cloud`` and ``notices`` give what the page shows."""
-    args = request.args
-    cloud = args.get("cloud") or None
-    overview = service().overview(current_user, args.get("q", "")[:200], cloud)
-    limit = args.get("limit", type=int)
+    cloud = cloud_arg()
+    overview = service().overview(current_user, request.args.get("q", "")[:200], cloud)
+    limit = request.args.get("limit", type=int)
     shown = overview.servers[:limit] if limit and limit > 0 else overview.servers
-    links = console_links(shown)
-    pins = shortcuts.pinned_keys(current_user)
-    return jsonify(
-        {
-            "servers": [
-                {**s.to_json(), "console_page": link, "pinned": (s.cloud, s.id) in pins}
-                for s, link in zip(shown, links, strict=True)
-            ],
-            "total": len(overview.servers),
-            "cloud": cloud,
-            "unavailable": [{"cloud": name, "message": msg} for name, msg in overview.failures.items()],
-            "stale": [
-                {"cloud": name, "age_seconds": round(s.age), "message": s.message} for name, s in overview.stale.items()
-            ],
-            "notices": notices(overview),
-        }
-    )
+    return jsonify(server_list(overview, shown, shortcuts.pinned_keys(current_user), cloud))
 
 
 # -- the server panel, power actions and pins -----------------------------------------
@@ -139,22 +110,6 @@ MAX_ACTION_BODY = 512
 FRESH_READS = parse_limit("60 per minute")
 
 
-def json_body(allowed: set[str]) -> dict:
-    """A small JSON object with only ``allowed`` string fields; anything else is a 400, never a traceback."""
-    raw = request.get_data(cache=False)
-    if len(raw) > MAX_ACTION_BODY:
-        abort(400, description=f"The request body must be a small JSON object (at most {MAX_ACTION_BODY} bytes).")
-    try:
-        body = json.loads(raw or b"{}")
-    except (ValueError, RecursionError):
-        abort(400, description="The request body is not valid JSON.")
-    if not isinstance(body, dict) or set(body) - allowed or not all(isinstance(v, str) for v in body.values()):
-        abort(
-            400, description=f"The request body must be a JSON object with string fields {', '.join(sorted(allowed))}."
-        )
-    return body
-
-
 def power_action(body: dict) -> str:
     action = body.get("action", "")
     if action not in POWER_ACTIONS:
@@ -162,17 +117,11 @@ def power_action(body: dict) -> str:
     return action
 
 
-def no_store(response, status: int = 200):
-    response.status_code = status
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
 @bp.get("/servers/<server_id>")
 @login_required
 def server(server_id: str):
     """The server panel: the cloud's own fields (from the cached list, or re-read with ``fresh=1``)."""
-    found = service().permitted(current_user, server_id, request.args.get("cloud") or None, detail="panel")
+    found = service().permitted(current_user, server_id, cloud_arg(), detail="panel")
     # Each fresh read is a call upstream: a page polls every 3 s; past a few pages' worth, the cache answers.
     if request.args.get("fresh") == "1" and state.throttle().take(FRESH_READS, f"fresh:{current_user.id}").granted:
         found = service().refreshed(current_user, found)
@@ -183,9 +132,8 @@ def server(server_id: str):
 @login_required
 def power_confirmation(server_id: str):
     """Step one of a power action: a single-use confirmation, asked for when the dialog opens."""
-    action = power_action(json_body({"action"}))
-    cloud = request.args.get("cloud") or None
-    confirmation = state.power().confirm(current_user, sessions.current_id(), server_id, cloud, action)
+    action = power_action(json_object(MAX_ACTION_BODY, {"action"}))
+    confirmation = state.power().confirm(current_user, sessions.current_id(), server_id, cloud_arg(), action)
     body = {
         "confirmation": confirmation.token,
         "expires_in": CONFIRMATION_TTL,
@@ -200,12 +148,11 @@ def power_confirmation(server_id: str):
 @login_required
 def power(server_id: str):
     """Step two: send the confirmed action. 202: the cloud took it; the server's state follows."""
-    body = json_body({"action", "confirmation"})
+    body = json_object(MAX_ACTION_BODY, {"action", "confirmation"})
     action = power_action(body)
-    cloud = request.args.get("cloud") or None
     try:
         after = state.power().act(
-            current_user, sessions.current_id(), server_id, cloud, action, body.get("confirmation", "")
+            current_user, sessions.current_id(), server_id, cloud_arg(), action, body.get("confirmation", "")
         )
     except errors.ServerNotReady as exc:
         # Here a 409 is not "the console cannot open" but "the cloud will not do this now".
@@ -224,12 +171,12 @@ def pinned():
 @bp.put("/pins/<server_id>")
 @login_required
 def pin(server_id: str):
-    found, new = shortcuts.pin(current_user, service(), server_id, request.args.get("cloud") or None)
+    found, new = shortcuts.pin(current_user, service(), server_id, cloud_arg())
     return no_store(jsonify({"pinned": True, "server": found.to_json()}), 201 if new else 200)
 
 
 @bp.delete("/pins/<server_id>")
 @login_required
 def unpin(server_id: str):
-    shortcuts.unpin(current_user, server_id, request.args.get("cloud") or None)
+    shortcuts.unpin(current_user, server_id, cloud_arg())
     return no_store(current_app.response_class(status=204), 204)
