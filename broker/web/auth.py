@@ -26,7 +26,6 @@ import secrets
 import threading
 from datetime import UTC
 from datetime import datetime
-from urllib.parse import urlsplit
 
 from flask import Blueprint
 from flask import Response
@@ -53,14 +52,13 @@ from broker.config import LdapSettings
 from broker.directory import Directory
 from broker.directory import DirectoryUnreachable
 from broker.directory import DirectoryUser
-from broker.extensions import db
 from broker.extensions import limiter
 from broker.services import audit
 from broker.services import identity
 from broker.services import users
 from broker.throttle import Ticket
-from broker.web import oidc
 from broker.web import sessions
+from broker.web import signin
 
 bp = Blueprint("auth", __name__)
 log = logging.getLogger(__name__)
@@ -85,18 +83,6 @@ class LoginForm(FlaskForm):
     username = StringField("User name", validators=[DataRequired(), Length(max=64)])
     password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
     next = HiddenField()
-
-
-def safe_next(target: str | None) -> str | None:
-    """``target`` if it is a path on this site, else None (no scheme, host, ``//`` or ``\\``)."""
-    if not target or len(target) > 2048 or not target.startswith("/"):
-        return None
-    if target.startswith("//") or "\\" in target or any(ord(c) < 32 or ord(c) == 127 for c in target):
-        return None
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc:
-        return None
-    return target
 
 
 def audit_name(typed: str) -> str:
@@ -290,9 +276,9 @@ def password_sign_in(account: users.User | DirectoryUser, name: str, target: str
             source="ldap", subject=account.dn, username=account.username, groups=account.groups
         )
         try:
-            begin_external(found)
+            signin.begin_external(found)
         except identity.IdentityRefused as exc:
-            return external_refused(found, exc)
+            return signin.external_refused(found, exc)
     else:
         account.last_sign_in_at = datetime.now(UTC)
         sessions.start(account, state.settings().session_lifetime)
@@ -317,39 +303,11 @@ def directory_down(form: LoginForm, wanted: str | None, name: str, ticket: Ticke
     return form_page(form, wanted, 503, 30)
 
 
-def begin_external(found: identity.ExternalIdentity) -> identity.Synced:
-    """Provision ``found`` and start its session, audited with the method; IdentityRefused when its name is taken."""
-    try:
-        synced = identity.sign_in(found, state.settings().admin_groups)
-    except identity.IdentityRefused:
-        db.session.rollback()
-        raise
-    sessions.start(synced.user, state.settings().session_lifetime, method=found.source, external_sid=found.sid)
-    audit.record("sign_in", "ok", username=synced.user.username, detail=found.source, reason=synced.describe())
-    return synced
-
-
-def external_sign_in(found: identity.ExternalIdentity, target: str):
-    """Sign in someone a directory vouched for and go on to ``target``; a refusal is audited and shown."""
-    try:
-        begin_external(found)
-    except identity.IdentityRefused as exc:
-        return external_refused(found, exc)
-    return redirect(target)
-
-
-def external_refused(found: identity.ExternalIdentity, exc: identity.IdentityRefused):
-    """A directory user who cannot have an account here: audited, and told why on the login page."""
-    audit.record("sign_in", "refused", username=found.username[:64], detail=found.source, reason=exc.reason)
-    flash(exc.message, "error")
-    return redirect(url_for("auth.login", stay=1))
-
-
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.limit(FLOOD_LIMIT, methods=["POST"], scope="login-flood", key_func=flood_key)
 def login():
     form = LoginForm()
-    wanted = safe_next(request.values.get("next"))
+    wanted = signin.safe_next(request.values.get("next"))
     target = wanted or url_for("views.index")
     methods = state.settings().auth_methods
     if request.method == "GET":
@@ -373,7 +331,7 @@ def login():
 @bp.post("/logout")
 def logout():
     # Signed in at the provider too: sign out there as well (RP-initiated logout), when it offers it.
-    provider_logout = oidc.end_session_redirect()
+    provider_logout = signin.provider_logout_url()
     sessions.end("signed out")
     flash("You are signed out.", "info")
     return redirect(provider_logout or url_for("auth.login"))

@@ -26,8 +26,8 @@ from broker.extensions import db
 from broker.services import audit
 from broker.services import identity
 from broker.services import users
-from broker.web import auth
 from broker.web import sessions
+from broker.web import signin
 from broker.web.errors import wants_json
 from broker.web.observability import address_allowed
 
@@ -69,7 +69,7 @@ def refuse_untrusted(settings: HeaderSettings, peer: str) -> None:
 def sign_in(found: identity.ExternalIdentity) -> None:
     """Start a header session for ``found`` and let the request go on; a refusal is audited, nobody signed in."""
     try:
-        synced = auth.begin_external(found)
+        synced = signin.begin_external(found)
     except identity.IdentityRefused as exc:
         # The proxy repeats the name on every request: stored once a minute per address, like other strangers.
         audit.record_anonymous("sign_in", "refused", username=found.username[:64], detail="header", reason=exc.reason)

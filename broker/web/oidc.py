@@ -21,7 +21,6 @@ from authlib.integrations.flask_client import OAuth
 from flask import Blueprint
 from flask import Flask
 from flask import current_app
-from flask import flash
 from flask import jsonify
 from flask import redirect
 from flask import request
@@ -40,8 +39,9 @@ from broker.config import OidcSettings
 from broker.services import audit
 from broker.services import identity
 from broker.throttle import parse_limit
-from broker.web import auth
 from broker.web import sessions
+from broker.web import signin
+from broker.web.presentation import no_store
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ def register(app: Flask, settings: OidcSettings) -> None:
         },
     )
     app.extensions["broker.oidc_keys"] = ProviderKeys()
+    signin.register_provider_logout(app, end_session_redirect)
     app.register_blueprint(bp)
 
 
@@ -131,7 +132,7 @@ def settings() -> OidcSettings:
 
 @bp.get("/login")
 def login():
-    wanted = auth.safe_next(request.args.get("next"))
+    wanted = signin.safe_next(request.args.get("next"))
     if current_user.is_authenticated:
         return redirect(wanted or url_for("views.index"))
     session["oidc_next"] = wanted
@@ -143,12 +144,12 @@ def login():
 
 @bp.get("/callback")
 def callback():
-    wanted = auth.safe_next(session.pop("oidc_next", None))
+    wanted = signin.safe_next(session.pop("oidc_next", None))
     try:
         found, id_token = verified_identity()
     except SignInError as exc:
         return failed(exc)
-    response = auth.external_sign_in(found, wanted or url_for("views.index"))
+    response = signin.external_sign_in(found, wanted or url_for("views.index"))
     if current_user.is_authenticated and current_user.external_id == found.subject:
         # Kept only for RP-initiated logout's id_token_hint.
         session["oidc_id_token"] = id_token
@@ -162,8 +163,7 @@ def failed(exc: SignInError):
         audit.record_anonymous("sign_in", "refused", detail="oidc", reason=exc.reason)
     else:
         audit.record("sign_in", exc.outcome, detail="oidc", reason=exc.reason)
-    flash(exc.message, "error")
-    return redirect(url_for("auth.login", stay=1))
+    return signin.back_to_login(exc.message)
 
 
 def unreachable_message() -> str:
@@ -258,12 +258,6 @@ def backchannel_logout():
         reason=f"back-channel logout from the provider ended {len(ended)} session(s): {who}",
     )
     return no_store(jsonify(status="ok"), 200)
-
-
-def no_store(response, status: int):
-    response.status_code = status
-    response.headers["Cache-Control"] = "no-store"
-    return response
 
 
 def logout_claims(raw: str) -> dict:
