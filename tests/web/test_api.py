@@ -77,6 +77,13 @@ def test_refresh_reason_is_audited(api, app):
     assert audit_rows(app)[0]["detail"] == "refresh"
 
 
+@pytest.mark.parametrize("data", ["", "\n", " " * 1000])
+def test_an_empty_mint_body_is_a_load(api, app, data):
+    """Nothing but whitespace is no body, however long: the mint is a page load, not a 400."""
+    assert api(server_id(1), data=data).status_code == 200
+    assert audit_rows(app)[0]["detail"] == "load"
+
+
 def test_mint_without_csrf_header_is_refused(api, fake):
     response = api(server_id(1), headers={})
     assert response.status_code == 400
@@ -691,6 +698,7 @@ def test_an_admin_may_power_without_a_rule(client, auth, fake):
         {"action": "start", "extra": "x"},
         {"action": ["start"]},
         "not json",
+        "   ",  # only whitespace: an empty body, so no action
         {"action": "start", "confirmation": "x" * 600},
     ],
 )
