@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import socket
@@ -166,8 +168,23 @@ def demo_console_greets(session: requests.Session, url: str, page: str) -> bytes
         return ws.recv(timeout=10)
 
 
+@contextlib.contextmanager
+def only_demo_of_this_checkout():
+    """Hold the checkout's one ``./dev demo`` to this test: two at once (CI's two passes run this test at the same
+    time) would share instance/demo.sqlite3, its sign-in and its servers' state file."""
+    (ROOT / "instance").mkdir(exist_ok=True)
+    with open(ROOT / "instance" / "dev-demo-test.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def test_dev_demo_serves_with_the_procfiles_gunicorn_and_prints_the_sign_in_once(tmp_path):
     """The first impression: ./dev demo runs production's server line (not Flask's development server) and its relay."""
+    with only_demo_of_this_checkout():
+        dev_demo_serves_and_prints_the_sign_in_once(tmp_path)
+
+
+def dev_demo_serves_and_prints_the_sign_in_once(tmp_path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "OS_"))}
     env.update(PORT=str(port), RELAY_PORT=str(free_port()))
