@@ -14,7 +14,6 @@ import secrets
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from playwright.sync_api import expect
 from sqlalchemy import select
 
 from broker import create_app
+from broker import state
 from broker.extensions import db
 from broker.models import AuditRecord
 from broker.services import management
@@ -45,6 +45,7 @@ from tests.oidc import CLIENT_ID
 from tests.oidc import CLIENT_SECRET
 from tests.oidc import RunningProvider
 from tests.oidc import provider
+from tests.support import wait_until
 
 # A provider account, and the broker group of the same name the test grants the lab's web servers.
 PERSON = "alice"
@@ -58,13 +59,6 @@ class SsoBroker:
     provider: RunningProvider
     child: Child
     app: Flask  # the same database, for reading its audit
-
-
-def wait_for(check: Callable[[], object], timeout: float = 5.0) -> object:
-    deadline = time.monotonic() + timeout
-    while not (found := check()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return found
 
 
 def sign_outs(app: Flask) -> list[AuditRecord]:
@@ -87,7 +81,9 @@ def grant_group(env: dict[str, str], instance: Path) -> Flask:
         app = create_app({"INSTANCE_PATH": str(instance)})
     with app.app_context():
         management.add_group("e2e-test", GROUP)
-        management.add_rule("e2e-test", group=GROUP, cloud=CLOUD_NAME, name_pattern="web-*")
+        clouds = state.consoles().inventory.names()  # what the admin page offers a rule
+        management.add_rule("e2e-test", clouds, group=GROUP, cloud=CLOUD_NAME, name_pattern="web-*")
+        db.session.commit()  # as the command would: the services only stage
         db.engine.dispose()
     return app
 
@@ -173,8 +169,12 @@ def test_wiki_link_signs_in_at_the_provider_and_its_logout_ends_the_open_console
         signed_out = time.monotonic()
         provider_tab.close()
         page.bring_to_front()
-        assert wait_for(lambda: "backchannel logout sent to console-broker" in sso_broker.provider.log.read_text())
-        (record,) = wait_for(lambda: sign_outs(sso_broker.app))
+        wait_until(
+            lambda: "backchannel logout sent to console-broker" in sso_broker.provider.log.read_text(),
+            interval=0.1,
+            message="the provider's back-channel logout",
+        )
+        (record,) = wait_until(lambda: sign_outs(sso_broker.app), interval=0.1, message="the sign-out's record")
         assert (record.username, record.detail) == (PERSON, "oidc")
         assert record.reason.startswith("back-channel logout from the provider ended 1 session(s)")
 
