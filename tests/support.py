@@ -255,15 +255,15 @@ def children(pid: int) -> list[int]:
 
 def wait_for_health(url: str, process: subprocess.Popen, log: Path, timeout: float = 30) -> None:
     """Until ``url``/healthz answers; fails with the server's log if it exits or never answers."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def healthy() -> bool:
         assert process.poll() is None, log.read_text()[-3000:]
         try:
-            if requests.get(url + "/healthz", timeout=2).ok:
-                return
+            return requests.get(url + "/healthz", timeout=2).ok
         except requests.RequestException:
-            time.sleep(0.1)
-    raise AssertionError(f"{url} never answered:\n{log.read_text()[-3000:]}")
+            return False
+
+    wait_until(healthy, timeout, interval=0.1, message=lambda: f"{url} never answered:\n{log.read_text()[-3000:]}")
 
 
 def nginx_conf(directory: Path, site: str, connections: int = 512, user: str | None = None) -> Path:

@@ -31,6 +31,7 @@ from broker.services.inventory import Inventory
 from broker.web.errors import cloud_answer
 from tests.support import make_client
 from tests.support import server_id
+from tests.support import wait_until
 
 HANG = 30.0
 UNKNOWN = server_id(99)
@@ -392,9 +393,7 @@ def test_a_cold_mint_by_id_costs_one_lookup_and_the_mint(app, big, clock, budget
     assert console_records()[-1].outcome == "ok"
     # The walk it started in the background warms this worker for the next requests.
     big.release_hangs()
-    deadline = time.monotonic() + 10
-    while big.counts["list"] < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: big.counts["list"] >= 3, timeout=10, message="the background walk")
     assert len(service.overview(agent()).servers) == 2500
     assert big.counts["list"] == 3
     service.mint(agent(), make_servers(2500)[1].id)
