@@ -29,7 +29,7 @@ if not os.environ.get(MULTIPROC):
 def on_starting(server) -> None:
     forget_earlier_runs(os.environ[MULTIPROC])
     # Imported here so that gunicorn's own start-up stays independent of the app.
-    from broker import check_configuration
+    from broker.startup import check_configuration
 
     try:
         settings = check_configuration()

@@ -14,6 +14,7 @@ from flask.cli import with_appcontext
 from broker import schema
 from broker import state
 from broker.config import Settings
+from broker.extensions import db
 from broker.services import checks
 from broker.services import management
 from broker.services import policy
@@ -65,10 +66,15 @@ def actor() -> str:
 
 
 def run(change, *args, **kwargs) -> None:
+    """One admin change as one unit of work: the change and its audit record are committed here, together;
+    a refused one commits only the record of its refusal. Anything else that goes wrong commits nothing."""
     try:
-        click.echo(change(actor(), *args, **kwargs))
+        text = change(actor(), *args, **kwargs)
     except management.ChangeError as exc:
+        db.session.commit()
         raise click.ClickException(str(exc)) from None
+    db.session.commit()
+    click.echo(text)
 
 
 def read_password(from_stdin: bool) -> str:
@@ -169,6 +175,7 @@ def add_rule(user: str | None, group: str | None, cloud: str, name_pattern: str,
     """Grant a user or group the consoles of a cloud, optionally narrowed."""
     run(
         management.add_rule,
+        state.consoles().inventory.names(),
         user=user,
         group=group,
         cloud=cloud,

@@ -8,6 +8,7 @@ This module never imports Flask, so the cloud client can record its own calls.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client import REGISTRY
@@ -55,11 +56,24 @@ POWER_ACTIONS = Counter(
     ["cloud", "action", "outcome"],
 )
 SIGN_INS = Counter("broker_sign_ins_total", "Sign-in attempts by method and outcome.", ["method", "outcome"])
+# The clouds this process serves (as their inventories name them). Anyone signed in can put any text
+# in ?cloud=, and each new label value is a new series: other names are counted as "none".
+CLOUDS: set[str] = set()
+
+
+def serve_clouds(names: Iterable[str]) -> None:
+    """Count these clouds under their own names from now on."""
+    CLOUDS.update(names)
+
+
+def cloud_label(name: str) -> str:
+    """``name`` when this process serves that cloud, else "none"."""
+    return name if name in CLOUDS else "none"
 
 
 def mint(cloud: str, outcome: str) -> None:
     """One console mint asked for (``outcome`` as in its audit record: ok, failed, refused)."""
-    MINTS.labels(cloud or "none", outcome).inc()
+    MINTS.labels(cloud_label(cloud), outcome).inc()
 
 
 def mint_time(seconds: float, status: int) -> None:
@@ -83,7 +97,7 @@ def list_age(cloud: str, seconds: float) -> None:
 
 def power(cloud: str, action: str, outcome: str) -> None:
     """One power action (start, reboot-soft, reboot-hard) that was sent, refused or failed."""
-    POWER_ACTIONS.labels(cloud or "none", action, outcome).inc()
+    POWER_ACTIONS.labels(cloud_label(cloud), action, outcome).inc()
 
 
 def sign_in(method: str, outcome: str) -> None:

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from limits import RateLimitItem
 
     from broker.config import Settings
-    from broker.demo.cloud import FakeCloud
+    from broker.demo import FakeCloud
     from broker.services.consoles import ConsoleService
     from broker.services.power import PowerService
     from broker.shared import SharedRedis

@@ -6,7 +6,7 @@ from alembic import context
 from flask import current_app
 from sqlalchemy import text
 
-from broker import in_command
+from broker.startup import in_command
 
 # A fixed key for PostgreSQL's advisory lock: instances starting together upgrade in turn.
 UPGRADE_LOCK = 0x62726F6B  # "brok"

@@ -23,9 +23,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from werkzeug.security import generate_password_hash
 
-import broker
 from broker import create_app
 from broker import schema
+from broker import startup
 from broker.config import StartupStopped
 from broker.extensions import db
 from broker.services import audit
@@ -418,7 +418,7 @@ def test_identity_sources_upgrade_keeps_accounts_local_and_downgrade_removes_the
 
 def test_the_relay_waits_for_the_schema_and_never_makes_it(database, tmp_path, monkeypatch):
     """The relay process builds the same app, but the schema (and the demo account) are the web process's."""
-    monkeypatch.setattr(broker, "SCHEMA_WAIT", 1)
+    monkeypatch.setattr(startup, "SCHEMA_WAIT", 1)
     relay = {"ENV": operator_env(database), "CLOUDS": [], "INSTANCE_PATH": str(tmp_path / "i"), "SCHEMA_OWNER": False}
     with pytest.raises(StartupStopped, match="no schema yet: start the web process"):
         create_app(relay)
@@ -443,7 +443,7 @@ class Clock:
 
 def test_the_relay_says_at_once_and_every_10_s_that_it_waits_for_the_schema(database, tmp_path, monkeypatch):
     clock = Clock()
-    monkeypatch.setattr(broker, "time", clock)
+    monkeypatch.setattr(startup, "time", clock)
     said: list[tuple[float, str]] = []
 
     class Keep(logging.Handler):

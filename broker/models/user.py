@@ -6,7 +6,6 @@ import secrets
 from datetime import UTC
 from datetime import datetime
 
-from flask_login import UserMixin
 from sqlalchemy import Index
 from sqlalchemy import String
 from sqlalchemy import func
@@ -23,7 +22,10 @@ SOURCES = ("local", "oidc", "ldap", "header")
 NO_PASSWORD = "!"
 
 
-class User(UserMixin, db.Model):
+class User(db.Model):
+    """A person who may sign in; also what flask-login keeps as the signed-in user (it reads the four
+    members below), so the model needs nothing of Flask."""
+
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -43,7 +45,13 @@ class User(UserMixin, db.Model):
         Index("ix_users_external", source, external_id, unique=True),
     )
 
+    # What flask-login asks of a user object: every stored user is an active, real account.
+    is_authenticated = True
+    is_active = True
+    is_anonymous = False
+
     def get_id(self) -> str:
+        """The session's key: a password change (new session_token) ends every session that holds the old one."""
         return f"{self.id}:{self.session_token}"
 
     @property

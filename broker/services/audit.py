@@ -58,21 +58,13 @@ def storable(text: str, limit: int) -> str:
     return text.replace("\x00", "\ufffd")[:limit]
 
 
-def cloud_label(name: str) -> str:
-    """A configured cloud's name, else "none": anyone signed in can put any text in ``?cloud=``."""
-    consoles = state.of().consoles
-    return name if consoles is not None and consoles.inventory.cloud(name) is not None else "none"
-
-
 def measure(entry: AuditRecord) -> None:
     """Mints and sign-ins also count in the metrics, stored or not: every one passes through here."""
     if entry.action == "console" and entry.detail != "view":
-        metrics.mint(cloud_label(entry.cloud), entry.outcome)
+        metrics.mint(entry.cloud, entry.outcome)
     elif entry.action == "power":
         # The detail is the action only when it is one (a refusal of a made-up action never gets this far).
-        metrics.power(
-            cloud_label(entry.cloud), entry.detail if entry.detail in ACTION_BODIES else "none", entry.outcome
-        )
+        metrics.power(entry.cloud, entry.detail if entry.detail in ACTION_BODIES else "none", entry.outcome)
     elif entry.action == "sign_in":
         metrics.sign_in(entry.detail if entry.detail in SOURCES else "local", entry.outcome)
 

@@ -65,7 +65,8 @@ def find_external(source: str, subject: str) -> User | None:
 def sign_in(identity: ExternalIdentity, admin_groups: tuple[str, ...]) -> Synced:
     """The broker account of ``identity``: made the first time, its name, role and groups re-synced every time.
 
-    Staged, not committed: the sign-in's audit record commits it.
+    Staged, not committed (the request commits it with the sign-in's record). IdentityRefused comes before
+    anything is staged.
     """
     name = usable_name(identity)
     user = find_external(identity.source, identity.subject)

@@ -272,6 +272,7 @@ class Inventory:
         wall: Callable[[], float] = time.time,
     ):
         self.clouds = {cloud.name: cloud for cloud in clouds}
+        metrics.serve_clouds(self.clouds)
         self.ttl = ttl
         self.clock = clock
         self.wall = wall

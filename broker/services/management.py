@@ -3,30 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Collection
 
-from broker import state
-from broker.extensions import db
 from broker.services import audit
 from broker.services import policy
 from broker.services import relay
 from broker.services import users
+from broker.services.inventory import Inventory
 
 ChangeError = (users.UserError, policy.PolicyError, relay.NoSuchConsole)
 
 
 def apply(actor: str, detail: str, change: Callable[[], str]) -> str:
-    """Run ``change`` (which returns a description) and audit it: one unit of work.
+    """Run ``change`` (which returns a description) and stage its audit record beside it: one unit of work,
+    which the caller commits (the request, or the command).
 
-    The services only stage their changes; the audit record's commit writes the change
-    and its record together, or neither. A refused change is rolled back, then recorded.
+    A refused change raises before it stages anything (each one checks first); its refusal is staged
+    instead, so the caller's commit keeps the record of it.
     """
     try:
         text = change()
     except ChangeError as exc:
-        db.session.rollback()
-        audit.record("admin", "failed", username=actor, detail=detail, reason=str(exc))
+        audit.stage("admin", "failed", username=actor, detail=detail, reason=str(exc))
         raise
-    audit.record("admin", "ok", username=actor, detail=detail, reason=text)
+    audit.stage("admin", "ok", username=actor, detail=detail, reason=text)
     return text
 
 
@@ -80,20 +80,16 @@ def remove_member(actor: str, group: str, user: str) -> str:
     return apply(actor, "member_remove", lambda: policy.remove_member(group, user) or f"removed {user} from {group}")
 
 
-def configured_clouds() -> list[str]:
-    """The names rules may use: every configured cloud, as configured (``name/Region`` included)."""
-    return state.consoles().inventory.names()
-
-
-def cloud_health() -> dict:
+def cloud_health(inventory: Inventory) -> dict:
     """Each configured cloud's health as its client last saw it."""
-    clouds = state.consoles().inventory.clouds
-    return {name: cloud.client.health.snapshot() for name, cloud in clouds.items()}
+    return {name: cloud.client.health.snapshot() for name, cloud in inventory.clouds.items()}
 
 
-def add_rule(actor: str, **fields) -> str:
+def add_rule(actor: str, clouds: Collection[str], **fields) -> str:
+    """Add a rule; ``clouds`` are the names it may use (every configured cloud, ``name/Region`` included)."""
+
     def change() -> str:
-        rule = policy.add_rule(clouds=configured_clouds(), **fields)
+        rule = policy.add_rule(clouds=clouds, **fields)
         return f"rule {rule.id}: {rule.describe()}"
 
     return apply(actor, "rule_add", change)

@@ -113,9 +113,7 @@ def pin(user: User, consoles: ConsoleService, server_id: str, cloud: str | None)
     added = db.session.execute(_insert_below_limit(user.id, server.cloud, server.id)).rowcount == 1
     exists = select(Pin.id).where(Pin.user_id == user.id, Pin.cloud == server.cloud, Pin.server_id == server.id)
     if not added and db.session.scalar(exists) is None:
-        db.session.rollback()
         raise PinError(f"You have {MAX_PINS} pins already: unpin one first.")
-    db.session.commit()
     return server, added
 
 
@@ -137,4 +135,3 @@ def unpin(user: User, server_id: str, cloud: str | None) -> None:
     if cloud:
         doomed = doomed.where(Pin.cloud == cloud[:64])
     db.session.execute(doomed)
-    db.session.commit()

@@ -18,6 +18,7 @@ from flask import url_for
 from flask_login import current_user
 from flask_login import login_required
 
+from broker import state
 from broker.extensions import db
 from broker.services import audit
 from broker.services import instances
@@ -37,7 +38,7 @@ def admin_required(view):
     @login_required
     def wrapped(*args, **kwargs):
         if not current_user.is_admin:
-            audit.record(
+            audit.stage(
                 "admin",
                 "refused",
                 username=current_user.username,
@@ -66,14 +67,15 @@ def change(action, *args, **kwargs):
 @bp.get("/")
 @admin_required
 def index():
-    clouds = management.configured_clouds()
+    inventory = state.consoles().inventory
+    clouds = inventory.names()
     return render_template(
         "admin/index.html",
         users=users.all_users(),
         groups=policy.all_groups(),
         rules=policy.all_rules(),
         orphans={rule.id for rule in policy.rules_on_unknown_clouds(clouds)},
-        health=management.cloud_health(),
+        health=management.cloud_health(inventory),
         clouds=clouds,
         min_password=users.MIN_PASSWORD,
         roles=users.ROLES,
@@ -191,7 +193,7 @@ def add_rule():
     form = forms.RuleForm()
     if not forms.valid(form):
         return back()
-    return change(management.add_rule, **form.grant())
+    return change(management.add_rule, state.consoles().inventory.names(), **form.grant())
 
 
 @bp.route("/rules/<int:rule_id>/remove", methods=["GET", "POST"])

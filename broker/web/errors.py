@@ -112,7 +112,7 @@ def handle_csrf(exc: CSRFError):
     where = request.url_rule.rule if request.url_rule else request.path
     reason = f"CSRF check failed: {request.method} {where}"
     if current_user.is_authenticated:
-        audit.record("request", "refused", username=current_user.username, reason=reason)
+        audit.stage("request", "refused", username=current_user.username, reason=reason)
     else:
         audit.record_anonymous("request", "refused", reason=reason)
     return error_response(400, "csrf_failed", "The form was stale or forged. Reload the page and try again.")
@@ -192,7 +192,11 @@ class OutageLog:
 
 
 def database_unavailable(exc: BaseException):
-    """503 for a request that needed the database while it cannot be reached (logged once per few seconds)."""
+    """503 for a request that needed the database while it cannot be reached (logged once per few seconds).
+
+    What the request staged is dropped: it can neither be stored now nor be half-stored later.
+    """
+    db.session.rollback()
     current_app.extensions[OUTAGE_LOG].refused_one(exc)
     # Nobody is signed in for the rest of this request: the error page must not ask the database
     # again who is (flask-login's template context would, and fail the same way).
@@ -217,13 +221,14 @@ def recording(handler: Callable):
         except DBAPIError as trouble:
             if not is_unreachable(trouble):
                 raise
-            db.session.rollback()
             return database_unavailable(trouble)
 
     return handling
 
 
 def handle_unexpected(exc: Exception):
+    """500 for a bug: logged, and nothing the request staged is stored (half a change, or one without its record)."""
+    db.session.rollback()
     log.exception("unhandled error on %s %s", request.method, request.path)
     return error_response(500, "internal_error", "Something went wrong in the broker. It has been logged.")
 

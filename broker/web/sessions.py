@@ -117,11 +117,9 @@ def end(reason: str) -> None:
     sid = session.get("sid")
     if isinstance(sid, str):
         db.session.execute(update(UserSession).where(UserSession.id == sid).values(ended_at=datetime.now(UTC)))
-    # The session's end and its record are one unit of work.
+    # The session's end and its record are one unit of work, which the request commits.
     if current_user.is_authenticated:
-        audit.record("sign_out", "ok", username=current_user.username, detail=method(), reason=reason)
-    else:
-        db.session.commit()
+        audit.stage("sign_out", "ok", username=current_user.username, detail=method(), reason=reason)
     logout_user()
     session.clear()
 
@@ -161,4 +159,6 @@ def mark_seen(sid: object) -> None:
     if not isinstance(sid, str):
         return
     db.session.execute(update(UserSession).where(UserSession.id == sid).values(seen_at=datetime.now(UTC)))
+    # Its own unit of work, committed before the route runs: the route may wait seconds on a cloud,
+    # and SQLite would hold every other writer back for as long as this row's write stayed open.
     db.session.commit()

@@ -17,7 +17,6 @@ from flask import redirect
 from flask import url_for
 
 from broker import state
-from broker.extensions import db
 from broker.services import audit
 from broker.services import identity
 from broker.web import sessions
@@ -40,11 +39,8 @@ def safe_next(target: str | None) -> str | None:
 
 def begin_external(found: identity.ExternalIdentity) -> identity.Synced:
     """Provision ``found`` and start its session, audited with the method; IdentityRefused when its name is taken."""
-    try:
-        synced = identity.sign_in(found, state.settings().admin_groups)
-    except identity.IdentityRefused:
-        db.session.rollback()
-        raise
+    # A refusal comes before anything is staged; what the request staged before (an ended session) stays.
+    synced = identity.sign_in(found, state.settings().admin_groups)
     sessions.start(synced.user, state.settings().session_lifetime, method=found.source, external_sid=found.sid)
     audit.record("sign_in", "ok", username=synced.user.username, detail=found.source, reason=synced.describe())
     return synced

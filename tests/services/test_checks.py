@@ -13,6 +13,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from broker import create_app
+from broker import heartbeat
 from broker import state
 from broker.cloud.registry import Cloud
 from broker.extensions import db
@@ -342,7 +343,7 @@ def another_instance(tmp_path, fake, names=("lab",), mode="iframe"):
 
 def process(app) -> str:
     with app.app_context():
-        [row] = [row for row in instances.running() if row.id == app.extensions[instances.EXTENSION].row_id]
+        [row] = [row for row in instances.running() if row.id == app.extensions[heartbeat.EXTENSION].row_id]
         return f"{row.name} {row.role}"
 
 
@@ -394,7 +395,7 @@ def test_this_environments_secret_key_is_held_against_the_running_instances(app)
 
 
 def test_no_running_instance_is_a_note(runner, app):
-    instances.leave(app)
+    heartbeat.leave(app)
     result = runner.invoke(args=["check"])
     assert result.exit_code == 0, result.output
     assert (

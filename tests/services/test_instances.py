@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy import update
 
-import broker
 from broker import create_app
-from broker import prepare_schema
+from broker import heartbeat
+from broker import startup
 from broker.cloud.registry import Cloud
 from broker.config import StartupStopped
 from broker.config import load_settings
@@ -25,6 +25,7 @@ from broker.extensions import db
 from broker.models import Instance
 from broker.services import instances
 from broker.services import users
+from broker.startup import prepare_schema
 from tests.support import AGENT
 from tests.support import broker_env
 from tests.support import csrf_from
@@ -159,7 +160,7 @@ def test_a_stopped_instance_does_not_hold_a_new_key_back(start):
 
 def test_an_instance_that_exits_removes_its_row(start):
     first = start(OLD_KEY)
-    instances.leave(first)
+    heartbeat.leave(first)
     assert rows(first) == []
     start(OTHER_KEY)
 
@@ -171,7 +172,7 @@ def test_gunicorns_master_refuses_before_forking(start, tmp_path, monkeypatch):
         prepare_schema(load_settings(env, str(tmp_path)), str(tmp_path / "instance"))
     # Its workers, checked by the master, do not ask again: a worker restarted later never stops a running
     # instance for a newcomer that slipped in meanwhile.
-    monkeypatch.setattr(broker, "checked_by_master", True)
+    monkeypatch.setattr(startup, "checked_by_master", True)
     start(OTHER_KEY)
 
 
@@ -239,14 +240,14 @@ def age(app, seconds: int) -> None:
 def test_a_beat_keeps_the_row_running_and_writes_a_lost_one_again(start):
     app = start(OLD_KEY)
     age(app, instances.RUNNING_WITHIN + 1)
-    instances.beat(app)
+    heartbeat.beat(app)
     with app.app_context():
         assert len(instances.running()) == 1
         db.session.execute(Instance.__table__.delete())
         db.session.commit()
-    instances.beat(app)
+    heartbeat.beat(app)
     [row] = rows(app)
-    assert row.id == app.extensions[instances.EXTENSION].row_id
+    assert row.id == app.extensions[heartbeat.EXTENSION].row_id
 
 
 def test_rows_of_processes_long_gone_are_dropped_at_the_next_start(start):
@@ -259,14 +260,14 @@ def test_rows_of_processes_long_gone_are_dropped_at_the_next_start(start):
 def test_the_heartbeat_thread_beats_and_removes_the_rows_at_exit(start):
     app = start(OLD_KEY)
     age(app, instances.RUNNING_WITHIN + 1)
-    heartbeat = instances.Heartbeat(interval=0.01)
-    heartbeat.add(app)
+    beats = heartbeat.Heartbeat(interval=0.01)
+    beats.add(app)
     deadline = time.monotonic() + 10
     while not is_running(app) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert is_running(app)
-    thread = heartbeat.thread
-    heartbeat.stop(os.getpid())
+    thread = beats.thread
+    beats.stop(os.getpid())
     assert rows(app) == []
     thread.join(timeout=5)
     assert not thread.is_alive()  # no app left to beat for
