@@ -20,13 +20,13 @@ import pytest
 import requests
 from bs4 import BeautifulSoup
 
+from broker import relayhost
 from broker.cloud.client import ComputeClient
 from broker.cloud.resilience import RetryPolicy
 from broker.cloud.types import Timeouts
 from broker.demo import keystone_session
 from broker.demo.cloud import FakeCloud
 from broker.demo.cloud import Server
-from broker.relay.server import Relay
 
 # The checkout: where app.py, the Procfile and gunicorn.conf.py are.
 ROOT = Path(__file__).resolve().parent.parent
@@ -302,11 +302,11 @@ def procfile_relay_line() -> str:
 
 @contextlib.contextmanager
 def relay_listening(app, port: int = 0) -> Iterator[int]:
-    """A real relay (broker.relay.server.Relay) for ``app`` on loopback, on a loop of its own; yields its port."""
+    """A real relay (broker.relayhost.relay) for ``app`` on loopback, on a loop of its own; yields its port."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="test-relay", daemon=True)
     thread.start()
-    relay = Relay(app)
+    relay = relayhost.relay(app)
     try:
         asyncio.run_coroutine_threadsafe(relay.start("127.0.0.1", port), loop).result(10)
         yield relay.port

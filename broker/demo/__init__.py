@@ -19,6 +19,7 @@ from broker import state
 from broker.cloud.client import ComputeClient
 from broker.cloud.registry import Cloud
 from broker.cloud.types import Timeouts
+from broker.demo import consoleproxy as consoleproxy
 from broker.demo.cloud import FakeCloud
 from broker.demo.cloud import break_server
 from broker.demo.cloud import make_servers

@@ -13,12 +13,19 @@ from broker.relay.budget import Budget
 from tests.relay import eventually
 from tests.relay import key
 from tests.relay import run
-from tests.relay.test_server import FakeServices
-from tests.relay.test_server import app  # noqa: F401 (the module's app fixture)
-from tests.relay.test_server import connected
-from tests.relay.test_server import open_browser
-from tests.relay.test_server import running
-from tests.relay.test_server import sent_keys
+from tests.relay.services import FakeServices
+from tests.relay.services import connected
+from tests.relay.services import open_browser
+from tests.relay.services import relay_app
+from tests.relay.services import running
+from tests.relay.services import sent_keys
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """The broker app whose tickets the relay's Services redeem (mints and records are faked)."""
+    return relay_app(tmp_path_factory)
+
 
 # As much as one websocket message from a browser can hold (the relay's max_size is a clipboard's).
 FLOOD_EVENTS = (1 << 20) // 6
@@ -100,17 +107,17 @@ def test_the_loop_runs_other_consoles_between_full_slices_and_a_lone_message_nev
 # -- through the relay -----------------------------------------------------------------------------------
 
 
-def test_a_console_flooding_the_relay_with_pointer_events_slows_only_itself(app):  # noqa: F811
+def test_a_console_flooding_the_relay_with_pointer_events_slows_only_itself(app):
     """Another console's keys overtake the flood: it is cut a slice at a time, and held to its own rate."""
-    fakes = FakeServices()
-    fakes.issue("t1")
-    fakes.issue("t2")
+    fakes = FakeServices(app)
+    fakes.issue()
+    fakes.issue()
     flood = clicks(FLOOD_EVENTS)
 
     async def scenario():
-        async with running(app, fakes) as (relay, proxy):
-            flooder = await connected(app, relay, proxy)
-            other = await second_browser(app, relay)
+        async with running(fakes) as (relay, proxy):
+            flooder = await connected(fakes, relay, proxy)
+            other = await second_browser(fakes, relay)
             flooding, other_session = proxy.sessions
             # Fewer messages than the relay's websocket queues before it stops reading (16), so the
             # relay still reads the close at the end and the test ends at once.
@@ -134,14 +141,14 @@ def test_a_console_flooding_the_relay_with_pointer_events_slows_only_itself(app)
     assert open_still  # slowed, not closed
 
 
-def test_pointer_moves_in_one_message_reach_the_cloud_merged_with_the_last_position_before_the_key(app):  # noqa: F811
-    fakes = FakeServices()
+def test_pointer_moves_in_one_message_reach_the_cloud_merged_with_the_last_position_before_the_key(app):
+    fakes = FakeServices(app)
     fakes.issue()
     moves = [pointer(0, x) for x in range(1000)]
 
     async def scenario():
-        async with running(app, fakes) as (relay, proxy):
-            browser = await connected(app, relay, proxy)
+        async with running(fakes) as (relay, proxy):
+            browser = await connected(fakes, relay, proxy)
             await browser.websocket.send(b"".join(moves) + key(True, 0x61))
             await eventually(lambda: sent_keys(proxy))
             return proxy.sessions[0].messages
@@ -153,13 +160,13 @@ def test_pointer_moves_in_one_message_reach_the_cloud_merged_with_the_last_posit
     assert arrived[:-1] == sorted(arrived[:-1])  # in the order sent
 
 
-def test_a_flooding_browser_that_leaves_is_closed_without_its_flood_being_worked_through(app):  # noqa: F811
-    fakes = FakeServices()
+def test_a_flooding_browser_that_leaves_is_closed_without_its_flood_being_worked_through(app):
+    fakes = FakeServices(app)
     fakes.issue()
 
     async def scenario():
-        async with running(app, fakes) as (relay, proxy):
-            flooder = await connected(app, relay, proxy)
+        async with running(fakes) as (relay, proxy):
+            flooder = await connected(fakes, relay, proxy)
             for _ in range(3):  # half a minute of its budget
                 await flooder.websocket.send(clicks(FLOOD_EVENTS))
             flooder.websocket.transport.abort()
@@ -171,9 +178,10 @@ def test_a_flooding_browser_that_leaves_is_closed_without_its_flood_being_worked
     assert closed["reason"].startswith("the browser closed the connection")
 
 
-async def second_browser(app, relay):  # noqa: F811
-    """Another browser through the relay, on ticket t2, showing its first screen (the proxy's session 2)."""
-    browser = await open_browser(app, relay, ticket="t2")
+async def second_browser(fakes, relay):
+    """Another browser through the relay, on the first ticket (the flooder took the last), showing its first
+    screen (the proxy's session 2)."""
+    browser = await open_browser(fakes, relay, ticket=fakes.tokens[0])
     await browser.handshake()
     await browser.start()
     await eventually(lambda: browser.screens() == [2])

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
+from broker import relayhost
 from broker.extensions import db
 from broker.models import AuditRecord
 from broker.models import LiveConsole
 from broker.relay import rfb
-from broker.relay.server import Relay
 from tests.relay import Browser
 from tests.relay import FakeProxy
 from tests.relay import eventually
@@ -31,7 +31,7 @@ def test_a_console_through_the_relay_is_minted_recorded_and_audited(app, client,
     async def scenario():
         async with FakeProxy() as proxy:
             fake.serve_consoles_at(f"http://127.0.0.1:{proxy.port}", "")
-            relay = Relay(app, poll_interval=0.02)
+            relay = relayhost.relay(app, poll_interval=0.02)
             await relay.start("127.0.0.1", 0)
             try:
                 browser = await Browser.connect(
