@@ -24,6 +24,7 @@ from tests.support import children
 from tests.support import free_port
 from tests.support import procfile_web_line
 from tests.support import wait_for_health
+from tests.support import wait_until
 
 TOKEN = "metrics-token-0123456789abcdef"
 
@@ -161,11 +162,12 @@ def test_metrics_add_up_every_worker(gunicorn):
     assert os.stat(directory).st_mode & 0o077 == 0  # private to the server's user
     assert requests.get(url + "/metrics", timeout=10).status_code == 404
     os.kill(master, signal.SIGTERM)
-    for _ in range(300):  # gunicorn takes seconds to stop, more on a loaded machine
-        if not os.path.exists(directory):
-            break
-        time.sleep(0.1)
-    assert not os.path.exists(directory), "gunicorn.conf.py removes the directory it made when the server stops"
+    wait_until(  # gunicorn takes seconds to stop, more on a loaded machine
+        lambda: not os.path.exists(directory),
+        timeout=30,
+        interval=0.1,
+        message="gunicorn.conf.py removes the directory it made when the server stops",
+    )
 
 
 def test_a_start_stopped_by_bad_configuration_leaves_no_metrics_directory(tmp_path):
