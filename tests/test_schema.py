@@ -484,3 +484,43 @@ def test_agent_day_upgrade_gives_existing_rules_no_power_and_downgrade_keeps_the
         assert connection.execute(text("SELECT id, name_pattern FROM access_rules")).one() == (7, "web-*")
         assert "pins" not in inspect(connection).get_table_names()
     engine.dispose()
+
+
+def test_single_use_tokens_replace_the_ticket_and_confirmation_tables_and_a_downgrade_gives_them_back(database):
+    assert flask(database, "db", "upgrade", "0002").returncode == 0
+    add_old_rows(database)
+    assert flask(database, "db", "upgrade", "0007").returncode == 0
+    engine = create_engine(database)
+    soon = datetime.now(UTC).replace(tzinfo=None)
+    with engine.begin() as connection:  # a ticket and a confirmation live at the upgrade
+        connection.execute(
+            text(
+                "INSERT INTO relay_tickets (digest, user_id, session_id, server_id, server_name, cloud, origin, "
+                "expires_at) VALUES ('t', 2, 's', 's1', 'web-01', 'prod', 'https://b.example', :soon)"
+            ),
+            {"soon": soon},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO power_confirmations (digest, user_id, session_id, server_id, cloud, action, expires_at) "
+                "VALUES ('c', 2, 's', 's1', 'prod', 'start', :soon)"
+            ),
+            {"soon": soon},
+        )
+    done = flask(database, "db", "upgrade")
+    assert done.returncode == 0, done.stderr
+    assert {"relay_tickets", "power_confirmations"} & tables(database) == set()
+    with engine.connect() as connection:
+        # Tokens live seconds: none is carried over, a page asks again.
+        assert connection.execute(text("SELECT count(*) FROM single_use_tokens")).scalar_one() == 0
+    done = flask(database, "db", "downgrade", "0007")
+    assert done.returncode == 0, done.stderr
+    columns = {table: [c["name"] for c in inspect(engine).get_columns(table)] for table in tables(database)}
+    assert "single_use_tokens" not in columns
+    # As 0004 and 0005 made them.
+    ticket = ["digest", "user_id", "session_id", "server_id", "server_name", "cloud", "origin", "expires_at", "used_at"]
+    confirmation = ["digest", "user_id", "session_id", "server_id", "cloud", "action", "expires_at", "used_at"]
+    assert (columns["relay_tickets"], columns["power_confirmations"]) == (ticket, confirmation)
+    engine.dispose()
+    assert flask(database, "db", "upgrade").returncode == 0
+    assert revision(database) == HEAD
