@@ -53,9 +53,15 @@ def confirm(power: PowerService, server: str = WEB_01, action: str = "reboot-sof
     return power.confirm(agent(), session, server, "lab", action).token
 
 
-def act(power: PowerService, token: str, server: str = WEB_01, action: str = "reboot-soft", **who):
-    user = users.find(who.get("user", AGENT[0]))
-    return power.act(user, who.get("session", SESSION), server, "lab", action, token)
+def act(
+    power: PowerService,
+    token: str,
+    server: str = WEB_01,
+    action: str = "reboot-soft",
+    session: str = SESSION,
+    user: str = AGENT[0],
+):
+    return power.act(users.find(user), session, server, "lab", action, token)
 
 
 def power_rows() -> list[AuditRecord]:
