@@ -200,6 +200,7 @@ def test_an_admin_ends_a_console_through_the_audited_path(ctx):
     row_id = connected()
     assert to_end(row_id) == {}
     text = management.end_console(ADMIN[0], row_id)
+    db.session.commit()  # as the admin page or the command does
     assert "web-01" in text and AGENT[0] in text
     assert to_end(row_id) == {row_id: relay.ENDED_BY_ADMIN}
     [record] = [r for r in audit_rows("admin") if r.detail == "relay_end"]
@@ -225,8 +226,10 @@ def test_consoles_end_when_their_session_does(ctx, how):
         return
     if how == "password":
         management.set_password(ADMIN[0], AGENT[0], "a-new-password-for-the-agent")
+        db.session.commit()  # as the admin page or the command does
     else:
         management.remove_user(ADMIN[0], AGENT[0])
+        db.session.commit()  # as the admin page or the command does
     assert to_end(row_id, other) == {row_id: relay.SIGNED_OUT, other: relay.SIGNED_OUT}
 
 
@@ -316,7 +319,8 @@ class ConsoleWithNoCloud:
 
 
 def rule_for(name: str, pattern: str = "web-*") -> None:
-    management.add_rule(ADMIN[0], user=name, cloud="lab", name_pattern=pattern)
+    management.add_rule(ADMIN[0], ["lab"], user=name, cloud="lab", name_pattern=pattern)
+    db.session.commit()  # as the admin page or the command does
 
 
 @pytest.fixture
@@ -335,7 +339,8 @@ def test_a_console_closes_within_one_poll_when_its_user_may_no_longer_open_the_s
     elif change == "left the group":
         management.add_group(ADMIN[0], "helpdesk")
         management.add_member(ADMIN[0], "helpdesk", AGENT[0])
-        management.add_rule(ADMIN[0], group="helpdesk", cloud="lab", name_pattern="web-*")
+        management.add_rule(ADMIN[0], ["lab"], group="helpdesk", cloud="lab", name_pattern="web-*")
+        db.session.commit()  # as the admin page or the command does
         name = AGENT[0]
     else:
         name = ADMIN[0]
@@ -344,11 +349,14 @@ def test_a_console_closes_within_one_poll_when_its_user_may_no_longer_open_the_s
     if change == "rule removed":
         [rule] = policy.all_rules()
         management.remove_rule(ADMIN[0], rule.id)
+        db.session.commit()  # as the admin page or the command does
     elif change == "left the group":
         management.remove_member(ADMIN[0], "helpdesk", AGENT[0])
+        db.session.commit()  # as the admin page or the command does
     else:
         management.add_user(ADMIN[0], "second-admin", "a-long-enough-password-2", "admin")
         management.set_role("second-admin", ADMIN[0], "agent")
+        db.session.commit()  # as the admin page or the command does
     assert to_end(row_id) == {row_id: relay.NOT_ALLOWED}
 
 
@@ -364,6 +372,7 @@ def test_ending_a_console_from_the_admin_page_ends_its_sign_in_too(ctx):
     row_id = connected()
     other = connected(sid="session-other")
     text = management.end_console(ADMIN[0], row_id)
+    db.session.commit()  # as the admin page or the command does
     assert "must sign in again" in text
     assert db.session.get(UserSession, "session-1").ended_at is not None
     assert db.session.get(UserSession, "session-other").ended_at is None
