@@ -9,6 +9,8 @@ from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import ORMExecuteState
+from sqlalchemy.orm import Session
 
 
 class Base(DeclarativeBase):
@@ -38,3 +40,36 @@ def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+# -- the unit of work's connection ----------------------------------------------------------------------
+
+WRITES = "broker.writes"
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _note_writes(state: ORMExecuteState) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        state.session.info[WRITES] = True
+
+
+@event.listens_for(Session, "after_flush")
+def _note_flush(session: Session, flush_context) -> None:
+    session.info[WRITES] = True
+
+
+@event.listens_for(Session, "after_commit")
+@event.listens_for(Session, "after_rollback")
+def _forget_writes(session: Session) -> None:
+    session.info.pop(WRITES, None)
+
+
+def hand_back_connection() -> None:
+    """Give the pooled connection back before a wait of seconds (on a cloud), so that the wait holds none.
+
+    Only when the unit of work holds no write yet to be committed: closing the session would drop it,
+    and the boundary that commits it (the request's, a command's, a relay call's) gives the connection back.
+    """
+    session = db.session()
+    if not (session.info.get(WRITES) or session.new or session.dirty or session.deleted):
+        session.close()

@@ -1,7 +1,7 @@
 """The relay's host: the broker behind the relay's ``Services`` seam, the Flask app entered once per call.
 
 The relay (broker/relay/) knows nothing of Flask, the session cookie or the database: all of it
-is here. Every service call the relay makes is one unit of work, begun and ended in
+is here. Every service call the relay makes is one unit of work, begun and committed in
 ``unit_of_work``: inside a request context for the browser it is made for (the audit records its
 address, agent and request ID), with the app's database session.
 """
@@ -20,21 +20,27 @@ from typing import TypeVar
 from flask import Flask
 from flask import g
 from itsdangerous import BadSignature
+from sqlalchemy.exc import DBAPIError
 from werkzeug.http import parse_cookie
 
 from broker import create_app
 from broker import demo
 from broker import state
 from broker.cloud.types import ServerInfo
+from broker.extensions import db
 from broker.relay.server import Caller
 from broker.relay.server import Mount
 from broker.relay.server import Relay
 from broker.relay.server import Services
 from broker.relay.server import SignIn
+from broker.schema import is_unreachable
 from broker.services import relay as live
 from broker.services.consoles import Minted
+from broker.services.relay import DatabaseUnavailable
 from broker.services.relay import Limits
+from broker.services.relay import SessionOver
 from broker.services.relay import Ticket
+from broker.services.relay import TicketRefused
 
 log = logging.getLogger("broker.relay")
 
@@ -50,12 +56,36 @@ def caller_context(app: Flask, caller: Caller) -> Iterator[None]:
         yield
 
 
+# Answers given on purpose: what the call staged (a spent ticket, its refusal's record, a session it
+# found over and ended) is committed with them. Anything else raised commits nothing.
+REFUSALS = (TicketRefused, SessionOver)
+
+
 def unit_of_work(app: Flask, call: Callable[..., T], caller: Caller, /, *args: Any, **kwargs: Any) -> T:
-    """One service call for the relay, made for ``caller``: the one place where each begins and ends."""
+    """One service call for the relay, made for ``caller``: the one place where each begins and is committed."""
     with caller_context(app, caller):
-        # The relay's services commit their own work today; once services only stage, this is where
-        # a call's work is committed, or rolled back when it raises.
-        return call(*args, **kwargs)
+        return committed(call, *args, **kwargs)
+
+
+def committed(call: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``call``, then a commit of what it staged; the database out of reach is DatabaseUnavailable, which the
+    relay rides out (it keeps its records back and retries them)."""
+    try:
+        try:
+            result = call(*args, **kwargs)
+        except REFUSALS:
+            db.session.commit()
+            raise
+        db.session.commit()
+        return result
+    except DBAPIError as exc:
+        db.session.rollback()
+        if not is_unreachable(exc):
+            raise
+        raise DatabaseUnavailable("the broker's database cannot be reached") from exc
+    except BaseException:
+        db.session.rollback()
+        raise
 
 
 def identify(app: Flask, cookie_header: str) -> SignIn | None:
@@ -95,7 +125,7 @@ def services(app: Flask) -> Services:
 
     return Services(
         identify=functools.partial(identify, app),
-        redeem=unit(live.redeem),
+        redeem=unit(functools.partial(live.redeem, throttle=state.of(app).throttle)),
         mint=unit(mint),
         opened=unit(live.opened),
         failed=unit(live.failed),
@@ -119,7 +149,7 @@ def relay_process(app: Flask, host: str, port: int) -> Relay:
     """The relay ``python -m broker.relay`` runs on ``host``:``port``, after forgetting what dead relays left."""
     with app.app_context():
         # Rows a relay left behind when it died (not listed, but never removed by it).
-        if gone := live.forget_stale():
+        if gone := committed(live.forget_stale):
             log.info("relay: forgot %d live consoles of relays that stopped without closing them", gone)
     return relay(app, mounts=demo_mounts(app, host, port))
 

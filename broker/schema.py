@@ -19,6 +19,8 @@ from flask import current_app
 from flask_migrate import upgrade as alembic_upgrade
 from sqlalchemy import inspect
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import InterfaceError
+from sqlalchemy.exc import OperationalError
 
 from broker.extensions import db
 
@@ -101,6 +103,11 @@ CAUSES: tuple[tuple[str, str, bool], ...] = (
         False,
     ),
 )
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True for an error that says the database cannot be reached (not one that says a query is wrong)."""
+    return isinstance(exc, OperationalError | InterfaceError) or bool(getattr(exc, "connection_invalidated", False))
 
 
 def unreachable(exc: BaseException, url: URL) -> Unreachable:

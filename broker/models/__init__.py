@@ -30,7 +30,3 @@ __all__ = [
     "UserSession",
     "memberships",
 ]
-
-# The old name, kept only until tests/web/test_api.py (another engineer's, mid-change) imports
-# SingleUseToken; then remove it. Not a model of its own: power confirmations are rows of purpose "power".
-PowerConfirmation = SingleUseToken

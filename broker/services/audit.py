@@ -22,11 +22,11 @@ from sqlalchemy import func
 from sqlalchemy import select
 
 from broker import metrics
-from broker import state
 from broker.cloud.client import ACTION_BODIES
 from broker.extensions import db
 from broker.models import SOURCES
 from broker.models import AuditRecord
+from broker.throttle import Throttle
 from broker.throttle import parse_limit
 
 log = logging.getLogger("broker.audit")
@@ -69,19 +69,13 @@ def measure(entry: AuditRecord) -> None:
         metrics.sign_in(entry.detail if entry.detail in SOURCES else "local", entry.outcome)
 
 
-def record(action: str, outcome: str, **fields: str) -> AuditRecord:
-    """Write one record (and its JSON line to the ``broker.audit`` log).
-
-    ``fields``: username, cloud, server_id, server_name, detail, reason.
-    """
-    entry, line = _staged(action, outcome, fields)
-    db.session.commit()
-    log.info(line)
-    return entry
-
-
 def stage(action: str, outcome: str, **fields: str) -> AuditRecord:
-    """One record added to the unit of work under way, stored by its commit (and logged now)."""
+    """One record added to the unit of work under way (and its JSON line to the ``broker.audit`` log, now).
+
+    ``fields``: username, cloud, server_id, server_name, detail, reason. Stored by the caller's commit,
+    together with the change it records: the request's (broker.web.commits), a command's, or a relay
+    call's (broker.relayhost).
+    """
     entry, line = _staged(action, outcome, fields)
     log.info(line)
     return entry
@@ -90,15 +84,16 @@ def stage(action: str, outcome: str, **fields: str) -> AuditRecord:
 def _staged(action: str, outcome: str, fields: dict[str, str]) -> tuple[AuditRecord, str]:
     entry = entry_for(action, outcome, **fields)
     measure(entry)
-    # Taken before the commit: afterwards the row is expired, and reading it for the line
+    # Taken before the caller's commit: afterwards the row is expired, and reading it for the line
     # would take a connection and a SELECT per record (1-5 ms of every mint).
     line = json.dumps(entry.to_json(), sort_keys=True)
     db.session.add(entry)
     return entry, line
 
 
-def record_anonymous(action: str, outcome: str, **fields: str) -> None:
-    """A refusal of someone not signed in: stored once per address, kind and minute; always logged.
+def stage_anonymous(throttle: Throttle, action: str, outcome: str, **fields: str) -> None:
+    """A refusal of someone not signed in: staged once per address, kind and minute (by ``throttle``); always
+    logged.
 
     Anyone can send these, so storing each would let a stranger grow the table without
     bound. Failed password checks are not sent here: the sign-in limit bounds them, and
@@ -106,14 +101,11 @@ def record_anonymous(action: str, outcome: str, **fields: str) -> None:
     """
     entry = entry_for(action, outcome, **fields)
     measure(entry)
-    throttle = state.throttle()
     kind = f"audit:{entry.client}:{action}:{outcome}:{entry.reason}"
     if throttle.take(ANONYMOUS_PER_KIND, kind).granted and throttle.take(ANONYMOUS_TOTAL, "audit:anonymous").granted:
         entry.reason = (entry.reason + ANONYMOUS_NOTE)[:500]
-        line = json.dumps(entry.to_json(), sort_keys=True)
+        log.info(json.dumps(entry.to_json(), sort_keys=True))
         db.session.add(entry)
-        db.session.commit()
-        log.info(line)
     else:
         log.info(json.dumps({**entry.to_json(), "stored": False}, sort_keys=True))
 

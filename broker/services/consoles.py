@@ -16,7 +16,7 @@ from broker.cloud import errors
 from broker.cloud.client import check_console_url
 from broker.cloud.types import Console
 from broker.cloud.types import ServerInfo
-from broker.extensions import db
+from broker.extensions import hand_back_connection
 from broker.services import audit
 from broker.services.inventory import Inventory
 from broker.services.inventory import Lookup
@@ -148,7 +148,7 @@ class ConsoleService:
         a cloud: a connection held through that wait would starve every other request.
         """
         access = access_for(user)
-        db.session.close()
+        hand_back_connection()
         return access
 
     def overview(self, user: User, query: str = "", cloud: str | None = None) -> Overview:
@@ -175,7 +175,7 @@ class ConsoleService:
         try:
             found = self._by_id(user, access, ref, cloud, seen)
         except errors.CloudError as exc:
-            audit.record("console", "failed", reason=audit_reason(exc), **note)
+            audit.stage("console", "failed", reason=audit_reason(exc), **note)
             raise
         if isinstance(found, Denial):
             self._record(found, note)
@@ -294,7 +294,7 @@ class ConsoleService:
         fields = dict(note, reason=denial.reason)
         if denial.server:
             fields.update(cloud=denial.server.cloud, server_name=denial.server.name)
-        audit.record(action, denial.outcome, **fields)
+        audit.stage(action, denial.outcome, **fields)
 
     def check_url(self, url: str) -> str:
         """http(s) only, and only allowed hosts when an allow-list is configured."""
@@ -319,7 +319,7 @@ class ConsoleService:
         found = self._permitted(user, server_id, cloud, note)
         note.update(cloud=found.cloud, server_name=found.name)
         if detail != RELAY and self.mode(found) == "relay":
-            audit.record("console", "refused", reason="this cloud's consoles open only through the relay", **note)
+            audit.stage("console", "refused", reason="this cloud's consoles open only through the relay", **note)
             raise ViewerOnly(
                 f"Consoles of cloud {found.cloud} open only in the broker's own viewer, on the console page."
             )
@@ -327,10 +327,10 @@ class ConsoleService:
             minted = self._mint(found)
         except errors.CloudError as exc:
             if not quiet:
-                audit.record("console", "failed", reason=exc.message, **note)
+                audit.stage("console", "failed", reason=exc.message, **note)
             raise
         if not quiet:
-            audit.record("console", "ok", **note)
+            audit.stage("console", "ok", **note)
         return minted
 
     def mint_confirmed(self, server: ServerInfo) -> Minted:
@@ -366,7 +366,7 @@ class ConsoleService:
         try:
             found = self._find(user, access, server_id, cloud)
         except errors.CloudError as exc:
-            audit.record(action, "failed", reason=audit_reason(exc), **note)
+            audit.stage(action, "failed", reason=audit_reason(exc), **note)
             raise
         if isinstance(found, Denial):
             self._record(found, note, action)

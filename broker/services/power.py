@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from broker.cloud import errors
 from broker.cloud.types import ServerInfo
-from broker.extensions import db
 from broker.models import User
 from broker.services import audit
 from broker.services import tokens
@@ -93,32 +92,39 @@ class PowerService:
             )
         bindings = _bindings(user, session_id, server, action)
         token = tokens.issue(PURPOSE, CONFIRMATION_TTL, **bindings, server_name=server.name)
-        db.session.commit()
         return Confirmation(token, action, server, question.format(name=server.name))
 
-    def act(
+    def claim(
         self, user: User, session_id: str, server_id: str, cloud: str | None, action: str, token: str
     ) -> ServerInfo:
-        """Send a confirmed action to the cloud; the server as the cloud has it afterwards."""
+        """Use up the confirmation of ``action`` on a server the user may power (staged); the server.
+
+        The caller commits before it sends the action, so that a second request with the same
+        confirmation, however soon, finds it spent, and a failed action is never sent again with it.
+        """
         server = self._powerable(user, server_id, cloud, action)
-        note = self._note(user, server, action)
-        if not self._use(token, user, session_id, server, action):
+        if not tokens.claim(PURPOSE, token, **_bindings(user, session_id, server, action)).granted:
             reason = "no valid confirmation (missing, used, expired, or issued for another request)"
-            audit.record("power", "refused", reason=reason, **note)
+            audit.stage("power", "refused", reason=reason, **self._note(user, server, action))
             raise PowerRefused(
                 "confirmation_invalid",
                 "This action was not confirmed, or its confirmation was already used or has expired. "
                 "Ask again and confirm.",
             )
+        return server
+
+    def send(self, user: User, server: ServerInfo, action: str) -> ServerInfo:
+        """Send a claimed action to the cloud, audited; the server as the cloud has it afterwards."""
+        note = self._note(user, server, action)
         try:
             self.consoles.inventory.cloud(server.cloud).client.server_action(server.id, action)
         except errors.ActionForbidden as exc:
-            audit.record("power", "refused", reason=f"the cloud's policy: {exc.message}", **note)
+            audit.stage("power", "refused", reason=f"the cloud's policy: {exc.message}", **note)
             raise
         except errors.CloudError as exc:
-            audit.record("power", "failed", reason=exc.message, **note)
+            audit.stage("power", "failed", reason=exc.message, **note)
             raise
-        audit.record("power", "ok", **note)
+        audit.stage("power", "ok", **note)
         return self._current(server)
 
     def _powerable(self, user: User, server_id: str, cloud: str | None, action: str) -> ServerInfo:
@@ -126,7 +132,7 @@ class PowerService:
         server = self.consoles.permitted(user, server_id, cloud, detail=action, action="power")
         if not self.may_power(user, server):
             reason = "no access rule grants power actions on this server"
-            audit.record("power", "refused", reason=reason, **self._note(user, server, action))
+            audit.stage("power", "refused", reason=reason, **self._note(user, server, action))
             raise PowerRefused(
                 "power_not_allowed",
                 f"You may open the console of {server.name} but not start or reboot it: ask an admin "
@@ -143,13 +149,6 @@ class PowerService:
             "server_name": server.name,
             "detail": action,
         }
-
-    @staticmethod
-    def _use(token: str, user: User, session_id: str, server: ServerInfo, action: str) -> bool:
-        """Use up the confirmation if every binding holds; committed before the action goes to the cloud."""
-        claim = tokens.claim(PURPOSE, token, **_bindings(user, session_id, server, action))
-        db.session.commit()
-        return claim.granted
 
     def _current(self, server: ServerInfo) -> ServerInfo:
         """The server re-read after the action (the list's copy is out of date now); as it was if that fails."""

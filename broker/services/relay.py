@@ -9,9 +9,7 @@ change, removal, back-channel logout) closes its consoles within seconds.
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timedelta
@@ -23,8 +21,6 @@ from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import InterfaceError
-from sqlalchemy.exc import OperationalError
 
 from broker.cloud.types import ServerInfo
 from broker.extensions import db
@@ -32,6 +28,7 @@ from broker.models import LiveConsole
 from broker.models import SingleUseToken
 from broker.models import User
 from broker.models import UserSession
+from broker.schema import is_unreachable
 from broker.services import audit
 from broker.services import tokens
 from broker.services.clock import aware
@@ -41,6 +38,7 @@ from broker.services.consoles import ConsoleService
 from broker.services.consoles import Minted
 from broker.services.policy import Access
 from broker.services.policy import access_for
+from broker.throttle import Throttle
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -103,27 +101,6 @@ class DatabaseUnavailable(Exception):
     """The database cannot be reached, and the console has no rights confirmed before to go on with."""
 
 
-def is_unreachable(exc: BaseException) -> bool:
-    """True for an error that says the database cannot be reached (not one that says a query is wrong)."""
-    return isinstance(exc, OperationalError | InterfaceError) or bool(getattr(exc, "connection_invalidated", False))
-
-
-def database_required(function: Callable[P, T]) -> Callable[P, T]:
-    """``function``, with the database's being out of reach said as DatabaseUnavailable (the relay rides it out)."""
-
-    @functools.wraps(function)
-    def calling(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return function(*args, **kwargs)
-        except DBAPIError as exc:
-            if not is_unreachable(exc):
-                raise
-            db.session.rollback()
-            raise DatabaseUnavailable("the broker's database cannot be reached") from exc
-
-    return calling
-
-
 @dataclass(frozen=True)
 class Ticket:
     """What a redeemed ticket lets the relay open, and for whom."""
@@ -162,7 +139,7 @@ def open_consoles(user_id: int) -> int:
 
 
 def issue(user: User, session_id: str, server: ServerInfo, origin: str, limit: int) -> str:
-    """A fresh single-use ticket for ``server`` (already authorized); staged and committed here.
+    """A fresh single-use ticket for ``server`` (already authorized); staged, for the request to commit.
 
     TooManyConsoles (audited) when the user has ``limit`` consoles open already.
     """
@@ -171,7 +148,7 @@ def issue(user: User, session_id: str, server: ServerInfo, origin: str, limit: i
         refusal = TooManyConsoles(open_now, limit)
         reason = f"{open_now} consoles open, at the limit of {limit} (BROKER_MAX_CONSOLES_PER_USER)"
         fields = {"cloud": server.cloud, "server_id": server.id, "server_name": server.name}
-        audit.record("console", "refused", username=user.username, detail="relay", reason=reason, **fields)
+        audit.stage("console", "refused", username=user.username, detail="relay", reason=reason, **fields)
         raise refusal
     token = tokens.issue(
         PURPOSE,
@@ -183,28 +160,24 @@ def issue(user: User, session_id: str, server: ServerInfo, origin: str, limit: i
         scope=origin,
         server_name=server.name,
     )
-    db.session.commit()
     return token
 
 
-@database_required
-def redeem(token: str, *, session_id: str | None, user_id: int | None, origin: str | None) -> Ticket:
+def redeem(
+    token: str, *, session_id: str | None, user_id: int | None, origin: str | None, throttle: Throttle
+) -> Ticket:
     """The ticket's grant, used up now; TicketRefused (audited) when any binding does not hold."""
     claim = _claim(token or "", session_id, user_id, origin)
     try:
         return _check(claim, session_id, user_id, origin)
     except TicketRefused as refused:
-        _audit_refusal(claim.row, refused)
+        _audit_refusal(claim.row, refused, throttle)
         raise
 
 
 def _claim(token: str, session_id: str | None, user_id: int | None, origin: str | None) -> tokens.Claim:
     """Use the ticket up, whatever the attempt brings: one tried by a thief is spent, even for its owner."""
-    claim = tokens.claim(
-        PURPOSE, token, spent_by_any_attempt=True, user_id=user_id, session_id=session_id, scope=origin
-    )
-    db.session.commit()
-    return claim
+    return tokens.claim(PURPOSE, token, spent_by_any_attempt=True, user_id=user_id, session_id=session_id, scope=origin)
 
 
 def _check(claim: tokens.Claim, session_id: str | None, user_id: int | None, origin: str | None) -> Ticket:
@@ -231,11 +204,11 @@ def _live_user(session_id: str) -> User | None:
     )
 
 
-def _audit_refusal(row: SingleUseToken | None, refused: TicketRefused) -> None:
+def _audit_refusal(row: SingleUseToken | None, refused: TicketRefused, throttle: Throttle) -> None:
     fields = {"detail": "relay", "reason": refused.reason}
     if row is None:
         # Anyone can knock with a made-up ticket: stored once a minute per address at most.
-        audit.record_anonymous("console", "refused", **fields)
+        audit.stage_anonymous(throttle, "console", "refused", **fields)
         return
     owner = db.session.get(User, row.user_id)
     fields.update(
@@ -244,7 +217,7 @@ def _audit_refusal(row: SingleUseToken | None, refused: TicketRefused) -> None:
         server_id=row.server_id,
         server_name=row.server_name,
     )
-    audit.record("console", "refused", **fields)
+    audit.stage("console", "refused", **fields)
 
 
 # -- live consoles: written by the relay process ------------------------------------------
@@ -291,7 +264,6 @@ def _session_user(ticket: Ticket, limits: Limits) -> User:
     user, session = found
     if reason := limits.expired(session, now()):
         _end_session(session, user.username, reason)
-        db.session.commit()
         raise SessionOver(reason)
     return user
 
@@ -305,14 +277,13 @@ def _end_session(session: UserSession, username: str, reason: str) -> None:
         audit.stage("sign_out", "ok", username=username, detail=session.method, reason=f"{reason} (seen by the relay)")
 
 
-@database_required
 def opened(ticket: Ticket, *, client: str, instance: str, server_name: str = "") -> int:
     """Record a console now connected through ``instance``: its one record of success."""
     row = _live_row(ticket, client, instance, server_name or ticket.server_name)
     db.session.add(row)
     db.session.flush()
     row_id = row.id
-    audit.record("console", "ok", **_fields(row), detail=RELAY, reason=f"connected through relay {instance}")
+    audit.stage("console", "ok", **_fields(row), detail=RELAY, reason=f"connected through relay {instance}")
     return row_id
 
 
@@ -331,11 +302,10 @@ def _live_row(ticket: Ticket, client: str, instance: str, server_name: str, **co
     )
 
 
-@database_required
 def failed(ticket: Ticket, *, reason: str) -> None:
     """A console whose cloud side never connected: its one record, with the cause."""
     fields = {"username": ticket.username, "cloud": ticket.cloud, "server_id": ticket.server_id}
-    audit.record("console", "failed", **fields, server_name=ticket.server_name, detail=RELAY, reason=reason)
+    audit.stage("console", "failed", **fields, server_name=ticket.server_name, detail=RELAY, reason=reason)
 
 
 @dataclass(frozen=True)
@@ -355,7 +325,6 @@ class LiveReport:
     used_at: datetime | None = None
 
 
-@database_required
 def report(reports: list[LiveReport], limits: Limits) -> dict[int, int]:
     """A relay's poll: each console's bytes (a heartbeat too) and use; which must close now, with what code.
 
@@ -369,9 +338,7 @@ def report(reports: list[LiveReport], limits: Limits) -> dict[int, int]:
     _heartbeat(reports, moment)
     _record_use(reports)
     _forget_stale(moment)
-    ending = _verdicts(reports, limits, moment) if reports else {}
-    db.session.commit()
-    return ending
+    return _verdicts(reports, limits, moment) if reports else {}
 
 
 def _heartbeat(reports: list[LiveReport], moment: datetime) -> None:
@@ -463,7 +430,6 @@ def _verdict(
     return None
 
 
-@database_required
 def closed(row_id: int, *, reason: str, to_cloud: int, to_browser: int) -> None:
     """A connection ended: its row goes, and the audit keeps how long it lasted and what it carried."""
     row = db.session.get(LiveConsole, row_id)
@@ -473,7 +439,7 @@ def closed(row_id: int, *, reason: str, to_cloud: int, to_browser: int) -> None:
     summary = f"{reason}; {seconds} s, {to_cloud} bytes to the cloud, {to_browser} bytes to the browser"
     fields = _fields(row)
     db.session.delete(row)
-    audit.record("relay", "ok", **fields, detail="disconnect", reason=summary)
+    audit.stage("relay", "ok", **fields, detail="disconnect", reason=summary)
 
 
 def _fields(row: LiveConsole) -> dict[str, str]:
@@ -542,5 +508,4 @@ def forget_stale() -> int:
     gone = db.session.execute(
         delete(LiveConsole).where(LiveConsole.seen_at < now() - timedelta(seconds=STALE_AFTER))
     ).rowcount
-    db.session.commit()
     return gone

@@ -23,6 +23,7 @@ from sqlalchemy.sql.expression import Executable
 
 from broker.cloud.types import ServerInfo
 from broker.extensions import db
+from broker.extensions import hand_back_connection
 from broker.models import AuditRecord
 from broker.models import Pin
 from broker.models import User
@@ -59,7 +60,7 @@ def pinned(user: User, consoles: ConsoleService) -> list[ServerInfo]:
     access = access_for(user)
     query = select(Pin.cloud, Pin.server_id).where(Pin.user_id == user.id).order_by(Pin.created_at, Pin.id)
     rows = db.session.execute(query).all()
-    db.session.close()
+    hand_back_connection()
     found = (_openable(consoles, access, cloud, server_id) for cloud, server_id in rows)
     return [server for server in found if server is not None]
 
@@ -74,7 +75,7 @@ def recent(user: User, consoles: ConsoleService, limit: int = RECENT) -> list[Op
         .limit(RECENT_SCAN)
     )
     rows = db.session.execute(query).all()
-    db.session.close()
+    hand_back_connection()
     opened: list[Opened] = []
     seen: set[tuple[str, str]] = set()
     for cloud, server_id, at in rows:

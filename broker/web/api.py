@@ -14,6 +14,7 @@ from flask_login import login_required
 
 from broker import state
 from broker.cloud import errors
+from broker.extensions import db
 from broker.services import relay
 from broker.services import shortcuts
 from broker.services.consoles import MINT_DETAILS
@@ -150,10 +151,15 @@ def power(server_id: str):
     """Step two: send the confirmed action. 202: the cloud took it; the server's state follows."""
     body = json_object(MAX_ACTION_BODY, {"action", "confirmation"})
     action = power_action(body)
+    powering = state.power()
+    server = powering.claim(
+        current_user, sessions.current_id(), server_id, cloud_arg(), action, body.get("confirmation", "")
+    )
+    # The confirmation is spent for good before the cloud hears of the action: a second request with it,
+    # however soon, finds it used, and an action that fails is never sent again with it.
+    db.session.commit()
     try:
-        after = state.power().act(
-            current_user, sessions.current_id(), server_id, cloud_arg(), action, body.get("confirmation", "")
-        )
+        after = powering.send(current_user, server, action)
     except errors.ServerNotReady as exc:
         # Here a 409 is not "the console cannot open" but "the cloud will not do this now".
         return error_response(409, "server_busy", exc.message)

@@ -235,7 +235,7 @@ def form_page(form: LoginForm, wanted: str | None, status: int, retry_after: int
 
 
 def refused(form: LoginForm, wanted: str | None, name: str, status: int, retry_after: int, why: str, message: str):
-    audit.record_anonymous("sign_in", "refused", username=audit_name(name), reason=why)
+    audit.stage_anonymous(state.throttle(), "sign_in", "refused", username=audit_name(name), reason=why)
     flash(message, "error")
     return form_page(form, wanted, status, retry_after)
 
@@ -256,7 +256,7 @@ def attempt(form: LoginForm, wanted: str | None, target: str):
     if account is None and down is not None:
         return directory_down(form, wanted, name, ticket, down)
     if account is None:
-        audit.record("sign_in", "failed", username=audit_name(name), reason="wrong user name or password")
+        audit.stage("sign_in", "failed", username=audit_name(name), reason="wrong user name or password")
         flash("Wrong user name or password.", "error")
         return form_page(form, wanted, 401)
     # A good password used no guess: hand back only this attempt's own slot.
@@ -282,7 +282,7 @@ def password_sign_in(account: users.User | DirectoryUser, name: str, target: str
     else:
         account.last_sign_in_at = datetime.now(UTC)
         sessions.start(account, state.settings().session_lifetime)
-        audit.record("sign_in", "ok", username=account.username, detail="local")
+        audit.stage("sign_in", "ok", username=account.username, detail="local")
     response = redirect(target)
     remember_device(response, name)
     return response
@@ -295,8 +295,13 @@ def directory_down(form: LoginForm, wanted: str | None, name: str, ticket: Ticke
     if account is None or account.is_external:
         # No password was checked here, so none was guessed: an outage must not lock people out.
         state.throttle().refund(ticket)
-    audit.record_anonymous(
-        "sign_in", "failed", username=audit_name(name), detail="ldap", reason=f"directory unreachable: {down}"
+    audit.stage_anonymous(
+        state.throttle(),
+        "sign_in",
+        "failed",
+        username=audit_name(name),
+        detail="ldap",
+        reason=f"directory unreachable: {down}",
     )
     message = "The directory is unreachable; local accounts can still sign in."
     flash(message if local else "The directory is unreachable. Try again in a few minutes.", "error")
@@ -321,8 +326,12 @@ def login():
         abort(404)
     if form.validate_on_submit():
         return attempt(form, wanted, target)
-    audit.record_anonymous(
-        "sign_in", "failed", username=audit_name(request.form.get("username", "")[:64]), reason="incomplete form"
+    audit.stage_anonymous(
+        state.throttle(),
+        "sign_in",
+        "failed",
+        username=audit_name(request.form.get("username", "")[:64]),
+        reason="incomplete form",
     )
     flash("Wrong user name or password.", "error")
     return form_page(form, wanted, 401)

@@ -22,14 +22,15 @@ from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 from broker import schema
+from broker import state
 from broker.cloud import errors
 from broker.cloud.errors import CloudError
 from broker.extensions import db
+from broker.schema import is_unreachable
 from broker.services import audit
 from broker.services.consoles import ViewerOnly
 from broker.services.power import PowerRefused
 from broker.services.relay import TooManyConsoles
-from broker.services.relay import is_unreachable
 from broker.services.shortcuts import PinError
 from broker.web.observability import request_id
 
@@ -114,14 +115,16 @@ def handle_csrf(exc: CSRFError):
     if current_user.is_authenticated:
         audit.stage("request", "refused", username=current_user.username, reason=reason)
     else:
-        audit.record_anonymous("request", "refused", reason=reason)
+        audit.stage_anonymous(state.throttle(), "request", "refused", reason=reason)
     return error_response(400, "csrf_failed", "The form was stale or forged. Reload the page and try again.")
 
 
 def handle_throttled(exc: RateLimitExceeded):
     """A flood of requests: 429 with Retry-After (added by Flask-Limiter), and a (rate-limited) record."""
     if request.endpoint == "auth.login":
-        audit.record_anonymous("sign_in", "refused", reason="too many sign-in requests from this address")
+        audit.stage_anonymous(
+            state.throttle(), "sign_in", "refused", reason="too many sign-in requests from this address"
+        )
         response = error_response(429, "too_many_requests", "Too many sign-in requests. Wait a minute and try again.")
     else:
         response = error_response(429, "too_many_requests", "Too many requests. Wait a moment and try again.")

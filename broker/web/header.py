@@ -21,6 +21,7 @@ from flask import flash
 from flask import request
 from flask_login import current_user
 
+from broker import state
 from broker.config import HeaderSettings
 from broker.extensions import db
 from broker.services import audit
@@ -63,7 +64,7 @@ def signed_in_as(found: identity.ExternalIdentity) -> bool:
 def refuse_untrusted(settings: HeaderSettings, peer: str) -> None:
     reason = f"identity header from an untrusted address {peer}; only BROKER_AUTH_HEADER_FROM may send it"
     log.warning("ignored %s from %s: not in BROKER_AUTH_HEADER_FROM", settings.header, peer)
-    audit.record_anonymous("sign_in", "refused", detail="header", reason=reason)
+    audit.stage_anonymous(state.throttle(), "sign_in", "refused", detail="header", reason=reason)
 
 
 def sign_in(found: identity.ExternalIdentity) -> None:
@@ -72,11 +73,15 @@ def sign_in(found: identity.ExternalIdentity) -> None:
         synced = signin.begin_external(found)
     except identity.IdentityRefused as exc:
         # The proxy repeats the name on every request: stored once a minute per address, like other strangers.
-        audit.record_anonymous("sign_in", "refused", username=found.username[:64], detail="header", reason=exc.reason)
+        audit.stage_anonymous(
+            state.throttle(), "sign_in", "refused", username=found.username[:64], detail="header", reason=exc.reason
+        )
         if not wants_json():
             flash(exc.message, "error")
         return
-    # As a loaded session user is: its columns read, its pooled connection handed back before the view runs.
+    # The sign-in is its own unit of work, committed before the view runs; then, as a loaded session user is,
+    # its columns read and its pooled connection handed back.
+    db.session.commit()
     db.session.refresh(synced.user)
     db.session.close()
 

@@ -160,9 +160,9 @@ def failed(exc: SignInError):
     """Audit a sign-in that did not happen and say so on the login page (never a 500)."""
     if exc.outcome == "anonymous":
         # Anyone can send these without ever meeting the provider: stored once per address and minute.
-        audit.record_anonymous("sign_in", "refused", detail="oidc", reason=exc.reason)
+        audit.stage_anonymous(state.throttle(), "sign_in", "refused", detail="oidc", reason=exc.reason)
     else:
-        audit.record("sign_in", exc.outcome, detail="oidc", reason=exc.reason)
+        audit.stage("sign_in", exc.outcome, detail="oidc", reason=exc.reason)
     return signin.back_to_login(exc.message)
 
 
@@ -245,12 +245,12 @@ def backchannel_logout():
         claims = logout_claims(request.form.get("logout_token", ""))
     except SignInError as exc:
         reason = f"back-channel logout refused: {exc.reason}"
-        audit.record_anonymous("sign_out", "refused", detail="oidc", reason=reason)
+        audit.stage_anonymous(state.throttle(), "sign_out", "refused", detail="oidc", reason=reason)
         return no_store(jsonify(error="invalid_request"), 400)
     subject = f"{claims['iss']}|{claims['sub']}" if claims.get("sub") else None
     ended = sessions.end_external("oidc", subject, claims.get("sid"))
     who = ", ".join(ended) or "no live session"
-    audit.record(
+    audit.stage(
         "sign_out",
         "ok",
         username=(ended[0] if len(ended) == 1 else "")[:64],

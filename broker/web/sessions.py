@@ -27,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy import update
 
 from broker.extensions import db
+from broker.extensions import hand_back_connection
 from broker.models import User
 from broker.models import UserSession
 from broker.services import audit
@@ -66,7 +67,7 @@ def load_user(user_id: str) -> User | None:
     # Hand the pooled connection back now: the request may next wait seconds on a
     # cloud, and a connection held through that starves every other request.
     # The user stays usable (its columns are loaded), detached from the session.
-    db.session.close()
+    hand_back_connection()
     return user if valid else None
 
 

@@ -42,7 +42,7 @@ def begin_external(found: identity.ExternalIdentity) -> identity.Synced:
     # A refusal comes before anything is staged; what the request staged before (an ended session) stays.
     synced = identity.sign_in(found, state.settings().admin_groups)
     sessions.start(synced.user, state.settings().session_lifetime, method=found.source, external_sid=found.sid)
-    audit.record("sign_in", "ok", username=synced.user.username, detail=found.source, reason=synced.describe())
+    audit.stage("sign_in", "ok", username=synced.user.username, detail=found.source, reason=synced.describe())
     return synced
 
 
@@ -57,7 +57,7 @@ def external_sign_in(found: identity.ExternalIdentity, target: str):
 
 def external_refused(found: identity.ExternalIdentity, exc: identity.IdentityRefused):
     """A directory user who cannot have an account here: audited, and told why on the login page."""
-    audit.record("sign_in", "refused", username=found.username[:64], detail=found.source, reason=exc.reason)
+    audit.stage("sign_in", "refused", username=found.username[:64], detail=found.source, reason=exc.reason)
     return back_to_login(exc.message)
 
 

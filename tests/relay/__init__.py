@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-import time
 from collections.abc import Callable
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from broker.relay.rfb import RfbError
 from broker.relay.rfb import ServerFramer
 from broker.relay.rfb import ServerInit
 from broker.relay.upstream import ByteReader
+from tests.support import wait_until_async
 
 USER_AGENT = "Mozilla/5.0 (test viewer)"
 # What noVNC asks for; the relay passes on only what it can resume.
@@ -45,12 +45,7 @@ def run(scenario: Coroutine[Any, Any, Any], timeout: float = 10.0) -> Any:
 
 async def eventually(predicate: Callable[[], Any], timeout: float = 3.0) -> Any:
     """Wait until ``predicate()`` is true (it may be made true by another thread) and return its value."""
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.002)
-    return value
+    return await wait_until_async(predicate, timeout=timeout, interval=0.002)
 
 
 def raw_update(width: int, height: int, marker: int, x: int = 0, y: int = 0) -> bytes:

@@ -45,7 +45,8 @@ def test_records_from_many_threads_of_two_instances_are_all_kept(database_url, t
         start.wait()
         for i in range(EACH):
             with app.test_request_context():
-                audit.record("console", "ok", username=f"user{n}", server_id=f"s{i}", detail="load")
+                audit.stage("console", "ok", username=f"user{n}", server_id=f"s{i}", detail="load")
+                db.session.commit()
 
     with ThreadPoolExecutor(THREADS) as pool:
         list(pool.map(write, range(THREADS)))

@@ -61,7 +61,11 @@ def act(
     session: str = SESSION,
     user: str = AGENT[0],
 ):
-    return power.act(users.find(user), session, server, "lab", action, token)
+    """As the power route does it: claim, commit (the confirmation is spent for good), then send."""
+    someone = users.find(user)
+    claimed = power.claim(someone, session, server, "lab", action, token)
+    db.session.commit()
+    return power.send(someone, claimed, action)
 
 
 def power_rows() -> list[AuditRecord]:
@@ -185,7 +189,7 @@ def test_the_confirmation_is_used_up_and_committed_before_the_action_goes_to_the
     with pytest.raises(errors.CloudError):
         act(power, token)
     assert seen_used == [True]
-    db.session.rollback()  # what a failed request does with whatever it left uncommitted
+    db.session.commit()  # the request answers with the cloud's error and commits its record
     refused_as_unconfirmed(power, token)
     assert [(r.outcome, r.detail) for r in power_rows()] == [("failed", "reboot-soft"), ("refused", "reboot-soft")]
 

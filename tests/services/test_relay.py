@@ -11,6 +11,7 @@ from sqlalchemy import delete
 from sqlalchemy import select
 from sqlalchemy import update
 
+from broker import state
 from broker.cloud.types import ServerInfo
 from broker.extensions import db
 from broker.models import AuditRecord
@@ -33,6 +34,11 @@ SERVER = ServerInfo(id=server_id(1), name="web-01", status="ACTIVE", cloud="lab"
 
 
 @pytest.fixture
+def redeem(token: str, **bindings) -> relay.Ticket:
+    """The relay's redemption, with the app's throttle for refusals of made-up tickets (as relayhost passes it)."""
+    return relay.redeem(token, throttle=state.throttle(), **bindings)
+
+
 def ctx(app):
     with app.app_context():
         yield
@@ -59,10 +65,10 @@ def issued(sid: str = "session-1", name: str = AGENT[0], limit: int = 10) -> str
 def test_a_ticket_is_redeemed_once_with_everything_it_grants(ctx):
     user_id, sid = signed_in()
     token = issued(sid)
-    ticket = relay.redeem(token, session_id=sid, user_id=user_id, origin=ORIGIN)
+    ticket = redeem(token, session_id=sid, user_id=user_id, origin=ORIGIN)
     assert ticket == relay.Ticket(user_id, AGENT[0], sid, SERVER.id, "web-01", "lab", ORIGIN)
     with pytest.raises(relay.TicketRefused, match="already used"):
-        relay.redeem(token, session_id=sid, user_id=user_id, origin=ORIGIN)
+        redeem(token, session_id=sid, user_id=user_id, origin=ORIGIN)
 
 
 def test_only_the_tickets_hash_is_stored(ctx):
@@ -89,7 +95,7 @@ def test_a_ticket_used_any_other_way_is_refused_and_audited(ctx, change, status,
     token = issued(sid)
     user = users.find(change.get("user", AGENT[0]))
     with pytest.raises(relay.TicketRefused) as refused:
-        relay.redeem(
+        redeem(
             change.get("token", token),
             session_id=change.get("session_id", sid),
             user_id=user.id,
@@ -108,9 +114,9 @@ def test_a_stolen_ticket_is_used_up_by_the_thief_attempt(ctx):
     user_id, sid = signed_in()
     token = issued(sid)
     with pytest.raises(relay.TicketRefused):
-        relay.redeem(token, session_id="session-x", user_id=user_id, origin=ORIGIN)
+        redeem(token, session_id="session-x", user_id=user_id, origin=ORIGIN)
     with pytest.raises(relay.TicketRefused, match="already used"):
-        relay.redeem(token, session_id=sid, user_id=user_id, origin=ORIGIN)
+        redeem(token, session_id=sid, user_id=user_id, origin=ORIGIN)
 
 
 def test_an_expired_ticket_is_refused(ctx):
@@ -120,7 +126,7 @@ def test_an_expired_ticket_is_refused(ctx):
     db.session.execute(update(SingleUseToken).where(TICKETS).values(expires_at=past))
     db.session.commit()
     with pytest.raises(relay.TicketRefused, match="expired"):
-        relay.redeem(token, session_id=sid, user_id=user_id, origin=ORIGIN)
+        redeem(token, session_id=sid, user_id=user_id, origin=ORIGIN)
 
 
 def test_a_ticket_of_an_ended_session_is_refused_as_signed_out(ctx):
@@ -129,7 +135,7 @@ def test_a_ticket_of_an_ended_session_is_refused_as_signed_out(ctx):
     db.session.execute(update(UserSession).values(ended_at=datetime.now(UTC)))
     db.session.commit()
     with pytest.raises(relay.TicketRefused) as refused:
-        relay.redeem(token, session_id=sid, user_id=user_id, origin=ORIGIN)
+        redeem(token, session_id=sid, user_id=user_id, origin=ORIGIN)
     assert refused.value.status == 401
 
 
@@ -150,7 +156,7 @@ def connected(sid: str = "session-1", name: str = AGENT[0]) -> int:
 
 def ticket_of(sid: str = "session-1", name: str = AGENT[0]) -> relay.Ticket:
     user_id, sid = signed_in(name, sid=sid)
-    return relay.redeem(issued(sid, name), session_id=sid, user_id=user_id, origin=ORIGIN)
+    return redeem(issued(sid, name), session_id=sid, user_id=user_id, origin=ORIGIN)
 
 
 def live(row_id: int, server: ServerInfo = SERVER, **fields) -> relay.LiveReport:
@@ -377,7 +383,7 @@ def test_ending_a_console_from_the_admin_page_ends_its_sign_in_too(ctx):
     assert db.session.get(UserSession, "session-1").ended_at is not None
     assert db.session.get(UserSession, "session-other").ended_at is None
     with pytest.raises(relay.TicketRefused) as refused:
-        relay.redeem(issued("session-1"), session_id="session-1", user_id=users.find(AGENT[0]).id, origin=ORIGIN)
+        redeem(issued("session-1"), session_id="session-1", user_id=users.find(AGENT[0]).id, origin=ORIGIN)
     assert refused.value.status == 401
     [record] = [r for r in audit_rows("admin") if r.detail == "relay_end"]
     assert (record.username, record.outcome) == (ADMIN[0], "ok")

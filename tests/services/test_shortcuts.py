@@ -56,10 +56,11 @@ def test_recent_keeps_only_opened_consoles_of_this_user_still_allowed(app, mint)
     mint(2)
     with app.app_context():
         # Refused and failed attempts, and other people's consoles, are not "recent" for this agent.
-        audit.record("console", "refused", username=AGENT[0], cloud="lab", server_id=server_id(4))
-        audit.record("console", "ok", username=ADMIN[0], cloud="lab", server_id=server_id(5))
+        audit.stage("console", "refused", username=AGENT[0], cloud="lab", server_id=server_id(4))
+        audit.stage("console", "ok", username=ADMIN[0], cloud="lab", server_id=server_id(5))
         # A console of a cloud no longer configured, then a rule change: neither is shown.
-        audit.record("console", "ok", username=AGENT[0], cloud="gone", server_id=server_id(1))
+        audit.stage("console", "ok", username=AGENT[0], cloud="gone", server_id=server_id(1))
+        db.session.commit()
         for rule in policy.all_rules():
             policy.remove_rule(rule.id)
         policy.add_rule(user=AGENT[0], cloud="lab", clouds=["lab"], name_pattern="web-02")

@@ -91,7 +91,8 @@ def test_admin_forms_need_csrf(admin, app):
 def test_audit_page_filters_and_paginates(admin, app):
     with app.test_request_context():
         for n in range(120):
-            audit.record("console", "ok" if n % 2 else "failed", username=f"u{n % 3}", server_name=f"web-{n}")
+            audit.stage("console", "ok" if n % 2 else "failed", username=f"u{n % 3}", server_name=f"web-{n}")
+        db.session.commit()
     page = BeautifulSoup(admin.get("/admin/audit?action=console").get_data(as_text=True), "html.parser")
     assert page.select_one("#audit-total").get_text() == "120"
     assert len(page.select("#audit tbody tr")) == 50
@@ -106,7 +107,8 @@ def test_audit_page_filters_and_paginates(admin, app):
 
 def test_audit_time_range(admin, app):
     with app.test_request_context():
-        audit.record("console", "ok", username="agent", server_name="web-now")
+        audit.stage("console", "ok", username="agent", server_name="web-now")
+        db.session.commit()
     response = admin.get("/admin/audit?since=2000-01-01&until=2000-01-02")
     assert response.status_code == 200
     page = BeautifulSoup(response.get_data(as_text=True), "html.parser")
@@ -163,7 +165,8 @@ def test_audit_page_survives_odd_query_strings(admin, query, status):
 def test_audit_page_number_is_clamped_to_the_last_page(admin, app):
     with app.test_request_context():
         for n in range(60):
-            audit.record("console", "ok", username="agent", server_name=f"web-{n}")
+            audit.stage("console", "ok", username="agent", server_name=f"web-{n}")
+        db.session.commit()
     page = BeautifulSoup(
         admin.get("/admin/audit?action=console&page=" + "9" * 20).get_data(as_text=True), "html.parser"
     )
@@ -230,7 +233,8 @@ def test_rows_are_reached_by_number_whatever_their_name(admin, auth, app):
 
 def test_csv_export_keeps_formulas_as_text(admin, app):
     with app.test_request_context():
-        audit.record("console", "ok", username="agent", server_name='=HYPERLINK("http://evil")')
+        audit.stage("console", "ok", username="agent", server_name='=HYPERLINK("http://evil")')
+        db.session.commit()
     response = admin.get("/admin/audit.csv?action=console")
     assert response.mimetype == "text/csv"
     rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
@@ -240,7 +244,8 @@ def test_csv_export_keeps_formulas_as_text(admin, app):
 
 def test_records_are_append_only(app):
     with app.test_request_context():
-        entry = audit.record("console", "ok", username="agent")
+        entry = audit.stage("console", "ok", username="agent")
+        db.session.commit()
         entry.outcome = "failed"
         with pytest.raises(PermissionError):
             db.session.commit()
@@ -454,6 +459,7 @@ def live_console(app, username: str = "agent", server_name: str = "web-<01>") ->
         ticket = relay.Ticket(user.id, username, f"sid-{username}", "srv-1", server_name, "lab", "http://localhost")
         row_id = relay.opened(ticket, client="192.0.2.9", instance="relay-host:4242")
         relay.report([report_of(row_id, ticket, to_cloud=2048, to_browser=3 * 1024 * 1024)], LIMITS)
+        db.session.commit()  # as the relay host commits each call
         return row_id
 
 
@@ -485,6 +491,7 @@ def test_end_session_asks_the_relay_to_close_it_ends_that_sign_in_and_is_audited
         user = users.find("agent")
         ticket = relay.Ticket(user.id, "agent", "sid-agent", "srv-1", "web-<01>", "lab", "http://localhost")
         assert relay.report([report_of(row_id, ticket)], LIMITS) == {row_id: relay.ENDED_BY_ADMIN}
+        db.session.commit()  # as the relay host commits each call
         assert db.session.get(UserSession, "sid-agent").ended_at is not None
         [row] = audit.search(audit.Filter(action="admin"))[0]
         assert (row.username, row.detail, row.outcome) == ("admin", "relay_end", "ok")

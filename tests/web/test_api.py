@@ -16,7 +16,7 @@ from broker.demo.cloud import OTHER_PROJECT_SERVER_ID
 from broker.extensions import db
 from broker.models import AuditRecord
 from broker.models import LiveConsole
-from broker.models import PowerConfirmation
+from broker.models import SingleUseToken
 from broker.services import policy
 from broker.services import shortcuts
 from broker.services import users
@@ -613,7 +613,8 @@ def test_an_expired_confirmation_is_refused(power_api, app, fake):
     grant_power(app)
     token = power_api(server_id(1), "power-confirmations", {"action": "reboot-soft"}).get_json()["confirmation"]
     with app.app_context():
-        db.session.execute(update(PowerConfirmation).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+        expired = datetime.now(UTC) - timedelta(seconds=1)
+        db.session.execute(update(SingleUseToken).where(SingleUseToken.purpose == "power").values(expires_at=expired))
         db.session.commit()
     response = power_api(server_id(1), "power", {"action": "reboot-soft", "confirmation": token})
     assert response.status_code == 403 and fake.actions == []

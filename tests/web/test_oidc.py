@@ -40,6 +40,7 @@ from tests.oidc import free_port
 from tests.oidc import provider
 from tests.support import AGENT
 from tests.support import server_id
+from tests.support import wait_until
 
 # -- fixtures --------------------------------------------------------------------
 
@@ -155,15 +156,6 @@ def confirm_provider_logout(http: requests.Session, page: requests.Response) -> 
     return http.post(urljoin(page.url, form["action"]), data=data, timeout=10)
 
 
-def wait_for(check, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
-
-
 # -- the code flow ---------------------------------------------------------------
 
 
@@ -230,7 +222,7 @@ def test_back_channel_logout_from_the_provider_ends_the_session(app, live, http,
     # Signing out at the provider (not at the broker): the provider posts a logout token to us.
     page = http.get(f"{oidc_provider.issuer}/session/end", timeout=10)
     confirm_provider_logout(http, page)
-    assert wait_for(lambda: bool(records(app, "sign_out", "ok")))
+    wait_until(lambda: records(app, "sign_out", "ok"), message="the back-channel logout was not recorded")
     (record,) = records(app, "sign_out", "ok")
     assert record.detail == "oidc" and record.username == "alice"
     assert record.reason.startswith("back-channel logout from the provider ended 1 session(s)")

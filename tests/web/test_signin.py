@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-
 import pytest
 from flask import get_flashed_messages
 from flask import session
@@ -16,7 +14,6 @@ from broker.models import UserSession
 from broker.services import identity
 from broker.services import users
 from broker.web import signin
-from tests.support import ROOT
 
 UNSAFE = ["https://evil.example/", "//evil.example", "/\\evil.example", "javascript:alert(1)", "evil", "/\x00x", ""]
 
@@ -97,22 +94,3 @@ def test_a_registered_provider_says_where_sign_out_goes(app):
     with app.test_request_context("/logout", method="POST"):
         assert signin.provider_logout_url() == "https://idp.example/logout"
         assert signin.provider_logout_url() is None  # the provider's own "not this session"
-
-
-def imported_web_modules(module: str) -> set[str]:
-    tree = ast.parse((ROOT / "broker" / "web" / f"{module}.py").read_text())
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module == "broker.web":
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("broker.web."):
-            found.add(node.module.removeprefix("broker.web."))
-    return found
-
-
-@pytest.mark.parametrize("module", ["auth", "oidc", "header"])
-def test_no_sign_in_method_imports_another(module):
-    """Each method shares through signin alone, so none of them can form an import circle with another."""
-    others = {"auth", "oidc", "header"} - {module}
-    assert imported_web_modules(module) & others == set()
-    assert imported_web_modules("signin") & {"auth", "oidc", "header"} == set()
