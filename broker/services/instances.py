@@ -21,7 +21,6 @@ from collections import Counter
 from collections.abc import Callable
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC
 from datetime import datetime
 from datetime import timedelta
 from pathlib import Path
@@ -37,6 +36,8 @@ from broker.cloud.registry import Cloud
 from broker.config import Settings
 from broker.extensions import db
 from broker.models import Instance
+from broker.services.clock import aware
+from broker.services.clock import now
 
 log = logging.getLogger(__name__)
 
@@ -146,15 +147,6 @@ def profile_of(row: Instance) -> Profile:
 
 
 # -- the table ------------------------------------------------------------------------------------
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def aware(moment: datetime) -> datetime:
-    """SQLite hands datetimes back without their zone; every one stored here is UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def running(moment: datetime | None = None) -> list[Instance]:

@@ -142,15 +142,21 @@ async def browser_at(url: str) -> Browser:
     return await Browser.connect(url, ticket=None, cookie="", origin="")
 
 
+async def on_screen(url: str) -> Browser:
+    """A browser connected to the console at ``url``, past the RFB handshake, its first screen drawn."""
+    browser = await browser_at(url)
+    await browser.handshake()
+    await browser.start()
+    await eventually(lambda: browser.screens() == [1])
+    return browser
+
+
 def test_a_console_asks_its_carrier_to_mint_then_records_its_opening_and_its_end(caplog):
     async def scenario():
         async with FakeProxy() as proxy:
             fake = FakeCarrier(proxy)
             async with console_served(fake) as (url, consoles):
-                browser = await browser_at(url)
-                await browser.handshake()
-                await browser.start()
-                await eventually(lambda: browser.screens() == [1])
+                browser = await on_screen(url)
                 for message in typed("ok"):
                     await browser.websocket.send(message)
                 await eventually(lambda: len(sent_keys(proxy)) == 4)
@@ -178,10 +184,7 @@ def test_a_resume_mints_with_the_server_as_the_last_mint_confirmed_it():
         async with FakeProxy() as proxy:
             fake = FakeCarrier(proxy)
             async with console_served(fake) as (url, _):
-                browser = await browser_at(url)
-                await browser.handshake()
-                await browser.start()
-                await eventually(lambda: browser.screens() == [1])
+                browser = await on_screen(url)
                 await proxy.sessions[0].close(1000)
                 await eventually(lambda: browser.screens()[-1:] == [2])
                 await browser.websocket.close()
