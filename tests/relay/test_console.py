@@ -526,15 +526,17 @@ def test_a_console_whose_cloud_never_answers_is_one_failure_on_record_with_its_c
 
     with caplog.at_level(logging.WARNING, logger="broker.relay"):
         assert run(scenario()) == (4502, "The cloud's console is unreachable")
-    tries = len(fakes.mints)
+    # Each failed try is a warning at once, not only the ending.
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "could not be opened" in r.message]
+    tries = len(warnings)
     assert tries > 3
+    # Every try asked the broker for a mint, but the last one may run out of budget before its call (in a
+    # worker thread) got as far as the broker.
+    assert len(fakes.mints) in (tries, tries - 1)
     [failed] = fakes.failed
     assert failed["reason"].startswith(f"the cloud's console could not be reached ({tries} tries)")
     assert "The cloud lab cannot be reached." in failed["reason"]
     assert fakes.opened == [] and fakes.closed == []
-    # Each failed try is a warning at once, not only the ending.
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "could not be opened" in r.message]
-    assert len(warnings) == tries
 
 
 def test_a_websocket_that_never_speaks_rfb_costs_the_cloud_nothing(app):
