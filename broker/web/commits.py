@@ -21,6 +21,8 @@ from broker.web.errors import handle_unexpected
 
 def commit_request(response: Response) -> Response:
     """Commit what the request staged; if that fails, none of it stays and the answer is the error's."""
+    if not db.session.registry.has():
+        return response  # it never used the database (static files, /healthz): nothing to commit
     try:
         db.session.commit()
     except DBAPIError as exc:
