@@ -487,6 +487,7 @@ def mint_at_once(app, service, count: int, ref: str) -> list:
                 results[n] = service.mint(user, ref)
             except Exception as exc:  # noqa: BLE001 - the request's answer, handed back to the test
                 results[n] = exc
+            db.session.commit()  # as the request's boundary does, after its answer (broker.web.commits)
 
     threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
     for thread in threads:

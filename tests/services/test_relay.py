@@ -33,12 +33,12 @@ TICKETS = SingleUseToken.purpose == relay.PURPOSE
 SERVER = ServerInfo(id=server_id(1), name="web-01", status="ACTIVE", cloud="lab")
 
 
-@pytest.fixture
 def redeem(token: str, **bindings) -> relay.Ticket:
     """The relay's redemption, with the app's throttle for refusals of made-up tickets (as relayhost passes it)."""
     return relay.redeem(token, throttle=state.throttle(), **bindings)
 
 
+@pytest.fixture
 def ctx(app):
     with app.app_context():
         yield
@@ -151,7 +151,10 @@ def test_old_tickets_are_cleared_when_new_ones_are_issued(ctx):
 
 
 def connected(sid: str = "session-1", name: str = AGENT[0]) -> int:
-    return relay.opened(ticket_of(sid, name), client="192.0.2.7", instance="relay-a:1")
+    """A console the relay has opened, committed as the relay host commits each call."""
+    row_id = relay.opened(ticket_of(sid, name), client="192.0.2.7", instance="relay-a:1")
+    db.session.commit()
+    return row_id
 
 
 def ticket_of(sid: str = "session-1", name: str = AGENT[0]) -> relay.Ticket:
