@@ -548,8 +548,10 @@ class Console:
         """The console's record: its disconnect, or its failure to open (none when it asked the cloud nothing,
         or when the mint's refusal is on record already); False when it waits for the database."""
         if self.row_id is not None:
+            # No longer reported by the relay's polls: its row goes with this record.
+            row_id, self.row_id = self.row_id, None
             minted = f"{self.mints} console URL{'s' if self.mints != 1 else ''} minted"
-            return await self.carrier.closed(self.row_id, f"{ending.audit}; {minted}", self.to_cloud, self.to_browser)
+            return await self.carrier.closed(row_id, f"{ending.audit}; {minted}", self.to_cloud, self.to_browser)
         if (self.mints or self.tries) and ending.code != NOT_ALLOWED:
             return await self.carrier.failed(self.ticket, f"{ending.audit} ({self.tries} failed tries)")
         return True

@@ -199,6 +199,10 @@ class Relay:
         # Records of consoles that ended while the database could not be reached, written once it can.
         self.deferred: list[tuple[Caller, Callable[[], Any]]] = []
         self.database_down = False
+        # The poll's report and a console's last record never overlap: a report taken while a console was
+        # still open would otherwise write its row back after its close removed it (a console listed, and
+        # counted against its user, for STALE_AFTER seconds after it ended).
+        self.writing = asyncio.Lock()
 
     # -- serving -----------------------------------------------------------------------------------
 
@@ -335,7 +339,8 @@ class Relay:
     async def _record(self, caller: Caller, record: Callable[[], Any]) -> bool:
         """Write a console's record now (True), or keep it back while the database cannot be reached (False)."""
         try:
-            await asyncio.to_thread(record)
+            async with self.writing:
+                await asyncio.to_thread(record)
         except DatabaseUnavailable:
             self.defer(caller, record)
             return False
@@ -356,11 +361,12 @@ class Relay:
         While the database cannot be reached, consoles go on with the rights last confirmed; the
         first poll after it is back judges them by the rules as they are then.
         """
-        consoles = {console.row_id: console for console in self.consoles if console.row_id is not None}
-        reports = [console.report(self.instance) for console in consoles.values()]
         try:
-            await self._write_deferred()
-            ending = await self.call(self.services.report, RELAY_CALLER, reports)
+            async with self.writing:
+                consoles = {console.row_id: console for console in self.consoles if console.row_id is not None}
+                reports = [console.report(self.instance) for console in consoles.values()]
+                await self._write_deferred()
+                ending = await self.call(self.services.report, RELAY_CALLER, reports)
         except DatabaseUnavailable:
             if not self.database_down:
                 log.warning(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import time
 from datetime import UTC
 from datetime import datetime
@@ -482,3 +483,40 @@ def test_the_relay_path_is_the_relay_urls_when_there_is_one(app):
     assert relay_path(settings) == "/relay"
     on_its_port = type(settings)(**{**settings.__dict__, "relay_url": "ws://{host}:5001/console-relay"})
     assert relay_path(on_its_port) == "/console-relay"
+
+
+def test_a_console_that_closes_while_a_poll_reports_it_is_recorded_after_the_report(app):
+    """Else the report, taken while the console was open, would write its row back after its close removed it:
+    a console listed, and counted against its user, for seconds after it ended."""
+    fakes = FakeServices(app)
+    fakes.issue()
+    reporting = threading.Event()
+    go_on = threading.Event()
+    order: list[str] = []
+
+    def slow_report(caller, reports):
+        if reports and not go_on.is_set():
+            reporting.set()
+            assert go_on.wait(5)
+            order.append("report")
+        return FakeServices._report(fakes, caller, reports)
+
+    def closed(caller, row_id, **fields):
+        order.append("closed")
+        FakeServices._closed(fakes, caller, row_id, **fields)
+
+    fakes._report, fakes._closed = slow_report, closed
+
+    async def scenario():
+        async with running(fakes) as (relay, proxy):
+            browser = await connected(fakes, relay, proxy)
+            await eventually(reporting.is_set)  # a poll is reporting the open console
+            await browser.websocket.close()
+            await eventually(lambda: all(console.row_id is None for console in relay.consoles))  # closing
+            # Time enough for a close that did not wait for the report to be written first.
+            await asyncio.sleep(0.2)
+            go_on.set()
+            await eventually(lambda: fakes.closed)
+
+    run(scenario())
+    assert order == ["report", "closed"]
