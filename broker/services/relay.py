@@ -13,8 +13,6 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timedelta
-from typing import ParamSpec
-from typing import TypeVar
 
 from sqlalchemy import delete
 from sqlalchemy import func
@@ -41,8 +39,6 @@ from broker.services.policy import access_for
 from broker.throttle import Throttle
 
 log = logging.getLogger(__name__)
-P = ParamSpec("P")
-T = TypeVar("T")
 
 # Long enough for a page to open its websocket on a slow link; short enough that a copied
 # ticket (it crosses every proxy in the handshake's headers) is worthless.
