@@ -221,9 +221,24 @@ def add_user(env: dict[str, str], name: str, password: str) -> None:
         raise RuntimeError(f"users add failed: {done.stderr.strip() or done.stdout.strip()}")
 
 
-def start_broker(env: dict[str, str], logdir: Path, name: str = "broker") -> Broker:
-    """Run the Procfile's web line; wait for /healthz."""
-    command = procfile_command()
+def bare_flask_command() -> str:
+    """The Procfile's ``web:`` gunicorn flags serving ``bench.bareflask:app``, without the broker's config file."""
+    command = procfile_command().replace("--config gunicorn.conf.py ", "")
+    if not command.endswith(" app:app"):
+        raise RuntimeError(f"the Procfile's web line no longer ends with app:app: {command}")
+    return command.removesuffix("app:app") + "bench.bareflask:app"
+
+
+def start_bare_flask(logdir: Path) -> Broker:
+    """The floor's reference app on a free port, started like the broker; wait for /healthz."""
+    port = free_port()
+    env = clean_env() | {"PORT": str(port), "BIND": f"127.0.0.1:{port}"}
+    return start_broker(env, logdir, "bare-flask", bare_flask_command())
+
+
+def start_broker(env: dict[str, str], logdir: Path, name: str = "broker", command: str = "") -> Broker:
+    """Run the Procfile's web line (or ``command``); wait for /healthz."""
+    command = command or procfile_command()
     proc = spawn(name, ["sh", "-c", "exec " + command], env, logdir)
     url = f"http://{env['BIND']}"
 

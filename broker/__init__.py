@@ -151,6 +151,10 @@ def register_extensions(app: Flask) -> None:
     migrate.init_app(app, db, directory=startup.MIGRATIONS)
     csrf.init_app(app)
     limiter.init_app(app)
+    # Every limit is a route's own decorator, which checks it when that route runs: Flask-Limiter's
+    # check before every request (static files and probes included) would only look for limits that
+    # do not exist. A limit for all routes (default_limits) would need this hook back.
+    app.before_request_funcs[None].remove(limiter._check_request_limit)
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
     login_manager.login_message = "Sign in to continue."

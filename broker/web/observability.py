@@ -129,6 +129,8 @@ def connection_peer() -> str:
 def watch_proxy_count() -> None:
     """Behind a proxy that the count does not match, every person has the proxy's address: one sign-in
     limit and one audit address for all. Warn (at most once a minute) and note it for check and /readyz."""
+    if "X-Forwarded-For" not in request.headers:
+        return  # no forwarded address: nothing to sight (the common case, checked first on every request)
     watch: ProxyWatch = current_app.extensions[PROXY_WATCH]
     count = state.settings().trusted_proxies
     sighting = service_checks.proxy_sighting(count, forwarded_hops(), connection_peer(), watch.clock())

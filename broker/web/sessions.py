@@ -46,10 +46,32 @@ SESSIONLESS = frozenset({"static", "healthz", "observability.readyz", "observabi
 
 
 class BrokerSessionInterface(SecureCookieSessionInterface):
-    """``Secure`` when configured, and always when the request came over HTTPS."""
+    """``Secure`` when configured, and always when the request came over HTTPS; no session for probes and static files.
+
+    Flask opens the session before it matches the URL, so the sessionless endpoints are known here
+    by their paths: their requests get an empty session instead of verifying the cookie's
+    signature and decoding it, which they would never read (an empty, unchanged session sets no cookie).
+    """
+
+    def __init__(self) -> None:
+        self._sessionless: tuple[frozenset[str], str] | None = None
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return bool(app.config["SESSION_COOKIE_SECURE"] or (has_request_context() and request.is_secure))
+
+    def open_session(self, app: Flask, request):  # noqa: ANN001, ANN201 - Flask's signature
+        paths, static = self._sessionless or self._learn(app)
+        if request.path in paths or (static and request.path.startswith(static)):
+            return self.session_class()
+        return super().open_session(app, request)
+
+    def _learn(self, app: Flask) -> tuple[frozenset[str], str]:
+        """The fixed paths of the sessionless endpoints and the static files' prefix, read once from the URL map."""
+        rules = [rule for rule in app.url_map.iter_rules() if rule.endpoint in SESSIONLESS]
+        paths = frozenset(rule.rule for rule in rules if not rule.arguments)
+        static = f"{app.static_url_path}/" if app.has_static_folder else ""
+        self._sessionless = (paths, static)
+        return self._sessionless
 
 
 def load_user(user_id: str) -> User | None:
