@@ -20,6 +20,7 @@ from websockets.protocol import State
 
 from bench import assets
 from bench import clients
+from bench import firstframe
 from bench import relaystack
 from bench.relaystack import EXPIRING_TTL
 from bench.relaystack import RelayStack
@@ -76,7 +77,10 @@ def run(args: argparse.Namespace, workdir: Path, step: Callable[[str], None]) ->
             step("relay: starting a second relay without per-connection budgets")
             unbudgeted = relaystack.start_unbudgeted(stack, running, workdir)
         rows += asyncio.run(measure(running, args, step, unbudgeted))
-        return Section(TITLE, setup_line(running, time.monotonic() - began), rows)
+        setup = setup_line(running, time.monotonic() - began)
+    # In the console lab, on processes of its own: after the stack above is gone, so it has the machine to itself.
+    rows += firstframe.rows(args.relay_first_frame, workdir / "firstframe", step)
+    return Section(TITLE, setup, rows)
 
 
 def setup_line(running: RelayStack, seconds: float) -> str:

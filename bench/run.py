@@ -48,6 +48,7 @@ QUICK = {
     "relay_seconds": 1.0,
     "relay_resumes": 3,
     "relay_idle": 100,
+    "relay_first_frame": 3,
 }
 
 
@@ -76,6 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--relay-seconds", type=float, default=3.0, help="full-screen updates each way (0 skips)")
     parser.add_argument("--relay-resumes", type=int, default=8, help="upstream closes to time the resume of (0 skips)")
     parser.add_argument("--relay-idle", type=int, default=1000, help="idle consoles on one relay (0 skips)")
+    parser.add_argument(
+        "--relay-first-frame", type=int, default=5, help="warm page loads to the first frame, relay vs bare (0 skips)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the Markdown table")
     if argv is None:
         argv = sys.argv[1:]
