@@ -12,6 +12,7 @@ import functools
 import itertools
 import logging
 import re
+import threading
 import time
 import unicodedata
 from collections.abc import Callable
@@ -22,7 +23,6 @@ from urllib.parse import urlsplit
 
 import requests
 from keystoneauth1 import adapter as ks_adapter
-from keystoneauth1 import discover
 from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import session as ks_session
 
@@ -293,7 +293,8 @@ class ComputeClient:
             watched.listener = functools.partial(metrics.circuit, name, circuit)
             metrics.circuit(name, circuit, watched.is_open)
         self.bulkhead = Bulkhead(max_in_flight)
-        self._version_known = False
+        self._max_version: tuple[int, int] | None = None
+        self._version_lock = threading.Lock()
         self.auth_url = str(getattr(session.auth, "auth_url", "") or "")
         self.health = Health(name, describe_identity(session.auth, region_name))
 
@@ -503,33 +504,42 @@ class ComputeClient:
 
     @contained("Reading the API version")
     def max_version(self) -> tuple[int, int]:
-        """The cloud's highest compute microversion, from keystoneauth1's discovery of its version document.
+        """The cloud's highest compute microversion, read once from its version document through keystoneauth1.
 
-        keystoneauth1 caches what it discovered on the session, so this costs one call per
-        cloud, and no lock of ours is held while it is made.
+        Asked before every mint, so the answer is kept once known (a cloud's versions change only with
+        an upgrade, and the broker asks for 2.6 at most): a mint then costs no discovery work at all.
+        Until it is known, one caller at a time reads it (bounded by the session's timeout), so the
+        first mints of a storm make one discovery call and share its answer instead of racing.
         """
-        found = self._discover()
-        if found is None or not found.max_microversion:
-            raise errors.CloudBadResponse(f"Reading the API version: cloud {self.name} advertises no microversions.")
-        major, minor = found.max_microversion[:2]
-        return int(major), int(minor)
+        known = self._max_version
+        if known is not None:
+            return known
+        with self._version_lock:
+            if self._max_version is None:
+                self._max_version = self._read_max_version()
+            return self._max_version
 
-    def _discover(self) -> discover.EndpointData | None:
-        """keystoneauth1's endpoint data, timed for the metrics until known (then its cache answers, no call)."""
-        known = self._version_known
+    def _read_max_version(self) -> tuple[int, int]:
         began = time.monotonic()
         outcome = "ok"
         try:
             with self._translated("Reading the API version"):
                 found = self.adapter.get_endpoint_data()
+            if found is None or not found.max_microversion:
+                # keystoneauth1 falls back to the catalog's endpoint, with no versions, when the version
+                # document could not be read: every Nova since the 2.1 API advertises microversions, so this
+                # is an unreadable answer to try again, not a fact about the cloud to keep.
+                raise errors.CloudUnreachable(
+                    f"Reading the API version: cloud {self.name} did not say which microversions it supports "
+                    "(its version document could not be read)."
+                )
         except BaseException as exc:
             outcome = type(exc).__name__
             raise
         finally:
-            if not known:
-                metrics.upstream(self.name, "version", outcome, time.monotonic() - began)
-        self._version_known = found is not None
-        return found
+            metrics.upstream(self.name, "version", outcome, time.monotonic() - began)
+        major, minor = found.max_microversion[:2]
+        return int(major), int(minor)
 
     # -- servers ----------------------------------------------------------------
 

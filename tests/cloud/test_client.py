@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -148,6 +149,24 @@ def test_html_in_server_name_is_kept_as_text(compute):
 def test_the_version_range_is_discovered_once_through_keystoneauth(compute, fake):
     assert compute.max_version() == (2, 96)
     assert compute.max_version() == (2, 96)
+    assert fake.counts["versions"] == 1
+
+
+def test_an_unreadable_version_document_is_tried_again_not_kept(compute, fake):
+    # keystoneauth1 falls back to the catalog's endpoint, without versions, when discovery fails.
+    fake.faults.fail_next["versions"] = [500]
+    with pytest.raises(errors.CloudUnreachable, match="did not say which microversions"):
+        compute.create_console(server_id(1))
+    assert fake.counts["console"] == 0
+    assert compute.create_console(server_id(1)).url
+    assert compute.max_version() == (2, 96)
+
+
+def test_the_first_mints_at_once_share_one_discovery(compute, fake):
+    fake.faults.hang["versions"] = 0.3  # the first reader is still waiting when the others ask
+    with ThreadPoolExecutor(12) as pool:
+        consoles = list(pool.map(lambda _: compute.create_console(server_id(1)), range(12)))
+    assert all(console.url for console in consoles)
     assert fake.counts["versions"] == 1
 
 
