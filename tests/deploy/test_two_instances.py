@@ -644,6 +644,16 @@ def test_the_list_is_walked_once_for_both_instances_and_all_their_workers(deploy
     assert 0 <= own_checks <= 2 * 2 - 1, len(answered)
 
 
+def test_every_worker_has_all_its_request_threads_before_a_burst_needs_them(deployment):
+    # Started one per new connection, in the thread that dispatches every request, a burst of slow
+    # mints held up every other request while the pool grew (gunicorn.conf.py's start_threads).
+    threads = int(systemd_environment(deployment.directory / "broker.env")["GUNICORN_THREADS"])
+    for instance in deployment.instances.values():
+        for worker in instance.workers():
+            started = len(os.listdir(f"/proc/{worker}/task"))
+            assert started > threads, (worker, started)
+
+
 def test_every_mint_from_both_instances_is_in_the_one_audit_trail(deployment):
     browser = signed_in(deployment, *AGENT)
     servers = browser.get("/api/servers?limit=20").json()["servers"]
