@@ -5,9 +5,6 @@
 // is logged or sent anywhere but down the websocket.
 // Power actions, the server panel and following a start or reboot come from power.js.
 
-import RFB from "../vendor/novnc/core/rfb.js";
-import KeyTable from "../vendor/novnc/core/input/keysym.js";
-import { getKeycode, getKeysym } from "../vendor/novnc/core/input/util.js";
 import { copyLink } from "./copy-link.js";
 import { serverControls } from "./power.js";
 
@@ -23,6 +20,24 @@ const typeDialog = $("type-dialog");
 const typeInput = $("type-input");
 const typeMessage = $("type-message");
 const csrfToken = document.querySelector('meta[name="csrf-token"]').content;
+// noVNC (RFB and its key tables, 60 modules) loads while the ticket is asked for and the relay opens
+// the cloud's side, not before: static imports would hold the ticket's POST back until every module
+// had arrived. It is imported just after the first ticket's POST has gone out (at the end of this
+// module), so that the POST does not queue behind those module requests either.
+let noVNC = null; // {RFB, getKeysym, getKeycode} once loaded
+let noVNCLoaded = null; // the promise of it
+
+function loadNoVNC() {
+  const modules = [import("../vendor/novnc/core/rfb.js"), import("../vendor/novnc/core/input/util.js")];
+  return Promise.all(modules).then(([rfb, input]) => {
+    noVNC = { RFB: rfb.default, getKeysym: input.getKeysym, getKeycode: input.getKeycode };
+    return noVNC;
+  });
+}
+// X11 keysyms Type text needs beyond printable ASCII (noVNC's core/input/keysym.js).
+const XK_TAB = 0xff09;
+const XK_RETURN = 0xff0d;
+const XK_SHIFT_L = 0xffe1;
 
 // When a console ends for a cause that may pass (the cloud's console, the relay, the broker's
 // database, the network), the page tries again by itself: after 0.25 s, doubling to at most 30 s
@@ -72,7 +87,7 @@ const state = {
   // follows the server back to ACTIVE, data-state says "starting" or "rebooting" instead.
   phase: "loading",
   follow: null,
-  session: null, // {rfb, canvas, painted}: the current one; events of older ones are ignored
+  session: null, // {socket, rfb, canvas, painted}: the current one; events of older ones are ignored
   attempt: 0, // bumped by every start, so an answer to an abandoned attempt is dropped
   connects: 0,
   retryMs: RETRY_FIRST_MS,
@@ -180,7 +195,8 @@ function abandon() {
   const held = leaveAway();
   if (session) {
     keepLastFrame(session);
-    session.rfb.disconnect();
+    if (session.rfb) session.rfb.disconnect();
+    else session.socket.close(); // noVNC had not taken it yet
   }
   return held;
 }
@@ -285,29 +301,54 @@ function open(ticket) {
     retry("The console relay's address is unusable");
     return;
   }
+  // Opened at once, so the relay opens the cloud's side while noVNC may still be loading; what the
+  // relay sends before noVNC takes the socket is kept (as noVNC reads it) and handed over in order.
+  socket.binaryType = "arraybuffer";
   // RFB's "disconnect" event carries no close code, so the page opens the WebSocket itself and
   // hands it to RFB (its documented urlOrChannel argument may be a WebSocket). This listener is
   // added before RFB sets the socket's onclose, so it runs first: the code is known by the time
   // RFB dispatches "disconnect".
   const seen = { opened: false, closed: null };
+  const session = { socket, rfb: null, canvas: null, painted: false, early: [] };
+  state.session = session;
   socket.addEventListener("open", () => {
     seen.opened = true;
     state.failedOpens = 0;
   });
-  socket.addEventListener("close", (event) => (seen.closed = event));
-  const rfb = new RFB(screen, socket);
+  socket.addEventListener("close", (event) => {
+    seen.closed = event;
+    // Closed before noVNC took it (refused, or the relay gone): RFB would refuse a closed socket.
+    if (!session.rfb && session === state.session) disconnected(session, seen);
+  });
+  // RFB is binary; a text message is the relay's own word ({"relay": "away" | "back"}), which RFB ignores.
+  socket.addEventListener("message", (event) => {
+    if (session !== state.session) return;
+    if (typeof event.data === "string") relayTold(event.data);
+    else if (!session.rfb) session.early.push(event.data);
+  });
+  noVNCLoaded.then(({ RFB }) => {
+    // A socket that closed meanwhile was dealt with by its close listener.
+    if (session === state.session && socket.readyState <= WebSocket.OPEN) attach(session, RFB, seen);
+  }, viewerMissing);
+}
+
+// A module that failed to load stays failed for this page: only loading the page again can help.
+function viewerMissing() {
+  if (state.session) stop("failed", "The console viewer could not be loaded: reload the page.");
+}
+
+function attach(session, RFB, seen) {
+  const rfb = new RFB(screen, session.socket);
   rfb.focusOnClick = true;
   rfb.background = "transparent"; // the last frame, under it, shows until the new one is drawn
   applyScale(rfb);
+  session.rfb = rfb;
   // RFB appended its own element, holding the canvas it draws on.
-  const session = { rfb, canvas: screen.lastElementChild.querySelector("canvas"), painted: false };
-  state.session = session;
+  session.canvas = screen.lastElementChild.querySelector("canvas");
   rfb.addEventListener("connect", () => session === state.session && connected(session));
   rfb.addEventListener("disconnect", () => session === state.session && disconnected(session, seen));
-  // RFB is binary; a text message is the relay's own word ({"relay": "away" | "back"}), which RFB ignores.
-  socket.addEventListener("message", (event) => {
-    if (typeof event.data === "string" && session === state.session) relayTold(event.data);
-  });
+  // RFB's onmessage is set now: what came before goes to it first, before any later message's task.
+  for (const data of session.early.splice(0)) session.socket.onmessage(new MessageEvent("message", { data }));
 }
 
 function relayTold(text) {
@@ -484,9 +525,9 @@ function inConsole(event) {
 function queueKey(event) {
   if (state.phase !== "reconnecting" || !inConsole(event)) return;
   event.preventDefault();
-  const keysym = getKeysym(event);
+  const keysym = noVNC.getKeysym(event); // loaded: reconnecting follows a connect
   if (keysym && state.queue.length < QUEUE_LIMIT) {
-    state.queue.push([keysym, getKeycode(event), event.type === "keydown"]);
+    state.queue.push([keysym, noVNC.getKeycode(event), event.type === "keydown"]);
   }
 }
 
@@ -500,16 +541,16 @@ function applyScale(rfb) {
 function toggleScale() {
   state.scale = !state.scale;
   $("scale").setAttribute("aria-pressed", String(state.scale));
-  if (state.session) applyScale(state.session.rfb);
+  if (state.session?.rfb) applyScale(state.session.rfb);
 }
 
 function focusScreen() {
-  state.session?.rfb.focus({ preventScroll: true });
+  state.session?.rfb?.focus({ preventScroll: true });
 }
 
 function ctrlAltDel() {
   if (state.away) state.heldKeys += 3;
-  state.session?.rfb.sendCtrlAltDel();
+  state.session?.rfb?.sendCtrlAltDel();
   focusScreen();
 }
 
@@ -529,7 +570,7 @@ function utcStamp() {
 
 function screenshot() {
   const name = page.server.name.replace(/[^\w.-]+/g, "-").replace(/^[-.]+|-+$/g, "") || "console";
-  state.session?.rfb.toBlob((blob) => {
+  state.session?.rfb?.toBlob((blob) => {
     if (!blob) return;
     const link = Object.assign(document.createElement("a"), {
       href: URL.createObjectURL(blob),
@@ -551,8 +592,8 @@ const SHIFTED = new Set('ABCDEFGHIJKLMNOPQRSTUVWXYZ~!@#$%^&*()_+{}|:"<>?');
 
 // Printable ASCII keysyms equal the character codes; newline is Return, tab is Tab.
 function keysymOf(char) {
-  if (char === "\n") return KeyTable.XK_Return;
-  if (char === "\t") return KeyTable.XK_Tab;
+  if (char === "\n") return XK_RETURN;
+  if (char === "\t") return XK_TAB;
   const code = char.charCodeAt(0);
   return char.length === 1 && code >= 0x20 && code <= 0x7e ? code : null;
 }
@@ -564,9 +605,9 @@ function untypable(text) {
 function typeChar(rfb, char) {
   const shift = SHIFTED.has(char);
   if (state.away) state.heldKeys += shift ? 2 : 1;
-  if (shift) rfb.sendKey(KeyTable.XK_Shift_L, null, true);
+  if (shift) rfb.sendKey(XK_SHIFT_L, null, true);
   rfb.sendKey(keysymOf(char), null); // down and up
-  if (shift) rfb.sendKey(KeyTable.XK_Shift_L, null, false);
+  if (shift) rfb.sendKey(XK_SHIFT_L, null, false);
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -675,3 +716,4 @@ setInterval(keepAlive, page.keepaliveEvery * 1000);
 
 enter("loading");
 connect();
+noVNCLoaded = loadNoVNC();
