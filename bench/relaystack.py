@@ -30,6 +30,8 @@ SERVERS = 24
 # Console token lifetimes (s): "steady" outlives the run; "expiring" has its upstream closed by the proxy.
 STEADY_TTL = 3600
 EXPIRING_TTL = 2
+# BROKER_MAX_CONSOLES_PER_USER for the bench's broker: more than --relay-idle ever asks for at full size.
+MAX_CONSOLES = 100_000
 
 
 @dataclass
@@ -169,6 +171,8 @@ def start(stack: contextlib.ExitStack, workdir: Path) -> RelayStack:
         "BROKER_CONSOLE_MODE": "relay",
         "BROKER_RELAY_URL": f"ws://127.0.0.1:{relay_port}/relay",
         "RELAY_BIND": f"127.0.0.1:{relay_port}",
+        # The idle-console figure opens its hundreds of consoles as the bench's one user.
+        "BROKER_MAX_CONSOLES_PER_USER": str(MAX_CONSOLES),
     }
     password = secrets.token_urlsafe(16)
     procs.add_user(env, "bench", password)
