@@ -35,6 +35,8 @@ from flask import request
 
 MIN_VERSION = "2.1"
 KINDS = ("token", "versions", "list", "show", "console", "action")
+# Counted besides "list" (never instead): lists of one server.
+ONE_SERVER_LIST = "list_one"
 # Nova's power_state numbers (nova/compute/power_state.py) for the states a stand-in server is in.
 POWER_STATES = {"ACTIVE": 1, "SHUTOFF": 4, "PAUSED": 3, "SUSPENDED": 7, "ERROR": 0, "BUILD": 0}
 # What each action needs and gives: allowed statuses, the status (and task state) while it runs.
@@ -254,7 +256,7 @@ class FakeCloud:
         self.faults = Faults()
         self._unhang = threading.Event()
         self.token_generation = 0
-        self.counts: dict[str, int] = {kind: 0 for kind in KINDS}
+        self.counts: dict[str, int] = {kind: 0 for kind in (*KINDS, ONE_SERVER_LIST)}
         # The kinds of the latest calls in the order they arrived (tests check what came first).
         self.calls: deque[str] = deque(maxlen=10_000)
         self._lock = threading.Lock()
@@ -471,6 +473,10 @@ class FakeCloud:
             limit = min(int(request.args.get("limit", 1000)), 1000)
         except ValueError:
             return nova_error(400, "limit must be an integer")
+        if limit == 1:
+            # Also counted apart: a one-server list is a check that the cloud answers (the client's probe), not a page
+            # of a walk.
+            self.count(ONE_SERVER_LIST)
         order = list(self.servers) if self.faults.list_every_project else self.order
         start = 0
         marker = request.args.get("marker")
