@@ -204,6 +204,10 @@ def load_clouds(
         except TypeError as exc:
             raise auth_option_error(exc, label, region.config.get("auth_type"), source) from None
         session.timeout = timeouts.read
+        if not settings_for_requests(env):
+            # requests reads its proxies, CA bundle and netrc from the environment on every call, scanning every
+            # variable twice (about 0.2 ms of each mint's CPU): with none of them set, there is nothing to find.
+            session.session.trust_env = False
         ttl, swap = _options(region.config, label, default_ttl, default_swap)
         client = ComputeClient(
             label,
@@ -217,6 +221,20 @@ def load_clouds(
     if len({c.name for c in clouds}) != len(clouds):
         raise CloudConfigError("BROKER_CLOUDS names the same cloud twice")
     return clouds
+
+
+def settings_for_requests(env: Mapping[str, str] = os.environ) -> bool:
+    """True when the environment holds something requests takes from it.
+
+    That is a proxy (any ``*_proxy``, any case), a CA bundle (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``) or a
+    netrc file (``NETRC``, else ``~/.netrc`` or ``~/_netrc``).
+    """
+    if any(value and name.lower().endswith("_proxy") for name, value in env.items()):
+        return True
+    if env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE"):
+        return True
+    netrc = env.get("NETRC")
+    return any(os.path.exists(os.path.expanduser(path)) for path in ([netrc] if netrc else ["~/.netrc", "~/_netrc"]))
 
 
 def _region(loader, name: str):

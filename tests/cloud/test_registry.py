@@ -9,9 +9,11 @@ import sys
 
 import pytest
 
+from broker.cloud import errors
 from broker.cloud.registry import CloudConfigError
 from broker.cloud.registry import load_clouds
 from broker.cloud.types import Timeouts
+from broker.demo import serve
 from tests.support import ROOT
 
 GOOD = """clouds:
@@ -127,3 +129,40 @@ def test_a_clouds_file_others_may_read_is_a_warning_at_start(clouds_file, regist
             f"{clouds_file} is readable by {readers} (mode {mode:04o}), and it holds the clouds' credentials: "
             "chmod 600 it, owned by the broker's user"
         ]
+
+
+@pytest.fixture
+def cloud_from_environment(fake, monkeypatch, tmp_path):
+    """The stand-in cloud through its OS_* variables, in an environment with no proxy, CA bundle or netrc."""
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy") or name.startswith("OS_") or name.endswith("CA_BUNDLE"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "no-clouds.yaml"))
+    for name, value in serve.environment(fake).items():
+        monkeypatch.setenv(name, value)
+    return monkeypatch
+
+
+def test_without_proxy_settings_calls_do_not_read_the_environment(cloud_from_environment):
+    [cloud] = load()
+    assert cloud.client.list_servers()
+    # requests would scan every variable on every call for proxies, a CA bundle and a netrc file: none is set.
+    assert cloud.client.adapter.session.session.trust_env is False
+
+
+@pytest.mark.parametrize("setting", ["http_proxy", "HTTP_PROXY", "REQUESTS_CA_BUNDLE", "NETRC"])
+def test_a_proxy_ca_bundle_or_netrc_in_the_environment_is_still_honoured(cloud_from_environment, tmp_path, setting):
+    value = {"NETRC": str(tmp_path / "netrc")}.get(setting, "http://127.0.0.1:9")
+    if setting == "NETRC":
+        (tmp_path / "netrc").write_text("machine example.com login a password b\n")
+    cloud_from_environment.setenv(setting, value)
+    [cloud] = load()
+    assert cloud.client.adapter.session.session.trust_env is True
+
+
+def test_a_proxy_in_the_environment_carries_the_calls(cloud_from_environment):
+    cloud_from_environment.setenv("http_proxy", "http://127.0.0.1:9")  # nothing listens: every call fails there
+    [cloud] = load()
+    with pytest.raises(errors.CloudUnreachable):
+        cloud.client.list_servers()
