@@ -63,6 +63,9 @@ def json_logs() -> None:
 
 
 def post_worker_init(worker) -> None:
+    from broker.startup import settle
+
+    settle()
     start_threads(worker)
     refuse_when_stopping(worker)
 

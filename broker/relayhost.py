@@ -25,6 +25,7 @@ from werkzeug.http import parse_cookie
 
 from broker import create_app
 from broker import demo
+from broker import startup
 from broker import state
 from broker.cloud.types import ServerInfo
 from broker.extensions import db
@@ -152,6 +153,15 @@ def relay_process(app: Flask, host: str, port: int) -> Relay:
         if gone := committed(live.forget_stale):
             log.info("relay: forgot %d live consoles of relays that stopped without closing them", gone)
     return relay(app, mounts=demo_mounts(app, host, port))
+
+
+def settle() -> None:
+    """The relay process, built and about to serve, keeps what start-up built out of the GC's collections.
+
+    As a web worker does (``startup.settle``): a full collection would otherwise walk the whole app
+    while every console of the relay waits.
+    """
+    startup.settle()
 
 
 def demo_mounts(app: Flask, host: str, port: int) -> dict[str, Mount]:

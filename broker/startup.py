@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import secrets
@@ -61,6 +62,19 @@ def prepare(app: Flask, settings: Settings) -> None:
 def in_command() -> bool:
     """True when a ``flask --app app ...`` command (not a server) is building the app."""
     return click.get_current_context(silent=True) is not None
+
+
+def settle() -> None:
+    """Keep what start-up built (the app, every module it imported) out of the cyclic GC's collections.
+
+    Called by a web worker and the relay once they are ready to serve. Those objects live as long
+    as the process, yet each full collection walked all of them while holding the GIL: with a
+    10,000-server cloud listed, 66 to 98 ms during which every request of the worker stood still
+    (the bench's storm); frozen, a full collection takes 6 to 12 ms. Start-up's own garbage is
+    collected first, so nothing collectable is kept for good.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def engine_options(url: str) -> dict:

@@ -90,6 +90,7 @@ def main() -> None:
     logging.getLogger("websockets").setLevel(logging.INFO)
     host, port = bind_address(os.environ)
     relay = relayhost.relay_process(app, host, port)
+    relayhost.settle()
     asyncio.run(serve(relay, host, port, relay_bind_setting(os.environ)))
 
 
