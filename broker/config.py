@@ -138,6 +138,9 @@ PROCESS_VARIABLES = frozenset(
 )
 # The OS_* variables the broker reads itself; openstack.config reads the others (OS_USERNAME...) on its own.
 CLOUD_VARIABLES = frozenset({"OS_CLOUD", "OS_AUTH_URL", "OS_AUTH_TYPE", "OS_CLIENT_CONFIG_FILE"})
+# What requests (the HTTP library of cloud calls) reads from the environment besides any *_proxy: the
+# cloud's session only checks whether they are set (broker.cloud.registry.settings_for_requests).
+REQUESTS_VARIABLES = frozenset({"REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NETRC"})
 PREFIX = "BROKER_"
 # The test suite's own variables (tests/support.py: BROKER_TEST_DB...): the broker never reads them,
 # and a run's servers inherit them, so they are neither settings nor typos.

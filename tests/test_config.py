@@ -187,7 +187,7 @@ BROKER_NAME = re.compile(r"(?<![A-Z0-9_])BROKER_[A-Z0-9_]*[A-Z0-9]")
 def test_every_variable_the_code_reads_is_declared():
     """Names read outside the parser (the relay's RELAY_BIND, the Procfile's WEB_CONCURRENCY...) and every
     BROKER_* name the code mentions are in broker.config's lists too."""
-    known = config.SETTINGS | config.PROCESS_VARIABLES | config.CLOUD_VARIABLES
+    known = config.SETTINGS | config.PROCESS_VARIABLES | config.CLOUD_VARIABLES | config.REQUESTS_VARIABLES
     read: dict[str, str] = {}
     for path in SOURCES:
         text = path.read_text()

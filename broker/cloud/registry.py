@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from broker.cloud.client import ComputeClient
 from broker.cloud.types import Timeouts
+from broker.config import REQUESTS_VARIABLES
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ def settings_for_requests(env: Mapping[str, str] = os.environ) -> bool:
     """
     if any(value and name.lower().endswith("_proxy") for name, value in env.items()):
         return True
-    if env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE"):
+    if any(env.get(name) for name in REQUESTS_VARIABLES - {"NETRC"}):
         return True
     netrc = env.get("NETRC")
     return any(os.path.exists(os.path.expanduser(path)) for path in ([netrc] if netrc else ["~/.netrc", "~/_netrc"]))

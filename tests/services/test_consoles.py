@@ -91,7 +91,7 @@ def build(app, clock, budget, *clouds: Cloud, cold_wait: float = 0.5) -> Console
     return service
 
 
-def two_clouds(app, clock, budget, fake, far) -> ConsoleService:
+def two_clouds(app, clock, budget, fake, far, cold_wait: float = 0.5) -> ConsoleService:
     """A service on two clouds: ``lab`` and ``far``."""
     return build(
         app,
@@ -99,6 +99,7 @@ def two_clouds(app, clock, budget, fake, far) -> ConsoleService:
         budget,
         Cloud("lab", make_client(fake), 600, "idle"),
         Cloud("far", make_client(far, "far"), 600, "idle"),
+        cold_wait=cold_wait,
     )
 
 
@@ -311,7 +312,8 @@ def test_a_mistyped_name_costs_no_lookup(service, fake, budget, ctx):
     ],
 )
 def test_cloud_trouble_is_shown_only_to_users_of_that_cloud(app, fake, far, clock, budget, ctx, rule, failures, stale):
-    service = two_clouds(app, clock, budget, fake, far)
+    # Long enough for both failing walks (each retried) to end on a loaded machine: their outcome is what is judged.
+    service = two_clouds(app, clock, budget, fake, far, cold_wait=10)
     service.inventory.overview(cloud="lab")  # lab is listed, far never; then both go wrong
     clock.now = 100
     fake.faults.fail_next["list"] = [500] * 3
