@@ -44,7 +44,18 @@ log = logging.getLogger(__name__)
 upstream_log = logging.getLogger("broker.cloud")
 
 CONSOLE_MICROVERSION = "2.6"
-CONSOLE_BODY = {"remote_console": {"type": "novnc", "protocol": "vnc"}}
+# remote-consoles bodies by console type, and the legacy server actions below 2.6 that mint the same.
+CONSOLE_BODIES = {
+    "novnc": {"remote_console": {"type": "novnc", "protocol": "vnc"}},
+    "serial": {"remote_console": {"type": "serial", "protocol": "serial"}},
+}
+LEGACY_CONSOLE_ACTIONS = {
+    "novnc": {"os-getVNCConsole": {"type": "novnc"}},
+    "serial": {"os-getSerialConsole": {"type": "serial"}},
+}
+CONSOLE_TYPES = tuple(CONSOLE_BODIES)
+# Where each type's URL leads: noVNC's page (http) or nova-serialproxy's websocket (ws).
+CONSOLE_SCHEMES = {"novnc": ("http", "https"), "serial": ("ws", "wss")}
 MAX_PAGES = 200
 # The power actions the broker offers, as Nova's server action bodies.
 ACTION_BODIES = {
@@ -154,13 +165,17 @@ def error_for(response: requests.Response, what: str, cloud: str) -> errors.Clou
     return kind(f"{what}: {shown}", upstream_status=status, retry_after=retry_after(response))
 
 
-def check_console_url(url: object) -> str:
-    """Refuse anything but an absolute http(s) URL with a host."""
+def check_console_url(url: object, kind: str = "novnc") -> str:
+    """Refuse anything but an absolute URL with a host in the scheme of its console type: http(s) for a
+    graphical console, ws(s) for a serial one."""
     if not isinstance(url, str) or len(url) > 4096:
         raise errors.CloudBadResponse("The cloud returned no usable console URL.")
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise errors.CloudBadResponse("The cloud returned a console URL that is not http(s); it was refused.")
+    schemes = CONSOLE_SCHEMES[kind]
+    if parts.scheme not in schemes or not parts.hostname:
+        raise errors.CloudBadResponse(
+            f"The cloud returned a console URL that is not {schemes[0]}({schemes[1][-1]}); it was refused."
+        )
     return url
 
 
@@ -617,38 +632,39 @@ class ComputeClient:
     # -- consoles ---------------------------------------------------------------
 
     @contained("Opening the console")
-    def create_console(self, server_id: str) -> Console:
-        """Mint a noVNC console URL: remote-consoles at 2.6, or the legacy action below it."""
+    def create_console(self, server_id: str, kind: str = "novnc") -> Console:
+        """Mint a console URL of ``kind`` (novnc or serial): remote-consoles at 2.6, or the legacy action below it."""
         if self.max_version() < (2, 6):
-            return self._legacy_console(server_id)
+            return self._legacy_console(server_id, kind)
         response = self._request(
             "POST",
             f"/servers/{server_id}/remote-consoles",
             "Opening the console",
             operation="create_console",
             circuit=CONSOLES,
-            json=CONSOLE_BODY,
+            json=CONSOLE_BODIES[kind],
             microversion=CONSOLE_MICROVERSION,
         )
         body = self._json(response, "Opening the console").get("remote_console")
-        return self._console_from(body)
+        return self._console_from(body, kind)
 
-    def _legacy_console(self, server_id: str) -> Console:
+    def _legacy_console(self, server_id: str, kind: str) -> Console:
         response = self._request(
             "POST",
             f"/servers/{server_id}/action",
             "Opening the console",
             operation="create_console",
             circuit=CONSOLES,
-            json={"os-getVNCConsole": {"type": "novnc"}},
+            json=LEGACY_CONSOLE_ACTIONS[kind],
         )
-        return self._console_from(self._json(response, "Opening the console").get("console"))
+        return self._console_from(self._json(response, "Opening the console").get("console"), kind)
 
-    def _console_from(self, body: object) -> Console:
+    def _console_from(self, body: object, kind: str) -> Console:
         if not isinstance(body, dict):
             raise errors.CloudBadResponse(f"Opening the console: cloud {self.name} sent no console.")
+        wanted = CONSOLE_BODIES[kind]["remote_console"]
         return Console(
-            url=check_console_url(body.get("url")),
-            type=str(body.get("type") or "novnc"),
-            protocol=str(body.get("protocol") or "vnc"),
+            url=check_console_url(body.get("url"), kind),
+            type=str(body.get("type") or wanted["type"]),
+            protocol=str(body.get("protocol") or wanted["protocol"]),
         )

@@ -110,6 +110,8 @@ class Faults:
     list_every_project: bool = False
     hang: dict[str, float] = field(default_factory=dict)
     fail_next: dict[str, list[int]] = field(default_factory=dict)
+    # Console types this Nova has switched off (its [vnc] or [serial_console] enabled = False): a mint answers 400.
+    unavailable_consoles: list[str] = field(default_factory=list)
 
     def take_failure(self, kind: str) -> int | None:
         queue = self.fail_next.get(kind)
@@ -223,6 +225,7 @@ class FakeCloud:
         token_ttl: int = 3600,
         console_base: str = "http://127.0.0.1:6080",
         console_page: str = "vnc_auto.html",
+        serial_base: str = "ws://127.0.0.1:6083",
         on_console: Callable[[str, Server, int], None] | None = None,
         others: list[Server] | None = None,
         on_action: Callable[[Server, str], None] | None = None,
@@ -241,6 +244,8 @@ class FakeCloud:
         self.token_ttl = token_ttl
         self.console_base = console_base.rstrip("/")
         self.console_page = console_page
+        # nova-serialproxy's base URL ([serial_console] base_url): a serial console is a websocket there.
+        self.serial_base = serial_base.rstrip("/")
         self.on_console = on_console
         # Called with the server and the action ("os-start", "reboot-HARD", ...) before the action
         # ends: the lab starts or resets a guest here; the server is in its final state when it returns.
@@ -530,21 +535,29 @@ class FakeCloud:
         if refused:
             return refused
         body = (request.get_json(silent=True) or {}).get("remote_console", {})
-        if body.get("protocol") != "vnc" or body.get("type") != "novnc":
+        kind = {("vnc", "novnc"): "novnc", ("serial", "serial"): "serial"}.get((body.get("protocol"), body.get("type")))
+        if kind is None:
             return nova_error(400, "Unsupported remote console type.")
-        url = self.mint_url(server)
-        return jsonify({"remote_console": {"protocol": "vnc", "type": "novnc", "url": url}})
+        if kind in self.faults.unavailable_consoles:
+            return nova_error(400, f"Unavailable console type {kind}.")
+        url = self.mint_url(server) if kind == "novnc" else self.mint_serial_url(server)
+        return jsonify({"remote_console": {"protocol": body["protocol"], "type": kind, "url": url}})
 
     def _action(self, project: str, server_id: str) -> Response:
         version = parse_microversion()
         body = request.get_json(silent=True) or {}
-        if "os-getVNCConsole" in body:
+        legacy = next((name for name in ("os-getVNCConsole", "os-getSerialConsole") if name in body), None)
+        if legacy:
             if version_tuple(version) >= (2, 6):
                 return nova_error(404, "The resource could not be found.")
             server, refused = self._console_refusal(server_id)
             if refused:
                 return refused
-            return jsonify({"console": {"type": "novnc", "url": self.mint_url(server)}})
+            kind = "novnc" if legacy == "os-getVNCConsole" else "serial"
+            if kind in self.faults.unavailable_consoles:
+                return nova_error(400, f"Unavailable console type {kind}.")
+            url = self.mint_url(server) if kind == "novnc" else self.mint_serial_url(server)
+            return jsonify({"console": {"type": kind, "url": url}})
         return self._power(server_id, body)
 
     def _power(self, server_id: str, body: dict) -> Response:
@@ -621,6 +634,13 @@ class FakeCloud:
         if self.faults.console_scheme:
             base = self.faults.console_scheme + ":" + base.partition(":")[2]
         return f"{base}/{self.console_page}?path={quote(self.console_ws_path + '?token=' + token, safe='')}"
+
+    def mint_serial_url(self, server: Server) -> str:
+        """A serial console URL as nova-serialproxy's are: its websocket, the token in the query."""
+        token = self.issue_console_token(server)
+        if self.on_console:
+            self.on_console(token, server, self.console_ttl)
+        return f"{self.serial_base}/?token={token}"
 
     def _control(self) -> Response:
         """Read counters, or change faults from another process (tests, bench, lab)."""

@@ -43,6 +43,41 @@ def test_mints_with_microversion_26(compute, fake):
     assert fake.check_console_token(token).name == "web-01"
 
 
+def test_mints_a_serial_console_as_nova_serialproxy_websocket(compute, fake):
+    console = compute.create_console(server_id(1), "serial")
+    assert console.url.startswith("ws://127.0.0.1:6083/?token=")
+    assert (console.type, console.protocol) == ("serial", "serial")
+    assert fake.check_console_token(console.url.rpartition("=")[2]).name == "web-01"
+
+
+def test_a_serial_console_below_26_comes_from_the_legacy_action(compute, fake):
+    fake.faults.max_version = "2.5"
+    console = compute.create_console(server_id(1), "serial")
+    assert console.url.startswith("ws://127.0.0.1:6083/?token=") and console.type == "serial"
+
+
+@pytest.mark.parametrize(("kind", "base"), [("serial", "http://127.0.0.1:6083"), ("serial", "file://h")])
+def test_a_serial_url_that_is_not_a_websocket_is_refused(compute, fake, kind, base):
+    fake.serial_base = base
+    with pytest.raises(errors.CloudBadResponse, match=r"not ws\(s\); it was refused"):
+        compute.create_console(server_id(1), kind)
+
+
+def test_a_graphical_url_on_a_websocket_scheme_is_refused(compute, fake):
+    fake.faults.console_scheme = "ws"
+    with pytest.raises(errors.CloudBadResponse, match=r"not http\(s\)"):
+        compute.create_console(server_id(1))
+
+
+@pytest.mark.parametrize("kind", ["novnc", "serial"])
+def test_a_console_type_the_cloud_switched_off_is_unavailable(compute, fake, kind):
+    fake.faults.unavailable_consoles = [kind]
+    with pytest.raises(errors.ConsoleUnavailable, match=f"Unavailable console type {kind}"):
+        compute.create_console(server_id(1), kind)
+    other = "serial" if kind == "novnc" else "novnc"
+    assert compute.create_console(server_id(1), other).type == other
+
+
 def test_falls_back_to_legacy_action_below_26(compute, fake):
     fake.faults.max_version = "2.5"
     console = compute.create_console(server_id(1))
