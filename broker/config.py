@@ -103,6 +103,7 @@ SETTINGS = frozenset(
         "BROKER_READ_TIMEOUT",
         "BROKER_PANEL_METADATA",
         "BROKER_CONSOLE_MODE",
+        "BROKER_CONSOLE_TYPES",
         "BROKER_RELAY_PATH",
         "BROKER_RELAY_URL",
         "BROKER_MAX_CONSOLES_PER_USER",
@@ -193,6 +194,8 @@ SECRET_KEY_MIN_LENGTH = 16
 
 AUTH_METHODS = ("local", "oidc", "ldap", "header")
 CONSOLE_MODES = ("iframe", "relay")
+# The console types a cloud may offer (Nova's remote-consoles types the broker mints).
+CONSOLE_TYPES = ("novnc", "serial")
 
 
 @dataclass(frozen=True)
@@ -258,6 +261,7 @@ class Settings:
     console_swap: str = "idle"
     # iframe: the page shows the cloud's noVNC URL; relay: the broker's viewer through its relay.
     console_mode: str = "iframe"
+    console_types: tuple[str, ...] = ("novnc",)
     relay_path: str = "/relay"
     # The relay's websocket URL when it is not on the pages' own origin (another port: demo, lab);
     # {host} in it stands for the host name the page was opened with.
@@ -425,10 +429,24 @@ def relay_settings(env: Mapping[str, str]) -> dict:
         raise ConfigError(f"BROKER_RELAY_URL must be ws(s)://host:port/path with no query, got {url!r}")
     return {
         "console_mode": _choice(env, "BROKER_CONSOLE_MODE", CONSOLE_MODES),
+        "console_types": console_types(_list(env, "BROKER_CONSOLE_TYPES") or ("novnc",), "BROKER_CONSOLE_TYPES"),
         "relay_path": path,
         "relay_url": url,
         "max_consoles_per_user": _int(env, "BROKER_MAX_CONSOLES_PER_USER", 10, minimum=1),
     }
+
+
+def console_types(types: object, where: str) -> tuple[str, ...]:
+    """The console types a cloud offers: some of CONSOLE_TYPES, each once; ``where`` names the setting in errors."""
+    if isinstance(types, str) or not isinstance(types, (list, tuple)) or not types:
+        raise ConfigError(f"{where} must list console types, some of {', '.join(CONSOLE_TYPES)}, got {types!r}")
+    chosen = tuple(str(kind).strip().lower() for kind in types)
+    unknown = [kind for kind in chosen if kind not in CONSOLE_TYPES]
+    if unknown:
+        raise ConfigError(f"{where}: {unknown[0]!r} is not a console type; use some of {', '.join(CONSOLE_TYPES)}")
+    if len(set(chosen)) != len(chosen):
+        raise ConfigError(f"{where} names a console type twice: {', '.join(chosen)}")
+    return chosen
 
 
 def identity_settings(env: Mapping[str, str]) -> dict:

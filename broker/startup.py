@@ -97,6 +97,7 @@ def configured_clouds(settings: Settings) -> list:
             default_ttl=settings.console_ttl,
             default_swap=settings.console_swap,
             default_mode=settings.console_mode,
+            default_types=settings.console_types,
         )
     except CloudConfigError as exc:
         stop(str(exc))

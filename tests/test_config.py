@@ -199,6 +199,30 @@ def test_every_variable_the_code_reads_is_declared():
     assert {name: where for name, where in read.items() if name not in known} == {}
 
 
+@pytest.mark.parametrize(
+    ("value", "types"),
+    [(None, ("novnc",)), ("", ("novnc",)), ("serial", ("serial",)), (" Novnc , serial ", ("novnc", "serial"))],
+)
+def test_console_types_every_cloud_offers(tmp_path, value, types):
+    env = {"BROKER_SECRET_KEY": "k" * 32, "OS_CLOUD": "prod"}
+    if value is not None:
+        env["BROKER_CONSOLE_TYPES"] = value
+    assert load_settings(env, str(tmp_path)).console_types == types
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("novnc,spice", "BROKER_CONSOLE_TYPES: 'spice' is not a console type; use some of novnc, serial"),
+        ("serial,serial", "BROKER_CONSOLE_TYPES names a console type twice"),
+    ],
+)
+def test_console_types_that_are_not_known_stop_start_up(tmp_path, value, message):
+    env = {"BROKER_SECRET_KEY": "k" * 32, "OS_CLOUD": "prod", "BROKER_CONSOLE_TYPES": value}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(env, str(tmp_path))
+
+
 def test_relay_mode_settings(tmp_path):
     base = {"BROKER_SECRET_KEY": "k" * 32, "OS_CLOUD": "prod"}
     default = load_settings(base, str(tmp_path))

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 from broker.cloud.client import ComputeClient
 from broker.cloud.types import Timeouts
 from broker.config import REQUESTS_VARIABLES
+from broker.config import ConfigError
+from broker.config import console_types
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,8 @@ class Cloud:
     console_swap: str
     # iframe: the page shows the cloud's own console URL; relay: the broker's viewer and relay.
     console_mode: str = "iframe"
+    # What its servers' consoles can be: novnc (graphical), serial; as clouds.yaml's console_types says.
+    console_types: tuple[str, ...] = ("novnc",)
 
 
 def _mode(extra: Mapping, name: str, default: str) -> str:
@@ -42,6 +46,16 @@ def _mode(extra: Mapping, name: str, default: str) -> str:
     if mode not in CONSOLE_MODES:
         raise CloudConfigError(f"cloud {name}: console_mode must be 'iframe' or 'relay', got {mode!r}")
     return mode
+
+
+def _types(extra: Mapping, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """Per-cloud ``console_types`` from a clouds.yaml entry (a list such as ``[novnc, serial]``)."""
+    if "console_types" not in extra:
+        return default
+    try:
+        return console_types(extra["console_types"], "console_types")
+    except ConfigError as exc:
+        raise CloudConfigError(f"cloud {name}: {exc}") from None
 
 
 def _options(extra: Mapping, name: str, default_ttl: int, default_swap: str) -> tuple[int, str]:
@@ -164,6 +178,7 @@ def load_clouds(
     default_ttl: int,
     default_swap: str,
     default_mode: str = "iframe",
+    default_types: tuple[str, ...] = ("novnc",),
     env: Mapping[str, str] = os.environ,
 ) -> list[Cloud]:
     """Build one client per named clouds.yaml entry (``name`` or ``name/region``), or from ``OS_*``."""
@@ -218,7 +233,8 @@ def load_clouds(
             endpoint_override=region.config.get("compute_endpoint_override"),
             timeouts=timeouts,
         )
-        clouds.append(Cloud(label, client, ttl, swap, _mode(region.config, label, default_mode)))
+        mode, types = _mode(region.config, label, default_mode), _types(region.config, label, default_types)
+        clouds.append(Cloud(label, client, ttl, swap, mode, types))
     if len({c.name for c in clouds}) != len(clouds):
         raise CloudConfigError("BROKER_CLOUDS names the same cloud twice")
     return clouds

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -166,3 +167,27 @@ def test_a_proxy_in_the_environment_carries_the_calls(cloud_from_environment):
     [cloud] = load()
     with pytest.raises(errors.CloudUnreachable):
         cloud.client.list_servers()
+
+
+def test_console_types_per_cloud_override_the_default(clouds_file):
+    clouds_file.write_text(GOOD + GOOD.replace("clouds:\n  prod:", "  lab:") + "    console_types: [novnc, Serial]\n")
+    loaded = load_clouds(
+        ("prod", "lab"), timeouts=Timeouts(1, 1), default_ttl=600, default_swap="idle", default_types=("serial",)
+    )
+    assert [(c.name, c.console_types) for c in loaded] == [("prod", ("serial",)), ("lab", ("novnc", "serial"))]
+    assert load("prod")[0].console_types == ("novnc",)  # nothing said anywhere: the graphical console only
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("[novnc, spice]", "cloud prod: console_types: 'spice' is not a console type; use some of novnc, serial"),
+        ("novnc", "cloud prod: console_types must list console types"),
+        ("[]", "cloud prod: console_types must list console types"),
+        ("[serial, serial]", "cloud prod: console_types names a console type twice"),
+    ],
+)
+def test_console_types_that_are_not_a_list_of_known_types_stop_start_up(clouds_file, value, message):
+    clouds_file.write_text(GOOD + f"    console_types: {value}\n")
+    with pytest.raises(CloudConfigError, match=re.escape(message)):
+        load("prod")
