@@ -53,7 +53,6 @@ LEGACY_CONSOLE_ACTIONS = {
     "novnc": {"os-getVNCConsole": {"type": "novnc"}},
     "serial": {"os-getSerialConsole": {"type": "serial"}},
 }
-CONSOLE_TYPES = tuple(CONSOLE_BODIES)
 # Where each type's URL leads: noVNC's page (http) or nova-serialproxy's websocket (ws).
 CONSOLE_SCHEMES = {"novnc": ("http", "https"), "serial": ("ws", "wss")}
 MAX_PAGES = 200

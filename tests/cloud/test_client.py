@@ -9,10 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from broker.cloud import errors
+from broker.cloud.client import CONSOLE_BODIES
+from broker.cloud.client import CONSOLE_SCHEMES
+from broker.cloud.client import LEGACY_CONSOLE_ACTIONS
 from broker.cloud.client import details_from_nova
 from broker.cloud.client import owned
 from broker.cloud.client import safe_text
 from broker.cloud.types import Timeouts
+from broker.config import CONSOLE_TYPES
 from broker.demo.cloud import OTHER_PROJECT_ID
 from broker.demo.cloud import OTHER_PROJECT_SERVER_ID
 from broker.web.errors import cloud_answer
@@ -41,6 +45,11 @@ def test_mints_with_microversion_26(compute, fake):
     assert (console.type, console.protocol) == ("novnc", "vnc")
     token = console.url.rpartition("%3D")[2]
     assert fake.check_console_token(token).name == "web-01"
+
+
+def test_every_console_type_a_cloud_may_offer_can_be_minted():
+    # broker.config validates console_types; the client holds how each is minted, in both API eras.
+    assert set(CONSOLE_TYPES) == set(CONSOLE_BODIES) == set(LEGACY_CONSOLE_ACTIONS) == set(CONSOLE_SCHEMES)
 
 
 def test_mints_a_serial_console_as_nova_serialproxy_websocket(compute, fake):
