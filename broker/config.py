@@ -399,7 +399,7 @@ def load_settings(env: Mapping[str, str], instance_path: str) -> Settings:
         connect_timeout=_float(env, "BROKER_CONNECT_TIMEOUT", 5.0),
         read_timeout=_float(env, "BROKER_READ_TIMEOUT", 30.0),
         console_swap=swap,
-        **relay_settings(env),
+        **relay_settings(env, demo),
         clouds=_list(env, "BROKER_CLOUDS") or _list(env, "OS_CLOUD"),
         panel_metadata=_metadata_keys(env, "BROKER_PANEL_METADATA"),
         demo_servers=_int(env, "BROKER_DEMO_SERVERS", 24, minimum=1),
@@ -417,8 +417,9 @@ def load_settings(env: Mapping[str, str], instance_path: str) -> Settings:
     )
 
 
-def relay_settings(env: Mapping[str, str]) -> dict:
-    """``BROKER_CONSOLE_MODE`` and where the browser finds the relay."""
+def relay_settings(env: Mapping[str, str], demo: bool = False) -> dict:
+    """``BROKER_CONSOLE_MODE``, the console types, and where the browser finds the relay."""
+    default_types = CONSOLE_TYPES if demo else ("novnc",)
     path = env.get("BROKER_RELAY_PATH", "").strip() or "/relay"
     if not path.startswith("/") or any(c in path for c in "?#\\ "):
         raise ConfigError(f"BROKER_RELAY_PATH must be a path such as /relay, got {path!r}")
@@ -429,7 +430,8 @@ def relay_settings(env: Mapping[str, str]) -> dict:
         raise ConfigError(f"BROKER_RELAY_URL must be ws(s)://host:port/path with no query, got {url!r}")
     return {
         "console_mode": _choice(env, "BROKER_CONSOLE_MODE", CONSOLE_MODES),
-        "console_types": console_types(_list(env, "BROKER_CONSOLE_TYPES") or ("novnc",), "BROKER_CONSOLE_TYPES"),
+        # The demo cloud has serial consoles too (its relay plays nova-serialproxy).
+        "console_types": console_types(_list(env, "BROKER_CONSOLE_TYPES") or default_types, "BROKER_CONSOLE_TYPES"),
         "relay_path": path,
         "relay_url": url,
         "max_consoles_per_user": _int(env, "BROKER_MAX_CONSOLES_PER_USER", 10, minimum=1),

@@ -28,6 +28,7 @@ from broker import demo
 from broker import startup
 from broker import state
 from broker.cloud.types import ServerInfo
+from broker.demo import serialproxy
 from broker.extensions import db
 from broker.relay.server import Caller
 from broker.relay.server import Mount
@@ -174,8 +175,11 @@ def demo_mounts(app: Flask, host: str, port: int) -> dict[str, Mount]:
     own = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     fake.serve_consoles_at(f"http://{own}:{port}/demo-console", proxy.PATH.lstrip("/"))
 
+    fake.serial_base = f"ws://{own}:{port}{serialproxy.PATH.rstrip('/')}"
+
     def lookup(token: str) -> demo.consoleproxy.Grant | None:
         server = fake.check_console_token(token)
         return proxy.Grant(server.name, fake.console_token_expiry(token)) if server else None
 
-    return {proxy.PATH: functools.partial(proxy.handle, lookup=lookup)}
+    serial = serialproxy.SerialProxy(lookup)
+    return {proxy.PATH: functools.partial(proxy.handle, lookup=lookup), serialproxy.PATH: serial.handle}

@@ -224,19 +224,22 @@ def test_the_relay_process_forgets_the_consoles_of_relays_that_died(app):
     assert relay.mounts == {}
 
 
-def test_on_the_demo_cloud_the_relay_also_serves_its_console_proxy(tmp_path):
+def test_on_the_demo_cloud_the_relay_also_serves_its_console_proxies(tmp_path):
     app = create_app({"ENV": broker_env(tmp_path, BROKER_DEMO="true"), "INSTANCE_PATH": str(tmp_path / "instance")})
     fake = state.of(app).demo_cloud
     mounts = relayhost.demo_mounts(app, "0.0.0.0", 5001)
-    assert list(mounts) == ["/demo-console/websockify"]
+    assert list(mounts) == ["/demo-console/websockify", "/demo-serial/"]
     # Its console URLs name this relay, over loopback whatever address it listens on.
     assert (fake.console_base, fake.console_ws_path) == (
         "http://127.0.0.1:5001/demo-console",
         "demo-console/websockify",
     )
+    server = next(iter(fake.servers.values()))
+    assert fake.mint_serial_url(server).startswith("ws://127.0.0.1:5001/demo-serial/?token=")
+    # The demo offers both console types.
+    assert state.of(app).settings.console_types == ("novnc", "serial")
     # The proxy takes the demo cloud's console tokens, and only those.
     lookup = mounts["/demo-console/websockify"].keywords["lookup"]
-    server = next(iter(fake.servers.values()))
     token = fake.issue_console_token(server)
     granted = lookup(token)
     assert (granted.server, granted.expires_at) == (server.name, fake.console_token_expiry(token))

@@ -115,7 +115,7 @@ def origin_allowed(headers: Headers, secure: bool) -> bool:
     return bool(parts.hostname) and parts.hostname == host and parts.scheme == scheme
 
 
-def _refusal(connection: ServerConnection, grant: Grant | None) -> str | None:
+def refusal(connection: ServerConnection, grant: Grant | None) -> str | None:
     """Why Nova would refuse this client, or None; the token comes first, as in Nova."""
     if grant is None:
         return "The token is invalid or has expired"
@@ -136,11 +136,11 @@ async def handle(
     request = connection.request
     token = token_of(request.path, request.headers)
     grant = lookup(token) if token else None
-    refusal = _refusal(connection, grant)
-    if grant is None or refusal:
+    refused = refusal(connection, grant)
+    if grant is None or refused:
         # The reason names no token: tokens are credentials and stay out of logs.
-        log.info("demo console refused for %s: %s", connection.remote_address, refusal)
-        await connection.close(CloseCode.POLICY_VIOLATION, refusal or "")
+        log.info("demo console refused for %s: %s", connection.remote_address, refused)
+        await connection.close(CloseCode.POLICY_VIOLATION, refused or "")
         return
     stream = WebsocketStream(connection)
     log.info("demo console of %s opened for %s", grant.server, connection.remote_address)

@@ -113,6 +113,8 @@ class Carrier:
     stopping: Callable[[], bool]
     # The cloud's console proxy behind a console URL, past its RFB handshake.
     connect: Callable[[str], Awaitable[Upstream]]
+    # The websocket behind a serial console URL (no handshake).
+    connect_serial: Callable[[str], Awaitable[Upstream]]
     # A fresh console URL for the ticket's server (authorized as any mint), given the server as last confirmed.
     mint: Callable[[Ticket, ServerInfo | None], Awaitable[Minted]]
     # The console is open, showing the named server: its live row's ID (its record of success).

@@ -42,6 +42,9 @@ from broker.relay.console import REASONS
 from broker.relay.console import Carrier
 from broker.relay.console import Console
 from broker.relay.console import Retry
+from broker.relay.serial import Key
+from broker.relay.serial import Serial
+from broker.relay.serial import Viewer
 from broker.relay.upstream import Upstream
 from broker.services.consoles import Minted
 from broker.services.relay import DatabaseUnavailable
@@ -191,7 +194,9 @@ class Relay:
         self.mounts = dict(mounts or {})
         # Which relay carries a console, on the admin page.
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
-        self.consoles: set[Console] = set()
+        self.consoles: set[Console | Viewer] = set()
+        # Serial consoles open now, one per server, each shared by the browsers on it.
+        self.serials: dict[Key, Serial] = {}
         self.stopping = False
         self.server: Server | None = None
         self._admitted: WeakKeyDictionary[ServerConnection, Admission] = WeakKeyDictionary()
@@ -247,6 +252,10 @@ class Relay:
             console_url, open_timeout=self.settings.connect_timeout, handshake_timeout=self.handshake_timeout
         )
 
+    async def open_serial(self, console_url: str) -> Upstream:
+        """The serial proxy's websocket behind ``console_url``."""
+        return await upstream.open_serial(console_url, open_timeout=self.settings.connect_timeout)
+
     # -- who may connect ---------------------------------------------------------------------------
 
     async def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -300,12 +309,28 @@ class Relay:
         if admission is None:
             await self.mounts[browser.request.path.partition("?")[0]](browser)
             return
-        console = Console(self.carrier(admission.caller), browser, admission)
+        carrier = self.carrier(admission.caller)
+        if admission.ticket.kind == "serial":
+            console: Console | Viewer = Viewer(carrier, browser, admission, self._serial(admission.ticket))
+        else:
+            console = Console(carrier, browser, admission)
         self.consoles.add(console)
         try:
             await console.run()
         finally:
             self.consoles.discard(console)
+
+    def _serial(self, ticket: Ticket) -> Serial:
+        """The server's serial console, shared by every browser on it; the first browser's opens it."""
+        key = (ticket.cloud, ticket.server_id)
+        if key not in self.serials:
+            self.serials[key] = Serial(key, self.retry, self._forget_serial)
+        return self.serials[key]
+
+    def _forget_serial(self, serial: Serial) -> None:
+        """A serial console nobody is on any more, or that could not be opened: the next browser starts afresh."""
+        if self.serials.get(serial.key) is serial:
+            del self.serials[serial.key]
 
     def carrier(self, caller: Caller) -> Carrier:
         """What a console may ask of this relay, each service call made for ``caller``."""
@@ -330,6 +355,7 @@ class Relay:
             handshake_timeout=self.handshake_timeout,
             stopping=lambda: self.stopping,
             connect=self.open_upstream,
+            connect_serial=self.open_serial,
             mint=lambda ticket, confirmed: self.call(services.mint, caller, ticket, confirmed),
             opened=opened,
             closed=closed,

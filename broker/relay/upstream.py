@@ -96,10 +96,25 @@ class ByteReader:
         return rest
 
 
-class Upstream:
-    """A console proxy's websocket past the RFB handshake: the server's ServerInit, then its messages."""
+def serial_target(console_url: str) -> Target:
+    """The websocket of a serial console URL (nova-serialproxy's ``ws(s)://host:port/?token=...``), as it is."""
+    parts = urlsplit(console_url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme)
+    host = parts.netloc.rpartition("@")[2]
+    if scheme is None or not host:
+        raise UpstreamError("the serial console URL is not a ws(s) URL")
+    if not parse_qs(parts.query).get("token"):
+        raise UpstreamError("the serial console URL carries no token")
+    return Target(f"{parts.scheme}://{host}{parts.path or '/'}?{parts.query}", f"{scheme}://{host}")
 
-    def __init__(self, websocket: ClientConnection, init: ServerInit, rest: bytes, origin: str) -> None:
+
+class Upstream:
+    """A console proxy's websocket past the RFB handshake: the server's ServerInit, then its messages.
+
+    A serial console's has no handshake and no ServerInit (``init`` is None): raw bytes each way.
+    """
+
+    def __init__(self, websocket: ClientConnection, init: ServerInit | None, rest: bytes, origin: str) -> None:
         self.init = init
         self.origin = origin
         self._websocket = websocket
@@ -112,7 +127,7 @@ class Upstream:
             return rest
         message = await self._websocket.recv()
         if isinstance(message, str):
-            raise UpstreamError("the console proxy sent text, not RFB")
+            raise UpstreamError("the console proxy sent text, not binary")
         return message
 
     async def send(self, data: bytes) -> bool:
@@ -147,6 +162,16 @@ async def open_console(console_url: str, *, open_timeout: float = 10.0, handshak
             raise UpstreamError(f"the console proxy at {target.origin} {failure(exc)}") from None
         raise
     return Upstream(websocket, init, reader.rest(), target.origin)
+
+
+async def open_serial(console_url: str, *, open_timeout: float = 10.0) -> Upstream:
+    """Open the websocket of a serial console URL: nothing to handshake, the server's bytes follow as they come.
+
+    nova-serialproxy lets one client at a time reach a serial port: a second one is let in and
+    then waits, silent, until the first leaves (QEMU accepts it only then).
+    """
+    target = serial_target(console_url)
+    return Upstream(await _connect(target, open_timeout), None, b"", target.origin)
 
 
 async def _connect(target: Target, open_timeout: float) -> ClientConnection:

@@ -296,9 +296,9 @@ class ConsoleService:
             fields.update(cloud=denial.server.cloud, server_name=denial.server.name)
         audit.stage(action, denial.outcome, **fields)
 
-    def check_url(self, url: str) -> str:
-        """http(s) only, and only allowed hosts when an allow-list is configured."""
-        check_console_url(url)
+    def check_url(self, url: str, kind: str = "novnc") -> str:
+        """http(s) (ws(s) for a serial console) only, and only allowed hosts when an allow-list is configured."""
+        check_console_url(url, kind)
         host = (urlsplit(url).hostname or "").lower()
         if self.console_hosts and host not in self.console_hosts:
             raise errors.CloudBadResponse(
@@ -307,12 +307,19 @@ class ConsoleService:
         return url
 
     def mint(
-        self, user: User, server_id: str, cloud: str | None = None, detail: str = "load", quiet: bool = False
+        self,
+        user: User,
+        server_id: str,
+        cloud: str | None = None,
+        detail: str = "load",
+        quiet: bool = False,
+        kind: str = "novnc",
     ) -> Minted:
-        """A fresh console URL for one server, with an audit record whatever happens.
+        """A fresh console URL of ``kind`` for one server, with an audit record whatever happens.
 
         ``quiet``: the relay's mints, whose console keeps one record of its own (opened, or why
-        not, with every mint counted): only a refusal is recorded here.
+        not, with every mint counted): only a refusal is recorded here. A serial console is only
+        ever minted for the relay.
         """
         detail = detail if detail in (*MINT_DETAILS, RELAY) else "load"
         note = {"username": user.username, "cloud": cloud or "", "server_id": server_id[:64], "detail": detail}
@@ -323,8 +330,11 @@ class ConsoleService:
             raise ViewerOnly(
                 f"Consoles of cloud {found.cloud} open only in the broker's own viewer, on the console page."
             )
+        if kind != "novnc" and detail != RELAY:
+            raise ViewerOnly("Serial consoles open only in the broker's own terminal, on the serial console page.")
         try:
-            minted = self._mint(found)
+            self.check_offered(found, kind)
+            minted = self._mint(found, kind)
         except errors.CloudError as exc:
             if not quiet:
                 audit.stage("console", "failed", reason=exc.message, **note)
@@ -333,13 +343,23 @@ class ConsoleService:
             audit.stage("console", "ok", **note)
         return minted
 
-    def mint_confirmed(self, server: ServerInfo) -> Minted:
+    def mint_confirmed(self, server: ServerInfo, kind: str = "novnc") -> Minted:
         """A console URL for a relay console already open, on the rights last confirmed for ``server``.
 
         Only for when the database (rules, audit) cannot be reached: the console's own record,
         written when it can be, counts this mint.
         """
-        return self._mint(server)
+        self.check_offered(server, kind)
+        return self._mint(server, kind)
+
+    def offers(self, server: ServerInfo, kind: str) -> bool:
+        """True when ``server``'s cloud offers consoles of ``kind`` (its console_types)."""
+        return kind in self.inventory.cloud(server.cloud).console_types
+
+    def check_offered(self, server: ServerInfo, kind: str) -> None:
+        """ConsoleUnavailable when ``server``'s cloud does not offer consoles of ``kind``: nothing is asked of it."""
+        if not self.offers(server, kind):
+            raise errors.ConsoleUnavailable(f"Cloud {server.cloud} offers no {kind} consoles.")
 
     def permitted(
         self, user: User, server_id: str, cloud: str | None = None, detail: str = RELAY, action: str = "console"
@@ -379,13 +399,13 @@ class ConsoleService:
             return Denial("failed", "not a server ID")
         return self._by_id(user, access, server_id, cloud, self._sightings(server_id, cloud))
 
-    def _mint(self, server: ServerInfo) -> Minted:
+    def _mint(self, server: ServerInfo, kind: str = "novnc") -> Minted:
         cloud = self.inventory.cloud(server.cloud)
         try:
-            console = cloud.client.create_console(server.id)
+            console = cloud.client.create_console(server.id, kind)
         except errors.ServerNotReady:
             raise self._not_running(server) from None
-        self.check_url(console.url)
+        self.check_url(console.url, kind)
         expires_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=cloud.console_ttl)
         return Minted(console, server, cloud.console_ttl, expires_at, cloud.console_swap)
 

@@ -43,8 +43,12 @@ log = logging.getLogger(__name__)
 # Long enough for a page to open its websocket on a slow link; short enough that a copied
 # ticket (it crosses every proxy in the handshake's headers) is worthless.
 TICKET_TTL = 30
-# A ticket is a single-use token of this purpose (broker/services/tokens.py).
-PURPOSE = "relay"
+# A ticket is a single-use token of its console type's purpose (broker/services/tokens.py): a ticket
+# for a graphical console never opens a serial one, nor the other way round.
+PURPOSES = {"novnc": "relay", "serial": "relay-serial"}
+KINDS = {purpose: kind for kind, purpose in PURPOSES.items()}
+# The audit's detail for each console type's records: a serial console's say "serial".
+DETAILS = {"novnc": RELAY, "serial": "serial"}
 # What a websocket is told when its ticket was never issued, is spent or has expired.
 LAPSED = {tokens.UNKNOWN: "unknown ticket", tokens.USED: "ticket already used", tokens.EXPIRED: "ticket expired"}
 # A row its relay has not touched for this long (five of its polls) belongs to a relay that died:
@@ -108,6 +112,8 @@ class Ticket:
     server_name: str
     cloud: str
     origin: str
+    # The console type it opens: novnc (graphical) or serial.
+    kind: str = "novnc"
 
 
 @dataclass(frozen=True)
@@ -134,8 +140,9 @@ def open_consoles(user_id: int) -> int:
     return db.session.scalar(query.select_from(LiveConsole)) or 0
 
 
-def issue(user: User, session_id: str, server: ServerInfo, origin: str, limit: int) -> str:
-    """A fresh single-use ticket for ``server`` (already authorized); staged, for the request to commit.
+def issue(user: User, session_id: str, server: ServerInfo, origin: str, limit: int, kind: str = "novnc") -> str:
+    """A fresh single-use ticket for ``server``'s console of ``kind`` (already authorized); staged, for the
+    request to commit.
 
     TooManyConsoles (audited) when the user has ``limit`` consoles open already.
     """
@@ -144,10 +151,10 @@ def issue(user: User, session_id: str, server: ServerInfo, origin: str, limit: i
         refusal = TooManyConsoles(open_now, limit)
         reason = f"{open_now} consoles open, at the limit of {limit} (BROKER_MAX_CONSOLES_PER_USER)"
         fields = {"cloud": server.cloud, "server_id": server.id, "server_name": server.name}
-        audit.stage("console", "refused", username=user.username, detail="relay", reason=reason, **fields)
+        audit.stage("console", "refused", username=user.username, detail=DETAILS[kind], reason=reason, **fields)
         raise refusal
     token = tokens.issue(
-        PURPOSE,
+        PURPOSES[kind],
         TICKET_TTL,
         user_id=user.id,
         session_id=session_id,
@@ -173,7 +180,9 @@ def redeem(
 
 def _claim(token: str, session_id: str | None, user_id: int | None, origin: str | None) -> tokens.Claim:
     """Use the ticket up, whatever the attempt brings: one tried by a thief is spent, even for its owner."""
-    return tokens.claim(PURPOSE, token, spent_by_any_attempt=True, user_id=user_id, session_id=session_id, scope=origin)
+    purposes = tuple(PURPOSES.values())
+    expected = {"user_id": user_id, "session_id": session_id, "scope": origin}
+    return tokens.claim(purposes, token, spent_by_any_attempt=True, **expected)
 
 
 def _check(claim: tokens.Claim, session_id: str | None, user_id: int | None, origin: str | None) -> Ticket:
@@ -189,7 +198,8 @@ def _check(claim: tokens.Claim, session_id: str | None, user_id: int | None, ori
     user = _live_user(session_id)
     if user is None or user.id != row.user_id:
         raise TicketRefused("the sign-in session has ended", status=401)
-    return Ticket(user.id, user.username, session_id, row.server_id, row.server_name, row.cloud, row.scope)
+    kind = KINDS[row.purpose]
+    return Ticket(user.id, user.username, session_id, row.server_id, row.server_name, row.cloud, row.scope, kind)
 
 
 def _live_user(session_id: str) -> User | None:
@@ -201,7 +211,7 @@ def _live_user(session_id: str) -> User | None:
 
 
 def _audit_refusal(row: SingleUseToken | None, refused: TicketRefused, throttle: Throttle) -> None:
-    fields = {"detail": "relay", "reason": refused.reason}
+    fields = {"detail": DETAILS[KINDS[row.purpose]] if row else RELAY, "reason": refused.reason}
     if row is None:
         # Anyone can knock with a made-up ticket: stored once a minute per address at most.
         audit.stage_anonymous(throttle, "console", "refused", **fields)
@@ -233,7 +243,7 @@ def mint(service: ConsoleService, limits: Limits, ticket: Ticket, confirmed: Ser
     """
     try:
         user = _session_user(ticket, limits)
-        return service.mint(user, ticket.server_id, ticket.cloud, detail=RELAY, quiet=True)
+        return service.mint(user, ticket.server_id, ticket.cloud, detail=RELAY, quiet=True, kind=ticket.kind)
     except DBAPIError as exc:
         if not is_unreachable(exc):
             raise
@@ -245,7 +255,7 @@ def mint(service: ConsoleService, limits: Limits, ticket: Ticket, confirmed: Ser
             confirmed.id,
             ticket.username,
         )
-        return service.mint_confirmed(confirmed)
+        return service.mint_confirmed(confirmed, ticket.kind)
 
 
 def _session_user(ticket: Ticket, limits: Limits) -> User:
@@ -279,7 +289,8 @@ def opened(ticket: Ticket, *, client: str, instance: str, server_name: str = "")
     db.session.add(row)
     db.session.flush()
     row_id = row.id
-    audit.stage("console", "ok", **_fields(row), detail=RELAY, reason=f"connected through relay {instance}")
+    detail = DETAILS[ticket.kind]
+    audit.stage("console", "ok", **_fields(row), detail=detail, reason=f"connected through relay {instance}")
     return row_id
 
 
@@ -301,7 +312,8 @@ def _live_row(ticket: Ticket, client: str, instance: str, server_name: str, **co
 def failed(ticket: Ticket, *, reason: str) -> None:
     """A console whose cloud side never connected: its one record, with the cause."""
     fields = {"username": ticket.username, "cloud": ticket.cloud, "server_id": ticket.server_id}
-    audit.stage("console", "failed", **fields, server_name=ticket.server_name, detail=RELAY, reason=reason)
+    fields.update(server_name=ticket.server_name, detail=DETAILS[ticket.kind])
+    audit.stage("console", "failed", **fields, reason=reason)
 
 
 @dataclass(frozen=True)

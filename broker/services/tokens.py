@@ -89,8 +89,11 @@ def issue(
     return token
 
 
-def claim(purpose: str, token: str, *, spent_by_any_attempt: bool = False, **expected: object) -> Claim:
-    """Use up ``token`` if it is of ``purpose``, unused, unexpired and holds every binding in ``expected``; staged.
+def claim(
+    purpose: str | tuple[str, ...], token: str, *, spent_by_any_attempt: bool = False, **expected: object
+) -> Claim:
+    """Use up ``token`` if it is of ``purpose`` (or one of them), unused, unexpired and holds every binding in
+    ``expected``; staged.
 
     An attempt that fails leaves the token for the right one. With ``spent_by_any_attempt`` the
     first attempt uses it up whatever it brings, failing or not: for a token that may reach someone
@@ -100,16 +103,17 @@ def claim(purpose: str, token: str, *, spent_by_any_attempt: bool = False, **exp
         raise TypeError(f"not bindings of a single-use token: {', '.join(sorted(unknown))}")
     if not token or len(token) > LONGEST:
         return Claim(None, UNKNOWN)
+    purposes = (purpose,) if isinstance(purpose, str) else purpose
     key = digest(token)
     moment = now()
-    conditions = [SingleUseToken.digest == key, SingleUseToken.purpose == purpose, SingleUseToken.used_at.is_(None)]
+    conditions = [SingleUseToken.digest == key, SingleUseToken.purpose.in_(purposes), SingleUseToken.used_at.is_(None)]
     if not spent_by_any_attempt:
         conditions += [SingleUseToken.expires_at > moment, *_held(expected)]
     update_ = update(SingleUseToken).where(*conditions).values(used_at=moment)
     won = bool(db.session.execute(update_, execution_options={"synchronize_session": False}).rowcount)
     # Read back as the database has it now: another claim may have used it since this session last looked.
     row = db.session.get(SingleUseToken, key, populate_existing=True)
-    if row is None or row.purpose != purpose:
+    if row is None or row.purpose not in purposes:
         return Claim(None, UNKNOWN)
     return Claim(row, _refusal(row, won, expected, moment))
 

@@ -25,6 +25,7 @@ from broker.throttle import parse_limit
 from broker.web import sessions
 from broker.web.errors import error_response
 from broker.web.params import cloud_arg
+from broker.web.params import console_type_arg
 from broker.web.params import json_object
 from broker.web.presentation import no_store
 from broker.web.presentation import panel
@@ -76,12 +77,16 @@ def relay_url() -> str:
 @bp.post("/relay-tickets/<path:server_id>")
 @login_required
 def relay_ticket(server_id: str):
-    """A single-use ticket for the relay's websocket, after the same authorization as a mint."""
-    server = service().permitted(current_user, server_id, cloud_arg())
-    if service().mode(server) != "relay":
+    """A single-use ticket for the relay's websocket to a console of ``?type=`` (novnc or serial), after the same
+    authorization as a mint. Serial consoles always run through the relay; graphical ones in relay mode only."""
+    kind = console_type_arg()
+    server = service().permitted(current_user, server_id, cloud_arg(), detail=relay.DETAILS[kind])
+    if not service().offers(server, kind):
+        abort(404, description=f"Cloud {server.cloud} offers no {kind} consoles.")
+    if kind == "novnc" and service().mode(server) != "relay":
         abort(400, description=f"Consoles of cloud {server.cloud} open in the cloud's own page, not through the relay.")
     limit = state.settings().max_consoles_per_user
-    ticket = relay.issue(current_user, sessions.current_id(), server, page_origin(), limit)
+    ticket = relay.issue(current_user, sessions.current_id(), server, page_origin(), limit, kind)
     body = {"ticket": ticket, "url": relay_url(), "expires_in": relay.TICKET_TTL, "server": server.to_json()}
     return no_store(jsonify(body), 201)
 

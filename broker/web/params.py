@@ -7,10 +7,20 @@ import json
 from flask import abort
 from flask import request
 
+from broker.config import CONSOLE_TYPES
+
 
 def cloud_arg() -> str | None:
     """The ``?cloud=`` parameter, or None when it is absent or empty (every cloud)."""
     return request.args.get("cloud") or None
+
+
+def console_type_arg() -> str:
+    """The ``?type=`` parameter: a console type (novnc when absent); anything else is a 400 that lists them."""
+    kind = request.args.get("type") or "novnc"
+    if kind not in CONSOLE_TYPES:
+        abort(400, description=f'"type" must be one of {", ".join(CONSOLE_TYPES)}.')
+    return kind
 
 
 def json_object(limit: int, fields: set[str], shape: str | None = None) -> dict:

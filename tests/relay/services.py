@@ -107,11 +107,11 @@ class FakeServices:
         """The session cookie of the signed-in browser, as the web app sets it at sign-in."""
         return session_cookie(self.app, {"sid": self.session_id, "_user_id": self.user.get_id()})
 
-    def issue(self, origin: str = ORIGIN) -> str:
-        """A real ticket for the test server, for the signed-in browser's page at ``origin``."""
+    def issue(self, origin: str = ORIGIN, kind: str = "novnc") -> str:
+        """A real ticket for the test server's console of ``kind``, for the signed-in browser's page at ``origin``."""
         with self.app.app_context():
             user = db.session.get(User, self.user.id)
-            token = live.issue(user, self.session_id, SERVER, origin, limit=10)
+            token = live.issue(user, self.session_id, SERVER, origin, limit=10, kind=kind)
             db.session.commit()
         self.tokens.append(token)
         return token

@@ -84,6 +84,7 @@ class FakeCarrier:
             handshake_timeout=self.handshake_timeout,
             stopping=lambda: self.stopping,
             connect=self.connect,
+            connect_serial=self.connect,
             mint=self.mint,
             opened=self.opened,
             closed=self.closed,

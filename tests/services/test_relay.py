@@ -29,7 +29,7 @@ from tests.support import server_id
 
 ORIGIN = "https://broker.example"
 # Relay tickets among the single-use tokens.
-TICKETS = SingleUseToken.purpose == relay.PURPOSE
+TICKETS = SingleUseToken.purpose.in_(relay.PURPOSES.values())
 SERVER = ServerInfo(id=server_id(1), name="web-01", status="ACTIVE", cloud="lab")
 
 
