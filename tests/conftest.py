@@ -149,8 +149,17 @@ def console_mode() -> str:
 
 
 @pytest.fixture
-def app(fake, tmp_path, env_overrides, cloud_names, console_mode):
-    clouds = [Cloud(name, make_client(fake, name), 600, "idle", console_mode) for name in cloud_names]
+def console_types() -> tuple[str, ...]:
+    """The console types the test clouds offer (novnc, serial); tests override this fixture."""
+    return ("novnc",)
+
+
+@pytest.fixture
+def app(fake, tmp_path, env_overrides, cloud_names, console_mode, console_types):
+    clouds = [
+        Cloud(name, make_client(fake, name), 600, "idle", console_mode, console_types=console_types)
+        for name in cloud_names
+    ]
     app = create_app(
         {
             "ENV": broker_env(tmp_path, **env_overrides),

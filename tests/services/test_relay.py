@@ -71,6 +71,22 @@ def test_a_ticket_is_redeemed_once_with_everything_it_grants(ctx):
         redeem(token, session_id=sid, user_id=user_id, origin=ORIGIN)
 
 
+def test_a_serial_ticket_opens_a_serial_console_and_its_records_say_so(ctx):
+    user_id, sid = signed_in()
+    token = relay.issue(users.find(AGENT[0]), sid, SERVER, ORIGIN, 10, kind="serial")
+    ticket = redeem(token, session_id=sid, user_id=user_id, origin=ORIGIN)
+    assert ticket == relay.Ticket(user_id, AGENT[0], sid, SERVER.id, "web-01", "lab", ORIGIN, "serial")
+    relay.opened(ticket, client="192.0.2.7", instance="relay-a:1")
+    relay.failed(ticket, reason="the cloud's console could not be reached")
+    db.session.commit()
+    assert [(row.outcome, row.detail) for row in audit_rows("console")] == [("ok", "serial"), ("failed", "serial")]
+
+
+def test_a_graphical_ticket_opens_a_graphical_console(ctx):
+    user_id, sid = signed_in()
+    assert redeem(issued(sid), session_id=sid, user_id=user_id, origin=ORIGIN).kind == "novnc"
+
+
 def test_only_the_tickets_hash_is_stored(ctx):
     _, sid = signed_in()
     token = issued(sid)

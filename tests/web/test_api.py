@@ -462,6 +462,36 @@ def test_no_ticket_for_a_server_the_user_may_not_open(relay_api, app, console_mo
     assert (row["outcome"], row["detail"]) in {("failed", "relay"), ("refused", "relay")}
 
 
+@pytest.mark.parametrize("console_types", [("novnc", "serial")])
+def test_a_serial_ticket_goes_through_the_relay_even_for_an_iframe_cloud(relay_api, app, fake, console_types):
+    response = relay_api(server_id(1), query_string={"cloud": "lab", "type": "serial"})
+    assert response.status_code == 201
+    body = response.get_json()
+    assert body["url"] == "ws://localhost/relay" and body["server"]["id"] == server_id(1)
+    with app.app_context():
+        [row] = db.session.scalars(select(SingleUseToken)).all()
+        # A serial ticket is a token of its own purpose: it never opens a graphical console.
+        assert (row.purpose, row.server_id) == ("relay-serial", server_id(1))
+    assert fake.counts["console"] == 0
+
+
+@pytest.mark.parametrize("console_mode", ["relay"])
+def test_no_serial_ticket_for_a_cloud_that_offers_no_serial_consoles(relay_api, app, console_mode):
+    response = relay_api(server_id(1), query_string={"type": "serial"})
+    assert response.status_code == 404
+    assert response.get_json()["error"]["message"] == "Cloud lab offers no serial consoles."
+    with app.app_context():
+        assert db.session.scalars(select(SingleUseToken)).all() == []
+
+
+@pytest.mark.parametrize("console_mode", ["relay"])
+@pytest.mark.parametrize("kind", ["spice", "SERIAL", "serial,novnc", "x" * 300], ids=["spice", "upper", "two", "long"])
+def test_a_console_type_that_is_not_one_is_a_400(relay_api, console_mode, kind):
+    response = relay_api(server_id(1), query_string={"type": kind})
+    assert response.status_code == 400
+    assert response.get_json()["error"]["message"] == '"type" must be one of novnc, serial.'
+
+
 @pytest.mark.parametrize("console_mode", ["relay"])
 def test_a_ticket_needs_the_session_and_the_csrf_token(client, auth, console_mode):
     assert client.post(f"/api/relay-tickets/{server_id(1)}").status_code == 401
