@@ -1,9 +1,10 @@
-"""The lab's Linux guest: Debian's kernel and a busybox initramfs with a shell on the VGA console.
+"""The lab's Linux guest: Debian's kernel and a busybox initramfs with a shell on the VGA console and on ttyS0.
 
-Typing at the shell shows on the screen (tty1, VGA text mode, like the BIOS guests), and a
+Typing at the screen's shell shows on the screen (tty1, VGA text mode, like the BIOS guests), and a
 command such as ``echo MARKER > /dev/ttyS0`` lands in the serial log file QEMU writes, so
-tests can prove a keystroke went all the way through. The initramfs is built with the standard
-library from busybox-static's binary and cached, keyed by what goes into it.
+tests can prove a keystroke went all the way through. A second shell runs on the serial port
+(ttyS0), for a serial console (nova-serialproxy's kind) to type at. The initramfs is built with
+the standard library from busybox-static's binary and cached, keyed by what goes into it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 BOOT = Path("/boot")
 BUSYBOX = Path("/bin/busybox")
-# Each shell writes this to ttyS0 at its first prompt (so again after ``exit`` respawns it).
+# The screen's shell writes this to ttyS0 at its first prompt (so again after ``exit`` respawns it).
 READY = "console-lab: shell ready"
 # Enough for the kernel and a busybox in RAM; the boot menu guests get by with 64.
 MEMORY_MB = 128
@@ -37,15 +38,17 @@ hostname "${lab_host:-linux}"
 printf '\\033[H\\033[J' > /dev/tty1
 exec init
 """
-# busybox init gives tty1 its own session and respawns the shell whenever it exits.
+# busybox init gives each terminal its own session and respawns its shell whenever it exits.
 INITTAB = """tty1::respawn:-/bin/sh
+ttyS0::respawn:-/bin/sh
 ::ctrlaltdel:/sbin/reboot
 """
-# Read by each login shell. The ready line goes out while its first prompt is expanded: by then
-# the shell is about to read keys itself, so nothing typed after it is echoed ahead of the prompt.
-# ($$ in a command substitution is still the shell's own PID.)
+# Read by each login shell. The ready line goes out while the screen's shell expands its first
+# prompt: by then it is about to read keys itself, so nothing typed after it is echoed ahead of the
+# prompt. ($$ in a command substitution is still the shell's own PID.) Only tty1's shell says it:
+# the ready line stands for "the screen takes keys", which is what VNC typists wait for.
 PROFILE = f"""lab_ready() {{ [ -e /tmp/ready.$$ ] || {{ echo "{READY}" > /dev/ttyS0; : > /tmp/ready.$$; }}; }}
-PS1='$(lab_ready)\\h:\\w# '
+if [ "$(tty)" = /dev/tty1 ]; then PS1='$(lab_ready)\\h:\\w# '; else PS1='\\h:\\w# '; fi
 """
 DIRECTORIES = ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "etc", "root", "tmp")
 S_IFDIR = 0o040000
@@ -147,8 +150,8 @@ def hostname(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9-]", "-", name)[:63] or "linux"
 
 
-def qemu_args(kernel: Path, initrd: Path, serial: Path, name: str) -> list[str]:
-    """QEMU options that boot the kernel straight into the initramfs, serial port into ``serial``."""
+def qemu_args(kernel: Path, initrd: Path, name: str) -> list[str]:
+    """QEMU options that boot the kernel straight into the initramfs (the serial port is the caller's)."""
     # An unknown name=value on the kernel command line reaches init as an environment variable.
     append = f"{KERNEL_ARGS} lab_host={hostname(name)}"
     return [
@@ -156,5 +159,4 @@ def qemu_args(kernel: Path, initrd: Path, serial: Path, name: str) -> list[str]:
         "-kernel", str(kernel),
         "-initrd", str(initrd),
         "-append", append,
-        "-serial", f"file:{serial}",
     ]  # fmt: skip

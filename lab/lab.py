@@ -6,8 +6,10 @@ by its PID. Use it as a context manager::
     with Lab(console_ttl=20) as lab:
         print(lab.broker_url, lab.username, lab.password)
 
-Guests are SeaBIOS boot menus (``LabServer(name)``) or Linux with a shell on the screen
-(``LabServer(name, guest="linux")``); the broker runs in iframe or relay console mode.
+Guests are SeaBIOS boot menus (``LabServer(name)``) or Linux with a shell on the screen and one on
+the serial port (``LabServer(name, guest="linux")``); the broker runs in iframe or relay console mode.
+Each guest's serial port is a TCP server on loopback (one client at a time, as QEMU's are under Nova),
+reached through a second websockify standing in for nova-serialproxy; the cloud offers both kinds.
 The cloud's power actions reach the guests: a start boots a SHUTOFF server's guest, a stop ends
 it, a reboot resets it; ``Lab(power=True)`` lets the lab's user run them.
 """
@@ -62,7 +64,8 @@ RELAY_PATH = "/relay"
 class LabServer:
     """One server of the lab cloud; an ACTIVE one has a QEMU guest behind it (a SHUTOFF one gets it when started).
 
-    ``guest``: "bios" (SeaBIOS's boot menu, no disk) or "linux" (a shell on the screen, serial log).
+    ``guest``: "bios" (SeaBIOS's boot menu, no disk) or "linux" (a shell on the screen and on the
+    serial port, whose output is logged in ``serial``). ``serial_port``: QEMU's serial port, a TCP server.
     """
 
     name: str
@@ -73,6 +76,7 @@ class LabServer:
     vnc_port: int = 0
     monitor: Path | None = None
     serial: Path | None = None
+    serial_port: int = 0
     process: Child | None = None
     started_at: float = 0.0
     # Where the serial log stood at the last reset: waits look only at what came after it.
@@ -141,6 +145,8 @@ class Lab:
     with_broker: bool = True
     broker_port: int = 0
     proxy_port: int = 0
+    # The stand-in nova-serialproxy's port (its console URLs are ws://127.0.0.1:<port>/?token=...).
+    serial_proxy_port: int = 0
     relay_port: int = 0
     username: str = "helpdesk"
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
@@ -167,6 +173,8 @@ class Lab:
         self.workdir = Path(self.workdir or tempfile.mkdtemp(prefix="console-lab-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tokens = TokenStore(self.workdir / "tokens")
+        # Serial tokens apart: as in Nova, a VNC console's token opens nothing at the serial proxy.
+        self.serial_tokens = TokenStore(self.workdir / "serial-tokens")
         self.cloud: FakeCloud | None = None
         self._cloud_running: serve.Running | None = None
         self._broker_secret = secrets.token_urlsafe(32)
@@ -192,6 +200,7 @@ class Lab:
                 if server.status == "ACTIVE":
                     self._start_guest(server)
             self._start_proxy()
+            self._start_serial_proxy()
             self._start_cloud()
             if self.with_broker:
                 self._start_broker()
@@ -224,6 +233,7 @@ class Lab:
             "-nic", "none",
             "-monitor", f"unix:{server.monitor},server=on,wait=off",
             *(self._linux_args(server) if server.guest == "linux" else self._bios_args()),
+            *self._serial_args(server),
         ]  # fmt: skip
         server.started_at = time.monotonic()
         server.process = self._spawn(f"qemu {server.name}", argv)
@@ -234,33 +244,54 @@ class Lab:
         """No disk: SeaBIOS offers its boot menu for 10 s, then stops at "No bootable device."."""
         return ["-m", "64", "-boot", "menu=on,splash-time=10000"]
 
+    def _serial_args(self, server: LabServer) -> list[str]:
+        """The serial port as a TCP server on loopback (and, for a Linux guest, its output logged to a file).
+
+        QEMU takes one client at a time and keeps the log whether or not one is connected; without a
+        client, what the guest writes goes only to the log.
+        """
+        server.serial_port = free_port()
+        chardev = f"socket,id=serial0,host=127.0.0.1,port={server.serial_port},server=on,wait=off"
+        if server.guest == "linux":
+            server.serial = self.workdir / f"{server.name}.serial"
+            server.serial_mark = 0
+            chardev += f",logfile={server.serial}"
+        return ["-chardev", chardev, "-serial", "chardev:serial0"]
+
     def _linux_args(self, server: LabServer) -> list[str]:
-        server.serial = self.workdir / f"{server.name}.serial"
-        server.serial_mark = 0
         try:
             initrd = initramfs(Path(self.cache_dir or default_cache_dir()))
         except OSError:
             # A home without a writable cache (some CI sandboxes): build it for this run only.
             initrd = initramfs(self.workdir)
-        return linux_qemu_args(newest_kernel(), initrd, server.serial, server.name)
+        return linux_qemu_args(newest_kernel(), initrd, server.name)
 
     def _start_proxy(self) -> None:
+        """nova-novncproxy's stand-in: noVNC's pages, and websockets to the guests' VNC servers."""
         self.proxy_port = self.proxy_port or free_port()
+        self._start_websockify("websockify", self.proxy_port, self.tokens, ["--web", str(NOVNC)])
+
+    def _start_serial_proxy(self) -> None:
+        """nova-serialproxy's stand-in: websockets to the guests' serial ports, same token and Origin rules."""
+        self.serial_proxy_port = self.serial_proxy_port or free_port()
+        self._start_websockify("serialproxy", self.serial_proxy_port, self.serial_tokens)
+
+    def _start_websockify(self, name: str, port: int, tokens: TokenStore, extra: list[str] | None = None) -> None:
         argv = [
             sys.executable, "-m", "lab.novncproxy",
-            "--web", str(NOVNC),
-            "--tokens", str(self.tokens.directory),
+            "--tokens", str(tokens.directory),
             "--allowed-origins", ",".join(self.allowed_origins),
-            f"127.0.0.1:{self.proxy_port}",
+            *(extra or []),
+            f"127.0.0.1:{port}",
         ]  # fmt: skip
         if self.enforce_session_timeout:
             argv.append("--enforce-session-timeout")
         env = dict(os.environ, PYTHONPATH=str(REPO))
         # From the checkout, so this lab package is the one imported whatever the caller's directory.
-        wait_for_port(self._spawn("websockify", argv, env=env, cwd=REPO), self.proxy_port)
+        wait_for_port(self._spawn(name, argv, env=env, cwd=REPO), port)
 
     def restart_proxy(self) -> None:
-        """Stop the console proxy (every console through it drops, as in a Nova upgrade) and start it again."""
+        """Stop the VNC console proxy (every console through it drops, as in a Nova upgrade) and start it again."""
         proxy = next(child for child in self.children if child.name == "websockify")
         proxy.stop()
         self.children.remove(proxy)
@@ -273,15 +304,21 @@ class Lab:
             console_ttl=self.console_ttl,
             console_base=self.proxy_url,
             console_page="vnc_lite.html",
+            serial_base=self.serial_proxy_url,
             on_console=self._register_console,
             on_action=self._power_action,
         )
+        self.cloud.on_serial_console = self._register_serial_console
         self.cloud.action_seconds = self.action_seconds
         self._cloud_running = serve.start(self.cloud)
 
     def _register_console(self, token: str, server: Server, ttl: int) -> None:
         target = self.server(server.id)
         self.tokens.register(token, "127.0.0.1", target.vnc_port, ttl)
+
+    def _register_serial_console(self, token: str, server: Server, ttl: int) -> None:
+        target = self.server(server.id)
+        self.serial_tokens.register(token, "127.0.0.1", target.serial_port, ttl)
 
     def _power_action(self, server: Server, action: str) -> None:
         """The cloud's hook, in its request thread: what a power action does to the guest.
@@ -304,7 +341,7 @@ class Lab:
             server.process.stop()
             if server.process in self.children:
                 self.children.remove(server.process)
-        server.process, server.vnc_port = None, 0
+        server.process, server.vnc_port, server.serial_port = None, 0, 0
 
     def _start_broker(self) -> None:
         self.broker_port = self.broker_port or free_port()
@@ -389,6 +426,11 @@ class Lab:
         return f"http://127.0.0.1:{self.proxy_port}"
 
     @property
+    def serial_proxy_url(self) -> str:
+        """nova-serialproxy's stand-in (the cloud's ``serial_base``)."""
+        return f"ws://127.0.0.1:{self.serial_proxy_port}"
+
+    @property
     def broker_url(self) -> str:
         return f"http://127.0.0.1:{self.broker_port}"
 
@@ -411,6 +453,8 @@ class Lab:
             BROKER_SERVER_CACHE_TTL="5",
             # Set either way, so a mode left in the caller's environment does not leak in.
             BROKER_CONSOLE_MODE=self.console_mode,
+            # The lab's cloud serves both kinds, as a Nova with [vnc] and [serial_console] enabled.
+            BROKER_CONSOLE_TYPES="novnc,serial",
         )
         env.pop("BROKER_RELAY_URL", None)
         if self.console_mode == "relay":
@@ -428,6 +472,10 @@ class Lab:
     def console_url(self, key: str) -> str:
         """Mint a console URL straight from the cloud, as Nova would hand it out."""
         return self.cloud.mint_url(self.cloud.servers[self.server(key).id])
+
+    def serial_console_url(self, key: str) -> str:
+        """Mint a serial console URL straight from the cloud (``ws://...?token=...``), as Nova would hand it out."""
+        return self.cloud.mint_serial_url(self.cloud.servers[self.server(key).id])
 
     def shut_off(self, key: str) -> None:
         """Stop a server's guest and mark it SHUTOFF in the cloud, as if it had been shut down from inside."""

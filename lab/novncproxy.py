@@ -1,6 +1,8 @@
 """``python -m lab.novncproxy``: the lab's console proxy, websockify with the lab's token and Origin plugins.
 
-With ``--enforce-session-timeout`` it behaves like nova-novncproxy under ``[consoleauth]
+The lab runs it twice: as nova-novncproxy (``--web`` serves noVNC's pages next to the websockets,
+tokens lead to QEMU's VNC servers) and as nova-serialproxy (no pages, tokens lead to QEMU's serial
+ports). With ``--enforce-session-timeout`` it behaves like nova-novncproxy under ``[consoleauth]
 enforce_session_timeout = True``: a websocket that connected with a token is closed when that token
 expires. Without it, as by default in Nova, a token is checked only when a websocket connects.
 """
@@ -81,7 +83,7 @@ class LabProxy(WebSocketProxy):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m lab.novncproxy", description=__doc__)
     parser.add_argument("listen", help="host:port to listen on")
-    parser.add_argument("--web", required=True, help="noVNC's directory, served as files")
+    parser.add_argument("--web", default="", help="noVNC's directory, served as files (none: websockets only)")
     parser.add_argument("--tokens", required=True, help="the lab's TokenStore directory")
     parser.add_argument("--allowed-origins", default="", help="extra allowed Origin hosts, comma-separated")
     parser.add_argument("--enforce-session-timeout", action="store_true", help="close websockets at token expiry")
@@ -97,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
         enforce_session_timeout=args.enforce_session_timeout,
         listen_host=host,
         listen_port=int(port),
-        web=str(Path(args.web).resolve()),
+        # No web root: websockify answers a plain GET with 405, as nova-serialproxy serves no pages.
+        web=str(Path(args.web).resolve()) if args.web else "",
         file_only=True,
         # websockify's own default: no such file, so no TLS, as the lab's proxy is plain ws:// on loopback.
         cert="self.pem",

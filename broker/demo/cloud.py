@@ -247,6 +247,9 @@ class FakeCloud:
         # nova-serialproxy's base URL ([serial_console] base_url): a serial console is a websocket there.
         self.serial_base = serial_base.rstrip("/")
         self.on_console = on_console
+        # Registers a serial console's token where it differs from a VNC one's (the lab's serial proxy
+        # reaches a guest's serial port, not its VNC server); unset, on_console registers both kinds.
+        self.on_serial_console: Callable[[str, Server, int], None] | None = None
         # Called with the server and the action ("os-start", "reboot-HARD", ...) before the action
         # ends: the lab starts or resets a guest here; the server is in its final state when it returns.
         self.on_action = on_action
@@ -638,8 +641,9 @@ class FakeCloud:
     def mint_serial_url(self, server: Server) -> str:
         """A serial console URL as nova-serialproxy's are: its websocket, the token in the query."""
         token = self.issue_console_token(server)
-        if self.on_console:
-            self.on_console(token, server, self.console_ttl)
+        register = self.on_serial_console or self.on_console
+        if register:
+            register(token, server, self.console_ttl)
         return f"{self.serial_base}/?token={token}"
 
     def _control(self) -> Response:
