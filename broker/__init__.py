@@ -195,6 +195,7 @@ def register_services(app: Flask, settings: Settings, clouds: list | None) -> Co
             console_ttl=settings.console_ttl,
             timeouts=timeouts,
             console_mode=settings.console_mode,
+            console_types=settings.console_types,
             # Every worker and the relay run their own demo cloud: a server started in one is started in all.
             state_file=Path(app.instance_path) / "demo-servers.json",
         )

@@ -47,6 +47,7 @@ def build_demo_cloud(
     timeouts: Timeouts,
     console_mode: str = "iframe",
     state_file: Path | None = None,
+    console_types: tuple[str, ...] = ("novnc",),
 ) -> tuple[Cloud, FakeCloud]:
     """The demo cloud and a client that reaches it in process over its HTTP API."""
     # Derived from the broker's key so every worker signs and checks the same tokens.
@@ -69,7 +70,7 @@ def build_demo_cloud(
     transport.mount(DEMO_BASE + "/", WSGITransport(fake.app(), headers=_console_base))
     session = keystone_session(fake, timeout=timeouts.read, transport=transport)
     client = ComputeClient(DEMO_CLOUD_NAME, session, region_name=fake.region, timeouts=timeouts)
-    return Cloud(DEMO_CLOUD_NAME, client, console_ttl, "idle", console_mode), fake
+    return Cloud(DEMO_CLOUD_NAME, client, console_ttl, "idle", console_mode, console_types), fake
 
 
 def keystone_session(

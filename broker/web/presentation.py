@@ -16,6 +16,9 @@ from broker.services.shortcuts import Opened
 
 # Type text: more than this is not typing a password or a command, and would take the guest long to take in.
 TYPE_LIMIT = 2000
+# Characters one paste into the serial console may hold: at most 4 UTF-8 bytes each, within the one
+# message the relay takes from a browser (broker.relay.serial.MAX_INPUT, 64 KiB).
+PASTE_LIMIT = 16000
 
 
 def no_store(response, status: int = 200):
@@ -120,6 +123,7 @@ def console_page_data(server: ServerInfo, ref: str, swap: str) -> dict:
         "mintUrl": url_for("api.mint", server_id=server.id, cloud=server.cloud),
         "brokerLink": url_for("views.console", ref=ref, _external=True),
         "openUrl": url_for("views.open_console", ref=server.id, cloud=server.cloud),
+        "serialUrl": serial_link(server),
         "loginUrl": url_for("auth.login", next=request.full_path.rstrip("?")),
         "margin": settings.refresh_margin,
         "idleSwapAfter": settings.idle_swap_after,
@@ -127,6 +131,29 @@ def console_page_data(server: ServerInfo, ref: str, swap: str) -> dict:
         "swap": swap,
         **panel_page_data(server),
     }
+
+
+def serial_page_data(server: ServerInfo, ref: str) -> dict:
+    """The serial console's data: a serial ticket with its own POST, the session kept alive, pastes bounded."""
+    return {
+        "server": server.to_json(),
+        "ticketUrl": url_for("api.relay_ticket", server_id=server.id, cloud=server.cloud, type="serial"),
+        "brokerLink": url_for("views.serial_console", ref=ref, _external=True),
+        "graphicalUrl": url_for("views.console", ref=server.id, cloud=server.cloud),
+        "loginUrl": url_for("auth.login", next=request.full_path.rstrip("?")),
+        "pasteLimit": PASTE_LIMIT,
+        "username": current_user.username,
+        "keepaliveUrl": url_for("api.keepalive"),
+        "keepaliveEvery": max(30, state.settings().session_idle // 4),
+        **panel_page_data(server),
+    }
+
+
+def serial_link(server: ServerInfo) -> str | None:
+    """The serial console page of ``server``, when its cloud offers one."""
+    if "serial" not in state.consoles().inventory.cloud(server.cloud).console_types:
+        return None
+    return url_for("views.serial_console", ref=server.id, cloud=server.cloud)
 
 
 def viewer_page_data(server: ServerInfo, ref: str) -> dict:
@@ -137,6 +164,7 @@ def viewer_page_data(server: ServerInfo, ref: str) -> dict:
         "brokerLink": url_for("views.console", ref=ref, _external=True),
         "loginUrl": url_for("auth.login", next=request.full_path.rstrip("?")),
         "typeLimit": TYPE_LIMIT,
+        "serialUrl": serial_link(server),
         "keepaliveUrl": url_for("api.keepalive"),
         # Well within the idle limit, so one missed beat does not sign anyone out.
         "keepaliveEvery": max(30, state.settings().session_idle // 4),

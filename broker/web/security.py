@@ -6,7 +6,14 @@ from urllib.parse import urlsplit
 
 from flask import Flask
 from flask import Response
+from flask import g
 from flask import request
+
+# xterm.js (the serial console) writes its own <style> elements and style attributes at run time,
+# with colours and cell sizes it measures: no hash or nonce can name them. Only that page allows
+# inline styles; scripts stay 'self' everywhere.
+STRICT_STYLES = "style-src 'self'"
+INLINE_STYLES = "style-src 'self' 'unsafe-inline'"
 
 
 def frame_sources(console_hosts: tuple[str, ...], demo: bool) -> str:
@@ -38,7 +45,7 @@ def content_security_policy(frame_src: str, form_origins: tuple[str, ...] = (), 
         (
             "default-src 'self'",
             "script-src 'self'",
-            "style-src 'self'",
+            STRICT_STYLES,
             "img-src 'self' data:",
             f"connect-src {connect_src}",
             f"frame-src {frame_src}",
@@ -51,6 +58,11 @@ def content_security_policy(frame_src: str, form_origins: tuple[str, ...] = (), 
     )
 
 
+def allow_inline_styles() -> None:
+    """This response's page runs xterm.js: its policy allows inline styles (and nothing else more)."""
+    g.inline_styles = True
+
+
 def register_security_headers(
     app: Flask,
     console_hosts: tuple[str, ...],
@@ -59,6 +71,7 @@ def register_security_headers(
     relay_url: str | None = None,
 ) -> None:
     policy = content_security_policy(frame_sources(console_hosts, demo), form_origins, connect_sources(relay_url))
+    terminal_policy = policy.replace(STRICT_STYLES, INLINE_STYLES)
     # A relay on another port of whatever host the page was opened with is named per request.
     per_host = "{host}" in policy
 
@@ -68,7 +81,8 @@ def register_security_headers(
         # Membership tests, not setdefault: werkzeug's setdefault raises and catches a KeyError for a missing
         # header, which costs more than the rest of this hook (it runs on every response).
         if "Content-Security-Policy" not in headers:
-            headers["Content-Security-Policy"] = policy.replace("{host}", page_host()) if per_host else policy
+            chosen = terminal_policy if g.get("inline_styles") else policy
+            headers["Content-Security-Policy"] = chosen.replace("{host}", page_host()) if per_host else chosen
         headers["X-Content-Type-Options"] = "nosniff"
         headers["Referrer-Policy"] = "no-referrer"
         if "X-Frame-Options" not in headers:

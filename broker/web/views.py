@@ -16,6 +16,7 @@ from broker.cloud.types import ServerInfo
 from broker.services import shortcuts
 from broker.services.consoles import ConsoleService
 from broker.web import presentation
+from broker.web import security
 from broker.web.params import cloud_arg
 from broker.web.params import from_this_site
 
@@ -85,6 +86,20 @@ def console_page(server: ServerInfo, ref: str):
         page = presentation.console_page_data(server, ref, cloud.console_swap)
         template = "console/page.html"
     return render_template(template, server=server, page=page, panel=page["panel"], power=page["power"])
+
+
+@bp.get("/console/<path:ref>/serial")
+@login_required
+def serial_console(ref: str):
+    """The serial console page: xterm.js on the relay (the serial URL never reaches the browser)."""
+    server, chooser = resolve_or_choose(ref)
+    if chooser:
+        return chooser
+    if not service().offers(server, "serial"):
+        abort(404, description=f"Cloud {server.cloud} offers no serial consoles.")
+    page = presentation.serial_page_data(server, ref)
+    security.allow_inline_styles()
+    return render_template("console/serial.html", server=server, page=page, panel=page["panel"], power=page["power"])
 
 
 @bp.get("/console/<path:ref>/open")
