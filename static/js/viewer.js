@@ -19,6 +19,7 @@ const notice = $("notice");
 const typeDialog = $("type-dialog");
 const typeInput = $("type-input");
 const typeMessage = $("type-message");
+const typeLayout = $("type-layout");
 const csrfToken = document.querySelector('meta[name="csrf-token"]').content;
 // noVNC (RFB and its key tables, 60 modules) loads while the ticket is asked for and the relay opens
 // the cloud's side, not before: static imports would hold the ticket's POST back until every module
@@ -34,11 +35,6 @@ function loadNoVNC() {
     return noVNC;
   });
 }
-// X11 keysyms Type text needs beyond printable ASCII (noVNC's core/input/keysym.js).
-const XK_TAB = 0xff09;
-const XK_RETURN = 0xff0d;
-const XK_SHIFT_L = 0xffe1;
-
 // When a console ends for a cause that may pass (the cloud's console, the relay, the broker's
 // database, the network), the page tries again by itself: after 0.25 s, doubling to at most 30 s
 // between tries, for 5 minutes in a row; then it stops and waits for Reconnect. Five minutes
@@ -584,38 +580,53 @@ function screenshot() {
   }, "image/png");
 }
 
-// -- Type text: a string sent as keystrokes ------------------------------------------------------
+// -- Type text: a string sent as the keys of the server's keyboard layout -------------------------
 
-// Characters a US keyboard types with Shift held. Keysym servers take the keysym alone, but QEMU
-// turns keysyms back into scancodes and needs Shift pressed around them.
-const SHIFTED = new Set('ABCDEFGHIJKLMNOPQRSTUVWXYZ~!@#$%^&*()_+{}|:"<>?');
+// The layout tables (layouts.js) load after the first ticket's POST has gone out, as noVNC does:
+// a static import would hold viewer.js, and so the POST, back until they had arrived.
+let layouts = null; // layouts.js once loaded
+let layoutsLoaded = null; // the promise of it
+const LAYOUT_STORE = "console.typeLayout"; // localStorage: the layout this browser chose last
 
-// Printable ASCII keysyms equal the character codes; newline is Return, tab is Tab.
-function keysymOf(char) {
-  if (char === "\n") return XK_RETURN;
-  if (char === "\t") return XK_TAB;
-  const code = char.charCodeAt(0);
-  return char.length === 1 && code >= 0x20 && code <= 0x7e ? code : null;
+function loadLayouts() {
+  return import("./layouts.js").then((module) => {
+    layouts = module;
+    for (const [id, name] of Object.entries(module.LAYOUTS)) typeLayout.add(new Option(name, id));
+    typeLayout.value = savedLayout();
+    return module;
+  });
 }
 
-function untypable(text) {
-  return [...text].find((char) => keysymOf(char) === null);
+// Storage may be refused (a private window, a policy): the default layout then.
+function savedLayout() {
+  let saved = null;
+  try {
+    saved = localStorage.getItem(LAYOUT_STORE);
+  } catch {}
+  return Object.hasOwn(layouts.LAYOUTS, saved ?? "") ? saved : layouts.DEFAULT_LAYOUT;
 }
 
-function typeChar(rfb, char) {
-  const shift = SHIFTED.has(char);
-  if (state.away) state.heldKeys += shift ? 2 : 1;
-  if (shift) rfb.sendKey(XK_SHIFT_L, null, true);
-  rfb.sendKey(keysymOf(char), null); // down and up
-  if (shift) rfb.sendKey(XK_SHIFT_L, null, false);
+function saveLayout() {
+  try {
+    localStorage.setItem(LAYOUT_STORE, typeLayout.value);
+  } catch {}
+}
+
+function untypable(text, layout) {
+  return [...text].find((char) => layouts.keyEvents(layout, char) === null);
+}
+
+function typeChar(rfb, events) {
+  if (state.away) state.heldKeys += keyPresses(events);
+  for (const [keysym, code, down] of events) rfb.sendKey(keysym, code, down);
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // A drop in the middle waits for the reconnect and carries on; an end (signed out, ended, given up)
 // drops the rest and says how far it got.
-async function typeText(text) {
-  const chars = [...text];
+async function typeText(text, layout) {
+  const chars = [...text].map((char) => layouts.keyEvents(layout, char));
   let sent = 0;
   state.typing = true;
   enter("live");
@@ -625,9 +636,9 @@ async function typeText(text) {
       continue;
     }
     const chunk = chars.slice(sent, sent + TYPE_CHUNK);
-    for (const char of chunk) typeChar(state.session.rfb, char);
+    for (const events of chunk) typeChar(state.session.rfb, events);
     sent += chunk.length;
-    await sleep(chunk.reduce((events, char) => events + (SHIFTED.has(char) ? 4 : 2), 0) * TYPE_EVENT_MS);
+    await sleep(chunk.reduce((count, events) => count + events.length, 0) * TYPE_EVENT_MS);
   }
   state.typing = false;
   if (state.phase === "live") {
@@ -637,7 +648,13 @@ async function typeText(text) {
   }
 }
 
-function openTypeDialog() {
+async function openTypeDialog() {
+  try {
+    await layoutsLoaded;
+  } catch {
+    showNotice("Type text could not be loaded: reload the page.");
+    return;
+  }
   typeMessage.textContent = `At most ${page.typeLimit} characters.`;
   typeDialog.showModal();
   typeInput.focus();
@@ -646,18 +663,20 @@ function openTypeDialog() {
 function sendTypedText(event) {
   event.preventDefault();
   const text = typeInput.value;
-  const bad = untypable(text);
+  const layout = typeLayout.value;
+  const bad = untypable(text, layout);
   if (!text) {
     typeMessage.textContent = "Nothing to send.";
   } else if (text.length > page.typeLimit) {
     typeMessage.textContent = `That is ${text.length} characters; at most ${page.typeLimit} go at once.`;
   } else if (bad !== undefined) {
-    typeMessage.textContent = `“${bad}” cannot be typed: letters, digits, punctuation, space, Tab, Enter.`;
+    const name = layouts.LAYOUTS[layout];
+    typeMessage.textContent = `“${bad}” cannot be typed: the ${name} keyboard layout has no key for it.`;
   } else if (state.phase !== "live" || state.typing) {
     typeMessage.textContent = "The console is not connected.";
   } else {
     closeTypeDialog();
-    typeText(text);
+    typeText(text, layout);
   }
 }
 
@@ -705,6 +724,7 @@ $("copy-link").addEventListener("click", (event) => copyLink(page.brokerLink, ev
 $("type-text").addEventListener("click", openTypeDialog);
 $("type-form").addEventListener("submit", sendTypedText);
 $("type-cancel").addEventListener("click", closeTypeDialog);
+typeLayout.addEventListener("change", saveLayout);
 typeDialog.addEventListener("close", typeDialogClosed);
 document.addEventListener("fullscreenchange", fullscreenChanged);
 document.addEventListener("keydown", queueKey);
@@ -717,3 +737,4 @@ setInterval(keepAlive, page.keepaliveEvery * 1000);
 enter("loading");
 connect();
 noVNCLoaded = loadNoVNC();
+layoutsLoaded = loadLayouts();
