@@ -14,6 +14,7 @@ const announcer = document.getElementById("announcer");
 const notice = document.getElementById("notice");
 const noticeText = document.getElementById("notice-text");
 const signIn = document.getElementById("notice-signin");
+const serialLink = document.getElementById("notice-serial"); // only when the cloud offers serial consoles
 const retryButton = document.getElementById("notice-retry");
 const resumeButton = document.getElementById("resume");
 const startButton = document.getElementById("power-start");
@@ -46,6 +47,7 @@ const SPOKEN = {
   signin: "Signed out",
   "not-running": "Server not running",
   refused: "Console refused",
+  unavailable: "No graphical console for this server",
 };
 
 function announce(text) {
@@ -107,9 +109,10 @@ function setTimer(run, delayMs) {
   state.timer = setTimeout(run, delayMs);
 }
 
-function showNotice(text, { signin = false, retry = false, resume = false, start = false } = {}) {
+function showNotice(text, { signin = false, retry = false, resume = false, start = false, serial = false } = {}) {
   noticeText.textContent = text;
   signIn.hidden = !signin;
+  if (serialLink) serialLink.hidden = !serial;
   retryButton.hidden = !retry;
   resumeButton.hidden = !resume;
   if (startButton) startButton.hidden = !start;
@@ -250,6 +253,12 @@ async function failure(response) {
     frame.hidden = !state.applied;
     showNotice(message);
     stop("refused");
+  } else if (error.code === "console_unavailable" && page.serialUrl) {
+    // Nova's 400 "VNC disabled" and the like: trying again cannot help; the serial console may.
+    frame.hidden = !state.applied;
+    showNotice(`${message} Its serial console may still answer.`, { retry: true, serial: true });
+    stop("unavailable");
+    serialLink.focus();
   } else {
     backoff(message, error.retry_after);
   }

@@ -58,6 +58,7 @@ const ENDED = 4410;
 const NOT_RUNNING = 4409;
 const NO_LONGER_ALLOWED = 4403; // the server is gone, or a rule no longer grants it
 const UNREACHABLE = 4502;
+const NO_GRAPHICAL_CONSOLE = 4501; // the cloud has no VNC console for it: the serial one may help
 const DATABASE_UNAVAILABLE = 4503;
 const GOING_AWAY = 1001; // the relay restarting
 // What the relay's close reason ends with when keys it held for the server had to be dropped.
@@ -130,11 +131,12 @@ function trying() {
   return state.connects > 0 ? "reconnecting" : "loading";
 }
 
-function showNotice(text, { signin = false, reconnect = false, start = false, dismiss = false } = {}) {
+function showNotice(text, { signin = false, reconnect = false, start = false, dismiss = false, serial = false } = {}) {
   clearInterval(state.tickTimer);
   $("notice-text").textContent = text;
   $("notice-next").textContent = "";
   $("notice-signin").hidden = !signin;
+  if ($("notice-serial")) $("notice-serial").hidden = !serial;
   $("notice-retry").hidden = !reconnect;
   $("notice-dismiss").hidden = !dismiss;
   if ($("power-start")) $("power-start").hidden = !start;
@@ -405,6 +407,14 @@ function disconnected(session, { opened, closed }) {
     stop("ended", `An administrator ended this session.${note}`);
   } else if (code === NO_LONGER_ALLOWED) {
     stop("refused", sentence(reason || "You may no longer open this console") + note, { reconnect: true });
+  } else if (code === NO_GRAPHICAL_CONSOLE) {
+    // Nova's 400 "VNC disabled" and the like: trying again cannot help; the serial console may.
+    const offer = page.serialUrl ? " Its serial console may still answer." : "";
+    stop("failed", sentence(reason || "The cloud has no graphical console for this server") + offer, {
+      reconnect: true,
+      serial: Boolean(page.serialUrl),
+    });
+    $("notice-serial")?.focus();
   } else if (code === NOT_RUNNING) {
     const status = /\(([A-Z_]+)\)/.exec(reason);
     if (status) showServer({ status: status[1] });

@@ -495,7 +495,7 @@ def test_a_mint_refused_on_resume_closes_with_4403(app):
     assert run(scenario())[0] == 4403
 
 
-def test_a_console_the_cloud_cannot_give_is_not_retried(app):
+def test_a_console_the_cloud_cannot_give_is_not_retried_and_the_page_is_told_so(app):
     fakes = FakeServices(app)
     fakes.issue()
     fakes.mint_errors.append(errors.ConsoleUnavailable("The cloud has no noVNC console for this server."))
@@ -506,7 +506,8 @@ def test_a_console_the_cloud_cannot_give_is_not_retried(app):
             await browser.greet()
             return await browser.closed()
 
-    assert run(scenario()) == (4502, "The cloud's console is unreachable")
+    # Its own code: the viewer offers the serial console instead of trying again.
+    assert run(scenario()) == (4501, "The cloud has no graphical console for this server")
     assert len(fakes.mints) == 1
     # One record of the console, saying why it never opened; no connect record.
     assert fakes.opened == [] and fakes.closed == []

@@ -8,9 +8,12 @@ import pytest
 from bs4 import BeautifulSoup
 
 from broker import state
+from broker.demo.cloud import OTHER_PROJECT_SERVER_ID
 from broker.extensions import db
+from broker.relay.serial import MAX_INPUT
 from broker.services import audit
 from broker.services import policy
+from broker.web import presentation
 from tests.support import FROM_THIS_SITE
 from tests.support import server_id
 
@@ -357,3 +360,52 @@ def test_power_controls_appear_only_with_the_permission(client, auth, app, conso
     assert not page.find(id="power-reboot-soft").has_attr("hidden") and page.find(id="power-dialog") is not None
     stopped = BeautifulSoup(client.get(f"/console/{server_id(3)}?cloud=lab").get_data(as_text=True), "html.parser")
     assert stopped.find(id="power-reboot-soft").has_attr("hidden") and stopped.find(id="power-start") is not None
+
+
+# -- serial consoles ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("console_types", [("novnc", "serial")])
+@pytest.mark.parametrize("console_mode", ["iframe", "relay"])
+def test_the_serial_console_page_asks_for_a_serial_ticket_and_holds_no_url(
+    signed_in, fake, console_mode, console_types
+):
+    response = signed_in.get("/console/web-01/serial", headers=FROM_THIS_SITE)
+    assert response.status_code == 200
+    soup = soup_of(response)
+    page = json.loads(soup.select_one("#console")["data-page"])
+    assert page["ticketUrl"] == f"/api/relay-tickets/{server_id(1)}?cloud=lab&type=serial"
+    assert page["graphicalUrl"] == f"/console/{server_id(1)}?cloud=lab"
+    assert page["brokerLink"] == "http://localhost/console/web-01/serial"
+    assert (page["pasteLimit"], page["username"]) == (presentation.PASTE_LIMIT, "agent")
+    assert fake.counts["console"] == 0  # the page mints nothing; the relay does, for its ticket
+    assert not [s for s in soup.find_all("script") if s.string and s.string.strip()]
+    # xterm.js writes its own <style> elements: this page, and only this page, allows inline styles.
+    assert "style-src 'self' 'unsafe-inline';" in response.headers["Content-Security-Policy"]
+    assert "script-src 'self';" in response.headers["Content-Security-Policy"]
+    graphical = signed_in.get("/console/web-01")
+    assert "style-src 'self';" in graphical.headers["Content-Security-Policy"]
+    # The graphical page links to the serial one, and has it ready for when VNC cannot be had.
+    links = soup_of(graphical)
+    assert links.select_one("#serial-link")["href"] == f"/console/{server_id(1)}/serial?cloud=lab"
+    assert links.select_one("#notice-serial").has_attr("hidden")
+
+
+@pytest.mark.parametrize("console_mode", ["iframe", "relay"])
+def test_no_serial_console_page_or_link_where_the_cloud_offers_none(signed_in, console_mode):
+    response = signed_in.get("/console/web-01/serial")
+    assert response.status_code == 404
+    assert "Cloud lab offers no serial consoles." in response.get_data(as_text=True)
+    graphical = soup_of(signed_in.get("/console/web-01"))
+    assert graphical.select_one("#serial-link") is None and graphical.select_one("#notice-serial") is None
+
+
+@pytest.mark.parametrize("console_types", [("novnc", "serial")])
+@pytest.mark.parametrize("ref", [server_id(99), OTHER_PROJECT_SERVER_ID, "no-such-name"])
+def test_the_serial_page_of_a_server_the_user_may_not_open_is_a_404(signed_in, fake, console_types, ref):
+    assert signed_in.get(f"/console/{ref}/serial").status_code == 404
+    assert fake.counts["console"] == 0
+
+
+def test_a_paste_the_page_allows_fits_in_one_message_the_relay_takes():
+    assert presentation.PASTE_LIMIT * 4 <= MAX_INPUT  # four UTF-8 bytes at most per character
