@@ -72,13 +72,16 @@ def banner(lab: Lab) -> str:
         f"  Sign in:  {lab.username} / {lab.password}",
         f"  Proxy:    {lab.proxy_url}/ (websockify + noVNC; tokens live {lab.console_ttl} s, {expiry})",
     ]
-    if lab.console_mode == "relay":
-        lines.append(f"  Relay:    {lab.relay_url}")
+    lines.append(f"  Serial:   {lab.serial_proxy_url}/?token=... (websockify in front of each guest's serial port)")
+    if lab.relay_port:
+        lines.append(f"  Relay:    {lab.relay_url} (relay consoles, and serial consoles in either mode)")
     lines.append("  Servers:")
     for server in lab.servers:
         where = f"VNC 127.0.0.1:{server.vnc_port}, QEMU pid {server.process.pid}" if server.process else "no guest"
+        if server.serial_port:
+            where += f", serial port 127.0.0.1:{server.serial_port}"
         if server.serial:
-            where += f", serial {server.serial}"
+            where += f", serial log {server.serial}"
         lines.append(f"    {server.name:<10} {server.status:<8} {lab.broker_url}/console/{server.name}  ({where})")
     lines.append(f"  Logs:     {lab.workdir}")
     return "\n".join(lines)

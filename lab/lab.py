@@ -345,13 +345,12 @@ class Lab:
 
     def _start_broker(self) -> None:
         self.broker_port = self.broker_port or free_port()
-        if self.console_mode == "relay":
-            self.relay_port = self.relay_port or free_port()
+        # The relay runs in both modes: serial consoles (which the lab's cloud offers) always go through it.
+        self.relay_port = self.relay_port or free_port()
         env = self.broker_env()
         self._flask(["users", "add", self.username, "--password-stdin"], env, stdin=self.password)
         self._grant_all(env)
-        if self.console_mode == "relay":
-            self._start_relay(env)
+        self._start_relay(env)
         argv = [
             sys.executable, "-m", "gunicorn",
             "--worker-class", "gthread", "--workers", "2", "--threads", "8",
@@ -457,7 +456,7 @@ class Lab:
             BROKER_CONSOLE_TYPES="novnc,serial",
         )
         env.pop("BROKER_RELAY_URL", None)
-        if self.console_mode == "relay":
+        if self.relay_port:
             # The relay listens on its own port; the session cookie reaches it (cookies ignore ports).
             env["BROKER_RELAY_URL"] = self.relay_url
         return env

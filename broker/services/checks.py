@@ -149,9 +149,12 @@ class RelayAnswer:
 
 
 def relay_mode(settings: Settings, service: ConsoleService) -> bool:
-    """True when any console opens through the relay: BROKER_CONSOLE_MODE=relay or a cloud's console_mode."""
+    """True when any console opens through the relay: BROKER_CONSOLE_MODE=relay, a cloud's console_mode, or a
+    cloud offering serial consoles (they always run through the relay)."""
     clouds = service.inventory.clouds.values()
-    return settings.console_mode == "relay" or any(cloud.console_mode == "relay" for cloud in clouds)
+    return settings.console_mode == "relay" or any(
+        cloud.console_mode == "relay" or "serial" in cloud.console_types for cloud in clouds
+    )
 
 
 def relay_bind(env: Mapping[str, str]) -> tuple[str, int]:

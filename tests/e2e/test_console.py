@@ -85,6 +85,25 @@ def test_stopped_server_says_so_without_a_frame(page: Page) -> None:
     assert page.get_attribute("#console-frame", "src") is None
 
 
+def test_a_cloud_without_a_graphical_console_offers_the_serial_one_first(page: Page, lab: Lab) -> None:
+    lab.cloud.faults.unavailable_consoles = ["novnc"]  # Nova's 400 "VNC disabled"
+    try:
+        page.goto("/console/db-01")
+        expect(page.locator("#console-frame")).to_be_hidden()
+        expect(page.locator("#notice-text")).to_contain_text("Its serial console may still answer.")
+        offer = page.locator("#notice-serial")
+        expect(offer).to_be_visible()
+        expect(offer).to_be_focused()
+        with page.expect_navigation():
+            offer.click()
+    finally:
+        lab.cloud.faults.unavailable_consoles = []
+    # The serial console of the same server, connected through the relay.
+    assert "/serial" in page.url
+    expect(page.locator("#server-name")).to_have_text("db-01")
+    expect(page.locator("#console")).to_have_attribute("data-state", "live", timeout=15000)
+
+
 @pytest.mark.parametrize(
     "viewport", [{"width": 1280, "height": 800}, {"width": 390, "height": 844}], ids=["1280x800", "390x844"]
 )

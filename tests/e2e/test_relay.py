@@ -539,6 +539,27 @@ def test_a_stopped_server_says_so(sign_in_context: Callable[..., BrowserContext]
     expect(page.locator("#console")).to_have_attribute("data-connects", "0")
 
 
+def test_no_graphical_console_stops_the_retries_and_offers_the_serial_one(
+    relay: RelayLab, sign_in_context: Callable[..., BrowserContext]
+) -> None:
+    page = sign_in_context().new_page()
+    relay.lab.cloud.faults.unavailable_consoles = ["novnc"]  # Nova's 400 "VNC disabled"
+    try:
+        page.goto(f"/console/{SHELL}")
+        expect(page.locator("#console")).to_have_attribute("data-state", "failed")
+        expect(page.locator("#notice-text")).to_contain_text("Its serial console may still answer.")
+        expect(page.locator("#notice-serial")).to_be_visible()
+        expect(page.locator("#serial-link")).to_be_visible()  # the toolbar's link is there all along
+    finally:
+        relay.lab.cloud.faults.unavailable_consoles = []
+    with page.expect_navigation():
+        page.locator("#notice-serial").click()
+    expect(page.locator("#console")).to_have_attribute("data-state", "live", timeout=15000)
+    page.locator("#screen").click()
+    page.keyboard.type("echo offered-$((40+2))\n")
+    expect(page.locator(".xterm-rows")).to_contain_text("offered-42")
+
+
 @pytest.fixture
 def batch_stays_off(relay: RelayLab, settled: int) -> Iterator[str]:
     """batch-01 SHUTOFF, and so again after the test, whatever it did."""

@@ -155,6 +155,15 @@ def test_no_relay_line_without_relay_mode(runner, monkeypatch):
     assert "relay" not in result.output
 
 
+@pytest.mark.parametrize("console_types", [("novnc", "serial")])
+def test_serial_consoles_need_the_relay_even_for_an_iframe_cloud(runner, monkeypatch, console_types):
+    port = free_port()
+    monkeypatch.setenv("RELAY_BIND", f"127.0.0.1:{port}")
+    result = runner.invoke(args=["check"])
+    assert result.exit_code == 1
+    assert f"FAIL  relay unreachable at http://127.0.0.1:{port}/relay" in result.output
+
+
 @pytest.mark.parametrize("console_mode", ["relay"])
 class TestRelayMode:
     """A cloud with console_mode: relay; the relay found at RELAY_BIND, or at BROKER_RELAY_URL."""
