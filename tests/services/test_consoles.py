@@ -25,8 +25,10 @@ from broker.models import AuditRecord
 from broker.services import policy
 from broker.services import users
 from broker.services.consoles import NOT_FOUND
+from broker.services.consoles import RELAY
 from broker.services.consoles import ConsoleService
 from broker.services.consoles import NoSuchServer
+from broker.services.consoles import ViewerOnly
 from broker.services.inventory import Inventory
 from broker.web.errors import cloud_answer
 from tests.support import make_client
@@ -581,3 +583,37 @@ def test_a_cloud_the_user_has_no_rule_on_changes_nothing_for_them(app, fake, far
     for ref in (UNKNOWN, FORBIDDEN, server_id(201)):  # web-far is on far, where the agent has no rule
         assert_looks_unknown(service, "mint", ref)
     assert far.counts["show"] == 0  # not asked, not waited for
+
+
+# -- console types ----------------------------------------------------------------------------
+
+
+def serial_service(app, fake, clock, budget, hosts: tuple[str, ...] = ()) -> ConsoleService:
+    cloud = Cloud("lab", make_client(fake), 600, "idle", console_types=("novnc", "serial"))
+    service = ConsoleService(Inventory([cloud], ttl=30, clock=clock), console_hosts=hosts, lookup_budget=budget)
+    state.of(app).consoles = service
+    return service
+
+
+def test_a_serial_console_is_minted_only_for_the_relay(app, fake, clock, budget, ctx):
+    service = serial_service(app, fake, clock, budget)
+    minted = service.mint(agent(), server_id(1), "lab", detail=RELAY, quiet=True, kind="serial")
+    assert minted.console.url.startswith("ws://") and "?token=" in minted.console.url
+    assert (minted.console.type, minted.console.protocol) == ("serial", "serial")
+    with pytest.raises(ViewerOnly):
+        service.mint(agent(), server_id(1), "lab", kind="serial")  # a page's mint: the URL would reach a browser
+    assert fake.counts["console"] == 1
+
+
+def test_a_console_type_the_cloud_does_not_offer_is_never_asked_of_it(service, fake, ctx):
+    with pytest.raises(errors.ConsoleUnavailable, match="Cloud lab offers no serial consoles."):
+        service.mint(agent(), server_id(1), "lab", detail=RELAY, kind="serial")
+    assert fake.counts["console"] == 0
+    [record] = console_records()
+    assert (record.outcome, record.reason) == ("failed", "Cloud lab offers no serial consoles.")
+
+
+def test_a_serial_console_on_a_host_off_the_allow_list_is_refused(app, fake, clock, budget, ctx):
+    service = serial_service(app, fake, clock, budget, hosts=("console.example",))
+    with pytest.raises(errors.CloudBadResponse, match="not in BROKER_CONSOLE_HOSTS"):
+        service.mint(agent(), server_id(1), "lab", detail=RELAY, quiet=True, kind="serial")
