@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import re
 import socket
 import sys
 import threading
@@ -27,6 +28,17 @@ from lab.proxy import OriginCheck
 from lab.proxy import TokenDir
 
 EXPIRED = "Console session expired"
+# websockify logs each request line, and with it the token in the query: a console credential.
+TOKEN_IN_TEXT = re.compile(r"(token(?:=|%3[dD]))[^&\s\"']+")
+
+
+class RedactTokens(logging.Filter):
+    """Every log line with its console tokens blanked out, whichever part of websockify wrote it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = TOKEN_IN_TEXT.sub(r"\1<redacted>", record.getMessage())
+        record.args = ()
+        return True
 
 
 class ExpiringProxyHandler(ProxyRequestHandler):
@@ -95,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     host, _, port = args.listen.rpartition(":")
     # websockify logs through the root logger; its own command line sends that to stderr the same way.
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactTokens())
     server = LabProxy(
         enforce_session_timeout=args.enforce_session_timeout,
         listen_host=host,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from lab import Lab
 from lab import LabServer
 from lab.lab import missing_tools
 from lab.novncproxy import EXPIRED
+from lab.novncproxy import RedactTokens
 from tests.support import needs
 
 # Short enough to keep the tests quick, long enough for a loaded machine to connect well before expiry.
@@ -77,3 +79,17 @@ def test_without_enforcement_the_websocket_outlives_its_token(tmp_path: Path) ->
             # The RFB handshake goes on after expiry: QEMU answers with its security types (one: None).
             websocket.send(b"RFB 003.008\n")
             assert websocket.recv(timeout=5) == b"\x01\x01"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '127.0.0.1 - - [5/Dec/2026 15:00:00] "GET /?token=abc.DEF-123_x HTTP/1.1" 101 -',
+        '127.0.0.1 - - [5/Dec/2026 15:00:00] "GET /vnc_lite.html?path=%3Ftoken%3Dabc.DEF-123_x HTTP/1.1" 200 -',
+    ],
+    ids=["websocket", "page"],
+)
+def test_the_proxies_logs_hold_no_console_token(line):
+    record = logging.LogRecord("websockify", logging.INFO, __file__, 1, "%s", (line,), None)
+    RedactTokens().filter(record)
+    assert "abc.DEF-123_x" not in record.getMessage() and "<redacted>" in record.getMessage()
