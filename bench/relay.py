@@ -2,7 +2,8 @@
 
 On loopback, against the demo console proxy and demo VNC server (``bench.vncproxy``): keystroke
 to echo, one console's throughput, the gap a resumed upstream leaves, memory per idle console,
-and the weight of the page that draws it. Runs once, on SQLite, after the backends' column sets.
+and the weight of the page that draws it; a serial console's round trip and memory (``bench.serial``).
+Runs once, on SQLite, after the backends' column sets.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Awaitable
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from bench import assets
 from bench import clients
 from bench import firstframe
 from bench import relaystack
+from bench import serial
 from bench.relaystack import EXPIRING_TTL
 from bench.relaystack import RelayStack
 from bench.report import Row
@@ -68,8 +71,8 @@ def run(args: argparse.Namespace, workdir: Path, step: Callable[[str], None]) ->
     relaystack.raise_fd_limit(2 * args.relay_idle + 1024)
     began = time.monotonic()
     with contextlib.ExitStack() as stack:
-        step("relay: starting the console proxy, two stand-in clouds, the broker and its relay")
-        running = relaystack.start(stack, workdir)
+        step("relay: starting the console proxy, three stand-in clouds, the broker and its relay")
+        running = relaystack.start(stack, workdir, serial.servers_needed(args))
         step("relay: console page assets")
         rows = assets.rows(running.client, running.server, "steady")
         unbudgeted = None
@@ -92,7 +95,9 @@ def setup_line(running: RelayStack, seconds: float) -> str:
         f"no cursor blink) and two stand-in clouds whose console tokens last {relaystack.STEADY_TTL} s and "
         f"{EXPIRING_TTL} s, each in its own process; the viewer is the bench's own (`bench/viewer.py`), "
         "in the bench's process; beside the relay, the same relay without per-connection budgets "
-        "(`python -m bench.unbudgeted`) for the budget's cost"
+        "(`python -m bench.unbudgeted`) for the budget's cost; for the serial rows, a third stand-in cloud with "
+        "serial consoles only and its serial proxy (`python -m bench.serial`: `broker.demo.serialproxy`, the "
+        "demo's line shell) in one process, and a relay process of their own (the same `relay:` line)"
     )
 
 
@@ -120,6 +125,8 @@ async def measure(
     if args.relay_resumes:
         step(f"relay: {args.relay_resumes} upstream closes at token expiry ({EXPIRING_TTL} s tokens)")
         rows.append(resume_row(await resumes(running, args.relay_resumes), args.relay_resumes))
+    if args.relay_keys or args.relay_idle:
+        rows += await serial.rows(running, args, step)
     if args.relay_idle:
         step(f"relay: {args.relay_idle:,} idle consoles")
         rows.append(await idle(running, args.relay_idle))
@@ -161,27 +168,30 @@ async def echo(viewer: Viewer) -> float:
     return update.arrived - start
 
 
-async def keystrokes(relayed: Viewer, direct: Viewer, count: int) -> tuple[Samples, Samples]:
-    """``count`` echoes each way after a warm-up, taken in turn (relay first, then direct first)."""
+async def keystrokes(
+    relayed: Viewer, direct: Viewer, count: int, timed: Callable[[Viewer], Awaitable[float]] = echo
+) -> tuple[Samples, Samples]:
+    """``count`` echoes each way after a warm-up, taken in turn (relay first, then direct first); ``timed`` times
+    one (a serial console's terminal has its own)."""
     for _ in range(WARMUP):
-        await echo(relayed)
-        await echo(direct)
+        await timed(relayed)
+        await timed(direct)
     through, straight = Samples("relay"), Samples("direct")
     for n in range(count):
         pair = [(through, relayed), (straight, direct)]
         for samples, viewer in pair if n % 2 == 0 else reversed(pair):
-            samples.seconds.append(await echo(viewer))
+            samples.seconds.append(await timed(viewer))
     return through, straight
 
 
-def keystroke_rows(through: Samples, straight: Samples) -> list[Row]:
+def keystroke_rows(through: Samples, straight: Samples, what: str = "keystroke to echo") -> list[Row]:
     count = len(through.seconds)
     added, added_p95 = through.median - straight.median, through.p95 - straight.p95
     return [
-        Row(f"keystroke to echo through the relay, p50 / p95 (n={count})", median_p95(through)),
-        Row(f"keystroke to echo straight to the proxy, p50 / p95 (n={count})", median_p95(straight)),
+        Row(f"{what} through the relay, p50 / p95 (n={count})", median_p95(through)),
+        Row(f"{what} straight to the proxy, p50 / p95 (n={count})", median_p95(straight)),
         Row(
-            "keystroke to echo: added by the relay at p50 / p95",
+            f"{what}: added by the relay at p50 / p95",
             f"{ms(added)} / {ms(added_p95)}",
             "<= 1 ms at p50",
             verdict(added <= 0.001, f"{ratio(through.median, straight.median)} / {ratio(through.p95, straight.p95)}"),

@@ -30,6 +30,8 @@ SERVERS = 24
 # Console token lifetimes (s): "steady" outlives the run; "expiring" has its upstream closed by the proxy.
 STEADY_TTL = 3600
 EXPIRING_TTL = 2
+# The stand-in cloud with serial consoles (and its serial proxy), ``python -m bench.serial``.
+SERIAL_CLOUD = "serial"
 # BROKER_MAX_CONSOLES_PER_USER for the bench's broker: more than --relay-idle ever asks for at full size.
 MAX_CONSOLES = 100_000
 
@@ -59,12 +61,15 @@ class RelayStack:
         jar = (client or self.client).http.cookies.get_dict()
         return "; ".join(f"{name}={value}" for name, value in jar.items())
 
-    def ticket(self, cloud: str, client: BrokerClient | None = None) -> tuple[str, str]:
-        """``POST /api/relay-tickets/<id>``: the relay's websocket URL and a fresh ticket."""
+    def ticket(
+        self, cloud: str, client: BrokerClient | None = None, server: str = "", kind: str = "novnc"
+    ) -> tuple[str, str]:
+        """``POST /api/relay-tickets/<id>?type=``: the relay's websocket URL and a fresh ticket (``server``: the
+        steady cloud's one unless named)."""
         client = client or self.client
         response = client.http.post(
-            f"{client.url}/api/relay-tickets/{self.server}",
-            params={"cloud": cloud},
+            f"{client.url}/api/relay-tickets/{server or self.server}",
+            params={"cloud": cloud, "type": kind},
             headers={"X-CSRFToken": client.csrf},
             timeout=30,
         )
@@ -142,6 +147,23 @@ def start_cloud(name: str, console_ttl: int, proxy_port: int, logdir: Path) -> F
     return FakeCloud(proc, f"http://127.0.0.1:{port}", procs.exported(proc.log))
 
 
+class SerialCloud(FakeCloud):
+    """The stand-in cloud of the serial figures: its clouds.yaml entry offers serial consoles, and only them."""
+
+    def clouds_yaml_entry(self) -> dict:
+        return super().clouds_yaml_entry() | {"console_types": ["serial"]}
+
+
+def start_serial_cloud(servers: int, logdir: Path) -> SerialCloud:
+    """``python -m bench.serial``: a stand-in cloud of ``servers`` running servers and its serial proxy, one process."""
+    port, proxy_port = procs.free_port(), procs.free_port()
+    argv = [sys.executable, "-m", "bench.serial", "--port", str(port), "--proxy-port", str(proxy_port)]
+    argv += ["--servers", str(servers), "--console-ttl", str(STEADY_TTL)]
+    proc = procs.spawn(SERIAL_CLOUD, argv, procs.clean_env(), logdir)
+    wait_for_line(proc, "ready", "stand-in cloud with serial consoles")
+    return SerialCloud(proc, f"http://127.0.0.1:{port}", procs.exported(proc.log))
+
+
 def wait_for_port(proc: Proc, port: int, what: str) -> None:
     def listening() -> bool:
         proc.check_alive()
@@ -155,14 +177,17 @@ def wait_for_port(proc: Proc, port: int, what: str) -> None:
         raise
 
 
-def start(stack: contextlib.ExitStack, workdir: Path) -> RelayStack:
-    """Proxy, clouds, broker (Procfile ``web:``) and relay (Procfile ``relay:``) in relay mode on a fresh SQLite."""
+def start(stack: contextlib.ExitStack, workdir: Path, serial_servers: int = 2) -> RelayStack:
+    """Proxy, clouds (one with ``serial_servers`` serial consoles), broker (Procfile ``web:``) and relay (Procfile
+    ``relay:``) in relay mode on a fresh SQLite."""
     proxy, proxy_port = start_proxy(workdir)
     stack.callback(proxy.stop)
     clouds = {}
     for name, ttl in (("steady", STEADY_TTL), ("expiring", EXPIRING_TTL)):
         clouds[name] = start_cloud(name, ttl, proxy_port, workdir)
         stack.callback(clouds[name].proc.stop)
+    clouds[SERIAL_CLOUD] = start_serial_cloud(serial_servers, workdir)
+    stack.callback(clouds[SERIAL_CLOUD].proc.stop)
     clouds_yaml = workdir / "clouds.yaml"
     procs.write_clouds_yaml(clouds, clouds_yaml)
     relay_port = procs.free_port()

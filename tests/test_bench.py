@@ -2,7 +2,7 @@
 
 The sections that start more brokers (cold first mint, two instances) are left to
 ``./dev bench --quick``, which runs everything in about three minutes; the relay part runs
-on a handful of keystrokes, updates and consoles, and one resume.
+on a handful of keystrokes, updates and consoles (graphical and serial), and one resume.
 """
 
 import os
@@ -62,6 +62,9 @@ def test_bench_prints_its_table(tmp_path):
         "one console's throughput",
         "reconnect gap",
         "5 idle consoles on one relay process",
+        "serial byte to echo: added by the relay",
+        "5 idle serial consoles, one per server, on one relay process",
+        "5 more browsers on one server's serial console",
         "relay first frame vs bare noVNC page",
     ):
         assert metric in relay
