@@ -89,6 +89,7 @@ RELEASES = {
     "2-create_all": None,  # stop 14: sign-in sessions, unique lower(username)
     "3-0004": "0004",  # stop 15: migrations, identity sources, relay
     "4-0005": "0005",  # stop 16: pins, power
+    "5-0008": "0008",  # stop 26: seen_at, instances, single-use tokens
 }
 
 
@@ -153,6 +154,18 @@ def add_old_rows(url: str) -> None:
             connection.execute(
                 text("INSERT INTO user_sessions (id, user_id, started_at) VALUES ('s-olga', 1, :now)"), {"now": now}
             )
+            if "seen_at" in {column["name"] for column in inspect(connection).get_columns("user_sessions")}:
+                # Releases since 0006 write a session's last use with it.
+                connection.execute(text("UPDATE user_sessions SET seen_at = :now"), {"now": now})
+        if "live_consoles" in present:
+            connection.execute(
+                text(
+                    "INSERT INTO live_consoles (user_id, username, session_id, server_id, server_name, cloud, client, "
+                    "instance, started_at, seen_at, to_cloud, to_browser) VALUES (2, 'ivan', 's', 's1', 'web-01', "
+                    "'prod', '10.0.0.2', 'relay-a:1', :now, :now, 0, 0)"
+                ),
+                {"now": now},
+            )
         if "pins" in present:
             connection.execute(
                 text("INSERT INTO pins (user_id, cloud, server_id, created_at) VALUES (2, 'prod', 's1', :now)"),
@@ -214,8 +227,10 @@ def test_every_releases_database_is_refused_at_start_then_upgraded_in_place_with
     with engine.begin() as connection:
         if made_by:  # a release that kept them: still there, and the one live session still live
             assert connection.execute(text("SELECT seen_at IS NOT NULL FROM user_sessions")).scalar_one()
-        if made_by == "0005":
+        if made_by in ("0005", "0008"):
             assert connection.execute(text("SELECT user_id, server_id FROM pins")).one() == (2, "s1")
+        if made_by:  # a console live at the upgrade was graphical, the only kind there was
+            assert connection.execute(text("SELECT username, kind FROM live_consoles")).one() == ("ivan", "novnc")
         # Rule numbers are never reused, whatever release made the table: the audit trail names rules by number.
         connection.execute(text("DELETE FROM access_rules WHERE id = 7"))
         connection.execute(
@@ -521,6 +536,29 @@ def test_single_use_tokens_replace_the_ticket_and_confirmation_tables_and_a_down
     ticket = ["digest", "user_id", "session_id", "server_id", "server_name", "cloud", "origin", "expires_at", "used_at"]
     confirmation = ["digest", "user_id", "session_id", "server_id", "cloud", "action", "expires_at", "used_at"]
     assert (columns["relay_tickets"], columns["power_confirmations"]) == (ticket, confirmation)
+    engine.dispose()
+    assert flask(database, "db", "upgrade").returncode == 0
+    assert revision(database) == HEAD
+
+
+def test_live_consoles_say_their_kind_and_a_downgrade_drops_only_that(database):
+    assert flask(database, "db", "upgrade").returncode == 0
+    engine = create_engine(database)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO live_consoles (user_id, username, session_id, server_id, server_name, cloud, client, "
+                "instance, started_at, seen_at, to_cloud, to_browser, kind) VALUES (2, 'ivan', 's', 's1', 'web-01', "
+                "'prod', '10.0.0.2', 'relay-a:1', :now, :now, 0, 0, 'serial')"
+            ),
+            {"now": now},
+        )
+    done = flask(database, "db", "downgrade", "0008")
+    assert done.returncode == 0, done.stderr
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT username, server_id FROM live_consoles")).one() == ("ivan", "s1")
+    assert "kind" not in {column["name"] for column in inspect(engine).get_columns("live_consoles")}
     engine.dispose()
     assert flask(database, "db", "upgrade").returncode == 0
     assert revision(database) == HEAD

@@ -31,6 +31,8 @@ class LiveConsole(db.Model):
     server_id: Mapped[str] = mapped_column(String(64))
     server_name: Mapped[str] = mapped_column(String(255), default="")
     cloud: Mapped[str] = mapped_column(String(64))
+    # novnc (graphical) or serial.
+    kind: Mapped[str] = mapped_column(String(16), default="novnc", server_default="novnc")
     client: Mapped[str] = mapped_column(String(64), default="")
     # host:pid of the relay process carrying it.
     instance: Mapped[str] = mapped_column(String(128), index=True)

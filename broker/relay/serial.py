@@ -67,6 +67,8 @@ MAX_BACKLOG = 64 * 1024
 MAX_PENDING = 1 << 20
 # Close code for a browser let go for falling behind (RFC 6455 "try again later").
 TRY_AGAIN = 1013
+# How a list of who is connected starts, as json.dumps writes it.
+PEOPLE = '{"people": '
 # A serial console is one per server: (cloud, server ID).
 Key = tuple[str, str]
 
@@ -417,17 +419,29 @@ class Viewer:
 
     def deliver(self, data: bytes) -> None:
         """Output for this browser, sent by its own task: a browser that falls behind holds up no one else."""
-        if not data:
-            return
-        self._outbox.append(data)
-        self._pending += len(data)
-        if self._pending > MAX_PENDING:
-            self.stop(Ended(TRY_AGAIN, "Too slow to keep up", "the browser could not keep up with the console"))
-        self._wake.set()
+        if data:
+            self._queue(data)
 
     def tell(self, status: dict) -> None:
-        """A status message (JSON text) for this browser, in order with its output."""
-        self._outbox.append(json.dumps(status))
+        """A status message (JSON text) for this browser, in order with its output.
+
+        Only the newest list of people waits to be sent: a burst of joins sends each browser the
+        list as it ends, not every list on the way, and a browser that stops reading is let go
+        for these as for output.
+        """
+        message = json.dumps(status)
+        if "people" in status:
+            stale = [item for item in self._outbox if isinstance(item, str) and item.startswith(PEOPLE)]
+            for item in stale:
+                self._outbox.remove(item)
+                self._pending -= len(item)
+        self._queue(message)
+
+    def _queue(self, item: bytes | str) -> None:
+        self._outbox.append(item)
+        self._pending += len(item)
+        if self._pending > MAX_PENDING:
+            self.stop(Ended(TRY_AGAIN, "Too slow to keep up", "the browser could not keep up with the console"))
         self._wake.set()
 
     async def _to_browser(self) -> None:

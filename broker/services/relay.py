@@ -131,6 +131,7 @@ class Live:
     to_cloud: int
     to_browser: int
     ending: bool
+    kind: str = "novnc"
 
 
 def open_consoles(user_id: int) -> int:
@@ -305,6 +306,7 @@ def _live_row(ticket: Ticket, client: str, instance: str, server_name: str, **co
         cloud=ticket.cloud,
         client=client[:64],
         instance=instance[:128],
+        kind=ticket.kind,
         **columns,
     )
 
@@ -481,6 +483,7 @@ def listing() -> list[Live]:
             row.to_cloud,
             row.to_browser,
             bool(row.end_requested_by),
+            row.kind,
         )
         for row in rows
     ]

@@ -261,3 +261,22 @@ def test_a_browser_whose_rights_went_is_ended_alone(app):
     goes, port = run(scenario())
     assert goes.websocket.close_code == 4403
     assert len(port.connections) == 1
+
+
+def test_a_burst_of_joins_leaves_one_list_of_people_waiting_per_browser(app):
+    fakes = FakeServices(app)
+
+    async def scenario():
+        async with serial_relay(fakes) as (relay, port):
+            first = await Terminal.open(fakes, relay)
+            await eventually(lambda: first.people() == ["agent"])
+            serial = next(iter(relay.serials.values()))
+            [viewer] = serial.viewers
+            for n in range(50):  # as if 50 browsers joined before this one's sender ran
+                viewer.tell({"people": ["agent"] * (n + 2)})
+            waiting = [item for item in viewer._outbox if isinstance(item, str)]
+            await eventually(lambda: first.people() == ["agent"] * 51)
+            return waiting
+
+    waiting = run(scenario())
+    assert len(waiting) == 1

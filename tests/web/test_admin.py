@@ -450,13 +450,15 @@ def test_an_external_users_role_cannot_be_posted_into_something_else(admin, auth
 # -- live consoles (relay mode) ------------------------------------------------------------
 
 
-def live_console(app, username: str = "agent", server_name: str = "web-<01>") -> int:
+def live_console(app, username: str = "agent", server_name: str = "web-<01>", kind: str = "novnc") -> int:
     """A console as a relay would have registered it."""
     with app.app_context():
         user = users.find(username)
         db.session.add(UserSession(id=f"sid-{username}", user_id=user.id))
         db.session.commit()
-        ticket = relay.Ticket(user.id, username, f"sid-{username}", "srv-1", server_name, "lab", "http://localhost")
+        ticket = relay.Ticket(
+            user.id, username, f"sid-{username}", "srv-1", server_name, "lab", "http://localhost", kind
+        )
         row_id = relay.opened(ticket, client="192.0.2.9", instance="relay-host:4242")
         relay.report([report_of(row_id, ticket, to_cloud=2048, to_browser=3 * 1024 * 1024)], LIMITS)
         db.session.commit()  # as the relay host commits each call
@@ -481,6 +483,13 @@ def test_live_consoles_are_listed_with_who_where_and_how_much(admin, app):
     assert cells[:8] == ["agent", "web-<01>", "lab", cells[3], "2.0 kB", "3.1 MB", "192.0.2.9", "relay-host:4242"]
     assert "<01>" not in str(row).replace("&lt;01&gt;", "")  # escaped, like everything from upstream
     assert row.select_one("button.end-session")["aria-label"] == "End the console of web-<01> opened by agent"
+
+
+def test_a_serial_console_is_marked_as_one(admin, app):
+    live_console(app, kind="serial")
+    page = BeautifulSoup(admin.get("/admin/sessions").get_data(as_text=True), "html.parser")
+    [row] = page.select("#live-consoles tbody tr")
+    assert row.find_all("td")[1].get_text(" ", strip=True) == "web-<01> (serial)"
 
 
 def test_end_session_asks_the_relay_to_close_it_ends_that_sign_in_and_is_audited(admin, auth, app):
