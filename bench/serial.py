@@ -300,7 +300,7 @@ def running_servers(count: int) -> list[Server]:
 
 async def serve_proxy(cloud: FakeCloud, port: int) -> None:
     """The serial proxy on ``port`` until SIGTERM; ``ready <port>`` once it listens."""
-    proxy = serialproxy.SerialProxy(functools.partial(lookup_for, cloud))
+    proxy = serialproxy.SerialProxy(functools.partial(lookup_for, cloud, kind="serial"))
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -34,9 +34,9 @@ SECRET = "stand-in"
 EXPIRED = "Target closed"
 
 
-def lookup_for(cloud: FakeCloud, token: str) -> consoleproxy.Grant | None:
-    """The grant of a console token any stand-in cloud of this size signed (its expiry enforced)."""
-    server = cloud.check_console_token(token)
+def lookup_for(cloud: FakeCloud, token: str, kind: str = "vnc") -> consoleproxy.Grant | None:
+    """The grant of a console token of ``kind`` any stand-in cloud of this size signed (its expiry enforced)."""
+    server = cloud.check_console_token(token, kind)
     return consoleproxy.Grant(server.name, cloud.console_token_expiry(token)) if server else None
 
 

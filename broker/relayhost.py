@@ -177,9 +177,9 @@ def demo_mounts(app: Flask, host: str, port: int) -> dict[str, Mount]:
 
     fake.serial_base = f"ws://{own}:{port}{serialproxy.PATH.rstrip('/')}"
 
-    def lookup(token: str) -> demo.consoleproxy.Grant | None:
-        server = fake.check_console_token(token)
+    def lookup(token: str, kind: str = "vnc") -> demo.consoleproxy.Grant | None:
+        server = fake.check_console_token(token, kind)
         return proxy.Grant(server.name, fake.console_token_expiry(token)) if server else None
 
-    serial = serialproxy.SerialProxy(lookup)
+    serial = serialproxy.SerialProxy(functools.partial(lookup, kind="serial"))
     return {proxy.PATH: functools.partial(proxy.handle, lookup=lookup), serialproxy.PATH: serial.handle}

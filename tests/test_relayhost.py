@@ -244,3 +244,8 @@ def test_on_the_demo_cloud_the_relay_also_serves_its_console_proxies(tmp_path):
     granted = lookup(token)
     assert (granted.server, granted.expires_at) == (server.name, fake.console_token_expiry(token))
     assert lookup("made-up") is None
+    # Each proxy takes only its own kind of token, as Nova's do.
+    serial = mounts["/demo-serial/"].__self__.lookup
+    serial_token = fake.issue_console_token(server, "serial")
+    assert serial(serial_token).server == server.name
+    assert serial(token) is None and lookup(serial_token) is None

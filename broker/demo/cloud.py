@@ -302,21 +302,22 @@ class FakeCloud:
             data and data.get("k") == "auth" and data.get("g") == self.token_generation and data["exp"] > time.time()
         )
 
-    def issue_console_token(self, server: Server) -> str:
+    def issue_console_token(self, server: Server, kind: str = "vnc") -> str:
+        """A signed console token of ``kind`` ("vnc" or "serial"): as in Nova, each proxy takes only its own."""
         nonce = uuid.uuid4().hex[:12]
-        return self._sign({"k": "vnc", "s": server.id, "exp": time.time() + self.console_ttl, "n": nonce})
+        return self._sign({"k": kind, "s": server.id, "exp": time.time() + self.console_ttl, "n": nonce})
 
-    def check_console_token(self, token: str) -> Server | None:
-        """The server a console token opens, or None when unknown or expired."""
+    def check_console_token(self, token: str, kind: str = "vnc") -> Server | None:
+        """The server a console token of ``kind`` opens, or None when unknown, of another kind or expired."""
         data = self._unsign(token or "")
-        if not data or data.get("k") != "vnc" or data["exp"] <= time.time():
+        if not data or data.get("k") != kind or data["exp"] <= time.time():
             return None
         return self.servers.get(data["s"])
 
     def console_token_expiry(self, token: str) -> float | None:
         """When a console token this cloud signed expires (epoch seconds), for a proxy that enforces it."""
         data = self._unsign(token or "")
-        return data["exp"] if data and data.get("k") == "vnc" else None
+        return data["exp"] if data and data.get("k") in ("vnc", "serial") else None
 
     def serve_consoles_at(self, base: str, websocket_path: str) -> None:
         """Console URLs name this proxy (the demo relay's own) whatever request minted them."""
@@ -640,7 +641,7 @@ class FakeCloud:
 
     def mint_serial_url(self, server: Server) -> str:
         """A serial console URL as nova-serialproxy's are: its websocket, the token in the query."""
-        token = self.issue_console_token(server)
+        token = self.issue_console_token(server, "serial")
         register = self.on_serial_console or self.on_console
         if register:
             register(token, server, self.console_ttl)

@@ -56,7 +56,9 @@ def test_mints_a_serial_console_as_nova_serialproxy_websocket(compute, fake):
     console = compute.create_console(server_id(1), "serial")
     assert console.url.startswith("ws://127.0.0.1:6083/?token=")
     assert (console.type, console.protocol) == ("serial", "serial")
-    assert fake.check_console_token(console.url.rpartition("=")[2]).name == "web-01"
+    token = console.url.rpartition("=")[2]
+    assert fake.check_console_token(token, "serial").name == "web-01"
+    assert fake.check_console_token(token) is None  # a serial token opens no graphical console
 
 
 def test_a_serial_console_below_26_comes_from_the_legacy_action(compute, fake):
