@@ -56,7 +56,8 @@ SIGNED_OUT = 4401
 NOT_ALLOWED = 4403
 NOT_RUNNING = 4409
 ENDED_BY_ADMIN = 4410
-NO_GRAPHICAL_CONSOLE = 4501
+# The cloud has no console of this type for the server (Nova's 400 "VNC disabled"): the page offers another.
+NO_CONSOLE = 4501
 UNREACHABLE = 4502
 DATABASE_UNAVAILABLE = 4503
 # The reason sent with each code, which the viewer may show.
@@ -65,7 +66,7 @@ REASONS = {
     SIGNED_OUT: "Sign in again",
     NOT_ALLOWED: "No server with this ID that you may open",
     ENDED_BY_ADMIN: "Ended by an administrator",
-    NO_GRAPHICAL_CONSOLE: "The cloud has no graphical console for this server",
+    NO_CONSOLE: "The cloud has no graphical console for this server",
     UNREACHABLE: "The cloud's console is unreachable",
     DATABASE_UNAVAILABLE: "The broker's database is unavailable",
 }
@@ -374,7 +375,7 @@ class Console:
             except errors.ConsoleUnavailable as exc:
                 # Nova's 400 "VNC disabled" and the like: the page offers the serial console instead.
                 self.tries += 1
-                raise ended(NO_GRAPHICAL_CONSOLE, exc.message) from None
+                raise ended(NO_CONSOLE, exc.message) from None
             except PERMANENT as exc:
                 self.tries += 1
                 raise ended(UNREACHABLE, getattr(exc, "message", None) or str(exc)) from None
@@ -435,7 +436,7 @@ class Console:
         try:
             upstream = await self._retrying(self._open, budget=max(0.0, expiry - loop.time()))
         except Ended as end:
-            if end.code not in (UNREACHABLE, NO_GRAPHICAL_CONSOLE, DATABASE_UNAVAILABLE):
+            if end.code not in (UNREACHABLE, NO_CONSOLE, DATABASE_UNAVAILABLE):
                 raise  # the server stopped, the session ended, or the user may no longer open it
             # The cloud cannot give a new side now: keep the one that works; a cut is resumed as any other.
             log.info(

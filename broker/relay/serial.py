@@ -32,6 +32,7 @@ from broker.relay.console import BACK
 from broker.relay.console import DATABASE_UNAVAILABLE
 from broker.relay.console import GOING_AWAY
 from broker.relay.console import INTERNAL_ERROR
+from broker.relay.console import NO_CONSOLE
 from broker.relay.console import NOT_ALLOWED
 from broker.relay.console import NOT_RUNNING
 from broker.relay.console import PERMANENT
@@ -290,6 +291,9 @@ class Serial:
             try:
                 async with asyncio.timeout_at(deadline):
                     return await attempt()
+            except errors.ConsoleUnavailable as exc:
+                # Nova's 400 for a host without [serial_console] enabled: trying again cannot help.
+                raise Ended(NO_CONSOLE, "The cloud has no serial console for this server", exc.message) from None
             except PERMANENT as exc:
                 raise ended(UNREACHABLE, getattr(exc, "message", None) or str(exc)) from None
             except (errors.CloudError, UpstreamError) as exc:
@@ -496,7 +500,8 @@ class Viewer:
                 minted = f"{self.mints} console URL{'s' if self.mints != 1 else ''} minted"
                 reason = f"serial console: {ending.audit}; {minted}"
                 await self.carrier.closed(row_id, reason, self.to_cloud, self.to_browser)
-            elif ending.code not in (NOT_ALLOWED, GOING_AWAY):
+            elif self.mints or self.serial.failure is not None:
+                # A browser that left before the console opened asked the cloud nothing of its own.
                 await self.carrier.failed(self.ticket, f"serial console: {ending.audit}")
         except Exception:
             log.exception("console %s: its record could not be written", self.describe(), **self._log())

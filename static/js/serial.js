@@ -25,6 +25,7 @@ const GIVE_UP_MS = 5 * 60 * 1000;
 const SIGNED_OUT = 4401;
 const FINAL = {
   4403: "You may no longer open this server.",
+  4501: "The cloud has no serial console for this server.",
   4409: "The server is not running.",
   4410: "An administrator ended this console.",
 };

@@ -19,6 +19,7 @@ from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
 from broker import state
+from broker.cloud import errors
 from broker.demo.consoleproxy import Grant
 from broker.demo.serialproxy import SerialProxy
 from broker.relay.console import Retry
@@ -280,3 +281,23 @@ def test_a_burst_of_joins_leaves_one_list_of_people_waiting_per_browser(app):
 
     waiting = run(scenario())
     assert len(waiting) == 1
+
+
+def test_a_cloud_without_a_serial_console_for_the_server_ends_it_for_good(app):
+    fakes = FakeServices(app)
+    fakes.mint_errors.append(errors.ConsoleUnavailable("Unavailable console type serial."))
+
+    async def scenario():
+        async with serial_relay(fakes) as (relay, port):
+            terminal = await Terminal.open(fakes, relay)
+            await terminal.reader
+            return terminal
+
+    terminal = run(scenario())
+    assert (terminal.websocket.close_code, terminal.websocket.close_reason) == (
+        4501,
+        "The cloud has no serial console for this server",
+    )
+    assert len(fakes.mints) == 1  # not tried again
+    [failed] = fakes.failed
+    assert failed["reason"] == "serial console: Unavailable console type serial."
