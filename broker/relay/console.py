@@ -43,6 +43,7 @@ from broker.services.relay import SessionOver
 from broker.services.relay import Ticket
 
 if TYPE_CHECKING:
+    from broker.relay.serial import Viewer
     from broker.relay.server import Admission
 
 log = logging.getLogger(__name__)
@@ -182,18 +183,7 @@ class Console:
 
     def report(self, instance: str) -> LiveReport:
         """What the relay's poll tells the broker of this console."""
-        server = self.confirmed or ServerInfo(self.ticket.server_id, self.server_name, "", self.ticket.cloud)
-        return LiveReport(
-            self.row_id,
-            self.ticket,
-            server,
-            self.admission.caller.client,
-            instance,
-            self.started_at,
-            self.to_cloud,
-            self.to_browser,
-            self.used_at,
-        )
+        return live_report(self, self.confirmed, instance)
 
     def describe(self) -> str:
         """The console in a log line: server, cloud and user (never a URL)."""
@@ -362,29 +352,12 @@ class Console:
             await self._to_browser(data)
 
     async def _retrying(self, attempt: Callable[[], Awaitable[Upstream]], budget: float | None = None) -> Upstream:
-        """``attempt`` until it gives an upstream: quick tries, then backing off, all within the retry budget."""
-        retry = self.carrier.retry
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(retry.budget, budget if budget is not None else retry.budget)
-        failures = 0
-        failure = "timed out"
-        while True:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    return await attempt()
-            except errors.ConsoleUnavailable as exc:
-                # Nova's 400 "VNC disabled" and the like: the page offers the serial console instead.
-                self.tries += 1
-                raise ended(NO_CONSOLE, exc.message) from None
-            except PERMANENT as exc:
-                self.tries += 1
-                raise ended(UNREACHABLE, getattr(exc, "message", None) or str(exc)) from None
-            except (errors.CloudError, UpstreamError) as exc:
-                failure = getattr(exc, "message", None) or str(exc)
-            except TimeoutError:
-                pass  # the budget ran out during a try: the failure before it says more
-            failures += 1
-            self.tries += 1
+        """``attempt`` until it gives an upstream (see ``retrying``); each try counted in the console's record."""
+        return await retrying(attempt, self.carrier.retry, budget, self._tried, REASONS[NO_CONSOLE])
+
+    def _tried(self, failure: str | None, failures: int) -> None:
+        self.tries += 1
+        if failure is not None:
             log.warning(
                 "console %s: the cloud's console could not be opened (try %d): %s",
                 self.describe(),
@@ -392,10 +365,6 @@ class Console:
                 failure,
                 **self._log(),
             )
-            delay = retry.delay(failures)
-            if loop.time() + delay >= deadline:
-                raise ended(UNREACHABLE, f"the cloud's console could not be reached ({failures} tries): {failure}")
-            await asyncio.sleep(delay)
 
     async def _open(self) -> Upstream:
         """Mint a console URL (authorized and audited as any mint) and open its proxy's websocket."""
@@ -577,6 +546,64 @@ class Console:
     def _log(self) -> dict[str, Any]:
         """Keyword arguments that give a log line this console's request ID."""
         return {"extra": {"request_id": self.admission.caller.request_id}}
+
+
+async def retrying(
+    attempt: Callable[[], Awaitable[Upstream]],
+    retry: Retry,
+    budget: float | None,
+    tried: Callable[[str | None, int], None],
+    no_console: str,
+) -> Upstream:
+    """``attempt`` until it gives an upstream: quick tries, then backing off, all within the retry budget.
+
+    ``tried(failure, failures)`` hears of each failed try (``failure`` None for one that ends the
+    tries at once). A cloud that has no console of this type for the server ends with NO_CONSOLE and
+    ``no_console`` for the page (Nova's 400 "VNC disabled": the page offers another type instead);
+    another failure no retry can mend, with UNREACHABLE.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(retry.budget, budget if budget is not None else retry.budget)
+    failures = 0
+    failure = "timed out"
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await attempt()
+        except errors.ConsoleUnavailable as exc:
+            tried(None, failures)
+            raise Ended(NO_CONSOLE, no_console, exc.message) from None
+        except PERMANENT as exc:
+            tried(None, failures)
+            raise ended(UNREACHABLE, getattr(exc, "message", None) or str(exc)) from None
+        except (errors.CloudError, UpstreamError) as exc:
+            failure = getattr(exc, "message", None) or str(exc)
+        except TimeoutError:
+            pass  # the budget ran out during a try: the failure before it says more
+        failures += 1
+        tried(failure, failures)
+        delay = retry.delay(failures)
+        if loop.time() + delay >= deadline:
+            raise ended(UNREACHABLE, f"the cloud's console could not be reached ({failures} tries): {failure}")
+        await asyncio.sleep(delay)
+
+
+def live_report(console: Console | Viewer, server: ServerInfo | None, instance: str) -> LiveReport:
+    """What the relay's poll tells the broker of a browser's console (a graphical one, or a browser on a
+    serial one): ``server`` as its last mint found it."""
+    ticket = console.ticket
+    server = server or ServerInfo(ticket.server_id, ticket.server_name, "", ticket.cloud)
+    return LiveReport(
+        console.row_id,
+        ticket,
+        server,
+        console.admission.caller.client,
+        instance,
+        console.started_at,
+        console.to_cloud,
+        console.to_browser,
+        console.used_at,
+    )
 
 
 def why(cause: BaseException) -> str:

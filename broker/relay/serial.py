@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable
 from collections.abc import Callable
 from datetime import UTC
 from datetime import datetime
@@ -32,10 +33,8 @@ from broker.relay.console import BACK
 from broker.relay.console import DATABASE_UNAVAILABLE
 from broker.relay.console import GOING_AWAY
 from broker.relay.console import INTERNAL_ERROR
-from broker.relay.console import NO_CONSOLE
 from broker.relay.console import NOT_ALLOWED
 from broker.relay.console import NOT_RUNNING
-from broker.relay.console import PERMANENT
 from broker.relay.console import PROTOCOL_ERROR
 from broker.relay.console import ROTATE_BEFORE
 from broker.relay.console import SIGNED_OUT
@@ -45,6 +44,8 @@ from broker.relay.console import Carrier
 from broker.relay.console import Ended
 from broker.relay.console import Retry
 from broker.relay.console import ended
+from broker.relay.console import live_report
+from broker.relay.console import retrying
 from broker.relay.console import why
 from broker.relay.upstream import Upstream
 from broker.relay.upstream import UpstreamError
@@ -70,6 +71,8 @@ MAX_PENDING = 1 << 20
 TRY_AGAIN = 1013
 # How a list of who is connected starts, as json.dumps writes it.
 PEOPLE = '{"people": '
+# What the page is told when the cloud has no serial console for the server (Nova's 400).
+NO_SERIAL_CONSOLE = "The cloud has no serial console for this server"
 # A serial console is one per server: (cloud, server ID).
 Key = tuple[str, str]
 
@@ -280,32 +283,13 @@ class Serial:
                 self.viewers.remove(viewer)
         raise ended(GOING_AWAY, "nobody is left on the console")
 
-    async def _retrying(self, attempt: Callable[[], Any], budget: float | None = None) -> Upstream:
+    async def _retrying(self, attempt: Callable[[], Awaitable[Upstream]], budget: float | None = None) -> Upstream:
         """``attempt`` until it gives an upstream, as a graphical console retries (quick, then backing off)."""
-        retry = self.retry
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(retry.budget, budget if budget is not None else retry.budget)
-        failures = 0
-        failure = "timed out"
-        while True:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    return await attempt()
-            except errors.ConsoleUnavailable as exc:
-                # Nova's 400 for a host without [serial_console] enabled: trying again cannot help.
-                raise Ended(NO_CONSOLE, "The cloud has no serial console for this server", exc.message) from None
-            except PERMANENT as exc:
-                raise ended(UNREACHABLE, getattr(exc, "message", None) or str(exc)) from None
-            except (errors.CloudError, UpstreamError) as exc:
-                failure = getattr(exc, "message", None) or str(exc)
-            except TimeoutError:
-                pass
-            failures += 1
+        return await retrying(attempt, self.retry, budget, self._tried, NO_SERIAL_CONSOLE)
+
+    def _tried(self, failure: str | None, failures: int) -> None:
+        if failure is not None:
             log.warning("%s: the cloud's side could not be opened (try %d): %s", self.describe(), failures, failure)
-            delay = retry.delay(failures)
-            if loop.time() + delay >= deadline:
-                raise ended(UNREACHABLE, f"the cloud's console could not be reached ({failures} tries): {failure}")
-            await asyncio.sleep(delay)
 
     async def _rotate(self) -> None:
         """Before the token expires: open the next side, then close this one, so the terminal never shows a cut.
@@ -318,7 +302,7 @@ class Serial:
         try:
             upstream = await self._retrying(self._open, budget=max(0.0, expiry - loop.time()))
         except Ended as end:
-            if end.code not in (UNREACHABLE, DATABASE_UNAVAILABLE):
+            if end.code not in (UNREACHABLE, NO_CONSOLE, DATABASE_UNAVAILABLE):
                 raise
             log.info("%s: no new side before expiry (%s); keeping this one", self.describe(), end.audit)
             return
@@ -375,19 +359,7 @@ class Viewer:
 
     def report(self, instance: str) -> LiveReport:
         """What the relay's poll tells the broker of this browser's console."""
-        ticket = self.ticket
-        server = self.serial.confirmed or ServerInfo(ticket.server_id, ticket.server_name, "", ticket.cloud)
-        return LiveReport(
-            self.row_id,
-            self.ticket,
-            server,
-            self.admission.caller.client,
-            instance,
-            self.started_at,
-            self.to_cloud,
-            self.to_browser,
-            self.used_at,
-        )
+        return live_report(self, self.serial.confirmed, instance)
 
     async def run(self) -> None:
         """Join the server's serial console and carry this browser's side until it ends; then its record."""
