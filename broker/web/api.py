@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
 from urllib.parse import urlsplit
 
 from flask import Blueprint
@@ -87,7 +88,12 @@ def relay_ticket(server_id: str):
         abort(400, description=f"Consoles of cloud {server.cloud} open in the cloud's own page, not through the relay.")
     limit = state.settings().max_consoles_per_user
     ticket = relay.issue(current_user, sessions.current_id(), server, page_origin(), limit, kind)
-    body = {"ticket": ticket, "url": relay_url(), "expires_in": relay.TICKET_TTL, "server": server.to_json()}
+    url = relay_url()
+    if kind == "serial":
+        # Names the console for a load balancer in front of several relays, which must send every
+        # browser on one server's serial console to the same relay (docs/deploy.md, "The relay").
+        url += "?" + urlencode({"serial": f"{server.cloud}/{server.id}"})
+    body = {"ticket": ticket, "url": url, "expires_in": relay.TICKET_TTL, "server": server.to_json()}
     return no_store(jsonify(body), 201)
 
 

@@ -467,7 +467,7 @@ def test_a_serial_ticket_goes_through_the_relay_even_for_an_iframe_cloud(relay_a
     response = relay_api(server_id(1), query_string={"cloud": "lab", "type": "serial"})
     assert response.status_code == 201
     body = response.get_json()
-    assert body["url"] == "ws://localhost/relay" and body["server"]["id"] == server_id(1)
+    assert body["url"] == f"ws://localhost/relay?serial=lab%2F{server_id(1)}" and body["server"]["id"] == server_id(1)
     with app.app_context():
         [row] = db.session.scalars(select(SingleUseToken)).all()
         # A serial ticket is a token of its own purpose: it never opens a graphical console.
