@@ -33,6 +33,7 @@ from broker.relay.console import BACK
 from broker.relay.console import DATABASE_UNAVAILABLE
 from broker.relay.console import GOING_AWAY
 from broker.relay.console import INTERNAL_ERROR
+from broker.relay.console import NO_CONSOLE
 from broker.relay.console import NOT_ALLOWED
 from broker.relay.console import NOT_RUNNING
 from broker.relay.console import PROTOCOL_ERROR
