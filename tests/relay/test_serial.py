@@ -301,3 +301,23 @@ def test_a_cloud_without_a_serial_console_for_the_server_ends_it_for_good(app):
     assert len(fakes.mints) == 1  # not tried again
     [failed] = fakes.failed
     assert failed["reason"] == "serial console: Unavailable console type serial."
+
+
+def test_a_fresh_side_the_cloud_will_not_give_before_expiry_keeps_the_one_that_works(app):
+    fakes = FakeServices(app)
+    fakes.expires_in = 1
+
+    async def scenario():
+        async with serial_relay(fakes) as (relay, port):
+            terminal = await Terminal.open(fakes, relay)
+            await eventually(lambda: terminal.people() == ["agent"])
+            fakes.mint_errors.append(errors.ConsoleUnavailable("Unavailable console type serial."))
+            # The rotation's try is refused; a side cut at expiry would be resumed as any other.
+            await eventually(lambda: len(fakes.mints) == 2, timeout=5)
+            await terminal.type("echo still-on-the-old-side\r")
+            await eventually(lambda: "still-on-the-old-side\r\n" in terminal.text)
+            return terminal, port
+
+    terminal, port = run(scenario(), timeout=20)
+    assert terminal.websocket.close_code is None  # nothing ended it
+    assert len(port.connections) == 1
