@@ -11,7 +11,6 @@ one, and each browser keeps a record of its own (connected, disconnected, why).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable
@@ -215,12 +214,8 @@ class Serial:
         old.abort()
 
     async def _close_upstream(self) -> None:
-        upstream, self.upstream = self.upstream, None
-        if upstream is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(SWITCH_CLOSE_TIMEOUT):
-                    await upstream.close()
-            upstream.abort()
+        if self.upstream is not None:
+            await self._hand_over()
 
     async def _carry(self) -> None:
         """The server's bytes to every browser and into the history; the side replaced before expiry, resumed

@@ -141,19 +141,13 @@ function open(ticket) {
   }
   socket.binaryType = "arraybuffer";
   state.socket = socket;
-  let first = true;
+  // A new connection starts with what the server printed so far (the relay's history): it replaces
+  // what the terminal showed.
+  socket.addEventListener("open", () => socket === state.socket && terminal.reset());
   socket.addEventListener("message", (event) => {
     if (socket !== state.socket) return;
-    if (typeof event.data === "string") {
-      told(JSON.parse(event.data));
-      return;
-    }
-    if (first) {
-      // A new connection starts with what the server printed so far: it replaces what was shown.
-      terminal.reset();
-      first = false;
-    }
-    terminal.write(new Uint8Array(event.data));
+    if (typeof event.data === "string") told(JSON.parse(event.data));
+    else terminal.write(new Uint8Array(event.data));
   });
   socket.addEventListener("close", (event) => socket === state.socket && closed(event));
 }
