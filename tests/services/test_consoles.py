@@ -148,7 +148,8 @@ def console_records() -> list[AuditRecord]:
 )
 def test_a_mint_from_an_out_of_date_list_rereads_the_server(service, fake, clock, budget, ctx, upstream, outcome):
     grant("agent", "lab", "web-*")
-    assert "web-01" in [s.name for s in service.overview(agent()).servers]
+    # The first list, however long a loaded machine takes to walk it (each look waits at most cold_wait).
+    wait_until(lambda: "web-01" in [s.name for s in service.overview(agent()).servers], timeout=10)
     fake.faults.malformed.add("list")  # every refresh of the list fails from now on
     clock.now = 100  # long past the cache lifetime
     if upstream == "renamed out of the rule":
