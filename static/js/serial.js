@@ -215,6 +215,14 @@ serverControls(page, {
   running: () => state.phase !== "live" && reconnectNow(),
   lost: (message) => showNotice(message, { dismiss: true }),
 });
+// Every key in the terminal belongs to the server's shell, Tab included (completion); F6 is the way
+// out to the toolbar, so a keyboard never gets stuck in it (the page says so to screen readers).
+terminal.attachCustomKeyEventHandler((event) => {
+  if (event.key !== "F6") return true;
+  event.preventDefault();
+  if (event.type === "keydown") $("toolbar").querySelector("a, button").focus();
+  return false;
+});
 terminal.onData(typed);
 new ResizeObserver(() => fit.fit()).observe($("screen"));
 $("reconnect").addEventListener("click", reconnectNow);

@@ -85,6 +85,12 @@ def console_live(page: Page) -> None:
     wait_connected(page)
 
 
+def serial_live(page: Page) -> None:
+    """The serial console (xterm.js on the relay), connected."""
+    page.goto("/console/web-01/serial")
+    expect(page.locator("#console")).to_have_attribute("data-state", "live", timeout=15000)
+
+
 def console_not_running(page: Page) -> None:
     page.goto("/console/batch-01")
     expect(page.locator("#console")).to_have_attribute("data-state", "not-running")
@@ -137,6 +143,7 @@ STATES = {
     "list-panel": (AGENT, server_panel),
     "console-live": (AGENT, console_live),
     "console-details": (AGENT, console_details),
+    "serial-live": (AGENT, serial_live),
     "console-not-running": (AGENT, console_not_running),
     "console-power-dialog": (AGENT, power_dialog),
     "chooser": (AGENT, chooser),
@@ -203,7 +210,8 @@ FOCUSED_JS = """() => {
   if (!el || el === document.body || el.tagName === "IFRAME") return null;
   if (el.dataset.tabStop) return { again: true };
   el.dataset.tabStop = "1";
-  const style = getComputedStyle(el);
+  // xterm.js takes keys through a hidden textarea: what shows its focus is the terminal's own ring.
+  const style = getComputedStyle(el.classList.contains("xterm-helper-textarea") ? el.closest(".screen") : el);
   const outline = style.outlineStyle !== "none" && parseFloat(style.outlineWidth) >= 2;
   const text = el.textContent.trim().slice(0, 30) || el.getAttribute("aria-label") || "";
   const label = el.id ? `#${el.id}` : `${el.tagName.toLowerCase()}.${el.className} "${text}"`;
@@ -212,11 +220,15 @@ FOCUSED_JS = """() => {
 
 
 @pytest.mark.parametrize("look", ["light", "dark"])
-@pytest.mark.parametrize("state", ["list", "console-live"])
+@pytest.mark.parametrize("state", ["list", "console-live", "serial-live"])
 def test_focus_is_visible_at_every_tab_stop(open_as: Callable[..., Page], state: str, look: str) -> None:
     user, reach = STATES[state]
     page = open_as(user, look)
     reach(page)
+    if state == "serial-live":
+        # The terminal has the focus once connected, and Tab is the shell's: F6 is the way out.
+        page.keyboard.press("F6")
+        expect(page.locator("#toolbar a.back")).to_be_focused()
     stops, hidden = [], []
     for _ in range(100):
         page.keyboard.press("Tab")
@@ -231,7 +243,16 @@ def test_focus_is_visible_at_every_tab_stop(open_as: Callable[..., Page], state:
 
 
 @pytest.mark.parametrize(
-    "state", ["list", "list-panel", "console-live", "console-details", "console-not-running", "console-power-dialog"]
+    "state",
+    [
+        "list",
+        "list-panel",
+        "console-live",
+        "console-details",
+        "console-not-running",
+        "console-power-dialog",
+        "serial-live",
+    ],
 )
 def test_nothing_scrolls_sideways_at_390_px(open_as: Callable[..., Page], state: str) -> None:
     """On a phone the lists, the panel, the toolbar and the dialog wrap instead of widening the page."""
