@@ -151,7 +151,7 @@ def serial_page_data(server: ServerInfo, ref: str) -> dict:
 
 def serial_link(server: ServerInfo) -> str | None:
     """The serial console page of ``server``, when its cloud offers one."""
-    if "serial" not in state.consoles().inventory.cloud(server.cloud).console_types:
+    if not state.consoles().offers(server, "serial"):
         return None
     return url_for("views.serial_console", ref=server.id, cloud=server.cloud)
 
