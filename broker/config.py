@@ -107,6 +107,9 @@ SETTINGS = frozenset(
         "BROKER_RELAY_PATH",
         "BROKER_RELAY_URL",
         "BROKER_MAX_CONSOLES_PER_USER",
+        "BROKER_RECORDING",
+        "BROKER_RECORDING_DIR",
+        "BROKER_RECORDING_RETENTION_DAYS",
         "BROKER_DEMO",
         "BROKER_DEMO_SERVERS",
         "BROKER_AUTH",
@@ -196,6 +199,8 @@ AUTH_METHODS = ("local", "oidc", "ldap", "header")
 CONSOLE_MODES = ("iframe", "relay")
 # The console types a cloud may offer (Nova's remote-consoles types the broker mints).
 CONSOLE_TYPES = ("novnc", "serial")
+# BROKER_RECORDING: off, or all (every relay console is recorded).
+RECORDING_MODES = ("off", "all")
 
 
 @dataclass(frozen=True)
@@ -268,6 +273,10 @@ class Settings:
     relay_url: str | None = None
     # Relay consoles one person may have open at once (tabs left open, a script gone wrong).
     max_consoles_per_user: int = 10
+    # Relay consoles recorded (screen and timing, never typed text): "off" or "all"; where, and for how long.
+    recording: str = "off"
+    recording_dir: Path = Path("instance/recordings")
+    recording_retention_days: int = 90
     clouds: tuple[str, ...] = ()
     # Server metadata keys the server panel shows (owner, ticket queue...): an admin's choice.
     panel_metadata: tuple[str, ...] = ()
@@ -400,6 +409,7 @@ def load_settings(env: Mapping[str, str], instance_path: str) -> Settings:
         read_timeout=_float(env, "BROKER_READ_TIMEOUT", 30.0),
         console_swap=swap,
         **relay_settings(env, demo),
+        **recording_settings(env, instance_path),
         clouds=_list(env, "BROKER_CLOUDS") or _list(env, "OS_CLOUD"),
         panel_metadata=_metadata_keys(env, "BROKER_PANEL_METADATA"),
         demo_servers=_int(env, "BROKER_DEMO_SERVERS", 24, minimum=1),
@@ -435,6 +445,22 @@ def relay_settings(env: Mapping[str, str], demo: bool = False) -> dict:
         "relay_path": path,
         "relay_url": url,
         "max_consoles_per_user": _int(env, "BROKER_MAX_CONSOLES_PER_USER", 10, minimum=1),
+    }
+
+
+def recording_settings(env: Mapping[str, str], instance_path: str) -> dict:
+    """``BROKER_RECORDING``, its directory (default ``<instance>/recordings``) and its retention in days."""
+    raw_dir = env.get("BROKER_RECORDING_DIR", "").strip()
+    directory = Path(raw_dir) if raw_dir else Path(instance_path) / "recordings"
+    # Relative to whichever directory a process starts in, web and relay would write to different places.
+    if not directory.is_absolute():
+        raise ConfigError(f"BROKER_RECORDING_DIR must be an absolute path, got {raw_dir!r}")
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"BROKER_RECORDING_DIR is not a directory: {raw_dir!r}")
+    return {
+        "recording": _choice(env, "BROKER_RECORDING", RECORDING_MODES),
+        "recording_dir": directory,
+        "recording_retention_days": _int(env, "BROKER_RECORDING_RETENTION_DAYS", 90, minimum=1),
     }
 
 

@@ -73,6 +73,10 @@ def test_app_refuses_to_start_without_a_key(tmp_path):
         ("BROKER_RELAY_URL", "http://127.0.0.1:5001/relay"),
         ("BROKER_RELAY_URL", "ws://127.0.0.1:5001/relay?ticket=x"),
         ("BROKER_RELAY_URL", "ws:///relay"),
+        ("BROKER_RECORDING", "yes"),
+        ("BROKER_RECORDING_DIR", "recordings"),
+        ("BROKER_RECORDING_RETENTION_DAYS", "0"),
+        ("BROKER_RECORDING_RETENTION_DAYS", "ninety"),
     ],
 )
 def test_bad_values_name_the_variable(tmp_path, name, value):
@@ -221,6 +225,31 @@ def test_console_types_that_are_not_known_stop_start_up(tmp_path, value, message
     env = {"BROKER_SECRET_KEY": "k" * 32, "OS_CLOUD": "prod", "BROKER_CONSOLE_TYPES": value}
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_settings(env, str(tmp_path))
+
+
+def test_recording_settings(tmp_path):
+    """Off by default, under the instance folder, kept 90 days; a shared directory is named by its path."""
+    defaults = load_settings({"BROKER_SECRET_KEY": "k" * 32}, str(tmp_path))
+    assert (defaults.recording, defaults.recording_dir, defaults.recording_retention_days) == (
+        "off",
+        tmp_path / "recordings",
+        90,
+    )
+    env = {
+        "BROKER_SECRET_KEY": "k" * 32,
+        "BROKER_RECORDING": "all",
+        "BROKER_RECORDING_DIR": "/srv/recordings",
+        "BROKER_RECORDING_RETENTION_DAYS": "30",
+    }
+    chosen = load_settings(env, str(tmp_path))
+    assert (chosen.recording, str(chosen.recording_dir), chosen.recording_retention_days) == (
+        "all",
+        "/srv/recordings",
+        30,
+    )
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConfigError, match="^BROKER_RECORDING_DIR is not a directory"):
+        load_settings({**env, "BROKER_RECORDING_DIR": str(tmp_path / "a-file")}, str(tmp_path))
 
 
 def test_relay_mode_settings(tmp_path):
