@@ -133,6 +133,7 @@ def services(app: Flask) -> Services:
         failed=unit(live.failed),
         report=unit(functools.partial(live.report, limits=limits)),
         closed=unit(live.closed),
+        noted=unit(live.noted),
     )
 
 

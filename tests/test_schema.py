@@ -90,6 +90,7 @@ RELEASES = {
     "3-0004": "0004",  # stop 15: migrations, identity sources, relay
     "4-0005": "0005",  # stop 16: pins, power
     "5-0008": "0008",  # stop 26: seen_at, instances, single-use tokens
+    "6-0009": "0009",  # stop 27: serial consoles (live_consoles.kind)
 }
 
 
@@ -227,10 +228,11 @@ def test_every_releases_database_is_refused_at_start_then_upgraded_in_place_with
     with engine.begin() as connection:
         if made_by:  # a release that kept them: still there, and the one live session still live
             assert connection.execute(text("SELECT seen_at IS NOT NULL FROM user_sessions")).scalar_one()
-        if made_by in ("0005", "0008"):
+        if made_by in ("0005", "0008", "0009"):
             assert connection.execute(text("SELECT user_id, server_id FROM pins")).one() == (2, "s1")
-        if made_by:  # a console live at the upgrade was graphical, the only kind there was
-            assert connection.execute(text("SELECT username, kind FROM live_consoles")).one() == ("ivan", "novnc")
+        if made_by:  # a console live at the upgrade was graphical, the only kind there was, opened by its person
+            query = text("SELECT username, kind, role, watching FROM live_consoles")
+            assert connection.execute(query).one() == ("ivan", "novnc", "open", None)
         # Rule numbers are never reused, whatever release made the table: the audit trail names rules by number.
         connection.execute(text("DELETE FROM access_rules WHERE id = 7"))
         connection.execute(

@@ -30,6 +30,8 @@ class AuditRecord(db.Model):
     user_agent: Mapped[str] = mapped_column(String(255), default="")
     # The request that made the record (X-Request-ID), so a complaint can be traced through the logs.
     request_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    # The live console the record is about (its opening, invites, joins, hand-overs, its end), linking them.
+    console_id: Mapped[int | None] = mapped_column(default=None, index=True)
 
     def to_json(self) -> dict:
         return {
@@ -45,6 +47,7 @@ class AuditRecord(db.Model):
             "client": self.client,
             "user_agent": self.user_agent,
             "request_id": self.request_id,
+            "console_id": self.console_id,
         }
 
 

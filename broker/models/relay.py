@@ -33,6 +33,10 @@ class LiveConsole(db.Model):
     cloud: Mapped[str] = mapped_column(String(64))
     # novnc (graphical) or serial.
     kind: Mapped[str] = mapped_column(String(16), default="novnc", server_default="novnc")
+    # The console this row's browser watches (its own row's ID), or None for the person who opened it.
+    watching: Mapped[int | None] = mapped_column(default=None)
+    # How the browser is there: open (opened it), watch (invited), observe (an admin).
+    role: Mapped[str] = mapped_column(String(16), default="open", server_default="open")
     client: Mapped[str] = mapped_column(String(64), default="")
     # host:pid of the relay process carrying it.
     instance: Mapped[str] = mapped_column(String(128), index=True)

@@ -29,5 +29,7 @@ class SingleUseToken(db.Model):
     # The binding only its purpose has: the page's scheme://host[:port] for a relay ticket (the
     # websocket must come from it), the action for a power confirmation.
     scope: Mapped[str] = mapped_column(String(255))
+    # What the token is about beyond its server: the live console an invite or a watch ticket is for.
+    subject: Mapped[str] = mapped_column(String(64), default="", server_default="")
     expires_at: Mapped[datetime] = mapped_column(index=True)
     used_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -10,6 +10,7 @@ a full screen), and what the viewer sent meanwhile follows in order, once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable
@@ -28,6 +29,7 @@ from broker.cloud import errors
 from broker.cloud.types import ServerInfo
 from broker.relay import rfb
 from broker.relay.budget import Budget
+from broker.relay.party import Party
 from broker.relay.rfb import ClientFramer
 from broker.relay.rfb import RfbError
 from broker.relay.rfb import ServerFramer
@@ -45,6 +47,7 @@ from broker.services.relay import Ticket
 if TYPE_CHECKING:
     from broker.relay.serial import Viewer
     from broker.relay.server import Admission
+    from broker.relay.watch import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ SIGNED_OUT = 4401
 NOT_ALLOWED = 4403
 NOT_RUNNING = 4409
 ENDED_BY_ADMIN = 4410
+# The console a watcher watched is over (or was never open on this relay): final for the watcher's page.
+CONSOLE_ENDED = 4404
 # The cloud has no console of this type for the server (Nova's 400 "VNC disabled"): the page offers another.
 NO_CONSOLE = 4501
 UNREACHABLE = 4502
@@ -67,6 +72,7 @@ REASONS = {
     SIGNED_OUT: "Sign in again",
     NOT_ALLOWED: "No server with this ID that you may open",
     ENDED_BY_ADMIN: "Ended by an administrator",
+    CONSOLE_ENDED: "The console ended",
     NO_CONSOLE: "The cloud has no graphical console for this server",
     UNREACHABLE: "The cloud's console is unreachable",
     DATABASE_UNAVAILABLE: "The broker's database is unavailable",
@@ -127,6 +133,8 @@ class Carrier:
     # (ticket, reason): True when written now, False when kept back until the database can be reached.
     closed: Callable[[int, str, int, int], Awaitable[bool]]
     failed: Callable[[Ticket, str], Awaitable[bool]]
+    # Something that happened in the live console (row, detail, reason): a hand-over, an ask for control.
+    noted: Callable[[int, str, str], Awaitable[bool]]
 
 
 class Ended(Exception):
@@ -180,6 +188,11 @@ class Console:
         self.started_at = datetime.now(UTC)
         # The person's last key or pointer event: use of the sign-in session, as a request is.
         self.used_at: datetime | None = None
+        # Who else is on it (watchers, broker/relay/watch.py) and who drives; the opener is a member too.
+        self.pid = "o"
+        self.name = admission.ticket.username
+        self.role = admission.ticket.role
+        self.party = Party(self, self._noted)
 
     def report(self, instance: str) -> LiveReport:
         """What the relay's poll tells the broker of this console."""
@@ -222,33 +235,15 @@ class Console:
             await self._forward(rest, budget)
             async for message in self.browser:
                 if isinstance(message, str):
-                    raise Ended(PROTOCOL_ERROR, "RFB is binary", "the browser sent text")
-                await self._forward(message, budget)
+                    await self._told(message)
+                else:
+                    await self._forward(message, budget)
         except ConnectionClosed:
             pass
         self.ending = self.ending or self._browser_closed()
 
     async def _greet(self) -> bytes:
-        """RFB's server side toward the browser, within the handshake timeout; what the browser sent after it."""
-        try:
-            async with asyncio.timeout(self.carrier.handshake_timeout):
-                return await self._handshake(ByteReader(self.browser))
-        except TimeoutError:
-            raise Ended(PROTOCOL_ERROR, "Handshake timed out", "the browser did not finish the RFB handshake") from None
-        except RfbError as exc:
-            raise Ended(PROTOCOL_ERROR, "Not RFB", f"the browser does not speak RFB: {exc}") from None
-
-    async def _handshake(self, reader: ByteReader) -> bytes:
-        """RFB 3.8, security None, ClientInit (the cloud's side is always opened shared, whatever it says)."""
-        await self.browser.send(rfb.VERSION_3_8)
-        if rfb.parse_version(await reader.read(12)) != (3, 8):
-            raise Ended(PROTOCOL_ERROR, "RFB 3.8 only", "the browser does not speak RFB 3.8")
-        await self.browser.send(rfb.security_types(rfb.SECURITY_NONE))
-        if await reader.read(1) != bytes([rfb.SECURITY_NONE]):
-            raise Ended(PROTOCOL_ERROR, "Security type None only", "the browser chose another security type")
-        await self.browser.send(rfb.SECURITY_OK)
-        await reader.read(1)
-        return reader.rest()
+        return await greet(self.browser, self.carrier.handshake_timeout)
 
     async def _forward(self, data: bytes, budget: Budget) -> None:
         """The whole client messages ``data`` completes, to the cloud, or to the backlog while it is away.
@@ -270,16 +265,76 @@ class Console:
             if budget.waited and self.browser.close_code is not None:
                 # The browser left while its flood waited for the budget: nobody is there for the rest.
                 raise self._browser_closed()
-            if any(map(rfb.is_input, messages)):
+            if not self.party.drives(self):
+                # Someone else has the keyboard: the opener's viewer still sets the stream's format and pace.
+                messages = [message for message in messages if not rfb.is_input(message)]
+            elif any(map(rfb.is_input, messages)):
                 self.used_at = datetime.now(UTC)
             for message in messages:
                 self.server.follow(message)
-            batch = b"".join(messages)
-            if self.upstream is not None and await self.upstream.send(batch):
-                self.to_cloud += len(batch)
-                continue
-            for message in messages:
-                self._queue(message)
+            self.to_cloud += await self.deliver(messages)
+
+    async def deliver(self, messages: list[bytes]) -> int:
+        """Whole client messages to the cloud, or to the backlog while it is away; the bytes sent now."""
+        if not messages:
+            return 0
+        batch = b"".join(messages)
+        if self.upstream is not None and await self.upstream.send(batch):
+            return len(batch)
+        for message in messages:
+            self._queue(message)
+        return 0
+
+    async def _told(self, text: str) -> None:
+        """A text message from the opener's page: a control message (give, take) or what Type text is about to do."""
+        try:
+            note = await self.party.told(self, text)
+        except ValueError as exc:
+            raise Ended(PROTOCOL_ERROR, "RFB is binary", f"the browser sent text that is not RFB: {exc}") from None
+        if note:
+            self.record_event(note)
+
+    async def tell(self, text: str) -> None:
+        """A text message to the opener's page (who is on the console, who asks for control)."""
+        with contextlib.suppress(ConnectionClosed):
+            await self.browser.send(text)
+
+    async def _noted(self, detail: str, reason: str) -> None:
+        """A hand-over or an ask for control, for the audit (linked to this console's record)."""
+        log.info("console %s: %s", self.describe(), reason, **self._log())
+        self.record_event(detail)
+        if self.row_id is None:
+            return
+        try:
+            await self.carrier.noted(self.row_id, detail, reason)
+        except Exception:
+            log.exception("console %s: a hand-over could not be recorded", self.describe(), **self._log())
+
+    def record_event(self, note: str) -> None:
+        """Something for a recording's index (never what was typed)."""
+
+    # -- watchers --------------------------------------------------------------------------------------
+
+    async def add_watcher(self, watcher: Watcher) -> None:
+        """A watcher joins: the screen as it is now, the stream from the next message boundary, a full screen."""
+        size = (self.server.width, self.server.height)
+        init = rfb.ServerInit(*size, self.client.pixel_format or self.init.pixel_format, self.init.name)
+        watcher.send(init.to_bytes())
+        await self.party.join(watcher)
+        if self.upstream is not None and await self.upstream.send(rfb.framebuffer_update_request(False, 0, 0, *size)):
+            self.to_cloud += 10
+
+    async def remove_watcher(self, watcher: Watcher) -> None:
+        await self.party.leave(watcher)
+
+    def _fan_out(self, data: bytes, boundary: int | None) -> None:
+        """``data`` to every watcher in step; one waiting for a boundary starts at ``boundary`` (None: not here)."""
+        for watcher in self.party.watchers:
+            if watcher.in_step:
+                watcher.send(data)
+            elif boundary is not None:
+                watcher.in_step = True
+                watcher.send(data[boundary:])
 
     def _queue(self, message: bytes) -> None:
         if self.backlog and rfb.supersedes(message, self.backlog[-1]):
@@ -295,7 +350,9 @@ class Console:
         code = self.browser.close_code
         return Ended(code or ABNORMAL, "", f"the browser closed the connection ({code or 'no close code'})")
 
-    async def _to_browser(self, data: bytes) -> None:
+    async def _to_browser(self, data: bytes, boundary: int | None = None) -> None:
+        """``data`` to the browser and every watcher in step (``boundary``: where a joining one may start)."""
+        self._fan_out(data, boundary)
         await self.browser.send(data)
         self.to_browser += len(data)
 
@@ -345,11 +402,12 @@ class Console:
             except (ConnectionClosed, UpstreamError) as exc:
                 await self._resume(exc)
                 continue
+            at_boundary = self.server.at_boundary
             try:
-                self.server.feed(data)
+                ends = self.server.feed(data)
             except RfbError as exc:
                 raise ended(UNREACHABLE, f"the cloud's console sent what the relay cannot frame: {exc}") from None
-            await self._to_browser(data)
+            await self._to_browser(data, 0 if at_boundary else (ends[0] if ends else None))
 
     async def _retrying(self, attempt: Callable[[], Awaitable[Upstream]], budget: float | None = None) -> Upstream:
         """``attempt`` until it gives an upstream (see ``retrying``); each try counted in the console's record."""
@@ -448,8 +506,11 @@ class Console:
         await self._tell(BACK)
 
     async def _tell(self, status: str) -> None:
-        """A status message to the viewer (a text frame, which RFB never uses), for it to show the person."""
-        await self.browser.send(json.dumps({"relay": status}))
+        """A status message to the viewer and every watcher (a text frame, which RFB never uses), for the page."""
+        text = json.dumps({"relay": status})
+        for watcher in self.party.watchers:
+            watcher.send(text)
+        await self.browser.send(text)
 
     async def _finish_cut_message(self) -> None:
         """The server's message under way when its side went, finished with filler so the viewer stays in step."""
@@ -502,6 +563,8 @@ class Console:
     async def _finish(self) -> None:
         """Close both sides; write the console's record: how it ended (time, bytes, mints) or why it never opened."""
         ending = self._undelivered(self.ending or ended(INTERNAL_ERROR, "the relay failed"))
+        self.ending = ending
+        await self.party.end_all(CONSOLE_ENDED, ending.audit)
         await self.browser.close(ending.code, ending.reason)
         if self.upstream is not None:
             # A close handshake, so that the proxy logs a client that left rather than a lost connection.
@@ -548,6 +611,30 @@ class Console:
         return {"extra": {"request_id": self.admission.caller.request_id}}
 
 
+async def greet(browser: ServerConnection, timeout: float) -> bytes:
+    """RFB's server side toward a browser, within ``timeout``; what the browser sent after it."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await _handshake(browser, ByteReader(browser))
+    except TimeoutError:
+        raise Ended(PROTOCOL_ERROR, "Handshake timed out", "the browser did not finish the RFB handshake") from None
+    except RfbError as exc:
+        raise Ended(PROTOCOL_ERROR, "Not RFB", f"the browser does not speak RFB: {exc}") from None
+
+
+async def _handshake(browser: ServerConnection, reader: ByteReader) -> bytes:
+    """RFB 3.8, security None, ClientInit (the cloud's side is always opened shared, whatever it says)."""
+    await browser.send(rfb.VERSION_3_8)
+    if rfb.parse_version(await reader.read(12)) != (3, 8):
+        raise Ended(PROTOCOL_ERROR, "RFB 3.8 only", "the browser does not speak RFB 3.8")
+    await browser.send(rfb.security_types(rfb.SECURITY_NONE))
+    if await reader.read(1) != bytes([rfb.SECURITY_NONE]):
+        raise Ended(PROTOCOL_ERROR, "Security type None only", "the browser chose another security type")
+    await browser.send(rfb.SECURITY_OK)
+    await reader.read(1)
+    return reader.rest()
+
+
 async def retrying(
     attempt: Callable[[], Awaitable[Upstream]],
     retry: Retry,
@@ -588,7 +675,7 @@ async def retrying(
         await asyncio.sleep(delay)
 
 
-def live_report(console: Console | Viewer, server: ServerInfo | None, instance: str) -> LiveReport:
+def live_report(console: Console | Viewer | Watcher, server: ServerInfo | None, instance: str) -> LiveReport:
     """What the relay's poll tells the broker of a browser's console (a graphical one, or a browser on a
     serial one): ``server`` as its last mint found it."""
     ticket = console.ticket

@@ -46,6 +46,7 @@ from broker.relay.serial import Key
 from broker.relay.serial import Serial
 from broker.relay.serial import Viewer
 from broker.relay.upstream import Upstream
+from broker.relay.watch import Watcher
 from broker.services.consoles import Minted
 from broker.services.relay import DatabaseUnavailable
 from broker.services.relay import LiveReport
@@ -113,6 +114,8 @@ class Services:
     report: Callable[[Caller, list[LiveReport]], dict[int, int]]
     # (caller, row_id, *, reason, to_cloud, to_browser): a console that ended.
     closed: Callable[..., None]
+    # (caller, row_id, *, detail, reason): something that happened in a live console (a hand-over).
+    noted: Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -194,7 +197,8 @@ class Relay:
         self.mounts = dict(mounts or {})
         # Which relay carries a console, on the admin page.
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
-        self.consoles: set[Console | Viewer] = set()
+        # Every browser connected: consoles, browsers on serial consoles, watchers.
+        self.consoles: set[Console | Viewer | Watcher] = set()
         # Serial consoles open now, one per server, each shared by the browsers on it.
         self.serials: dict[Key, Serial] = {}
         self.stopping = False
@@ -310,8 +314,11 @@ class Relay:
             await self.mounts[browser.request.path.partition("?")[0]](browser)
             return
         carrier = self.carrier(admission.caller)
-        if admission.ticket.kind == "serial":
-            console: Console | Viewer = Viewer(carrier, browser, admission, self._serial(admission.ticket))
+        ticket = admission.ticket
+        if ticket.watching is not None:
+            console: Console | Viewer | Watcher = Watcher(carrier, browser, admission, self._watched(ticket))
+        elif ticket.kind == "serial":
+            console = Viewer(carrier, browser, admission, self._serial(ticket))
         else:
             console = Console(carrier, browser, admission)
         self.consoles.add(console)
@@ -319,6 +326,18 @@ class Relay:
             await console.run()
         finally:
             self.consoles.discard(console)
+
+    def _watched(self, ticket: Ticket) -> Console | None:
+        """The graphical console a watch ticket is for, if this relay carries it (a load balancer sends a
+        watcher to its relay by the URL's ``?watch=``)."""
+        for console in self.consoles:
+            if (
+                isinstance(console, Console)
+                and console.row_id == ticket.watching
+                and (console.ticket.cloud, console.ticket.server_id) == (ticket.cloud, ticket.server_id)
+            ):
+                return console
+        return None
 
     def _serial(self, ticket: Ticket) -> Serial:
         """The server's serial console, shared by every browser on it; the first browser's opens it."""
@@ -350,6 +369,10 @@ class Relay:
         async def failed(ticket: Ticket, reason: str) -> bool:
             return await self._record(caller, functools.partial(services.failed, caller, ticket, reason=reason))
 
+        async def noted(row_id: int, detail: str, reason: str) -> bool:
+            record = functools.partial(services.noted, caller, row_id, detail=detail, reason=reason)
+            return await self._record(caller, record)
+
         return Carrier(
             retry=self.retry,
             handshake_timeout=self.handshake_timeout,
@@ -360,6 +383,7 @@ class Relay:
             opened=opened,
             closed=closed,
             failed=failed,
+            noted=noted,
         )
 
     async def _record(self, caller: Caller, record: Callable[[], Any]) -> bool:

@@ -31,7 +31,7 @@ from broker.throttle import parse_limit
 
 log = logging.getLogger("broker.audit")
 
-ACTIONS = ("sign_in", "sign_out", "console", "relay", "power", "admin", "request")
+ACTIONS = ("sign_in", "sign_out", "console", "relay", "watch", "power", "admin", "request")
 # Column widths of the free-text fields a caller fills in.
 LIMITS = {"username": 64, "cloud": 64, "server_id": 64, "server_name": 255, "detail": 32, "reason": 500}
 # Refusals of people not signed in: rows kept per address and kind, and in all.
@@ -43,7 +43,7 @@ OUTCOMES = ("ok", "failed", "refused", "error")
 
 def entry_for(action: str, outcome: str, **fields: str) -> AuditRecord:
     """A record of this request (client address and agent filled in), not yet stored."""
-    entry = AuditRecord(at=datetime.now(UTC), action=action, outcome=outcome)
+    entry = AuditRecord(at=datetime.now(UTC), action=action, outcome=outcome, console_id=fields.get("console_id"))
     for name, limit in LIMITS.items():
         setattr(entry, name, storable(fields.get(name, ""), limit))
     if has_request_context():
@@ -72,9 +72,9 @@ def measure(entry: AuditRecord) -> None:
 def stage(action: str, outcome: str, **fields: str) -> AuditRecord:
     """One record added to the unit of work under way (and its JSON line to the ``broker.audit`` log, now).
 
-    ``fields``: username, cloud, server_id, server_name, detail, reason. Stored by the caller's commit,
-    together with the change it records: the request's (broker.web.commits), a command's, or a relay
-    call's (broker.relayhost).
+    ``fields``: username, cloud, server_id, server_name, detail, reason, console_id (an int). Stored by the
+    caller's commit, together with the change it records: the request's (broker.web.commits), a command's,
+    or a relay call's (broker.relayhost).
     """
     entry, line = _staged(action, outcome, fields)
     log.info(line)
@@ -120,6 +120,8 @@ class Filter:
     outcome: str = ""
     since: datetime | None = None
     until: datetime | None = None
+    # One console's records (its opening, invites, joins, hand-overs, its end).
+    console: int | None = None
 
     def query(self):
         query = select(AuditRecord)
@@ -136,6 +138,8 @@ class Filter:
             query = query.where(AuditRecord.at >= self.since)
         if self.until:
             query = query.where(AuditRecord.at < self.until)
+        if self.console is not None:
+            query = query.where(AuditRecord.console_id == self.console)
         return query
 
 

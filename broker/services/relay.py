@@ -47,8 +47,15 @@ TICKET_TTL = 30
 # for a graphical console never opens a serial one, nor the other way round.
 PURPOSES = {"novnc": "relay", "serial": "relay-serial"}
 KINDS = {purpose: kind for kind, purpose in PURPOSES.items()}
+# Tickets to watch someone's graphical console (its live row is the token's subject): invited, or an
+# admin observing. Neither ever opens a console of its own.
+WATCH_PURPOSES = {"watch": "relay-watch", "observe": "relay-observe"}
+ROLES = {purpose: role for role, purpose in WATCH_PURPOSES.items()}
+KINDS.update(dict.fromkeys(WATCH_PURPOSES.values(), "novnc"))
 # The audit's detail for each console type's records: a serial console's say "serial".
 DETAILS = {"novnc": RELAY, "serial": "serial"}
+# How a browser is on a console: it opened it, or it watches it (invited, or an admin observing).
+OPEN = "open"
 # What a websocket is told when its ticket was never issued, is spent or has expired.
 LAPSED = {tokens.UNKNOWN: "unknown ticket", tokens.USED: "ticket already used", tokens.EXPIRED: "ticket expired"}
 # A row its relay has not touched for this long (five of its polls) belongs to a relay that died:
@@ -114,6 +121,9 @@ class Ticket:
     origin: str
     # The console type it opens: novnc (graphical) or serial.
     kind: str = "novnc"
+    # A watcher's: the live row of the console it watches, and how (watch or observe); None: its own console.
+    watching: int | None = None
+    role: str = OPEN
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,8 @@ class Live:
     to_browser: int
     ending: bool
     kind: str = "novnc"
+    watching: int | None = None
+    role: str = OPEN
 
 
 def open_consoles(user_id: int) -> int:
@@ -141,11 +153,19 @@ def open_consoles(user_id: int) -> int:
     return db.session.scalar(query.select_from(LiveConsole)) or 0
 
 
-def issue(user: User, session_id: str, server: ServerInfo, origin: str, limit: int, kind: str = "novnc") -> str:
-    """A fresh single-use ticket for ``server``'s console of ``kind`` (already authorized); staged, for the
-    request to commit.
+def issue(
+    user: User,
+    session_id: str,
+    server: ServerInfo,
+    origin: str,
+    limit: int,
+    kind: str = "novnc",
+    watching: tuple[int, str] | None = None,
+) -> str:
+    """A fresh single-use ticket for ``server``'s console of ``kind`` (already authorized), or to watch the live
+    console ``watching`` (its row, and watch or observe); staged, for the request to commit.
 
-    TooManyConsoles (audited) when the user has ``limit`` consoles open already.
+    TooManyConsoles (audited) when the user has ``limit`` consoles open already (watched ones count).
     """
     open_now = open_consoles(user.id)
     if open_now >= limit:
@@ -154,8 +174,9 @@ def issue(user: User, session_id: str, server: ServerInfo, origin: str, limit: i
         fields = {"cloud": server.cloud, "server_id": server.id, "server_name": server.name}
         audit.stage("console", "refused", username=user.username, detail=DETAILS[kind], reason=reason, **fields)
         raise refusal
-    token = tokens.issue(
-        PURPOSES[kind],
+    row_id, role = watching or (None, OPEN)
+    return tokens.issue(
+        WATCH_PURPOSES[role] if row_id else PURPOSES[kind],
         TICKET_TTL,
         user_id=user.id,
         session_id=session_id,
@@ -163,8 +184,8 @@ def issue(user: User, session_id: str, server: ServerInfo, origin: str, limit: i
         cloud=server.cloud,
         scope=origin,
         server_name=server.name,
+        subject=str(row_id or ""),
     )
-    return token
 
 
 def redeem(
@@ -181,7 +202,7 @@ def redeem(
 
 def _claim(token: str, session_id: str | None, user_id: int | None, origin: str | None) -> tokens.Claim:
     """Use the ticket up, whatever the attempt brings: one tried by a thief is spent, even for its owner."""
-    purposes = tuple(PURPOSES.values())
+    purposes = (*PURPOSES.values(), *WATCH_PURPOSES.values())
     expected = {"user_id": user_id, "session_id": session_id, "scope": origin}
     return tokens.claim(purposes, token, spent_by_any_attempt=True, **expected)
 
@@ -199,8 +220,10 @@ def _check(claim: tokens.Claim, session_id: str | None, user_id: int | None, ori
     user = _live_user(session_id)
     if user is None or user.id != row.user_id:
         raise TicketRefused("the sign-in session has ended", status=401)
-    kind = KINDS[row.purpose]
-    return Ticket(user.id, user.username, session_id, row.server_id, row.server_name, row.cloud, row.scope, kind)
+    fields = (user.id, user.username, session_id, row.server_id, row.server_name, row.cloud, row.scope)
+    if row.purpose in ROLES:
+        return Ticket(*fields, watching=int(row.subject), role=ROLES[row.purpose])
+    return Ticket(*fields, KINDS[row.purpose])
 
 
 def _live_user(session_id: str) -> User | None:
@@ -290,9 +313,22 @@ def opened(ticket: Ticket, *, client: str, instance: str, server_name: str = "")
     db.session.add(row)
     db.session.flush()
     row_id = row.id
+    if ticket.watching is not None:
+        owner = _owner(ticket.watching)
+        how = "observing" if ticket.role == "observe" else "watching"
+        reason = f"{how} the console of {owner} through relay {instance}"
+        audit.stage("watch", "ok", **_fields(row), detail=ticket.role, reason=reason, console_id=ticket.watching)
+        return row_id
     detail = DETAILS[ticket.kind]
-    audit.stage("console", "ok", **_fields(row), detail=detail, reason=f"connected through relay {instance}")
+    reason = f"connected through relay {instance}"
+    audit.stage("console", "ok", **_fields(row), detail=detail, reason=reason, console_id=row_id)
     return row_id
+
+
+def _owner(row_id: int) -> str:
+    """Who opened the live console ``row_id`` (for a watcher's record), or "someone" once it has gone."""
+    owner = db.session.scalar(select(LiveConsole.username).where(LiveConsole.id == row_id))
+    return owner or "someone"
 
 
 def _live_row(ticket: Ticket, client: str, instance: str, server_name: str, **columns) -> LiveConsole:
@@ -307,6 +343,8 @@ def _live_row(ticket: Ticket, client: str, instance: str, server_name: str, **co
         client=client[:64],
         instance=instance[:128],
         kind=ticket.kind,
+        watching=ticket.watching,
+        role=ticket.role,
         **columns,
     )
 
@@ -422,6 +460,8 @@ def _verdicts(reports: list[LiveReport], limits: Limits, moment: datetime) -> di
             if user.id not in access:
                 access[user.id] = access_for(user)  # once per user and poll, however many consoles
             code = None if access[user.id].allows(servers[row_id]) else NOT_ALLOWED
+            if row.role == "observe" and not user.is_admin:
+                code = NOT_ALLOWED  # observing is an admin's right
         if code is not None:
             ending[row_id] = code
     return ending
@@ -449,7 +489,17 @@ def closed(row_id: int, *, reason: str, to_cloud: int, to_browser: int) -> None:
     summary = f"{reason}; {seconds} s, {to_cloud} bytes to the cloud, {to_browser} bytes to the browser"
     fields = _fields(row)
     db.session.delete(row)
-    audit.stage("relay", "ok", **fields, detail="disconnect", reason=summary)
+    if row.watching is not None:
+        audit.stage("watch", "ok", **fields, detail="leave", reason=summary, console_id=row.watching)
+        return
+    audit.stage("relay", "ok", **fields, detail="disconnect", reason=summary, console_id=row_id)
+
+
+def noted(row_id: int, *, detail: str, reason: str) -> None:
+    """Something that happened in the live console ``row_id`` (a hand-over, a request for control); staged."""
+    row = db.session.get(LiveConsole, row_id)
+    fields = _fields(row) if row is not None else {}
+    audit.stage("watch", "ok", **fields, detail=detail, reason=reason, console_id=row_id)
 
 
 def _fields(row: LiveConsole) -> dict[str, str]:
@@ -484,6 +534,8 @@ def listing() -> list[Live]:
             row.to_browser,
             bool(row.end_requested_by),
             row.kind,
+            row.watching,
+            row.role,
         )
         for row in rows
     ]

@@ -1,9 +1,10 @@
 """Single-use tokens: one mechanism for whatever a sign-in session may do once, soon.
 
 A token is a random value handed out once; only its hash is stored, with its purpose ("relay" for
-a console websocket, "power" for a confirmed power action; invites will be another), the user,
+a console websocket, "power" for a confirmed power action, "invite" to watch someone's console), the user,
 sign-in session, server and cloud it is bound to, one binding of the purpose's own (``scope``: the
-page's origin, the action), and when it expires. One conditional UPDATE uses it up, so a replay
+page's origin, the action), what it is about beyond its server (``subject``: the live console of an
+invite or a watch ticket), and when it expires. One conditional UPDATE uses it up, so a replay
 never wins and of two claims at once only one does. Functions here only stage: the caller commits.
 """
 
@@ -24,7 +25,7 @@ from broker.services.clock import aware
 from broker.services.clock import now
 
 # The bindings a claim may check, each named by its column, in the order refusals name them.
-BINDINGS = ("user_id", "session_id", "server_id", "cloud", "scope")
+BINDINGS = ("user_id", "session_id", "server_id", "cloud", "scope", "subject")
 # Why a claim did not win, besides a binding that does not hold (named by its column, as above).
 UNKNOWN = "unknown"
 USED = "used"
@@ -66,6 +67,7 @@ def issue(
     cloud: str,
     scope: str,
     server_name: str = "",
+    subject: str = "",
 ) -> str:
     """A fresh token of ``purpose`` with these bindings, valid ``ttl`` seconds; staged, long-expired ones removed."""
     token = secrets.token_urlsafe(32)
@@ -83,6 +85,7 @@ def issue(
             server_name=server_name[:255],
             cloud=cloud,
             scope=scope[:255],
+            subject=subject[:64],
             expires_at=moment + timedelta(seconds=ttl),
         )
     )
@@ -116,6 +119,15 @@ def claim(
     if row is None or row.purpose not in purposes:
         return Claim(None, UNKNOWN)
     return Claim(row, _refusal(row, won, expected, moment))
+
+
+def peek(purpose: str, token: str) -> SingleUseToken | None:
+    """The token's row if it is of ``purpose``, used or not, without using it: for a claim whose bindings
+    depend on what the token says (an invite names its person, or anyone with the link)."""
+    if not token or len(token) > LONGEST:
+        return None
+    row = db.session.get(SingleUseToken, digest(token))
+    return row if row is not None and row.purpose == purpose else None
 
 
 def _held(expected: dict[str, object]) -> list:

@@ -98,6 +98,7 @@ class FakeServices:
         self.failed: list[dict] = []
         self.reports: list[list[LiveReport]] = []
         self.closed: list[dict] = []
+        self.noted: list[dict] = []
         self.ending: dict[int, int] = {}
         # Set by a test: every record raises DatabaseUnavailable, as while PostgreSQL is unreachable.
         self.database_down = False
@@ -107,18 +108,26 @@ class FakeServices:
         """The session cookie of the signed-in browser, as the web app sets it at sign-in."""
         return session_cookie(self.app, {"sid": self.session_id, "_user_id": self.user.get_id()})
 
-    def issue(self, origin: str = ORIGIN, kind: str = "novnc") -> str:
-        """A real ticket for the test server's console of ``kind``, for the signed-in browser's page at ``origin``."""
+    def issue(self, origin: str = ORIGIN, kind: str = "novnc", watching: tuple[int, str] | None = None) -> str:
+        """A real ticket for the test server's console of ``kind`` (or to watch the live console ``watching``: its
+        row, and watch or observe), for the signed-in browser's page at ``origin``."""
         with self.app.app_context():
             user = db.session.get(User, self.user.id)
-            token = live.issue(user, self.session_id, SERVER, origin, limit=10, kind=kind)
+            token = live.issue(user, self.session_id, SERVER, origin, limit=10, kind=kind, watching=watching)
             db.session.commit()
         self.tokens.append(token)
         return token
 
     def services(self) -> Services:
         return Services(
-            self.real.identify, self._redeem, self._mint, self._opened, self._failed, self._report, self._closed
+            self.real.identify,
+            self._redeem,
+            self._mint,
+            self._opened,
+            self._failed,
+            self._report,
+            self._closed,
+            self._noted,
         )
 
     def _database(self) -> None:
@@ -151,6 +160,10 @@ class FakeServices:
     def _closed(self, caller: Caller, row_id: int, *, reason: str, to_cloud: int, to_browser: int) -> None:
         self._database()
         self.closed.append({"row": row_id, "reason": reason, "to_cloud": to_cloud, "to_browser": to_browser})
+
+    def _noted(self, caller: Caller, row_id: int, *, detail: str, reason: str) -> None:
+        self._database()
+        self.noted.append({"row": row_id, "detail": detail, "reason": reason})
 
     def _report(self, caller: Caller, reports: list[LiveReport]) -> dict[int, int]:
         self._database()

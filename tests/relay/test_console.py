@@ -89,6 +89,7 @@ class FakeCarrier:
             opened=self.opened,
             closed=self.closed,
             failed=self.failed,
+            noted=self.noted,
         )
 
     async def connect(self, url: str) -> upstream.Upstream:
@@ -103,6 +104,10 @@ class FakeCarrier:
     async def opened(self, ticket: Ticket, server_name: str) -> int:
         self.asked.append(("opened", ticket, server_name))
         return 41
+
+    async def noted(self, row_id: int, detail: str, reason: str) -> bool:
+        self.asked.append(("noted", row_id, detail, reason))
+        return self._written()
 
     async def closed(self, row_id: int, reason: str, to_cloud: int, to_browser: int) -> bool:
         self.asked.append(("closed", row_id, reason, to_cloud, to_browser))
