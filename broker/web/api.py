@@ -10,6 +10,7 @@ from flask import abort
 from flask import current_app
 from flask import jsonify
 from flask import request
+from flask import url_for
 from flask_login import current_user
 from flask_login import login_required
 
@@ -18,6 +19,7 @@ from broker.cloud import errors
 from broker.extensions import db
 from broker.services import relay
 from broker.services import shortcuts
+from broker.services import watching
 from broker.services.consoles import MINT_DETAILS
 from broker.services.consoles import ConsoleService
 from broker.services.power import ACTIONS as POWER_ACTIONS
@@ -94,6 +96,38 @@ def relay_ticket(server_id: str):
         # browser on one server's serial console to the same relay (docs/deploy.md, "The relay").
         url += "?" + urlencode({"serial": f"{server.cloud}/{server.id}"})
     body = {"ticket": ticket, "url": url, "expires_in": relay.TICKET_TTL, "server": server.to_json()}
+    return no_store(jsonify(body), 201)
+
+
+# An invite's or a watch ticket's body is at most {"user": name} or {"invite": token}.
+MAX_WATCH_BODY = 256
+
+
+@bp.post("/consoles/live/<int:console_id>/invites")
+@login_required
+def invite(console_id: int):
+    """An invite to watch the live console ``console_id`` (its opener only): ``{"user": name}``, or ``{}`` for a
+    link anyone who may open the server can use once, within a few minutes."""
+    body = json_object(MAX_WATCH_BODY, {"user"}, '{"user": a user name} or {} for a link')
+    made = watching.invite(service(), current_user, sessions.current_id(), console_id, body.get("user"))
+    url = url_for("views.watch", console_id=console_id, invite=made.token, _external=True)
+    return no_store(jsonify({"url": url, "expires_in": made.expires_in, "user": made.invitee}), 201)
+
+
+@bp.post("/consoles/live/<int:console_id>/watch-tickets")
+@login_required
+def watch_ticket(console_id: int):
+    """A single-use ticket for the relay's websocket to watch the live console ``console_id``: with an invite
+    (``{"invite": token}``, used up here), or as an admin observing (``{}``)."""
+    body = json_object(MAX_WATCH_BODY, {"invite"}, '{"invite": the invite from the link} or {}')
+    limit = state.settings().max_consoles_per_user
+    ticket, server, role = watching.admit(
+        service(), current_user, sessions.current_id(), console_id, body.get("invite", ""), page_origin(), limit
+    )
+    # Names the console for a load balancer in front of several relays: a watcher must reach the relay
+    # that carries it (docs/deploy.md, "The relay").
+    url = relay_url() + "?" + urlencode({"watch": console_id})
+    body = {"ticket": ticket, "url": url, "expires_in": relay.TICKET_TTL, "server": server.to_json(), "role": role}
     return no_store(jsonify(body), 201)
 
 

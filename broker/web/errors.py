@@ -32,6 +32,8 @@ from broker.services.consoles import ViewerOnly
 from broker.services.power import PowerRefused
 from broker.services.relay import TooManyConsoles
 from broker.services.shortcuts import PinError
+from broker.services.watching import NotLive
+from broker.services.watching import WatchRefused
 from broker.web.observability import request_id
 
 log = logging.getLogger(__name__)
@@ -160,6 +162,14 @@ def handle_pin_error(exc: PinError):
     return error_response(400, "too_many_pins", str(exc))
 
 
+def handle_watch_refused(exc: WatchRefused):
+    return error_response(exc.status, "watch_refused", exc.message)
+
+
+def handle_not_live(exc: NotLive):
+    return error_response(404, "console_ended", NotLive.message)
+
+
 def handle_too_many_consoles(exc: TooManyConsoles):
     return error_response(429, "too_many_consoles", str(exc))
 
@@ -245,6 +255,8 @@ def register_errorhandlers(app: Flask) -> None:
     app.register_error_handler(PowerRefused, handle_power_refused)
     app.register_error_handler(PinError, handle_pin_error)
     app.register_error_handler(TooManyConsoles, handle_too_many_consoles)
+    app.register_error_handler(WatchRefused, handle_watch_refused)
+    app.register_error_handler(NotLive, handle_not_live)
     app.register_error_handler(DBAPIError, handle_database)
     app.register_error_handler(Exception, handle_unexpected)
     app.extensions[OUTAGE_LOG] = OutageLog()

@@ -10,6 +10,7 @@ from werkzeug.routing import PathConverter
 
 from broker import state
 from broker.cloud.types import ServerInfo
+from broker.models import LiveConsole
 from broker.services.inventory import Overview
 from broker.services.power import actions_for
 from broker.services.shortcuts import Opened
@@ -168,5 +169,24 @@ def viewer_page_data(server: ServerInfo, ref: str) -> dict:
         "keepaliveUrl": url_for("api.keepalive"),
         # Well within the idle limit, so one missed beat does not sign anyone out.
         "keepaliveEvery": max(30, state.settings().session_idle // 4),
+        # Where the opener invites others to watch: the page puts its console's ID (the relay tells it) for the 0.
+        "invitesUrl": url_for("api.invite", console_id=0),
         **panel_page_data(server),
     }
+
+
+def watch_page_data(server: ServerInfo, console: LiveConsole, invite: str) -> dict:
+    """The viewer's data for watching someone's console: a watch ticket with its own POST (spending the invite),
+    no power actions, and nothing typed reaching the server unless control is given."""
+    page = viewer_page_data(server, server.id)
+    watch_link = url_for("views.watch", console_id=console.id, _external=True)
+    page.update(
+        ticketUrl=url_for("api.watch_ticket", console_id=console.id),
+        brokerLink=watch_link,
+        loginUrl=url_for("auth.login", next=request.full_path.rstrip("?")),
+        watch={"console": console.id, "invite": invite, "owner": console.username},
+        serialUrl=None,
+        power=False,
+        actions=[],
+    )
+    return page

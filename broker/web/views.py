@@ -14,6 +14,7 @@ from flask_login import login_required
 from broker import state
 from broker.cloud.types import ServerInfo
 from broker.services import shortcuts
+from broker.services import watching
 from broker.services.consoles import ConsoleService
 from broker.web import presentation
 from broker.web import security
@@ -100,6 +101,17 @@ def serial_console(ref: str):
     page = presentation.serial_page_data(server, ref)
     security.allow_inline_styles()
     return render_template("console/serial.html", server=server, page=page, panel=page["panel"], power=page["power"])
+
+
+@bp.get("/console/live/<int:console_id>/watch")
+@login_required
+def watch(console_id: int):
+    """Watch someone's live console: with their invite (``?invite=``, used up by the page's POST, never by this
+    GET), or as an admin observing. The same authorization as opening the server."""
+    row = watching.live_console(console_id)
+    server = service().permitted(current_user, row.server_id, row.cloud, detail="join", action="watch")
+    page = presentation.watch_page_data(server, row, request.args.get("invite", "")[:128])
+    return render_template("console/viewer.html", server=server, page=page, panel=page["panel"], power=None)
 
 
 @bp.get("/console/<path:ref>/open")
