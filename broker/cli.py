@@ -1,4 +1,4 @@
-"""``flask --app app users|groups|rules ...``: manage who may sign in and open what."""
+"""``flask --app app users|groups|rules|recordings ...``: manage who may sign in and open what, and recordings."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from broker.extensions import db
 from broker.services import checks
 from broker.services import management
 from broker.services import policy
+from broker.services import recordings
 from broker.services import users
 
 # The servers' environment: the EnvironmentFile= of deploy/console-broker@.service and the relay's unit.
@@ -58,6 +59,9 @@ def require_current_schema() -> None:
 users_cli = AppGroup("users", help="Manage who may sign in to the broker.", callback=require_current_schema)
 groups_cli = AppGroup("groups", help="Manage groups of users.", callback=require_current_schema)
 rules_cli = AppGroup("rules", help="Manage who may open which consoles.", callback=require_current_schema)
+recordings_cli = AppGroup(
+    "recordings", help="Manage console recordings (BROKER_RECORDING).", callback=require_current_schema
+)
 
 
 def actor() -> str:
@@ -199,6 +203,22 @@ def remove_rule(rule_id: int) -> None:
     run(management.remove_rule, rule_id)
 
 
+@recordings_cli.command("prune")
+def prune_recordings() -> None:
+    """Delete recordings older than BROKER_RECORDING_RETENTION_DAYS, each audited (run daily by a timer)."""
+    settings = state.settings()
+    days = settings.recording_retention_days
+    deleted = recordings.prune(settings.recording_dir, days, actor())
+    # Each deletion's record, committed once the files are gone (an audit of what happened, not of what was meant).
+    db.session.commit()
+    for recording in deleted:
+        click.echo(f"deleted {recording.id}\t{recording.username}\t{recording.server_name}\t{recording.cloud}")
+    click.echo(
+        f"{len(deleted)} recording{'s' if len(deleted) != 1 else ''} older than {days} days deleted "
+        f"from {settings.recording_dir}"
+    )
+
+
 MARKS = {"ok": "ok  ", "note": "note", "fail": "FAIL"}
 
 
@@ -231,7 +251,7 @@ def check() -> None:
 
 
 def register_commands(app: Flask) -> None:
-    for group in (users_cli, groups_cli, rules_cli):
+    for group in (users_cli, groups_cli, rules_cli, recordings_cli):
         app.cli.add_command(group)
     app.cli.add_command(check)
     guard_migrations(app)

@@ -1,4 +1,5 @@
-"""Admin pages: users, groups and access rules, the audit trail with CSV export, live consoles and instances."""
+"""Admin pages: users, groups and access rules, the audit trail with CSV export, live consoles, instances and
+console recordings (list, playback)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from flask import Blueprint
 from flask import Response
 from flask import abort
 from flask import flash
+from flask import jsonify
 from flask import redirect
 from flask import render_template
 from flask import request
@@ -24,6 +26,7 @@ from broker.services import audit
 from broker.services import instances
 from broker.services import management
 from broker.services import policy
+from broker.services import recordings
 from broker.services import relay
 from broker.services import users
 from broker.web import forms
@@ -94,6 +97,14 @@ def utc(epoch: float | None) -> str:
 def when(moment: datetime | None) -> str:
     """A stored UTC time for the admin page; never: a dash."""
     return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "\u2014"
+
+
+@bp.app_template_filter("duration")
+def duration(seconds: float) -> str:
+    """Seconds as h:mm:ss (or m:ss under an hour)."""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def user_named(user_id: int) -> str:
@@ -297,3 +308,73 @@ def audit_csv():
         mimetype="text/csv",
         headers={"Content-Disposition": f'attachment; filename="audit-{stamp}.csv"'},
     )
+
+
+# The filters /admin/recordings understands; nothing else of the query string is read or echoed.
+RECORDING_FILTER_KEYS = ("user", "server", "cloud", "since", "until")
+
+
+def recording_filter() -> recordings.Filter:
+    args = request.args
+    since, until = parse_time("since"), parse_time("until")
+    return recordings.Filter(
+        user=args.get("user", "").strip()[:64],
+        server=args.get("server", "").strip()[:64],
+        cloud=args.get("cloud", "").strip()[:64],
+        since=since.replace(tzinfo=UTC) if since else None,
+        until=until.replace(tzinfo=UTC) if until else None,
+    )
+
+
+def recording_named(recording_id: str) -> recordings.Recording:
+    """The recording an id names; 404 for anything else (traversal included: no path is built from a non-id)."""
+    try:
+        return recordings.find(state.settings().recording_dir, recording_id)
+    except recordings.NoSuchRecording:
+        abort(404, description="No such recording.")
+
+
+@bp.get("/recordings")
+@admin_required
+def recording_list():
+    """Recorded relay consoles, newest first, narrowed by user, server, cloud and start time."""
+    settings = state.settings()
+    args = {key: request.args[key] for key in RECORDING_FILTER_KEYS if request.args.get(key)}
+    return render_template(
+        "admin/recordings.html",
+        rows=recordings.listing(settings.recording_dir, recording_filter()),
+        args=args,
+        limit=recordings.LIST_LIMIT,
+        recording=settings.recording,
+        retention=settings.recording_retention_days,
+    )
+
+
+@bp.get("/recordings/<recording_id>")
+@admin_required
+def recording_play(recording_id: str):
+    """The player; opening it is a playback, and audited as one."""
+    recording = recording_named(recording_id)
+    recordings.record_playback(current_user.username, recording)
+    return render_template("admin/recording.html", rec=recording)
+
+
+@bp.get("/recordings/<recording_id>/playback.json")
+@admin_required
+def recording_index(recording_id: str):
+    """What the player needs first: the screen's start, seek points and the index of events."""
+    response = jsonify(recordings.playback(recording_named(recording_id)))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/recordings/<recording_id>/segments/<int:number>")
+@admin_required
+def recording_segment(recording_id: str, number: int):
+    """One segment's records (milliseconds, length, the server's bytes), for the player."""
+    recording = recording_named(recording_id)
+    try:
+        data = recordings.segment(recording, number)
+    except recordings.NoSuchRecording:
+        abort(404, description="No such segment.")
+    return Response(data, mimetype="application/octet-stream", headers={"Cache-Control": "no-store"})
