@@ -19,6 +19,9 @@ const eventList = $("recording-events");
 const VERSION = new TextEncoder().encode("RFB 003.008\n");
 // Bytes handed to noVNC in one message while fast-forwarding: its receive queue grows to 40 MiB at most.
 const CHUNK = 1 << 20;
+// A seek to just after a seek point (or the start) shows the screen as it stood this long after it: the full
+// screen asked for there arrives in pieces over some milliseconds, and before it the canvas is black.
+const SETTLE_MS = 1000;
 // The longest wait between two looks at the clock: the slider moves at least this often.
 const TICK_MS = 250;
 const EVENT_NAMES = {
@@ -71,15 +74,19 @@ class RecordedChannel {
     }, 0);
   }
 
-  // What noVNC sends: its half of the handshake, then requests a recording has nothing to answer.
+  // What noVNC sends: its half of the handshake, then requests a recording has nothing to answer. The
+  // answers come from a task of their own, as a socket's would: noVNC sends from inside its message handler.
   send() {
     this.replies += 1;
-    if (this.replies === 1) this.deliver(Uint8Array.of(1, 1)); // one security type: None
-    else if (this.replies === 2) this.deliver(Uint8Array.of(0, 0, 0, 0)); // SecurityResult OK
-    else if (this.replies === 3) {
-      this.deliver(this.serverInit); // after ClientInit
-      this.started();
-    }
+    const replies = this.replies;
+    setTimeout(() => {
+      if (replies === 1) this.deliver(Uint8Array.of(1, 1)); // one security type: None
+      else if (replies === 2) this.deliver(Uint8Array.of(0, 0, 0, 0)); // SecurityResult OK
+      else if (replies === 3) {
+        this.deliver(this.serverInit); // after ClientInit
+        this.started();
+      }
+    }, 0);
   }
 
   close() {
@@ -234,7 +241,8 @@ async function seek(target) {
   if (mine !== generation) return;
   cursor = { segment: index, records, next: 0 };
   position = target;
-  deliverUntil(target);
+  // At a seek point the screen is whole once the full update the relay asked for there has come.
+  deliverUntil(Math.max(target, info.segments[index].t + SETTLE_MS));
   root.dataset.position = String(target);
   showPosition();
   say("");
