@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from broker.aio import first_to_finish
 from broker.cloud import errors
 from broker.cloud.types import ServerInfo
+from broker.relay import recording
 from broker.relay import rfb
 from broker.relay.budget import Budget
 from broker.relay.party import Party
@@ -90,6 +91,11 @@ PERMANENT = (SecurityRefused, errors.ConsoleUnavailable, errors.CloudRefused, er
 # What the viewer may send while the cloud's side is away: a person typing through the whole
 # retry budget sends a few kilobytes (pointer moves are merged).
 MAX_BACKLOG = 1 << 20
+# Keysyms a recording's index needs to name Ctrl-Alt-Del (X11 keysymdef.h).
+CONTROL = frozenset({0xFFE3, 0xFFE4})
+ALT = frozenset({0xFFE9, 0xFFEA, 0xFE03})
+MODIFIERS = CONTROL | ALT
+DELETE = frozenset({0xFFFF, 0xFF9F})
 # The cloud's side is replaced this long before its token expires (at most a quarter of the
 # token's life), while it still works: a proxy that cuts consoles at expiry (Nova's
 # enforce_session_timeout) drops what is in flight when it does, so the relay leaves first.
@@ -135,6 +141,9 @@ class Carrier:
     failed: Callable[[Ticket, str], Awaitable[bool]]
     # Something that happened in the live console (row, detail, reason): a hand-over, an ask for control.
     noted: Callable[[int, str, str], Awaitable[bool]]
+    # What records a console's screen (BROKER_RECORDING=all), and the relay's host:pid for its metadata.
+    recorders: Callable[[recording.Start], recording.Recorder] | None = None
+    instance: str = ""
 
 
 class Ended(Exception):
@@ -193,6 +202,9 @@ class Console:
         self.name = admission.ticket.username
         self.role = admission.ticket.role
         self.party = Party(self, self._noted)
+        self.recorder: recording.Recorder | None = None
+        # Modifier keys held down by whoever drives: Ctrl-Alt-Del is named in a recording's index.
+        self.held: set[int] = set()
 
     def report(self, instance: str) -> LiveReport:
         """What the relay's poll tells the broker of this console."""
@@ -272,12 +284,16 @@ class Console:
                 self.used_at = datetime.now(UTC)
             for message in messages:
                 self.server.follow(message)
+                if message[0] == rfb.SET_PIXEL_FORMAT and self.recorder:
+                    self.recorder.pixel_format(message[4:20])
             self.to_cloud += await self.deliver(messages)
 
     async def deliver(self, messages: list[bytes]) -> int:
         """Whole client messages to the cloud, or to the backlog while it is away; the bytes sent now."""
         if not messages:
             return 0
+        if self.recorder:
+            self._record_keys(messages)
         batch = b"".join(messages)
         if self.upstream is not None and await self.upstream.send(batch):
             return len(batch)
@@ -292,7 +308,7 @@ class Console:
         except ValueError as exc:
             raise Ended(PROTOCOL_ERROR, "RFB is binary", f"the browser sent text that is not RFB: {exc}") from None
         if note:
-            self.record_event(note)
+            self.record_event(*note)
 
     async def tell(self, text: str) -> None:
         """A text message to the opener's page (who is on the console, who asks for control)."""
@@ -302,7 +318,7 @@ class Console:
     async def _noted(self, detail: str, reason: str) -> None:
         """A hand-over or an ask for control, for the audit (linked to this console's record)."""
         log.info("console %s: %s", self.describe(), reason, **self._log())
-        self.record_event(detail)
+        self.record_event(detail, reason[:64])
         if self.row_id is None:
             return
         try:
@@ -310,8 +326,46 @@ class Console:
         except Exception:
             log.exception("console %s: a hand-over could not be recorded", self.describe(), **self._log())
 
-    def record_event(self, note: str) -> None:
-        """Something for a recording's index (never what was typed)."""
+    def record_event(self, kind: str, detail: str = "") -> None:
+        """Something for a recording's index, by kind (never what was typed)."""
+        if self.recorder and kind in recording.EVENT_KINDS:
+            self.recorder.event(kind, detail)
+
+    def _record_keys(self, messages: list[bytes]) -> None:
+        """Key presses as kinds for the recording's index: typing, or Ctrl-Alt-Del (never which keys)."""
+        for message in messages:
+            key = rfb.key_of(message)
+            if key is None:
+                continue
+            keysym, down = key
+            if keysym in MODIFIERS:
+                (self.held.add if down else self.held.discard)(keysym)
+            elif down and keysym in DELETE and self.held & CONTROL and self.held & ALT:
+                self.record_event("ctrl-alt-del")
+            elif down:
+                self.record_event("typing")
+
+    def _start_recording(self) -> None:
+        """Once the browser has its ServerInit: record what follows, if recording is on."""
+        if self.carrier.recorders is None:
+            return
+        ticket = self.ticket
+        start = recording.Start(
+            self.row_id,
+            ticket.username,
+            ticket.server_id,
+            self.server_name,
+            ticket.cloud,
+            ticket.kind,
+            self.carrier.instance,
+            self.admission.caller.client,
+            self.init.to_bytes(),
+            self.init.pixel_format.raw,
+        )
+        try:
+            self.recorder = self.carrier.recorders(start)
+        except OSError as exc:
+            log.error("console %s: its recording could not start: %s", self.describe(), exc, **self._log())
 
     # -- watchers --------------------------------------------------------------------------------------
 
@@ -320,12 +374,22 @@ class Console:
         size = (self.server.width, self.server.height)
         init = rfb.ServerInit(*size, self.client.pixel_format or self.init.pixel_format, self.init.name)
         watcher.send(init.to_bytes())
+        self.record_event("observe" if watcher.role == "observe" else "join", watcher.name)
         await self.party.join(watcher)
         if self.upstream is not None and await self.upstream.send(rfb.framebuffer_update_request(False, 0, 0, *size)):
             self.to_cloud += 10
 
     async def remove_watcher(self, watcher: Watcher) -> None:
+        if watcher in self.party.members:
+            self.record_event("leave", watcher.name)
         await self.party.leave(watcher)
+
+    async def _keyframe(self) -> None:
+        """A seek point for the recording: at a message boundary, then a full screen asked of the server."""
+        size = (self.server.width, self.server.height)
+        self.recorder.keyframe(*size)
+        if self.upstream is not None and await self.upstream.send(rfb.framebuffer_update_request(False, 0, 0, *size)):
+            self.to_cloud += 10
 
     def _fan_out(self, data: bytes, boundary: int | None) -> None:
         """``data`` to every watcher in step; one waiting for a boundary starts at ``boundary`` (None: not here)."""
@@ -351,7 +415,10 @@ class Console:
         return Ended(code or ABNORMAL, "", f"the browser closed the connection ({code or 'no close code'})")
 
     async def _to_browser(self, data: bytes, boundary: int | None = None) -> None:
-        """``data`` to the browser and every watcher in step (``boundary``: where a joining one may start)."""
+        """``data`` to the browser, its recording and every watcher in step (``boundary``: where a joining one may
+        start)."""
+        if self.recorder:
+            self.recorder.server(data)
         self._fan_out(data, boundary)
         await self.browser.send(data)
         self.to_browser += len(data)
@@ -387,6 +454,7 @@ class Console:
         self.server = ServerFramer(upstream.init)
         await self.browser.send(upstream.init.to_bytes())
         self.upstream = upstream
+        self._start_recording()
         self.started.set()
         log.info("console %s open", self.describe(), **self._log())
 
@@ -408,6 +476,8 @@ class Console:
             except RfbError as exc:
                 raise ended(UNREACHABLE, f"the cloud's console sent what the relay cannot frame: {exc}") from None
             await self._to_browser(data, 0 if at_boundary else (ends[0] if ends else None))
+            if self.recorder and self.server.at_boundary and self.recorder.keyframe_due():
+                await self._keyframe()
 
     async def _retrying(self, attempt: Callable[[], Awaitable[Upstream]], budget: float | None = None) -> Upstream:
         """``attempt`` until it gives an upstream (see ``retrying``); each try counted in the console's record."""
@@ -501,6 +571,7 @@ class Console:
         self.upstream = None
         log.info("console %s: the cloud's side closed (%s); resuming", self.describe(), why(cause), **self._log())
         await self._finish_cut_message()
+        self.record_event("resume")
         await self._tell(AWAY)
         await self._reconnect(started)
         await self._tell(BACK)
@@ -564,6 +635,8 @@ class Console:
         """Close both sides; write the console's record: how it ended (time, bytes, mints) or why it never opened."""
         ending = self._undelivered(self.ending or ended(INTERNAL_ERROR, "the relay failed"))
         self.ending = ending
+        if self.recorder:
+            self.recorder.close(ending.audit)
         await self.party.end_all(CONSOLE_ENDED, ending.audit)
         await self.browser.close(ending.code, ending.reason)
         if self.upstream is not None:

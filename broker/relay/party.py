@@ -82,8 +82,8 @@ class Party:
         everyone = [{"id": m.pid, "name": m.name, "role": m.role, "drives": m is self.driver} for m in self.members]
         return json.dumps({"people": everyone, "you": member.pid, "console": getattr(self.host, "row_id", None)})
 
-    async def told(self, member: Member, text: str) -> str | None:
-        """A page's control message (give, take, ask, release); the kind of typing it announces, for a recording."""
+    async def told(self, member: Member, text: str) -> tuple[str, str] | None:
+        """A page's control message (give, take, ask, release); what Type text announces, for a recording's index."""
         if len(text) > MAX_CONTROL:
             raise ValueError("a control message is a small JSON object")
         try:
@@ -93,7 +93,7 @@ class Party:
         if not isinstance(said, dict):
             raise ValueError("a text message must be a JSON object")
         if "type-text" in said and isinstance(said["type-text"], int) and self.drives(member):
-            return f"type-text {said['type-text']}"
+            return ("type-text", str(said["type-text"]))
         action = said.get("control")
         if action == "give":
             await self._give(member, said.get("to"))

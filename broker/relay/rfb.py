@@ -552,3 +552,12 @@ def is_key_press(message: bytes) -> bool:
     if message[0] == KEY_EVENT:
         return bool(message[1])
     return message[0] == QEMU_CLIENT and message[1] == QEMU_EXTENDED_KEY_EVENT and any(message[2:4])
+
+
+def key_of(message: bytes) -> tuple[int, bool] | None:
+    """(keysym, down) of a KeyEvent or QEMU's extended key event; None for any other message."""
+    if message[0] == KEY_EVENT:
+        return struct.unpack(">I", message[4:8])[0], bool(message[1])
+    if message[0] == QEMU_CLIENT and message[1] == QEMU_EXTENDED_KEY_EVENT:
+        return struct.unpack(">I", message[4:8])[0], any(message[2:4])
+    return None

@@ -36,6 +36,7 @@ from websockets.typing import Subprotocol
 
 from broker.cloud.types import ServerInfo
 from broker.config import Settings
+from broker.relay import recording
 from broker.relay import upstream
 from broker.relay.console import GOING_AWAY
 from broker.relay.console import REASONS
@@ -197,6 +198,8 @@ class Relay:
         self.mounts = dict(mounts or {})
         # Which relay carries a console, on the admin page.
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
+        # What records each graphical console (BROKER_RECORDING=all), or None.
+        self.recorders = recording.recorders(settings)
         # Every browser connected: consoles, browsers on serial consoles, watchers.
         self.consoles: set[Console | Viewer | Watcher] = set()
         # Serial consoles open now, one per server, each shared by the browsers on it.
@@ -384,6 +387,8 @@ class Relay:
             closed=closed,
             failed=failed,
             noted=noted,
+            recorders=self.recorders,
+            instance=self.instance,
         )
 
     async def _record(self, caller: Caller, record: Callable[[], Any]) -> bool:

@@ -135,7 +135,7 @@ class Watcher:
         except ValueError as exc:
             raise Ended(PROTOCOL_ERROR, "Not a control message", f"the watcher sent what it may not: {exc}") from None
         if note:
-            self.console.record_event(note)
+            self.console.record_event(*note)
 
     async def _take(self, data: bytes, budget: Budget) -> None:
         """Whole messages from the watcher's viewer: its input goes to the server while it drives; the rest never."""

@@ -171,6 +171,8 @@ def viewer_page_data(server: ServerInfo, ref: str) -> dict:
         "keepaliveEvery": max(30, state.settings().session_idle // 4),
         # Where the opener invites others to watch: the page puts its console's ID (the relay tells it) for the 0.
         "invitesUrl": url_for("api.invite", console_id=0),
+        # Said on the toolbar to the driver and every watcher (BROKER_RECORDING=all).
+        "recorded": state.settings().recording == "all",
         **panel_page_data(server),
     }
 

@@ -7,6 +7,7 @@
 
 import { copyLink } from "./copy-link.js";
 import { serverControls } from "./power.js";
+import { party } from "./watch.js";
 
 const $ = (id) => document.getElementById(id);
 const root = $("console");
@@ -60,6 +61,7 @@ const NO_LONGER_ALLOWED = 4403; // the server is gone, or a rule no longer grant
 const UNREACHABLE = 4502;
 const NO_GRAPHICAL_CONSOLE = 4501; // the cloud has no VNC console for it: the serial one may help
 const DATABASE_UNAVAILABLE = 4503;
+const CONSOLE_ENDED = 4404; // the console this page watched is over
 const GOING_AWAY = 1001; // the relay restarting
 // What the relay's close reason ends with when keys it held for the server had to be dropped.
 const UNDELIVERED = /(\d+) keys? typed did not reach the server/i;
@@ -114,9 +116,11 @@ function enter(phase, detail = "") {
   if (live && state.typing) detail = "typing…";
   // While following, #live-status keeps what power.js announced.
   if (!state.follow) announce(statusText(phase, detail));
-  $("ctrl-alt-del").disabled = !live;
+  // A watcher's keys go nowhere until it is given control: the buttons that send keys say so.
+  const keys = live && people.driving();
+  $("ctrl-alt-del").disabled = !keys;
   $("screenshot").disabled = !live;
-  $("type-text").disabled = !live || state.typing;
+  $("type-text").disabled = !keys || state.typing;
   // Signed out, or ended by an administrator: this page offers no way back.
   $("reconnect").disabled = phase === "signin" || phase === "ended";
   if (!live && typeDialog.open) typeDialog.close();
@@ -272,12 +276,15 @@ async function connect() {
   const attempt = ++state.attempt;
   let response;
   let body;
+  // A watcher's first ticket spends the invite; an admin observing needs none.
+  const watch = page.watch ? { body: JSON.stringify(page.watch.invite ? { invite: page.watch.invite } : {}) } : {};
   try {
     response = await fetch(page.ticketUrl, {
       method: "POST",
       credentials: "same-origin",
       cache: "no-store",
       headers: { "X-CSRFToken": csrfToken },
+      ...watch,
     });
     body = await response.json().catch(() => ({})); // not JSON: the status says enough
   } catch {
@@ -285,6 +292,7 @@ async function connect() {
     return;
   }
   if (attempt !== state.attempt) return; // Reconnect was pressed, or it gave up, meanwhile
+  if (page.watch && response.status !== 401) page.watch.invite = ""; // used up (or refused) either way
   if (response.ok) open(body);
   else ticketRefused(response.status, body.error || {});
 }
@@ -338,6 +346,7 @@ function viewerMissing() {
 function attach(session, RFB, seen) {
   const rfb = new RFB(screen, session.socket);
   rfb.focusOnClick = true;
+  rfb.viewOnly = !people.driving(); // the relay drops a watcher's input anyway: the page does not pretend
   rfb.background = "transparent"; // the last frame, under it, shows until the new one is drawn
   applyScale(rfb);
   session.rfb = rfb;
@@ -350,13 +359,27 @@ function attach(session, RFB, seen) {
 }
 
 function relayTold(text) {
-  let told;
+  let message;
   try {
-    told = JSON.parse(text).relay;
+    message = JSON.parse(text);
   } catch {
     return; // not the relay's: nothing to act on
   }
-  if (told === "away" || told === "back") setAway(told === "away");
+  if (!message || typeof message !== "object" || people.told(message)) return;
+  if (message.relay === "away" || message.relay === "back") setAway(message.relay === "away");
+}
+
+// A control message to the relay (hand-over, ask, what Type text is about to send), on the live socket.
+function sendControl(message) {
+  const socket = state.session?.socket;
+  if (socket?.readyState === WebSocket.OPEN) socket.send(JSON.stringify(message));
+}
+
+// Control given or taken: only the driver's keys and pointer reach the server.
+function setDriving(driving) {
+  if (state.session?.rfb) state.session.rfb.viewOnly = !driving;
+  if (!driving && typeDialog.open) typeDialog.close();
+  enter(state.phase);
 }
 
 // "away": the cloud's side is gone and the relay is opening another; keys typed now wait in the
@@ -388,6 +411,7 @@ function connected(session) {
 
 function disconnected(session, { opened, closed }) {
   state.session = null;
+  people.reset();
   keepLastFrame(session);
   const code = closed?.code;
   const found = UNDELIVERED.exec(closed?.reason || "");
@@ -405,6 +429,9 @@ function disconnected(session, { opened, closed }) {
     stop("signin", `Your sign-in has ended.${note}`, { signin: true });
   } else if (code === ENDED) {
     stop("ended", `An administrator ended this session.${note}`);
+  } else if (code === CONSOLE_ENDED) {
+    const owner = page.watch?.owner ?? "Its owner";
+    stop("ended", `The console you were watching has ended (${owner} left, or it was closed).`);
   } else if (code === NO_LONGER_ALLOWED) {
     stop("refused", sentence(reason || "You may no longer open this console") + note, { reconnect: true });
   } else if (code === NO_GRAPHICAL_CONSOLE) {
@@ -483,6 +510,7 @@ function lost(message) {
 }
 
 const controls = serverControls(page, { announce, following, running, lost });
+const people = party(page, { send: sendControl, drives: setDriving });
 
 // -- the last frame stays on screen until a new session has drawn its own ----------------------
 
@@ -529,7 +557,7 @@ function inConsole(event) {
 
 // While reconnecting, keys pressed in the console are kept and sent after the next connect.
 function queueKey(event) {
-  if (state.phase !== "reconnecting" || !inConsole(event)) return;
+  if (state.phase !== "reconnecting" || !inConsole(event) || !people.driving()) return;
   event.preventDefault();
   const keysym = noVNC.getKeysym(event); // loaded: reconnecting follows a connect
   if (keysym && state.queue.length < QUEUE_LIMIT) {
@@ -638,6 +666,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 async function typeText(text, layout) {
   const chars = [...text].map((char) => layouts.keyEvents(layout, char));
   let sent = 0;
+  sendControl({ "type-text": chars.length }); // its length for a recording's index, never the text
   state.typing = true;
   enter("live");
   while (sent < chars.length && (state.phase === "live" || state.phase === "reconnecting")) {
