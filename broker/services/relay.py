@@ -317,7 +317,8 @@ def opened(ticket: Ticket, *, client: str, instance: str, server_name: str = "")
         owner = _owner(ticket.watching)
         how = "observing" if ticket.role == "observe" else "watching"
         reason = f"{how} the console of {owner} through relay {instance}"
-        audit.stage("watch", "ok", **_fields(row), detail=ticket.role, reason=reason, console_id=ticket.watching)
+        detail = "observe" if ticket.role == "observe" else "join"
+        audit.stage("watch", "ok", **_fields(row), detail=detail, reason=reason, console_id=ticket.watching)
         return row_id
     detail = DETAILS[ticket.kind]
     reason = f"connected through relay {instance}"
