@@ -456,6 +456,8 @@ class Console:
         self.upstream = upstream
         self._start_recording()
         self.started.set()
+        # The page learns its console's ID (for invites) and that its person drives.
+        await self.tell(self.party.people(self))
         log.info("console %s open", self.describe(), **self._log())
 
     async def _carry_cloud(self) -> None:
