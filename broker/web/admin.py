@@ -268,6 +268,8 @@ def audit_filter() -> audit.Filter:
         outcome=args.get("outcome", "") if args.get("outcome") in audit.OUTCOMES else "",
         since=parse_time("since"),
         until=parse_time("until"),
+        # One console's story (its opening, invites, joins, hand-overs, its end): an ID, or nothing.
+        console=request.args.get("console", type=int),
     )
 
 
