@@ -433,3 +433,96 @@ def test_consoles_of_a_dead_relay_do_not_count_against_the_limit(ctx):
     db.session.commit()
     assert relay.open_consoles(users.find(AGENT[0]).id) == 0
     issued("session-1", limit=1)
+
+
+# -- watching a console (issue 23): watch tickets, watchers' rows and records ------------------------------
+
+
+def watched_by(name: str, sid: str, console: int, role: str = "watch") -> tuple[relay.Ticket, int]:
+    """``name`` redeems a ticket to watch the live console ``console`` and the relay records the watcher."""
+    user_id, sid = signed_in(name, sid)
+    token = relay.issue(users.find(name), sid, SERVER, ORIGIN, 10, watching=(console, role))
+    ticket = redeem(token, session_id=sid, user_id=user_id, origin=ORIGIN)
+    row_id = relay.opened(ticket, client="192.0.2.8", instance="relay-a:1")
+    db.session.commit()
+    return ticket, row_id
+
+
+@pytest.mark.parametrize("role, purpose", [("watch", "relay-watch"), ("observe", "relay-observe")])
+def test_a_watch_ticket_redeems_to_watching_the_live_console_never_to_one_of_its_own(ctx, role, purpose):
+    console = connected()
+    user_id, sid = signed_in(ADMIN[0], "session-admin")
+    token = relay.issue(users.find(ADMIN[0]), sid, SERVER, ORIGIN, 10, watching=(console, role))
+    stored = db.session.get(SingleUseToken, tokens.digest(token))
+    assert (stored.purpose, stored.subject) == (purpose, str(console))
+    ticket = redeem(token, session_id=sid, user_id=user_id, origin=ORIGIN)
+    assert ticket == relay.Ticket(
+        user_id, ADMIN[0], sid, SERVER.id, "web-01", "lab", ORIGIN, "novnc", watching=console, role=role
+    )
+
+
+def test_an_invite_is_no_ticket_for_the_relay(ctx):
+    user_id, sid = signed_in()
+    invite = tokens.issue(
+        "invite", 300, user_id=user_id, session_id=sid, server_id=SERVER.id, cloud="lab", scope="link", subject="1"
+    )
+    db.session.commit()
+    with pytest.raises(relay.TicketRefused, match="unknown ticket"):
+        redeem(invite, session_id=sid, user_id=user_id, origin=ORIGIN)
+
+
+def test_a_watchers_join_hand_overs_and_leave_are_watch_records_linked_to_the_console(ctx):
+    console = connected()
+    _, watcher = watched_by(ADMIN[0], "session-admin", console)
+    _, observer = watched_by(ADMIN[0], "session-admin-2", console, role="observe")
+    relay.noted(console, detail="hand-over", reason="agent gave control to admin")
+    db.session.commit()
+    relay.closed(watcher, reason="the browser closed the connection (1000)", to_cloud=16, to_browser=4096)
+    relay.closed(observer, reason="the console ended", to_cloud=0, to_browser=1)
+    relay.closed(console, reason="the browser closed the connection (1000)", to_cloud=10, to_browser=20)
+    db.session.commit()
+    linked = db.session.scalars(select(AuditRecord).where(AuditRecord.console_id == console).order_by(AuditRecord.id))
+    assert [(r.action, r.detail, r.username) for r in linked] == [
+        ("console", "relay", AGENT[0]),
+        ("watch", "join", ADMIN[0]),
+        ("watch", "observe", ADMIN[0]),
+        ("watch", "hand-over", AGENT[0]),
+        ("watch", "leave", ADMIN[0]),
+        ("watch", "leave", ADMIN[0]),
+        ("relay", "disconnect", AGENT[0]),
+    ]
+    [join, observe, _, leave, *_] = audit_rows("watch")
+    assert join.reason == f"watching the console of {AGENT[0]} through relay relay-a:1"
+    assert observe.reason == f"observing the console of {AGENT[0]} through relay relay-a:1"
+    assert leave.reason.startswith("the browser closed the connection (1000); ")
+    assert leave.reason.endswith(" s, 16 bytes to the cloud, 4096 bytes to the browser")
+    assert (leave.server_id, leave.server_name, leave.cloud) == (SERVER.id, "web-01", "lab")
+    assert relay.listing() == []
+
+
+def test_watchers_are_listed_with_the_console_they_watch_and_how(ctx):
+    console = connected()
+    _, watcher = watched_by(ADMIN[0], "session-admin", console, role="observe")
+    listed = {live_console.id: live_console for live_console in relay.listing()}
+    assert (listed[console].watching, listed[console].role) == (None, "open")
+    assert (listed[watcher].watching, listed[watcher].role, listed[watcher].username) == (console, "observe", ADMIN[0])
+
+
+def test_a_hand_over_in_a_console_already_gone_is_still_recorded(ctx):
+    relay.noted(404, detail="hand-over", reason="control went back to agent: admin left")
+    db.session.commit()
+    [record] = audit_rows("watch")
+    assert (record.detail, record.console_id, record.username) == ("hand-over", 404, "")
+
+
+def test_an_observer_who_is_no_longer_an_admin_is_let_go_while_invited_watchers_stay(no_rules):
+    rule_for(AGENT[0])
+    rule_for(ADMIN[0])  # may open the server whatever its role: only observing needs the admin role
+    console = connected()
+    _, observer = watched_by(ADMIN[0], "session-admin", console, role="observe")
+    _, watcher = watched_by(ADMIN[0], "session-admin-2", console, role="watch")
+    assert to_end(console, observer, watcher) == {}
+    management.add_user(ADMIN[0], "second-admin", "a-long-enough-password-2", "admin")
+    management.set_role("second-admin", ADMIN[0], "agent")
+    db.session.commit()  # as the admin page or the command does
+    assert to_end(console, observer, watcher) == {observer: relay.NOT_ALLOWED}

@@ -187,3 +187,38 @@ def test_long_values_are_cut_to_their_columns(ctx):
     [row] = stored()
     assert (len(row.scope), len(row.server_name)) == (255, 255)
     assert claimed(token, scope="o" * 255).granted
+
+
+# -- what a token is about (subject), and reading one without using it (peek) ------------------------------
+
+
+def test_a_subject_is_stored_cut_to_its_column_and_checked_as_a_binding(ctx):
+    token = issued(subject="41")
+    assert stored()[0].subject == "41"
+    refused = claimed(token, subject="42")
+    assert (refused.granted, refused.refusal) == (False, "subject")
+    assert stored()[0].used_at is None  # left for a claim about the right thing
+    assert claimed(token, subject="41").granted
+    assert issued(subject="9" * 100) and {row.subject for row in stored()} == {"41", "9" * 64}
+
+
+def test_a_token_issued_without_a_subject_has_an_empty_one(ctx):
+    issued()
+    assert stored()[0].subject == ""
+
+
+def test_peek_reads_a_token_of_its_purpose_without_using_it(ctx):
+    token = issued(subject="41", scope="named")
+    row = tokens.peek(PURPOSE, token)
+    assert (row.subject, row.scope, row.used_at) == ("41", "named", None)
+    db.session.commit()
+    assert stored()[0].used_at is None
+    assert claimed(token, scope="named").granted
+    assert tokens.peek(PURPOSE, token).used_at is not None  # a used one is still read: its claim says "used"
+
+
+@pytest.mark.parametrize("token", ["", "made-up", "x" * (tokens.LONGEST + 1), "other-purpose"])
+def test_peek_finds_nothing_for_a_token_that_is_not_one_of_its_purpose(ctx, token):
+    if token == "other-purpose":
+        token = issued(purpose="power")
+    assert tokens.peek(PURPOSE, token) is None
