@@ -23,6 +23,7 @@ from websockets.protocol import State
 from bench import assets
 from bench import clients
 from bench import firstframe
+from bench import recording
 from bench import relaystack
 from bench import serial
 from bench.relaystack import EXPIRING_TTL
@@ -80,6 +81,8 @@ def run(args: argparse.Namespace, workdir: Path, step: Callable[[str], None]) ->
             step("relay: starting a second relay without per-connection budgets")
             unbudgeted = relaystack.start_unbudgeted(stack, running, workdir)
         rows += asyncio.run(measure(running, args, step, unbudgeted))
+        if args.relay_recording:
+            rows += asyncio.run(recording.rows(running, args, workdir, step))
         setup = setup_line(running, time.monotonic() - began)
     # In the console lab, on processes of its own: after the stack above is gone, so it has the machine to itself.
     rows += firstframe.rows(args.relay_first_frame, workdir / "firstframe", step)

@@ -80,6 +80,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--relay-first-frame", type=int, default=5, help="warm page loads to the first frame, relay vs bare (0 skips)"
     )
+    parser.add_argument(
+        "--relay-recording",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="recording's figures: relay CPU with it (--relay-seconds), an hour's size, playback in Chromium",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the Markdown table")
     if argv is None:
         argv = sys.argv[1:]

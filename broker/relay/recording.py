@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import base64
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -51,6 +52,9 @@ BURST_GAP = 2.0
 IDLE_GAP = 60.0
 # A chunk from the server smaller than this (a blinking cursor, a clock) is not activity.
 ACTIVE_BYTES = 1024
+# Queued since the writer was last woken past this, it is woken at once (a busy console: 100 MB/s of raw
+# updates would otherwise pile up for a second).
+WAKE_BYTES = 4 << 20
 # Queued and not yet written past this, the disk is not keeping up: the recording stops rather
 # than the relay's memory growing without bound.
 MAX_QUEUED = 64 << 20
@@ -113,6 +117,7 @@ class Recorder:
         self.queued = 0
         self.keyframe_at = self.began
         self.keyframe_queued = 0
+        self.woke_at = 0
         # Written by the writer thread only.
         self.written = 0
         self.failed = False
@@ -136,7 +141,11 @@ class Recorder:
             log.error("recording %s stopped: the disk does not keep up with the console", self.id)
             WRITE_FAILURES.add()
             return
-        self.queue.append(("data", self.now(), bytes(data)))
+        self.queue.append(("data", self.now(), data if isinstance(data, bytes) else bytes(data)))
+        if self.queued - self.woke_at >= WAKE_BYTES:
+            # A busy console: written now rather than at the next second, so a second never piles up.
+            self.woke_at = self.queued
+            self.writer.wake.set()
 
     def pixel_format(self, raw: bytes) -> None:
         """The viewer changed the pixel format of what follows."""
@@ -218,7 +227,9 @@ class RecordingFile:
         self.flush()
 
     def on_data(self, when: int, data: bytes) -> None:
-        self.segment.write(self.deflate.compress(recordfile.RECORD.pack(when, len(data)) + data))
+        # Two calls, not one of the header joined to the data: a join copies megabytes of a busy screen.
+        header = self.deflate.compress(recordfile.RECORD.pack(when, len(data)))
+        self.segment.write(header + self.deflate.compress(data))
         self.raw_bytes += len(data)
         self.recorder.written += len(data)
         if len(data) >= ACTIVE_BYTES:
@@ -324,6 +335,11 @@ class RecordingFile:
         temporary.write_text(json.dumps(meta, indent=1), encoding="utf-8")
         os.replace(temporary, path)
 
+    def note_failure(self, error: str) -> None:
+        """Say in meta.json why the recording stops short, if the disk still takes that much."""
+        with contextlib.suppress(OSError):
+            self.write_meta({"error": error[:200]})
+
     def abandon(self) -> None:
         """After a write error: close what is open, ignoring further errors (the disk may still be full)."""
         for handle in (self.segment, self.index):
@@ -409,6 +425,8 @@ class Writer:
                     self.recordings[recorder] = True
             recorder.file.drain()
         except StopRecording:
+            recorder.file.abandon()
+            recorder.file.note_failure("the disk did not keep up with the console")
             self.forget(recorder)
         except (OSError, ValueError) as exc:
             self.fail(recorder, exc)
@@ -423,6 +441,7 @@ class Writer:
         recorder.file.abandon()
         WRITE_FAILURES.add()
         log.error("recording %s stopped: %s (the console goes on unrecorded)", recorder.id, exc)
+        recorder.file.note_failure(str(exc))
         self.forget(recorder)
 
     def forget(self, recorder: Recorder) -> None:
