@@ -639,7 +639,7 @@ class Console:
         self.ending = ending
         if self.recorder:
             self.recorder.close(ending.audit)
-        await self.party.end_all(CONSOLE_ENDED, ending.audit)
+        self.party.end_all(CONSOLE_ENDED, ending.audit)
         await self.browser.close(ending.code, ending.reason)
         if self.upstream is not None:
             # A close handshake, so that the proxy logs a client that left rather than a lost connection.

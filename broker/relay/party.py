@@ -133,6 +133,7 @@ class Party:
             if other is not member:
                 await other.tell(asked)
 
-    async def end_all(self, code: int, reason: str) -> None:
-        """The console is over: so is every watcher's view of it."""
-        await asyncio.gather(*(watcher.end_with(code, reason) for watcher in self.watchers))
+    def end_all(self, code: int, reason: str) -> None:
+        """The console is over: so is every watcher's view of it (each closes on its own, never holding this up)."""
+        for watcher in self.watchers:
+            watcher.end_with(code, reason)

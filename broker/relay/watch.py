@@ -76,6 +76,8 @@ class Watcher:
         self.in_step = False
         self.client = ClientFramer()
         self.ending: Ended | None = None
+        # The close handshake the console's end started (kept: a task nobody holds may be collected).
+        self.closing: asyncio.Future | None = None
 
     def report(self, instance: str) -> LiveReport:
         """What the relay's poll tells the broker of this watcher (judged by its own rights)."""
@@ -207,12 +209,12 @@ class Watcher:
         self.wake.set()
         await self.browser.close(self.ending.code, self.ending.reason)
 
-    async def end_with(self, code: int, reason: str) -> None:
-        """The console it watches is over."""
-
+    def end_with(self, code: int, reason: str) -> None:
+        """The console it watches is over: this watcher's own task closes its browser and writes its record, so
+        that a watcher whose browser stopped reading never holds up the console's end."""
         self.ending = self.ending or Ended(code, "The console ended", f"the console ended: {reason}")
         self.wake.set()
-        await self.browser.close(self.ending.code, self.ending.reason)
+        self.closing = asyncio.ensure_future(self.browser.close(self.ending.code, self.ending.reason))
 
     async def _finish(self) -> None:
 

@@ -197,6 +197,8 @@ class Browser:
         self.messages: list[bytes] = []
         # What the relay said of the cloud's side, in its text messages ("away", "back").
         self.statuses: list[str] = []
+        # The relay's other text messages: who is on the console and who drives, asks for control.
+        self.told: list[dict] = []
         self.received = 0
         self._partial = bytearray()
         self._reader: asyncio.Task | None = None
@@ -234,7 +236,11 @@ class Browser:
         try:
             async for data in self.websocket:
                 if isinstance(data, str):
-                    self.statuses.append(json.loads(data)["relay"])
+                    said = json.loads(data)
+                    if "relay" in said:
+                        self.statuses.append(said["relay"])
+                    else:
+                        self.told.append(said)  # who is on the console, who asks for control
                 else:
                     self._take(data)
         except ConnectionClosed:

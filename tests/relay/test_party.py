@@ -29,7 +29,7 @@ class Member:
     async def tell(self, text: str) -> None:
         self.told.append(json.loads(text))
 
-    async def end_with(self, code: int, reason: str) -> None:
+    def end_with(self, code: int, reason: str) -> None:
         self.ended = (code, reason)
 
 
@@ -232,7 +232,7 @@ def test_control_returns_to_the_opener_when_its_holder_leaves_and_nothing_else_l
 def test_the_end_of_the_console_ends_every_watcher_and_not_the_opener():
     async def scenario():
         party = await Scene().join()
-        await party.party.end_all(4404, "the browser closed the connection (1000)")
+        party.party.end_all(4404, "the browser closed the connection (1000)")
         return party
 
     party = asyncio.run(scenario())

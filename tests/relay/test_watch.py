@@ -450,11 +450,6 @@ def test_a_watcher_that_stops_reading_is_let_go_with_1013_while_the_opener_and_o
     assert (record["row"], record["reason"]) == (42, "the watcher's browser did not keep up")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Console._finish awaits Party.end_all, which awaits each Watcher.end_with's close handshake: a watcher "
-    "whose socket is full holds the opener's close and record until the websocket keepalive gives up (~40 s)",
-)
 def test_the_opener_leaving_is_recorded_at_once_though_a_watcher_stopped_reading(app, monkeypatch):
     monkeypatch.setattr(watch, "MAX_PENDING", SMALL_PENDING)
     fakes = FakeServices(app)
