@@ -26,6 +26,9 @@ from broker.services.clock import now
 from broker.services.consoles import ConsoleService
 from broker.services.policy import access_for
 
+# The largest row ID there can be (PostgreSQL's integer): a larger one in a URL names no console, and must
+# not reach the database, which refuses to compare with it (a 500 instead of a 404).
+MAX_ROW_ID = 2**31 - 1
 # An invite is for now: long enough to paste into a chat and be clicked, short enough to be worthless later.
 INVITE_TTL = 300
 INVITE = "invite"
@@ -69,6 +72,8 @@ class Invite:
 
 def live_console(console_id: int) -> LiveConsole:
     """The graphical console opened (not watched) through a relay with this ID, while it is open; else NotLive."""
+    if not 0 < console_id <= MAX_ROW_ID:
+        raise NotLive(NotLive.message)
     fresh = now() - timedelta(seconds=relay.STALE_AFTER)
     row = db.session.scalar(
         select(LiveConsole).where(
