@@ -558,3 +558,41 @@ def test_a_watcher_at_the_keyboard_counts_as_use_of_its_own_session(app):
     watcher_used, opener_used = run(scenario())
     assert watcher_used is not None
     assert opener_used is None  # the opener's viewer sent no keys of its own
+
+
+async def frozen_behind(proxy: FakeProxy, relay: Relay, opener: Page) -> None:
+    """Screens from the server until the one watcher's websocket takes no more (its page stopped reading)."""
+    [watcher] = watchers(relay)
+    base = len(opener.screens())
+    for sent in range(1, 20_000):
+        await proxy.sessions[0].send(raw_update(32, 24, sent))
+        if sent % 16 == 0:
+            await eventually(lambda: len(opener.screens()) == base + sent)
+            if watcher.browser.paused:
+                return
+    raise AssertionError("the watcher's websocket never filled up")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Relay.poll_once awaits each ending's end(); Watcher.end awaits its browser's close handshake, which a "
+    "page that stopped reading never lets finish: one frozen watcher stops every console's heartbeat",
+)
+def test_the_poll_goes_on_while_a_watcher_it_ended_has_stopped_reading(app):
+    fakes = FakeServices(app)
+
+    async def scenario():
+        async with running(fakes) as (relay, proxy):
+            opener = await opened(fakes, relay)
+            frozen = await joins(fakes, relay)
+            frozen.stop_reading()
+            await frozen_behind(proxy, relay, opener)
+            polls = len(fakes.reports)
+            fakes.ending[42] = 4403
+            try:
+                # Later polls still report (and judge) the opener's console.
+                await eventually(lambda: len(fakes.reports) >= polls + 3, timeout=2)
+            finally:
+                frozen.read_again()
+
+    run(scenario())
