@@ -90,11 +90,10 @@ def relay_ticket(server_id: str):
         abort(400, description=f"Consoles of cloud {server.cloud} open in the cloud's own page, not through the relay.")
     limit = state.settings().max_consoles_per_user
     ticket = relay.issue(current_user, sessions.current_id(), server, page_origin(), limit, kind)
-    url = relay_url()
-    if kind == "serial":
-        # Names the console for a load balancer in front of several relays, which must send every
-        # browser on one server's serial console to the same relay (docs/deploy.md, "The relay").
-        url += "?" + urlencode({"serial": f"{server.cloud}/{server.id}"})
+    # Names the console for a load balancer in front of several relays, which must send every browser on
+    # one server's serial console, and every watcher of a graphical one, to the relay that carries it
+    # (docs/deploy.md, "The relay").
+    url = relay_url() + "?" + urlencode({"serial" if kind == "serial" else "console": f"{server.cloud}/{server.id}"})
     body = {"ticket": ticket, "url": url, "expires_in": relay.TICKET_TTL, "server": server.to_json()}
     return no_store(jsonify(body), 201)
 
@@ -124,9 +123,9 @@ def watch_ticket(console_id: int):
     ticket, server, role = watching.admit(
         service(), current_user, sessions.current_id(), console_id, body.get("invite", ""), page_origin(), limit
     )
-    # Names the console for a load balancer in front of several relays: a watcher must reach the relay
-    # that carries it (docs/deploy.md, "The relay").
-    url = relay_url() + "?" + urlencode({"watch": console_id})
+    # Names the console for a load balancer in front of several relays: a watcher must reach the relay that
+    # carries it, which the server's key chose when the console opened (docs/deploy.md, "The relay").
+    url = relay_url() + "?" + urlencode({"console": f"{server.cloud}/{server.id}", "watch": console_id})
     body = {"ticket": ticket, "url": url, "expires_in": relay.TICKET_TTL, "server": server.to_json(), "role": role}
     return no_store(jsonify(body), 201)
 

@@ -190,7 +190,7 @@ def test_the_relay_url_keeps_the_port_and_its_websocket_connects(site, host):
         f"{site.url(host)}/api/relay-tickets/{server['id']}?cloud=envvars", headers={"X-CSRFToken": token}
     )
     assert issued.status_code == 201, issued.text
-    assert issued.json()["url"] == f"wss://{host}:{site.tls}/relay"
+    assert issued.json()["url"] == f"wss://{host}:{site.tls}/relay?console=envvars%2F{server['id']}"
     cookie = "; ".join(f"{c.name}={c.value}" for c in browser.cookies)
     context = ssl.create_default_context(cafile=str(site.deployment.ca))
     with connect(

@@ -262,7 +262,7 @@ def ticket(page: Page, name: str, relay: RelayLab) -> dict:
 def fresh_ticket(page: Page, name: str, relay: RelayLab) -> str:
     answer = ticket(page, name, relay)
     assert answer["status"] == 201, answer
-    assert answer["body"]["url"] == relay.lab.relay_url
+    assert answer["body"]["url"] == f"{relay.lab.relay_url}?console={CLOUD_NAME}%2F{relay.lab.server(name).id}"
     return answer["body"]["ticket"]
 
 
@@ -311,8 +311,9 @@ def test_relay_connects_and_no_console_token_reaches_the_browser(
             assert form not in everything, "a console token reached the browser"
     assert not [url for url in seen if url.startswith(lab.proxy_url)], "the browser contacted the cloud's proxy"
     assert [url for url in seen if url.startswith("ws")] == [url for url in seen if url.startswith(lab.relay_url)]
-    # The ticket travels in a subprotocol offer: the websocket's URL carries nothing a log could keep.
-    assert lab.relay_url in seen
+    # The ticket travels in a subprotocol offer: the websocket's URL carries nothing a log could keep, only which
+    # console it is (for a load balancer).
+    assert f"{lab.relay_url}?console={CLOUD_NAME}%2F{lab.server(BIOS).id}" in seen
 
 
 # -- 2. the console that never drops ---------------------------------------------------------------------

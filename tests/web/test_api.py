@@ -386,7 +386,8 @@ def test_a_relay_ticket_names_the_server_and_the_relay_but_mints_nothing(relay_a
     assert response.headers["Cache-Control"] == "no-store"
     body = response.get_json()
     assert set(body) == {"ticket", "url", "expires_in", "server"}
-    assert body["url"] == "ws://localhost/relay" and body["expires_in"] == 30
+    # The URL names the console for a load balancer (the same relay for its watchers).
+    assert body["url"] == f"ws://localhost/relay?console=lab%2F{server_id(1)}" and body["expires_in"] == 30
     server = body["server"]
     assert (server["id"], server["name"], server["status"], server["cloud"]) == (
         server_id(1),
@@ -401,7 +402,7 @@ def test_a_relay_ticket_names_the_server_and_the_relay_but_mints_nothing(relay_a
 @pytest.mark.parametrize("console_mode", ["relay"])
 @pytest.mark.parametrize("env_overrides", [{"BROKER_RELAY_URL": "ws://127.0.0.1:5001/relay"}])
 def test_a_relay_on_its_own_port_is_named_and_allowed_by_the_csp(relay_api, client, console_mode, env_overrides):
-    assert relay_api(server_id(1)).get_json()["url"] == "ws://127.0.0.1:5001/relay"
+    assert relay_api(server_id(1)).get_json()["url"] == f"ws://127.0.0.1:5001/relay?console=lab%2F{server_id(1)}"
     csp = client.get("/").headers["Content-Security-Policy"]
     assert "connect-src 'self' ws://127.0.0.1:5001;" in csp
 
@@ -512,7 +513,7 @@ def test_a_ticket_needs_the_session_and_the_csrf_token(client, auth, console_mod
 )
 def test_a_relay_on_another_port_of_the_pages_host(relay_api, client, console_mode, env_overrides, host, name):
     """The session cookie reaches another port of the same host name only: the URL follows the page's host."""
-    assert relay_api(server_id(1)).get_json()["url"] == "ws://localhost:5001/relay"
+    assert relay_api(server_id(1)).get_json()["url"] == f"ws://localhost:5001/relay?console=lab%2F{server_id(1)}"
     csp = client.get("/login", headers={"Host": host}).headers["Content-Security-Policy"]
     assert f"connect-src 'self' ws://{name}:5001;" in csp
 
