@@ -7,6 +7,7 @@ whole server messages so a timing ends when the viewer could draw what it receiv
 
 from __future__ import annotations
 
+import json
 import struct
 import time
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ class Viewer:
         self.width = 0
         self.height = 0
         self.received = 0
+        # The relay's text messages so far (who is on the console, away/back), as JSON objects.
+        self.said: list[dict] = []
 
     @classmethod
     async def open(cls, url: str, *, origin: str, cookie: str = "", ticket: str = "") -> Viewer:
@@ -90,7 +93,9 @@ class Viewer:
         while len(self.buffer) < size:
             message = await self.websocket.recv()
             if isinstance(message, str):
-                continue  # the relay's news for the person (a JSON text frame), which noVNC's RFB ignores too
+                # The relay's news for the person (a JSON text frame), which noVNC's RFB ignores too.
+                self.said.append(json_object(message))
+                continue
             self.buffer += message
             self.received += len(message)
         data = bytes(self.buffer[:size])
@@ -158,3 +163,12 @@ class Viewer:
 
     async def close(self) -> None:
         await self.websocket.close()
+
+
+def json_object(text: str) -> dict:
+    """A relay text message as JSON (an empty object for anything else)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from collections.abc import Awaitable
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -263,17 +264,7 @@ class Console:
         They go a slice at a time, as the browser's budget allows: a console that floods the relay
         waits for its own budget, and every other console runs between its slices.
         """
-        self.client.push(data)
-        while True:
-            try:
-                taken = self.client.take(budget.slice)
-            except RfbError as exc:
-                raise Ended(
-                    PROTOCOL_ERROR, "Unsupported RFB message", f"the browser sent what it may not: {exc}"
-                ) from None
-            if not taken:
-                return
-            messages = await budget.admit(taken)
+        async for messages in admitted(self.client, data, budget, "the browser"):
             if budget.waited and self.browser.close_code is not None:
                 # The browser left while its flood waited for the budget: nobody is there for the rest.
                 raise self._browser_closed()
@@ -684,6 +675,20 @@ class Console:
     def _log(self) -> dict[str, Any]:
         """Keyword arguments that give a log line this console's request ID."""
         return {"extra": {"request_id": self.admission.caller.request_id}}
+
+
+async def admitted(client: ClientFramer, data: bytes, budget: Budget, sender: str) -> AsyncIterator[list[bytes]]:
+    """The whole client messages ``data`` completes, cut by ``client`` a slice at a time as ``budget`` allows: a
+    browser that floods the relay waits for its own budget, and every other console runs between its slices."""
+    client.push(data)
+    while True:
+        try:
+            taken = client.take(budget.slice)
+        except RfbError as exc:
+            raise Ended(PROTOCOL_ERROR, "Unsupported RFB message", f"{sender} sent what it may not: {exc}") from None
+        if not taken:
+            return
+        yield await budget.admit(taken)
 
 
 async def greet(browser: ServerConnection, timeout: float) -> bytes:

@@ -215,6 +215,8 @@ class Relay:
         # still open would otherwise write its row back after its close removed it (a console listed, and
         # counted against its user, for STALE_AFTER seconds after it ended).
         self.writing = asyncio.Lock()
+        # Consoles the last polls are ending (kept: a task nobody holds may be collected).
+        self.endings: set[asyncio.Task] = set()
 
     # -- serving -----------------------------------------------------------------------------------
 
@@ -433,8 +435,13 @@ class Relay:
         if self.database_down:
             log.warning("the database is back: consoles are judged by the rules again")
         self.database_down = False
-        endings = [consoles[row_id].end(code) for row_id, code in ending.items() if row_id in consoles]
-        await asyncio.gather(*endings)
+        # Each ending closes its browser in a task of its own: a page that stopped reading never lets its close
+        # handshake finish, and must not hold up the next poll (every other console's heartbeat and verdicts).
+        for row_id, code in ending.items():
+            if row_id in consoles:
+                task = asyncio.create_task(consoles[row_id].end(code))
+                self.endings.add(task)
+                task.add_done_callback(self.endings.discard)
 
     def defer(self, caller: Caller, record: Callable[[], Any]) -> None:
         """A console's record to write once the database can be reached again (in order, none lost)."""

@@ -32,11 +32,11 @@ from broker.relay.console import PROTOCOL_ERROR
 from broker.relay.console import Carrier
 from broker.relay.console import Console
 from broker.relay.console import Ended
+from broker.relay.console import admitted
 from broker.relay.console import ended
 from broker.relay.console import greet
 from broker.relay.console import live_report
 from broker.relay.rfb import ClientFramer
-from broker.relay.rfb import RfbError
 from broker.services.relay import DatabaseUnavailable
 from broker.services.relay import LiveReport
 
@@ -141,18 +141,7 @@ class Watcher:
 
     async def _take(self, data: bytes, budget: Budget) -> None:
         """Whole messages from the watcher's viewer: its input goes to the server while it drives; the rest never."""
-
-        self.client.push(data)
-        while True:
-            try:
-                taken = self.client.take(budget.slice)
-            except RfbError as exc:
-                raise Ended(
-                    PROTOCOL_ERROR, "Unsupported RFB message", f"the watcher sent what it may not: {exc}"
-                ) from None
-            if not taken:
-                return
-            messages = await budget.admit(taken)
+        async for messages in admitted(self.client, data, budget, "the watcher"):
             if not self.console.party.drives(self):
                 continue
             messages = [message for message in messages if rfb.is_input(message)]

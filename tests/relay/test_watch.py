@@ -573,11 +573,6 @@ async def frozen_behind(proxy: FakeProxy, relay: Relay, opener: Page) -> None:
     raise AssertionError("the watcher's websocket never filled up")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Relay.poll_once awaits each ending's end(); Watcher.end awaits its browser's close handshake, which a "
-    "page that stopped reading never lets finish: one frozen watcher stops every console's heartbeat",
-)
 def test_the_poll_goes_on_while_a_watcher_it_ended_has_stopped_reading(app):
     fakes = FakeServices(app)
 
