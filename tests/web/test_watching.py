@@ -197,7 +197,11 @@ def test_the_watch_page_never_spends_the_invite_and_its_post_does_once(app, open
     assert response.headers["Cache-Control"] == "no-store"
     body = response.get_json()
     assert set(body) == {"ticket", "url", "expires_in", "server", "role"}
-    assert (body["url"], body["expires_in"], body["role"]) == (f"ws://localhost/relay?watch={console}", 30, "watch")
+    assert (body["expires_in"], body["role"]) == (30, "watch")
+    # The relay's URL names the console, so that a load balancer sends the watcher to the relay carrying it.
+    relay_url = urlsplit(body["url"])
+    assert (relay_url.scheme, relay_url.netloc, relay_url.path) == ("ws", "localhost", "/relay")
+    assert parse_qs(relay_url.query) == {"console": [f"lab/{server_id(1)}"], "watch": [str(console)]}
     assert (body["server"]["id"], body["server"]["name"]) == (server_id(1), "web-01")
     ticket = token_row(app, body["ticket"])
     assert (ticket.purpose, ticket.subject) == ("relay-watch", str(console))
