@@ -153,6 +153,16 @@ def open_consoles(user_id: int) -> int:
     return db.session.scalar(query.select_from(LiveConsole)) or 0
 
 
+def require_room(user: User, server: ServerInfo, limit: int, kind: str = "novnc") -> None:
+    """TooManyConsoles (audited) when the user has ``limit`` relay consoles open already, on every relay."""
+    open_now = open_consoles(user.id)
+    if open_now >= limit:
+        reason = f"{open_now} consoles open, at the limit of {limit} (BROKER_MAX_CONSOLES_PER_USER)"
+        fields = {"cloud": server.cloud, "server_id": server.id, "server_name": server.name}
+        audit.stage("console", "refused", username=user.username, detail=DETAILS[kind], reason=reason, **fields)
+        raise TooManyConsoles(open_now, limit)
+
+
 def issue(
     user: User,
     session_id: str,
@@ -167,13 +177,7 @@ def issue(
 
     TooManyConsoles (audited) when the user has ``limit`` consoles open already (watched ones count).
     """
-    open_now = open_consoles(user.id)
-    if open_now >= limit:
-        refusal = TooManyConsoles(open_now, limit)
-        reason = f"{open_now} consoles open, at the limit of {limit} (BROKER_MAX_CONSOLES_PER_USER)"
-        fields = {"cloud": server.cloud, "server_id": server.id, "server_name": server.name}
-        audit.stage("console", "refused", username=user.username, detail=DETAILS[kind], reason=reason, **fields)
-        raise refusal
+    require_room(user, server, limit, kind)
     row_id, role = watching or (None, OPEN)
     return tokens.issue(
         WATCH_PURPOSES[role] if row_id else PURPOSES[kind],

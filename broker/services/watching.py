@@ -92,10 +92,11 @@ def invite(service: ConsoleService, user: User, session_id: str, console_id: int
     """An invite to watch the console ``console_id``, which ``user`` opened: for the user called ``name``, or a
     link (``name`` None); staged. WatchRefused (audited) when the person may not watch it."""
     row = live_console(console_id)
-    if row.user_id != user.id:
-        raise WatchRefused("Only the person who opened a console can invite others to it.")
     server = service.permitted(user, row.server_id, row.cloud, detail="invite", action="watch")
     fields = _fields(row, server) | {"username": user.username, "detail": "invite"}
+    if row.user_id != user.id:
+        audit.stage("watch", "refused", **fields, reason=f"not the opener ({row.username} opened it)")
+        raise WatchRefused("Only the person who opened a console can invite others to it.")
     invitee = _invitee(user, server, name, fields) if name is not None else None
     token = tokens.issue(
         INVITE,
@@ -141,6 +142,8 @@ def admit(
     if row.user_id == user.id:
         raise WatchRefused("This is your own console: it is open on its own page.", 400)
     if token:
+        # Refused for the console limit, the person keeps the invite for when they have closed one.
+        relay.require_room(user, server, limit)
         _claim(token, user, console_id, fields)
         role = "watch"
     elif user.is_admin:

@@ -102,6 +102,13 @@ def relay_ticket(server_id: str):
 MAX_WATCH_BODY = 256
 
 
+@bp.post("/consoles/live/<path:rest>")
+@login_required
+def no_such_live_console(rest: str):
+    """A live console's ID is a number: anything else names none (and is no server ID for a mint either)."""
+    abort(404, description=watching.NotLive.message)
+
+
 @bp.post("/consoles/live/<int:console_id>/invites")
 @login_required
 def invite(console_id: int):
