@@ -53,7 +53,6 @@ SEEK_JS = """(ms) => {
   slider.dispatchEvent(new Event('change', { bubbles: true }));
 }"""
 PLAYER_LIT_PIXELS_JS = lit_pixels_js("#player-screen canvas")
-RECORDER_HOOKED = "recorder" in (REPO / "broker/relay/console.py").read_text()
 
 
 @dataclass(frozen=True)
@@ -172,8 +171,7 @@ def test_pruning_takes_old_recordings_off_the_list(admin_page: Page, recording_l
     expect(admin_page.locator(f'tr[data-id="{old}"]')).to_have_count(0)
 
 
-@pytest.mark.skipif(not RECORDER_HOOKED, reason="the relay's console does not call its recorder yet")
-def test_a_console_through_the_relay_is_recorded_and_plays_back(
+def test_a_console_through_the_relay_is_recorded_says_so_and_plays_back(
     browser: Browser, admin_page: Page, recording_lab: RecordingLab
 ):
     lab, directory = recording_lab.lab, recording_lab.directory
@@ -184,6 +182,8 @@ def test_a_console_through_the_relay_is_recorded_and_plays_back(
     sign_in(page, lab)
     page.goto("/console/web-01")
     expect(page.locator("#console")).to_have_attribute("data-state", "live", timeout=20_000)
+    # The person at the console is told, on its toolbar.
+    expect(page.locator("#recorded")).to_have_text("Recorded")
     # The guest's screen is in the recording once its writer has flushed the first screen (about a second).
     new = wait_until(
         lambda: [

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs
 from urllib.parse import urlsplit
 
 import pytest
+from bs4 import BeautifulSoup
 from sqlalchemy import delete
 from sqlalchemy import func
 from sqlalchemy import select
@@ -345,3 +346,20 @@ def test_an_invite_refused_for_the_console_limit_is_still_good(app, opener, coll
     response = colleague.post(tickets_url(console), {"invite": invite})
     assert response.status_code == 429
     assert token_row(app, invite).used_at is None  # closing another console and trying again must work
+
+
+# -- a recorded console says so -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env_overrides", "recorded"), [({"BROKER_RECORDING": "all"}, True), ({}, False)], ids=["all", "off"]
+)
+def test_a_recorded_console_says_so_to_its_opener_and_to_every_watcher(
+    app, opener, colleague, console, env_overrides, recorded
+):
+    invite = invite_of(opener.post(invites_url(console), {"user": COLLEAGUE[0]}).get_json()["url"])
+    for person, path in ((opener, "/console/web-01"), (colleague, f"/console/live/{console}/watch?invite={invite}")):
+        soup = BeautifulSoup(person.get(path).get_data(as_text=True), "html.parser")
+        notice = soup.select_one("#recorded")
+        assert (notice.get_text() if notice else None) == ("Recorded" if recorded else None), path
+        assert json.loads(soup.select_one("#console")["data-page"])["recorded"] is recorded
