@@ -6,6 +6,11 @@ prints, and any of them may type. What the server printed while someone was conn
 (the last HISTORY bytes, in memory only, never audited) and shown first to whoever joins. As
 for a graphical console, the relay replaces its side before the token expires and resumes a cut
 one, and each browser keeps a record of its own (connected, disconnected, why).
+
+With BROKER_RECORDING=all the console is recorded once, however many browsers are on it: what the
+server printed (the history first, then everything after it) with its timing, and in the index who
+joined and left, when someone typed (never what) and when the cloud's side was resumed. It starts with
+the first browser admitted and closes when the last one leaves or the console ends.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from websockets.exceptions import ConnectionClosed
 from broker.aio import first_to_finish
 from broker.cloud import errors
 from broker.cloud.types import ServerInfo
+from broker.relay import recording
 from broker.relay.console import ABNORMAL
 from broker.relay.console import AWAY
 from broker.relay.console import BACK
@@ -96,6 +102,8 @@ class Serial:
         self.expires_at = 0.0
         self.rotate_at: float | None = None
         self.task: asyncio.Task | None = None
+        # What records it (BROKER_RECORDING=all), from the first browser admitted to the last one's leaving.
+        self.recorder: recording.Recorder | None = None
 
     def describe(self) -> str:
         """The console in a log line: server and cloud (never a URL)."""
@@ -122,16 +130,23 @@ class Serial:
         """
         viewer.deliver(bytes(self.history))
         viewer.admitted = True
+        if self.recorder is None:
+            self._start_recording(viewer)
+        else:
+            self._record("join", viewer.ticket.username)
         self._tell_people()
 
     def leave(self, viewer: Viewer) -> None:
         """``viewer`` has gone; the last to go closes the cloud's side and the history goes with it."""
         if viewer in self.viewers:
             self.viewers.remove(viewer)
+            if viewer.admitted:
+                self._record("leave", viewer.ticket.username)
         if self.viewers:
             self._tell_people()
             return
         self._forget(self)
+        self._stop_recording(viewer.ending or ended(GOING_AWAY, "nobody is left on the console"))
         self.history.clear()
         if self.task is not None:
             self.task.cancel()
@@ -143,10 +158,50 @@ class Serial:
             if viewer.admitted:
                 viewer.tell({"people": people})
 
+    # -- recording -------------------------------------------------------------------------------
+
+    def _start_recording(self, first: Viewer) -> None:
+        """With the first browser admitted: record the console (its row is that browser's), history first.
+
+        A recorder that cannot start leaves the console unrecorded, never ended (as a graphical one).
+        """
+        if first.carrier.recorders is None:
+            return
+        ticket = first.ticket
+        start = recording.Start(
+            first.row_id,
+            ticket.username,
+            ticket.server_id,
+            self.confirmed.name,
+            ticket.cloud,
+            "serial",
+            first.carrier.instance,
+            first.admission.caller.client,
+            init=b"",
+            pixel_format=b"",
+        )
+        try:
+            self.recorder = first.carrier.recorders(start)
+        except Exception as exc:
+            log.error("%s: its recording could not start: %s", self.describe(), exc)
+            return
+        self.recorder.server(bytes(self.history))
+
+    def _record(self, kind: str, detail: str = "") -> None:
+        """Something for the recording's index, by kind (typing is never more than that it happened)."""
+        if self.recorder is not None:
+            self.recorder.event(kind, detail)
+
+    def _stop_recording(self, end: Ended) -> None:
+        """The console is over for everyone: its recording is finished (the writer thread closes the files)."""
+        if self.recorder is not None:
+            self.recorder.close(end.audit)
+
     # -- typing ----------------------------------------------------------------------------------
 
     async def send(self, data: bytes) -> None:
         """Input from any browser, to the server; held (in order) while the cloud's side is away."""
+        self._record("typing")
         if self.upstream is not None and await self.upstream.send(data):
             return
         self.backlog.append(data)
@@ -197,6 +252,7 @@ class Serial:
     def _end_all(self, end: Ended) -> None:
         """End every browser on the console (the server stopped, the cloud's side is lost for good)."""
         self._forget(self)
+        self._stop_recording(end)
         for viewer in list(self.viewers):
             viewer.stop(end)
 
@@ -233,8 +289,10 @@ class Serial:
             self._print(data)
 
     def _print(self, data: bytes) -> None:
-        """What the server printed: into the history, and to every browser on the console."""
+        """What the server printed: into the history, its recording, and to every browser on the console."""
         self._remember(data)
+        if self.recorder is not None:
+            self.recorder.server(data)
         for viewer in self.viewers:
             if viewer.admitted:
                 viewer.deliver(data)
@@ -317,6 +375,7 @@ class Serial:
         if self.upstream is not None:
             self.upstream.abort()
         self.upstream = None
+        self._record("resume")
         self._tell_all(AWAY)
         await self._catch_up(await self._retrying(self._open))
         self._tell_all(BACK)
