@@ -8,7 +8,10 @@ directory named by its id, holding:
 - ``seg-000000.gz``...: the server's bytes after ServerInit, as ``>II`` (milliseconds since the start,
   length) records in a gzip stream flushed (``Z_SYNC_FLUSH``) about once a second, so a file cut by
   a crash still reads up to its last flush. Each segment after the first starts at a keyframe: the
-  relay asked the server for a full screen there, so playback can start at any segment.
+  relay asked the server for a full screen there, so playback can start at any segment. A serial
+  console's recording (``kind`` "serial" in its metadata, no ServerInit) holds the text the server
+  printed, the history the first browser was shown first, in one segment: playback replays it from the
+  start, which text makes cheap.
 - ``index.jsonl``: one JSON object a line, ``{"t": ms, "kind": ...}``: segments (with the screen size
   at their start), events (typing bursts, hand-overs, Ctrl-Alt-Del...), idle gaps, the end.
 """

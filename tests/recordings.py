@@ -19,10 +19,20 @@ from tests.relay import raw_update
 SERVER_ID = "8d1c7f0e-5b7a-4f7e-9d0e-3c2b1a000001"
 
 
-def start(username: str = "agent", server_name: str = "web-01", cloud: str = "lab", width: int = 64, height: int = 48):
-    """What the console tells its recorder at the start (a graphical console of ``width`` x ``height``)."""
+def start(
+    username: str = "agent",
+    server_name: str = "web-01",
+    cloud: str = "lab",
+    width: int = 64,
+    height: int = 48,
+    kind: str = "novnc",
+):
+    """What the console tells its recorder at the start: a graphical console of ``width`` x ``height``, or with
+    ``kind="serial"`` a serial one (no screen to begin with: its frames are the text the server printed)."""
+    if kind == "serial":
+        return Start(41, username, SERVER_ID, server_name, cloud, kind, "relay-1:4242", "192.0.2.7", b"", b"")
     init = rfb.ServerInit(width, height, FORMAT_32, server_name.encode()).to_bytes()
-    return Start(41, username, SERVER_ID, server_name, cloud, "novnc", "relay-1:4242", "192.0.2.7", init, FORMAT_32.raw)
+    return Start(41, username, SERVER_ID, server_name, cloud, kind, "relay-1:4242", "192.0.2.7", init, FORMAT_32.raw)
 
 
 def solid(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:

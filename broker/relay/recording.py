@@ -1,5 +1,7 @@
 """Recording relay consoles: the server's screen stream and its timing, written as it happens (BROKER_RECORDING).
 
+A graphical console's recorder gets the RFB stream after ServerInit, with keyframes; a serial console's
+(broker.relay.serial, one per shared console) gets what the server printed, and no keyframes.
 The console calls a ``Recorder`` from the event loop, so every call only appends to a queue; one
 writer thread per process compresses and writes each recording about once a second (no fsync:
 the page cache survives a killed process, and a flush a second is what a crash may lose). Typed
@@ -66,7 +68,8 @@ SIZE = re.compile(r"\A([0-9]{1,5})x([0-9]{1,5})\Z")
 
 @dataclass(frozen=True)
 class Start:
-    """What a recording is of: the console's live row, who, which server, and the screen the browser was given."""
+    """What a recording is of: the console's live row, who, which server, and the screen the browser was given
+    (none for a serial console: ``init`` and ``pixel_format`` empty, ``kind`` "serial")."""
 
     row_id: int
     username: str

@@ -54,6 +54,16 @@ class Recording:
     def ended_at(self) -> datetime:
         return self.started_at + timedelta(seconds=self.duration)
 
+    @property
+    def serial(self) -> bool:
+        """A serial console's recording: text the server printed (played in a terminal), not a screen."""
+        return self.kind == "serial"
+
+    @property
+    def kind_label(self) -> str:
+        """What the list calls its kind."""
+        return "serial" if self.serial else "graphical"
+
 
 @dataclass(frozen=True)
 class Filter:
@@ -146,7 +156,8 @@ def find(directory: Path, recording_id: str) -> Recording:
 
 
 def playback(recording: Recording) -> dict:
-    """What the player needs before any segment: the screen's start, the seek points and the index."""
+    """What the player needs before any segment: the screen's start (none for a serial console), the seek points
+    (only its start for a serial console) and the index."""
     meta = json.loads((recording.path / recordfile.META).read_text(encoding="utf-8"))
     entries = recordfile.read_index(recording.path / recordfile.INDEX)
     segments = [
@@ -156,6 +167,7 @@ def playback(recording: Recording) -> dict:
     ]
     return {
         "id": recording.id,
+        "kind": recording.kind_label,
         "duration_ms": int(recording.duration * 1000),
         "init": meta["init"],
         "pixel_format": meta["pixel_format"],

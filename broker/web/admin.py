@@ -30,6 +30,7 @@ from broker.services import recordings
 from broker.services import relay
 from broker.services import users
 from broker.web import forms
+from broker.web import security
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -358,6 +359,8 @@ def recording_play(recording_id: str):
     """The player; opening it is a playback, and audited as one."""
     recording = recording_named(recording_id)
     recordings.record_playback(current_user.username, recording)
+    if recording.serial:
+        security.allow_inline_styles()  # xterm.js, as on the serial console page; only for these
     return render_template("admin/recording.html", rec=recording)
 
 

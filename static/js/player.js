@@ -1,57 +1,13 @@
-// The recording player (/admin/recordings/<id>): noVNC's own RFB core draws the recorded screen. It is
-// given a WebSocket-like channel that plays the server's side of RFB 3.8 (version, security None,
-// the recorded ServerInit) and then the recorded bytes on their timing. A seek starts a fresh RFB at
-// the last keyframe segment before the target and feeds it everything up to the target at once.
-// Segments hold ">II" records (milliseconds since the start, length) each followed by its bytes.
+// The player of a graphical recording: noVNC's own RFB core draws the recorded screen. It is given a
+// WebSocket-like channel that plays the server's side of RFB 3.8 (version, security None, the recorded
+// ServerInit at the segment's screen size) and then the recorded bytes the player hands it
+// (player-core.js: the data, the clock and the controls).
 
 import RFB from "../vendor/novnc/core/rfb.js";
-
-const $ = (id) => document.getElementById(id);
-const root = $("player");
-const playButton = $("play");
-const seekBar = $("seek");
-const positionText = $("position");
-const speedChoice = $("speed");
-const statusText = $("player-status");
-const screenBox = $("player-screen");
-const eventList = $("recording-events");
+import { screenBox } from "./player-core.js";
+import { startPlayer } from "./player-core.js";
 
 const VERSION = new TextEncoder().encode("RFB 003.008\n");
-// Bytes handed to noVNC in one message while fast-forwarding: its receive queue grows to 40 MiB at most.
-const CHUNK = 1 << 20;
-// A seek to just after a seek point (or the start) shows the screen as it stood this long after it: the full
-// screen asked for there arrives in pieces over some milliseconds, and before it the canvas is black.
-const SETTLE_MS = 1000;
-// The longest wait between two looks at the clock: the slider moves at least this often.
-const TICK_MS = 250;
-const EVENT_NAMES = {
-  connect: "Connected",
-  typing: "Typing",
-  "type-text": "Type text",
-  "ctrl-alt-del": "Ctrl-Alt-Del",
-  "hand-over": "Hand-over",
-  join: "Joined",
-  leave: "Left",
-  observe: "Admin observing",
-  resume: "Cloud's side resumed",
-  resize: "Screen resized",
-  power: "Power action",
-  idle: "Idle",
-  end: "Ended",
-};
-
-let info = null; // playback.json: init, segments, events, duration_ms
-const segments = new Map(); // segment number -> promise of its records
-let rfb = null;
-let channel = null;
-let cursor = null; // {segment: index into info.segments, records, next: index of the next record}
-let position = 0; // ms of recording time shown
-let playing = false;
-let clockStart = 0; // performance.now() when playing resumed
-let positionAtStart = 0;
-let timer = null;
-let generation = 0; // bumps at every seek: a slower, older seek's work stops
-let rate = 1; // the chosen speed
 
 // -- the server's side of RFB, played to noVNC ----------------------------------------------------
 
@@ -101,7 +57,7 @@ class RecordedChannel {
   }
 }
 
-function serverInitFor(segment) {
+function serverInitFor(info, segment) {
   const init = Uint8Array.from(atob(info.init), (c) => c.charCodeAt(0));
   const view = new DataView(init.buffer);
   view.setUint16(0, segment.width);
@@ -109,237 +65,35 @@ function serverInitFor(segment) {
   return init;
 }
 
-// -- segments -----------------------------------------------------------------------------------
+// -- the screen -----------------------------------------------------------------------------------
 
-function parseRecords(buffer) {
-  const view = new DataView(buffer);
-  const records = [];
-  let at = 0;
-  while (at + 8 <= buffer.byteLength) {
-    const t = view.getUint32(at);
-    const length = view.getUint32(at + 4);
-    records.push({ t, data: new Uint8Array(buffer, at + 8, length) });
-    at += 8 + length;
-  }
-  return records;
-}
+let rfb = null;
+let channel = null;
 
-function loadSegment(index) {
-  const number = info.segments[index].n;
-  if (!segments.has(number)) {
-    const loading = fetch(root.dataset.segments + number, { credentials: "same-origin" }).then((response) => {
-      if (!response.ok) throw new Error(`segment ${number}: ${response.status}`);
-      return response.arrayBuffer().then(parseRecords);
-    });
-    segments.set(number, loading);
-    loading.catch(() => segments.delete(number));
-  }
-  return segments.get(number);
-}
+const screen = {
+  // noVNC's receive queue grows to 40 MiB at most: fast-forwarding hands it 1 MiB at a time.
+  chunk: 1 << 20,
+  // A seek to just after a seek point (or the start) shows the screen as it stood this long after it: the full
+  // screen the relay asked for there arrives in pieces over some milliseconds, and before it the canvas is black.
+  settleMs: 1000,
 
-function segmentAt(ms) {
-  let found = 0;
-  info.segments.forEach((segment, index) => {
-    if (segment.t <= ms) found = index;
-  });
-  return found;
-}
+  // A fresh RFB at the segment's screen size, once its handshake is through.
+  reset(info, segment) {
+    if (rfb) rfb.disconnect();
+    const holder = document.createElement("div");
+    holder.className = "player-canvas";
+    screenBox.replaceChildren(holder);
+    channel = new RecordedChannel(serverInitFor(info, segment));
+    rfb = new RFB(holder, channel, { shared: true });
+    rfb.viewOnly = true;
+    rfb.scaleViewport = true;
+    rfb.focusOnClick = false;
+    return channel.ready;
+  },
 
-// -- playing ------------------------------------------------------------------------------------
+  write(bytes) {
+    channel.deliver(bytes);
+  },
+};
 
-function now() {
-  return playing ? Math.min(info.duration_ms, positionAtStart + (performance.now() - clockStart) * rate) : position;
-}
-
-// Hand noVNC every record due by `until`, in chunks; false when the segment ran out first.
-function deliverUntil(until) {
-  let batch = [];
-  let size = 0;
-  const flush = () => {
-    if (!batch.length) return;
-    const joined = new Uint8Array(size);
-    let at = 0;
-    for (const part of batch) {
-      joined.set(part, at);
-      at += part.length;
-    }
-    channel.deliver(joined);
-    batch = [];
-    size = 0;
-  };
-  const { records } = cursor;
-  while (cursor.next < records.length && records[cursor.next].t <= until) {
-    batch.push(records[cursor.next].data);
-    size += records[cursor.next].data.length;
-    cursor.next += 1;
-    if (size >= CHUNK) flush();
-  }
-  flush();
-  return cursor.next < records.length;
-}
-
-async function tick() {
-  timer = null;
-  const mine = generation;
-  position = now();
-  while (!deliverUntil(position)) {
-    const following = cursor.segment + 1;
-    if (following >= info.segments.length) break;
-    const records = await loadSegment(following);
-    if (mine !== generation) return;
-    cursor = { segment: following, records, next: 0 };
-    position = now();
-  }
-  showPosition();
-  if (position >= info.duration_ms) {
-    pause();
-    say("End of the recording.");
-    return;
-  }
-  if (!playing) return;
-  const next = cursor.records[cursor.next];
-  const due = next ? next.t : info.duration_ms;
-  timer = setTimeout(tick, Math.min(Math.max(0, (due - position) / rate), TICK_MS));
-  if (!next && cursor.segment + 1 < info.segments.length) loadSegment(cursor.segment + 1).catch(() => {});
-}
-
-function play() {
-  if (position >= info.duration_ms) {
-    seek(0).then(play);
-    return;
-  }
-  playing = true;
-  positionAtStart = position;
-  clockStart = performance.now();
-  playButton.textContent = "Pause";
-  playButton.setAttribute("aria-pressed", "true");
-  say("Playing.");
-  tick();
-}
-
-function pause() {
-  position = now();
-  playing = false;
-  clearTimeout(timer);
-  timer = null;
-  playButton.textContent = "Play";
-  playButton.setAttribute("aria-pressed", "false");
-}
-
-// A fresh RFB at the last keyframe before `target`, fed everything up to it without delays.
-async function seek(target) {
-  const mine = ++generation;
-  const wasPlaying = playing;
-  if (playing) pause();
-  target = Math.max(0, Math.min(target, info.duration_ms));
-  const index = segmentAt(target);
-  say("Seeking…");
-  const records = await loadSegment(index);
-  if (mine !== generation) return;
-  startViewer(serverInitFor(info.segments[index]));
-  await channel.ready;
-  if (mine !== generation) return;
-  cursor = { segment: index, records, next: 0 };
-  position = target;
-  // At a seek point the screen is whole once the full update the relay asked for there has come.
-  deliverUntil(Math.max(target, info.segments[index].t + SETTLE_MS));
-  root.dataset.position = String(target);
-  showPosition();
-  say("");
-  if (wasPlaying) play();
-}
-
-function startViewer(serverInit) {
-  if (rfb) rfb.disconnect();
-  const holder = document.createElement("div");
-  holder.className = "player-canvas";
-  screenBox.replaceChildren(holder);
-  channel = new RecordedChannel(serverInit);
-  rfb = new RFB(holder, channel, { shared: true });
-  rfb.viewOnly = true;
-  rfb.scaleViewport = true;
-  rfb.focusOnClick = false;
-}
-
-// -- the page ---------------------------------------------------------------------------------------
-
-function clock(ms) {
-  const seconds = Math.floor(ms / 1000);
-  const h = Math.floor(seconds / 3600);
-  const m = Math.floor((seconds % 3600) / 60);
-  const s = String(seconds % 60).padStart(2, "0");
-  return h ? `${h}:${String(m).padStart(2, "0")}:${s}` : `${m}:${s}`;
-}
-
-function showPosition() {
-  seekBar.value = String(position);
-  const text = `${clock(position)} / ${clock(info.duration_ms)}`;
-  positionText.textContent = text;
-  seekBar.setAttribute("aria-valuetext", text);
-  root.dataset.position = String(Math.round(position));
-}
-
-function say(text) {
-  statusText.textContent = text;
-}
-
-function describe(event) {
-  const name = EVENT_NAMES[event.kind] || event.kind;
-  const until = event.end ? ` until ${clock(event.end)}` : "";
-  const detail = event.kind === "type-text" ? `${event.detail} characters` : event.detail;
-  return `${clock(event.t)} ${name}${until}${detail ? `: ${detail}` : ""}`;
-}
-
-function listEvents() {
-  const items = info.events.map((event) => {
-    const item = document.createElement("li");
-    const button = document.createElement("button");
-    button.type = "button";
-    button.className = `event event-${event.kind}`;
-    button.textContent = describe(event);
-    button.dataset.t = String(event.t);
-    button.addEventListener("click", () => seek(event.t));
-    item.append(button);
-    return item;
-  });
-  eventList.replaceChildren(...items);
-}
-
-async function start() {
-  const response = await fetch(root.dataset.playback, { credentials: "same-origin" });
-  if (!response.ok) {
-    say(`The recording could not be loaded (${response.status}).`);
-    return;
-  }
-  info = await response.json();
-  seekBar.max = String(info.duration_ms);
-  listEvents();
-  if (!info.segments.length) {
-    say("This recording holds no screen.");
-    return;
-  }
-  await seek(0);
-  playButton.disabled = false;
-  seekBar.disabled = false;
-  root.dataset.ready = "true";
-  say("Ready. Play starts the recording; the index below jumps to what happened.");
-}
-
-playButton.addEventListener("click", () => (playing ? pause() : play()));
-// The slider seeks where it is let go (and at each arrow key), not at every pixel of a drag.
-seekBar.addEventListener("change", () => seek(Number(seekBar.value)));
-seekBar.addEventListener("input", () => {
-  positionText.textContent = `${clock(Number(seekBar.value))} / ${clock(info.duration_ms)}`;
-});
-speedChoice.addEventListener("change", () => {
-  position = now(); // up to now at the old speed
-  positionAtStart = position;
-  clockStart = performance.now();
-  rate = Number(speedChoice.value) || 1;
-  if (playing) {
-    clearTimeout(timer);
-    tick();
-  }
-});
-
-start().catch((error) => say(`The recording could not be played: ${error.message}`));
+startPlayer(screen);

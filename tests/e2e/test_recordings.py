@@ -1,5 +1,6 @@
 """Console recordings in Chromium: an admin finds a recording in the list, plays it with noVNC, seeks with the
 slider and the index (the screen becomes what it was at that time), and pruning takes old ones off the list.
+A serial console's recording plays in xterm.js, and seeking shows the text as it stood then.
 
 The recording of the first tests is written by the relay's own ``Recorder`` (tests.recordings) with a
 screen of known colours at known times, so that what the canvas must show at each moment is known
@@ -53,6 +54,21 @@ SEEK_JS = """(ms) => {
   slider.dispatchEvent(new Event('change', { bubbles: true }));
 }"""
 PLAYER_LIT_PIXELS_JS = lit_pixels_js("#player-screen canvas")
+# A serial recording's text at known times (seconds): a line, another, then a cleared screen with a third.
+SERIAL_TEXT = [
+    (0.0, b"boot: serial-line-one\r\n"),
+    (20.0, b"serial-line-two\r\n"),
+    (40.0, b"\x1b[2J\x1b[Hserial-line-three\r\n"),
+]
+# What the serial player's terminal shows: xterm.js draws its visible rows as DOM.
+PLAYER_ROWS = "#player-screen .xterm-rows"
+# Installed in the page: each CSP violation it reports, as "directive blocked-uri".
+VIOLATIONS_JS = """(() => {
+  window.__violations = [];
+  document.addEventListener("securitypolicyviolation", (event) => {
+    window.__violations.push(`${event.effectiveDirective} ${event.blockedURI}`);
+  });
+})();"""
 
 
 @dataclass(frozen=True)
@@ -88,6 +104,18 @@ def recording_id(recording_lab: RecordingLab) -> str:
         end=LENGTH,
         width=WIDTH,
         height=HEIGHT,
+        server_name="web-01",
+    )
+
+
+@pytest.fixture(scope="module")
+def serial_recording_id(recording_lab: RecordingLab) -> str:
+    return make_recording(
+        recording_lab.directory,
+        SERIAL_TEXT,
+        events=((30.0, "join", "lee"),),
+        end=LENGTH,
+        kind="serial",
         server_name="web-01",
     )
 
@@ -150,6 +178,50 @@ def test_the_index_jumps_to_what_happened(admin_page: Page, recording_id: str):
     admin_page.get_by_role("button", name="0:30 Ctrl-Alt-Del").click()
     shows(admin_page, GREEN)
     expect(admin_page.locator("#position")).to_have_text("0:30 / 1:00")
+
+
+def shows_text(page: Page, shown: list[str], hidden: list[str]) -> None:
+    """The serial player's terminal shows every line of ``shown`` and none of ``hidden``."""
+    rows = page.locator(PLAYER_ROWS)
+    for line in shown:
+        expect(rows).to_contain_text(line)
+    for line in hidden:
+        expect(rows).not_to_contain_text(line)
+
+
+def test_a_serial_recording_plays_in_a_terminal_and_seeking_shows_the_text_as_it_was_then(
+    admin_page: Page, serial_recording_id: str
+):
+    errors: list[str] = []
+    admin_page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    admin_page.on("pageerror", lambda error: errors.append(str(error)))
+    admin_page.add_init_script(VIOLATIONS_JS)
+    admin_page.goto("/admin/recordings")
+    row = admin_page.locator(f'#recordings tr[data-id="{serial_recording_id}"]')
+    expect(row).to_contain_text("serial")
+    row.get_by_role("link", name="Play").click()
+    expect(admin_page.locator("#player")).to_have_attribute("data-ready", "true", timeout=15_000)
+    expect(admin_page.locator("#player")).to_have_attribute("data-kind", "serial")
+    assert admin_page.locator("#player-screen canvas").count() == 0  # no noVNC
+    shows_text(admin_page, ["serial-line-one"], ["serial-line-two"])
+    for seconds, shown, hidden in [
+        (25, ["serial-line-one", "serial-line-two"], ["serial-line-three"]),
+        (45, ["serial-line-three"], ["serial-line-one", "serial-line-two"]),
+        (10, ["serial-line-one"], ["serial-line-two", "serial-line-three"]),
+    ]:
+        admin_page.evaluate(SEEK_JS, seconds * 1000)
+        expect(admin_page.locator("#player")).to_have_attribute("data-position", str(seconds * 1000))
+        shows_text(admin_page, shown, hidden)
+    admin_page.get_by_role("button", name="0:30 Joined: lee").click()
+    shows_text(admin_page, ["serial-line-one", "serial-line-two"], ["serial-line-three"])
+    expect(admin_page.locator("#position")).to_have_text("0:30 / 1:00")
+    # 10 s of recording at 8x: the cleared screen about 1.25 s later.
+    admin_page.select_option("#speed", "8")
+    admin_page.get_by_role("button", name="Play").click()
+    shows_text(admin_page, ["serial-line-three"], ["serial-line-one"])
+    # xterm.js wrote its own <style> and the page's policy let it (only this kind of recording's page does).
+    assert admin_page.evaluate("window.__violations") == []
+    assert errors == []
 
 
 def test_pruning_takes_old_recordings_off_the_list(admin_page: Page, recording_lab: RecordingLab):

@@ -64,7 +64,7 @@ def test_the_list_links_each_recording_and_filters(admin, directory, recording_i
     rows = page.select("#recordings tbody tr")
     assert [row["data-id"] for row in rows][1] == recording_id
     cells = [cell.get_text(" ", strip=True) for cell in rows[1].find_all("td")]
-    assert cells[:5] == ["2026-12-05 17:30:00", "agent", "web-01", "lab", "0:35"]
+    assert cells[:6] == ["2026-12-05 17:30:00", "agent", "web-01", "graphical", "lab", "0:35"]
     assert rows[1].select_one("a.play-recording")["href"] == f"/admin/recordings/{recording_id}"
     narrowed = BeautifulSoup(admin.get("/admin/recordings?user=lee").get_data(as_text=True), "html.parser")
     assert [row.find_all("td")[1].get_text() for row in narrowed.select("#recordings tbody tr")] == ["lee"]
@@ -85,6 +85,50 @@ def test_opening_a_recording_is_an_audited_playback(admin, app, recording_id):
         [record] = audit.search(audit.Filter(action="admin", outcome="ok"))[0]
     assert (record.username, record.detail, record.server_name) == ("admin", "recording-play", "web-01")
     assert recording_id in record.reason
+
+
+def test_a_graphical_recording_plays_in_novnc_under_the_strict_policy(admin, recording_id):
+    response = admin.get(f"/admin/recordings/{recording_id}")
+    page = BeautifulSoup(response.get_data(as_text=True), "html.parser")
+    assert page.select_one("#player")["data-kind"] == "graphical"
+    assert [s["src"].rsplit("/", 1)[1] for s in page.find_all("script", src=True) if "player" in s["src"]] == [
+        "player.js"
+    ]
+    assert not [link for link in page.find_all("link") if "xterm" in link["href"]]
+    policy = response.headers["Content-Security-Policy"]
+    assert "style-src 'self';" in policy and "unsafe-inline" not in policy
+
+
+def test_a_serial_recording_plays_in_xterm_and_only_its_page_allows_inline_styles(admin, app, directory):
+    text = [(0.0, b"login: "), (3.0, b"root\r\n# ")]
+    recording_id = make_recording(directory, text, events=((2.0, "typing", ""),), kind="serial", started=NOW)
+    response = admin.get(f"/admin/recordings/{recording_id}")
+    assert response.status_code == 200
+    page = BeautifulSoup(response.get_data(as_text=True), "html.parser")
+    player = page.select_one("#player")
+    assert player["data-kind"] == "serial"
+    assert player["data-segments"] == f"/admin/recordings/{recording_id}/segments/"
+    scripts = [s["src"].rsplit("/", 1)[1] for s in page.find_all("script", src=True)]
+    assert "serial-player.js" in scripts and "player.js" not in scripts
+    assert [link for link in page.find_all("link") if link["href"].endswith("vendor/xterm/xterm.css")]
+    assert not [s for s in page.find_all("script") if not s.get("src")], "no inline script (CSP script-src 'self')"
+    policy = response.headers["Content-Security-Policy"]
+    # xterm.js writes <style> and style attributes it measures: as on the serial console page, and only there.
+    assert "style-src 'self' 'unsafe-inline'" in policy and "script-src 'self';" in policy
+    for path in ("/admin/recordings", f"/admin/recordings/{recording_id}/playback.json"):
+        assert "unsafe-inline" not in admin.get(path).headers["Content-Security-Policy"], path
+    played = admin.get(f"/admin/recordings/{recording_id}/playback.json").get_json()
+    assert (played["kind"], played["init"], played["pixel_format"]) == ("serial", "", "")
+    assert [(s["n"], s["t"]) for s in played["segments"]] == [(0, 0)]
+    assert ("typing", 2000) in [(e["kind"], e["t"]) for e in played["events"]]
+    segment = admin.get(f"/admin/recordings/{recording_id}/segments/0")
+    assert list(recordfile.records(segment.data)) == [(0, b"login: "), (3000, b"root\r\n# ")]
+    listed = BeautifulSoup(admin.get("/admin/recordings").get_data(as_text=True), "html.parser")
+    row = listed.select_one(f'#recordings tr[data-id="{recording_id}"]')
+    assert row.find_all("td")[3].get_text(strip=True) == "serial"
+    with app.app_context():
+        [record] = audit.search(audit.Filter(action="admin", outcome="ok"))[0]
+    assert (record.detail, record.server_name) == ("recording-play", "web-01")
 
 
 def test_the_players_data_is_the_recording(admin, recording_id):
