@@ -143,6 +143,8 @@ def serial_page_data(server: ServerInfo, ref: str) -> dict:
         "graphicalUrl": url_for("views.console", ref=server.id, cloud=server.cloud),
         "loginUrl": url_for("auth.login", next=request.full_path.rstrip("?")),
         "pasteLimit": PASTE_LIMIT,
+        # Said on the toolbar to everyone on it (BROKER_RECORDING=all).
+        "recorded": state.settings().recording == "all",
         "username": current_user.username,
         "keepaliveUrl": url_for("api.keepalive"),
         "keepaliveEvery": max(30, state.settings().session_idle // 4),

@@ -363,3 +363,11 @@ def test_a_recorded_console_says_so_to_its_opener_and_to_every_watcher(
         notice = soup.select_one("#recorded")
         assert (notice.get_text() if notice else None) == ("Recorded" if recorded else None), path
         assert json.loads(soup.select_one("#console")["data-page"])["recorded"] is recorded
+
+
+@pytest.mark.parametrize("console_types", [["novnc", "serial"]])
+@pytest.mark.parametrize(("env_overrides", "recorded"), [({"BROKER_RECORDING": "all"}, True), ({}, False)])
+def test_a_recorded_serial_console_says_so_too(opener, console_types, env_overrides, recorded):
+    soup = BeautifulSoup(opener.get("/console/web-01/serial").get_data(as_text=True), "html.parser")
+    notice = soup.select_one("#recorded")
+    assert (notice.get_text() if notice else None) == ("Recorded" if recorded else None)
