@@ -400,10 +400,7 @@ class Console:
             raise ended(UNREACHABLE, "the viewer sent more than the relay keeps while the cloud's side is away")
 
     def _browser_closed(self) -> Ended:
-        if self.carrier.stopping():
-            return ended(GOING_AWAY)
-        code = self.browser.close_code
-        return Ended(code or ABNORMAL, "", f"the browser closed the connection ({code or 'no close code'})")
+        return browser_closed(self.carrier, self.browser)
 
     async def _to_browser(self, data: bytes, boundary: int | None = None) -> None:
         """``data`` to the browser, its recording and every watcher in step (``boundary``: where a joining one may
@@ -675,6 +672,14 @@ class Console:
     def _log(self) -> dict[str, Any]:
         """Keyword arguments that give a log line this console's request ID."""
         return {"extra": {"request_id": self.admission.caller.request_id}}
+
+
+def browser_closed(carrier: Carrier, browser: ServerConnection) -> Ended:
+    """How a browser's leaving ends its console: the relay shutting down, or the browser's own close."""
+    if carrier.stopping():
+        return ended(GOING_AWAY)
+    code = browser.close_code
+    return Ended(code or ABNORMAL, "", f"the browser closed the connection ({code or 'no close code'})")
 
 
 async def admitted(client: ClientFramer, data: bytes, budget: Budget, sender: str) -> AsyncIterator[list[bytes]]:

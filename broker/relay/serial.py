@@ -32,7 +32,6 @@ from broker.aio import first_to_finish
 from broker.cloud import errors
 from broker.cloud.types import ServerInfo
 from broker.relay import recording
-from broker.relay.console import ABNORMAL
 from broker.relay.console import AWAY
 from broker.relay.console import BACK
 from broker.relay.console import DATABASE_UNAVAILABLE
@@ -49,6 +48,7 @@ from broker.relay.console import UNREACHABLE
 from broker.relay.console import Carrier
 from broker.relay.console import Ended
 from broker.relay.console import Retry
+from broker.relay.console import browser_closed
 from broker.relay.console import ended
 from broker.relay.console import live_report
 from broker.relay.console import retrying
@@ -504,10 +504,7 @@ class Viewer:
         self.ending = self.ending or self._browser_closed()
 
     def _browser_closed(self) -> Ended:
-        if self.carrier.stopping():
-            return ended(GOING_AWAY)
-        code = self.browser.close_code
-        return Ended(code or ABNORMAL, "", f"the browser closed the connection ({code or 'no close code'})")
+        return browser_closed(self.carrier, self.browser)
 
     async def _finish(self) -> None:
         """Close the browser; write the record: how the console ended, or why it never opened."""

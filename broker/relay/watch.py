@@ -23,16 +23,15 @@ from websockets.exceptions import ConnectionClosed
 from broker.aio import first_to_finish
 from broker.relay import rfb
 from broker.relay.budget import Budget
-from broker.relay.console import ABNORMAL
 from broker.relay.console import CONSOLE_ENDED
 from broker.relay.console import DATABASE_UNAVAILABLE
-from broker.relay.console import GOING_AWAY
 from broker.relay.console import INTERNAL_ERROR
 from broker.relay.console import PROTOCOL_ERROR
 from broker.relay.console import Carrier
 from broker.relay.console import Console
 from broker.relay.console import Ended
 from broker.relay.console import admitted
+from broker.relay.console import browser_closed
 from broker.relay.console import ended
 from broker.relay.console import greet
 from broker.relay.console import live_report
@@ -81,7 +80,6 @@ class Watcher:
 
     def report(self, instance: str) -> LiveReport:
         """What the relay's poll tells the broker of this watcher (judged by its own rights)."""
-
         return live_report(self, self.console.confirmed if self.console else None, instance)
 
     def describe(self) -> str:
@@ -89,7 +87,6 @@ class Watcher:
 
     async def run(self) -> None:
         """Greet the browser, join the console, and carry its stream until either ends."""
-
         try:
             await self._watch()
         except Ended as end:
@@ -103,7 +100,6 @@ class Watcher:
             await self._finish()
 
     async def _watch(self) -> None:
-
         console = self.console
         if console is None or not console.started.is_set() or console.ending is not None:
             raise ended(CONSOLE_ENDED, "the console to watch is not open on this relay")
@@ -131,7 +127,6 @@ class Watcher:
         self.ending = self.ending or self._closed()
 
     async def _told(self, text: str) -> None:
-
         try:
             note = await self.console.party.told(self, text)
         except ValueError as exc:
@@ -150,11 +145,7 @@ class Watcher:
                 self.to_cloud += await self.console.deliver(messages)
 
     def _closed(self) -> Ended:
-
-        if self.carrier.stopping():
-            return ended(GOING_AWAY)
-        code = self.browser.close_code
-        return Ended(code or ABNORMAL, "", f"the browser closed the connection ({code or 'no close code'})")
+        return browser_closed(self.carrier, self.browser)
 
     # -- what the browser is sent: the console's stream, from a message boundary --------------------------
 
@@ -172,7 +163,6 @@ class Watcher:
         self.send(text)
 
     def _let_go(self) -> None:
-
         self.ending = Ended(TRY_AGAIN_LATER, "Too slow to keep up", "the watcher's browser did not keep up")
         self.pending.clear()
         self.pending_size = 0
@@ -193,7 +183,6 @@ class Watcher:
 
     async def end(self, code: int) -> None:
         """End this watcher from outside (its rights, its session, an admin): only its own view ends."""
-
         self.ending = self.ending or ended(code)
         self.wake.set()
         await self.browser.close(self.ending.code, self.ending.reason)
@@ -206,7 +195,6 @@ class Watcher:
         self.closing = asyncio.ensure_future(self.browser.close(self.ending.code, self.ending.reason))
 
     async def _finish(self) -> None:
-
         ending = self.ending or ended(INTERNAL_ERROR, "the relay failed")
         if self.console is not None:
             await self.console.remove_watcher(self)
