@@ -187,7 +187,6 @@ def watch_page_data(server: ServerInfo, console: LiveConsole, invite: str) -> di
     page.update(
         ticketUrl=url_for("api.watch_ticket", console_id=console.id),
         brokerLink=watch_link,
-        loginUrl=url_for("auth.login", next=request.full_path.rstrip("?")),
         watch={"console": console.id, "invite": invite, "owner": console.username},
         serialUrl=None,
         power=False,
