@@ -543,7 +543,7 @@ def test_single_use_tokens_replace_the_ticket_and_confirmation_tables_and_a_down
     assert revision(database) == HEAD
 
 
-def test_live_consoles_say_their_kind_and_a_downgrade_drops_only_that(database):
+def test_live_consoles_say_their_kind_and_who_watches_and_a_downgrade_drops_only_that(database):
     assert flask(database, "db", "upgrade").returncode == 0
     engine = create_engine(database)
     now = datetime.now(UTC).replace(tzinfo=None)
@@ -551,8 +551,16 @@ def test_live_consoles_say_their_kind_and_a_downgrade_drops_only_that(database):
         connection.execute(
             text(
                 "INSERT INTO live_consoles (user_id, username, session_id, server_id, server_name, cloud, client, "
-                "instance, started_at, seen_at, to_cloud, to_browser, kind) VALUES (2, 'ivan', 's', 's1', 'web-01', "
-                "'prod', '10.0.0.2', 'relay-a:1', :now, :now, 0, 0, 'serial')"
+                "instance, started_at, seen_at, to_cloud, to_browser, kind, watching, role) VALUES (2, 'ivan', 's', "
+                "'s1', 'web-01', 'prod', '10.0.0.2', 'relay-a:1', :now, :now, 0, 0, 'serial', 7, 'watch')"
+            ),
+            {"now": now},
+        )
+        # 0010's: an audit record linked to its console.
+        connection.execute(
+            text(
+                "INSERT INTO audit (at, username, action, outcome, cloud, server_id, server_name, detail, reason, "
+                "client, user_agent, console_id) VALUES (:now, 'ivan', 'watch', 'ok', '', '', '', '', '', '', '', 7)"
             ),
             {"now": now},
         )
@@ -560,7 +568,10 @@ def test_live_consoles_say_their_kind_and_a_downgrade_drops_only_that(database):
     assert done.returncode == 0, done.stderr
     with engine.connect() as connection:
         assert connection.execute(text("SELECT username, server_id FROM live_consoles")).one() == ("ivan", "s1")
-    assert "kind" not in {column["name"] for column in inspect(engine).get_columns("live_consoles")}
+        assert connection.execute(text("SELECT username, action FROM audit")).one() == ("ivan", "watch")
+    columns = {table: {c["name"] for c in inspect(engine).get_columns(table)} for table in ("live_consoles", "audit")}
+    assert not {"kind", "watching", "role"} & columns["live_consoles"] and "console_id" not in columns["audit"]
+    assert "subject" not in {column["name"] for column in inspect(engine).get_columns("single_use_tokens")}
     engine.dispose()
     assert flask(database, "db", "upgrade").returncode == 0
     assert revision(database) == HEAD
