@@ -362,10 +362,19 @@ class ConsoleService:
             raise errors.ConsoleUnavailable(f"Cloud {server.cloud} offers no {kind} consoles.")
 
     def permitted(
-        self, user: User, server_id: str, cloud: str | None = None, detail: str = RELAY, action: str = "console"
+        self,
+        user: User,
+        server_id: str,
+        cloud: str | None = None,
+        detail: str = RELAY,
+        action: str = "console",
+        console_id: int | None = None,
     ) -> ServerInfo:
-        """The server ``user`` may open by this ID (nothing minted); NoSuchServer, audited as ``action``, otherwise."""
+        """The server ``user`` may open by this ID (nothing minted); NoSuchServer, audited as ``action`` (linked to
+        the live console ``console_id`` when it is about one), otherwise."""
         note = {"username": user.username, "cloud": cloud or "", "server_id": server_id[:64], "detail": detail}
+        if console_id is not None:
+            note["console_id"] = console_id
         return self._permitted(user, server_id, cloud, note, action)
 
     def refreshed(self, user: User, server: ServerInfo) -> ServerInfo:

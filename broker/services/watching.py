@@ -92,7 +92,7 @@ def invite(service: ConsoleService, user: User, session_id: str, console_id: int
     """An invite to watch the console ``console_id``, which ``user`` opened: for the user called ``name``, or a
     link (``name`` None); staged. WatchRefused (audited) when the person may not watch it."""
     row = live_console(console_id)
-    server = service.permitted(user, row.server_id, row.cloud, detail="invite", action="watch")
+    server = service.permitted(user, row.server_id, row.cloud, detail="invite", action="watch", console_id=row.id)
     fields = _fields(row, server) | {"username": user.username, "detail": "invite"}
     if row.user_id != user.id:
         audit.stage("watch", "refused", **fields, reason=f"not the opener ({row.username} opened it)")
@@ -137,7 +137,7 @@ def admit(
     observe for an admin without one); staged. WatchRefused (audited) otherwise; NoSuchServer when ``user`` may
     not open the server."""
     row = live_console(console_id)
-    server = service.permitted(user, row.server_id, row.cloud, detail="join", action="watch")
+    server = service.permitted(user, row.server_id, row.cloud, detail="join", action="watch", console_id=row.id)
     fields = _fields(row, server) | {"username": user.username, "detail": "join"}
     if row.user_id == user.id:
         raise WatchRefused("This is your own console: it is open on its own page.", 400)

@@ -109,7 +109,9 @@ def watch(console_id: int):
     """Watch someone's live console: with their invite (``?invite=``, used up by the page's POST, never by this
     GET), or as an admin observing. The same authorization as opening the server."""
     row = watching.live_console(console_id)
-    server = service().permitted(current_user, row.server_id, row.cloud, detail="join", action="watch")
+    server = service().permitted(
+        current_user, row.server_id, row.cloud, detail="join", action="watch", console_id=row.id
+    )
     page = presentation.watch_page_data(server, row, request.args.get("invite", "")[:128])
     return render_template("console/viewer.html", server=server, page=page, panel=page["panel"], power=None)
 

@@ -234,6 +234,8 @@ def test_someone_who_may_not_open_the_server_gets_no_watch_page_and_no_ticket_ev
     assert token_row(app, invite).used_at is None  # the link is still good for someone who may
     refusals = [r for r in watch_records(app) if r["user"] == OUTSIDER[0]]
     assert refusals and all(r["outcome"] in ("refused", "failed") for r in refusals)
+    # Each in the console's story (/admin/audit?console=<id>).
+    assert {r["console_id"] for r in refusals} == {console}
 
 
 # -- bad input changes nothing --------------------------------------------------------------------------------
