@@ -28,6 +28,7 @@ import secrets
 import struct
 import sys
 import time
+from collections.abc import Awaitable
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from bench.relaystack import wait_for_port
 from bench.report import Row
 from bench.report import ratio
 from bench.report import verdict
+from bench.viewer import Viewer
 from broker.relay import rfb
 from broker.relay.recording import FLUSH_INTERVAL
 from broker.relay.recording import Recorder
@@ -55,8 +57,9 @@ SCROLLS_PER_COMMAND = 10
 # noVNC's own pixel format (what the relay viewer asks for): 32 bpp, red at byte 0.
 NOVNC_FORMAT = bytes([32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 0, 8, 16, 0, 0, 0])
 SEEKS = (0.5, 0.25, 0.999, 0.75, 0.1)
-# Enough keystrokes that the relay's CPU (read in clock ticks of 10 ms) is measured to a few per cent.
-ECHOES = 1500
+# Keystrokes echoed per --relay-keys: at the default 300, enough (1,500) that the relay's CPU, read in clock
+# ticks of 10 ms, is measured to a few per cent.
+ECHOES_PER_KEY = 5
 
 
 # -- CPU -----------------------------------------------------------------------------------------------
@@ -77,8 +80,11 @@ def start_recording_relay(stack: contextlib.ExitStack, running: RelayStack, work
     return port, proc.popen.pid, directory
 
 
-async def cpu_per_mb(running: RelayStack, port: int, pid: int, seconds: float) -> dict[str, tuple[float, int]]:
-    """CPU seconds and bytes of each relay carrying whole screens, rounds taken in turn."""
+async def cpu_with_and_without(
+    running: RelayStack, port: int, pid: int, work: Callable[[Viewer], Awaitable[int]]
+) -> dict[str, tuple[float, int]]:
+    """CPU seconds of each relay (without recording, and with it on ``port``) and the amount of ``work`` done
+    through a console on each (one round's bytes or keystrokes), ``ROUNDS`` rounds taken in turn."""
     plain = await running.through_relay("steady")
     recorded = await running.through_relay_at(port, "steady")
     totals = {"without": (0.0, 0), "with": (0.0, 0)}
@@ -89,12 +95,22 @@ async def cpu_per_mb(running: RelayStack, port: int, pid: int, seconds: float) -
         for _ in range(ROUNDS):
             for name, viewer in (("without", plain), ("with", recorded)):
                 before = relay.cpu_seconds(pids[name])
-                size, _, _ = await relay.full_screens(viewer, seconds / ROUNDS)
-                cpu, carried = totals[name]
-                totals[name] = (cpu + relay.cpu_seconds(pids[name]) - before, carried + size)
+                done = await work(viewer)
+                cpu, amount = totals[name]
+                totals[name] = (cpu + relay.cpu_seconds(pids[name]) - before, amount + done)
     finally:
         await asyncio.gather(plain.close(), recorded.close())
     return totals
+
+
+async def cpu_per_mb(running: RelayStack, port: int, pid: int, seconds: float) -> dict[str, tuple[float, int]]:
+    """CPU seconds and bytes of each relay carrying whole screens."""
+
+    async def screens(viewer: Viewer) -> int:
+        size, _, _ = await relay.full_screens(viewer, seconds / ROUNDS)
+        return size
+
+    return await cpu_with_and_without(running, port, pid, screens)
 
 
 def cpu_row(totals: dict[str, tuple[float, int]], directory: Path, log: Path) -> Row:
@@ -121,24 +137,14 @@ def cpu_row(totals: dict[str, tuple[float, int]], directory: Path, log: Path) ->
 
 async def cpu_per_echo(running: RelayStack, port: int, pid: int, count: int) -> dict[str, tuple[float, int]]:
     """CPU seconds of each relay for ``count`` keystrokes echoed (small updates, as typing in a text console
-    makes them), rounds taken in turn."""
-    plain = await running.through_relay("steady")
-    recorded = await running.through_relay_at(port, "steady")
-    totals = {"without": (0.0, 0), "with": (0.0, 0)}
-    pids = {"without": running.relay.popen.pid, "with": pid}
-    try:
-        for viewer in (plain, recorded):
-            await relay.first_screen(viewer)
-        for _ in range(ROUNDS):
-            for name, viewer in (("without", plain), ("with", recorded)):
-                before = relay.cpu_seconds(pids[name])
-                for _ in range(count // ROUNDS):
-                    await relay.echo(viewer)
-                cpu, echoed = totals[name]
-                totals[name] = (cpu + relay.cpu_seconds(pids[name]) - before, echoed + count // ROUNDS)
-    finally:
-        await asyncio.gather(plain.close(), recorded.close())
-    return totals
+    makes them)."""
+
+    async def echoes(viewer: Viewer) -> int:
+        for _ in range(count // ROUNDS):
+            await relay.echo(viewer)
+        return count // ROUNDS
+
+    return await cpu_with_and_without(running, port, pid, echoes)
 
 
 def echo_row(totals: dict[str, tuple[float, int]]) -> Row:
@@ -333,8 +339,9 @@ async def rows(running: RelayStack, args: argparse.Namespace, workdir: Path, ste
             totals = await cpu_per_mb(running, port, pid, args.relay_seconds)
             await asyncio.sleep(2 * FLUSH_INTERVAL)  # the recording's close is written by the writer thread
             found.append(cpu_row(totals, directory, workdir / "relay-recording.log"))
-            step(f"recording: {ECHOES} keystrokes echoed through each relay")
-            found.append(echo_row(await cpu_per_echo(running, port, pid, ECHOES)))
+            echoes = max(ROUNDS, args.relay_keys * ECHOES_PER_KEY)
+            step(f"recording: {echoes} keystrokes echoed through each relay")
+            found.append(echo_row(await cpu_per_echo(running, port, pid, echoes)))
         step("recording: an hour of a mostly idle text console, simulated")
         hour = workdir / "hour"
         recording_id, carried, on_disk, wall = simulate_hour(hour)

@@ -121,7 +121,7 @@ async def measure(
                 rows += keystroke_rows(*await keystrokes(relayed, direct, args.relay_keys))
                 step(f"relay: {args.relay_keys} keystrokes each way, with and without per-connection budgets")
                 rows.append(budget_row(*await budget_cost(running, relayed, unbudgeted, args.relay_keys)))
-                rows += await watchers.rows(running, args.relay_keys, step, keystrokes, first_screen)
+                rows += await watchers.rows(running, args.relay_keys, step)
             if args.relay_seconds:
                 step(f"relay: full-screen updates for {args.relay_seconds:g} s each way")
                 rows.append(throughput_row(await throughput(relayed, direct, args.relay_seconds)))

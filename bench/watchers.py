@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from bench import clients
 from bench import procs
+from bench import relay  # its helpers are used at call time: bench.relay imports this module too
 from bench.relaystack import RelayStack
 from bench.report import Row
 from bench.report import ratio
@@ -26,7 +27,7 @@ from bench.viewer import Viewer
 WATCHERS = 5
 
 
-async def rows(running: RelayStack, count: int, step: Callable[[str], None], keystrokes, first_screen) -> list[Row]:
+async def rows(running: RelayStack, count: int, step: Callable[[str], None]) -> list[Row]:
     """Five watchers on one console; ``count`` keystrokes on it and on an unwatched one, in turn."""
     step(f"relay: {count} keystrokes on a console {WATCHERS} people watch, and on one nobody watches")
     observer = await asyncio.to_thread(admin, running)
@@ -36,14 +37,14 @@ async def rows(running: RelayStack, count: int, step: Callable[[str], None], key
     readers: list[asyncio.Task] = []
     try:
         for viewer in (watched, alone):
-            await first_screen(viewer)
+            await relay.first_screen(viewer)
         console_id = await console_of(watched)
         for _ in range(WATCHERS):
             url, ticket = await asyncio.to_thread(watch_ticket, observer, console_id)
             viewer = await Viewer.open(url, origin=running.origin, cookie=running.cookie(observer), ticket=ticket)
             watchers.append(viewer)
             readers.append(asyncio.create_task(drain(viewer)))
-        through_watched, through_alone = await keystrokes(watched, alone, count)
+        through_watched, through_alone = await relay.keystrokes(watched, alone, count)
     finally:
         for reader in readers:
             reader.cancel()
