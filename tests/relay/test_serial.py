@@ -192,11 +192,12 @@ def test_the_serial_console_outlives_several_token_lifetimes_without_a_gap(app):
             terminal = await Terminal.open(fakes, relay)
             for n in range(5):
                 await terminal.type(f"echo line-{n}\r")
-                await eventually(lambda n=n: f"line-{n}\r\n" in terminal.text)
-                await eventually(lambda n=n: len(fakes.mints) >= n + 2, timeout=3)
+                # A loaded machine (CI's two passes at once) takes seconds over a switch; a lost line never comes.
+                await eventually(lambda n=n: f"line-{n}\r\n" in terminal.text, timeout=10)
+                await eventually(lambda n=n: len(fakes.mints) >= n + 2, timeout=10)
             return terminal, port
 
-    terminal, port = run(scenario(), timeout=20)
+    terminal, port = run(scenario(), timeout=60)
     assert len(port.connections) >= 5
     assert not [status for status in terminal.statuses if "relay" in status]  # never "away": no visible cut
 
