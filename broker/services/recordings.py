@@ -225,17 +225,17 @@ def init_bytes(recording: Recording) -> bytes:
 
 def record_playback(actor: str, recording: Recording) -> None:
     """The audit record of one playback (staged: the request commits it)."""
-    audit.stage(
-        "admin",
-        "ok",
-        username=actor,
-        cloud=recording.cloud,
-        server_id=recording.server_id,
-        server_name=recording.server_name,
-        detail="recording-play",
-        reason=f"played recording {recording.id} of {recording.username}'s console "
-        f"({recording.started_at:%Y-%m-%d %H:%M} UTC, {recording.duration:.0f} s)",
+    reason = (
+        f"played recording {recording.id} of {recording.username}'s console "
+        f"({recording.started_at:%Y-%m-%d %H:%M} UTC, {recording.duration:.0f} s)"
     )
+    _audit(actor, recording, "recording-play", reason)
+
+
+def _audit(actor: str, recording: Recording, detail: str, reason: str) -> None:
+    """An admin's record of something done to ``recording`` (staged), naming its server."""
+    fields = {"cloud": recording.cloud, "server_id": recording.server_id, "server_name": recording.server_name}
+    audit.stage("admin", "ok", username=actor, detail=detail, reason=reason, **fields)
 
 
 def prune(directory: Path, days: int, actor: str, now: datetime | None = None) -> list[Recording]:
@@ -248,17 +248,11 @@ def prune(directory: Path, days: int, actor: str, now: datetime | None = None) -
             continue
         recording = load(directory, recording_id) or unreadable(directory, recording_id)
         shutil.rmtree(recording.path)
-        audit.stage(
-            "admin",
-            "ok",
-            username=actor,
-            cloud=recording.cloud,
-            server_id=recording.server_id,
-            server_name=recording.server_name,
-            detail="recording-delete",
-            reason=f"deleted recording {recording_id} of {recording.username or 'unknown'}'s console: "
-            f"older than {days} days (BROKER_RECORDING_RETENTION_DAYS)",
+        reason = (
+            f"deleted recording {recording_id} of {recording.username or 'unknown'}'s console: "
+            f"older than {days} days (BROKER_RECORDING_RETENTION_DAYS)"
         )
+        _audit(actor, recording, "recording-delete", reason)
         deleted.append(recording)
     return deleted
 
